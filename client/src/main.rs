@@ -1,0 +1,2 @@
+//! Entry point of `assist-client` (skeleton until its issue lands).
+fn main() {}

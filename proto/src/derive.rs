@@ -1,0 +1,74 @@
+//! The pinned derivation of an ed25519 key from `(serial, one-time code)`, version 1.
+//!
+//! `seed = Argon2id(code, "assist-otc-v1/" + serial, m=19456 KiB, t=2, p=1, 32 bytes)`, then the
+//! first 32 bytes of `ChaCha20Rng::from_seed(seed)` are the ed25519 secret key. Changing any of
+//! this is a new version: the agent and every deployed CLI must agree.
+
+use crate::code::OneTimeCode;
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use zeroize::Zeroize;
+
+/// Salt prefix; the serial follows it.
+pub const SALT_PREFIX: &str = "assist-otc-v1/";
+const ARGON2_M_KIB: u32 = 19_456;
+const ARGON2_T: u32 = 2;
+const ARGON2_P: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("key derivation failed: {0}")]
+pub struct DeriveError(String);
+
+/// Derives the ed25519 key that the agent authorizes and the engineer logs in with.
+pub fn derive_key(serial: &str, code: &OneTimeCode) -> Result<PrivateKey, DeriveError> {
+    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
+        .map_err(|e| DeriveError(e.to_string()))?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = format!("{SALT_PREFIX}{serial}");
+    let mut seed = [0u8; 32];
+    argon
+        .hash_password_into(code.normalized(), salt.as_bytes(), &mut seed)
+        .map_err(|e| DeriveError(e.to_string()))?;
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    seed.zeroize();
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&secret));
+    secret.zeroize();
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::HashAlg;
+
+    #[test]
+    fn pinned_test_vector() {
+        let code = OneTimeCode::parse("7K3QM-2XPD9").unwrap();
+        let key = derive_key("SN-0001", &code).unwrap();
+        let public = key.public_key();
+        assert_eq!(
+            public.to_openssh().unwrap(),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJqE7egDfQoF+LPGvaRdEJjNURSRmJ2U+vQ9XSbMvnLX"
+        );
+        assert_eq!(
+            public.fingerprint(HashAlg::Sha256).to_string(),
+            "SHA256:tLKN6HA4MRIIEKQx/ZzJlkCmIU+D1o5VD4tNOkF+fns"
+        );
+    }
+
+    #[test]
+    fn serial_and_code_both_matter() {
+        let code = OneTimeCode::parse("7K3QM-2XPD9").unwrap();
+        let other = OneTimeCode::parse("7K3QM-2XPD8").unwrap();
+        let a = derive_key("SN-0001", &code).unwrap();
+        let b = derive_key("SN-0002", &code).unwrap();
+        let c = derive_key("SN-0001", &other).unwrap();
+        assert_ne!(a.public_key(), b.public_key());
+        assert_ne!(a.public_key(), c.public_key());
+    }
+}

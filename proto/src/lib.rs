@@ -1,0 +1,15 @@
+//! Pieces shared by the jump host, the agent and the support CLI: the one-time code and the
+//! key derived from it, serial validation, the registration API types and the limits.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod code;
+pub mod derive;
+pub mod limits;
+pub mod name;
+pub mod secret;
+
+pub use code::{CodeError, OneTimeCode};
+pub use derive::{derive_key, DeriveError};
+pub use name::{validate_name, NameError};
+pub use secret::Secret;

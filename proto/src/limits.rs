@@ -1,0 +1,30 @@
+//! Limits, timeouts and defaults shared by the programs, in one place.
+
+use std::time::Duration;
+
+/// Largest request body the registration API reads.
+pub const MAX_API_BODY: usize = 64 * 1024;
+/// How long an unauthenticated SSH connection may take to log in (OpenSSH's LoginGraceTime).
+pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
+/// Unauthenticated SSH connections held at once before new ones are dropped (MaxStartups).
+pub const MAX_STARTUPS: usize = 256;
+/// SSH keepalive interval used by the agent and the jump host.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Keepalives missed before a peer is considered gone.
+pub const KEEPALIVE_MAX: usize = 3;
+/// Ceiling of the agent's reconnect backoff.
+pub const RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// First step of the agent's reconnect backoff.
+pub const RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// How long a server drains its tasks on shutdown before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Default lifetime of a registered device key.
+pub const DEFAULT_CLIENT_KEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default and ceiling of an assistance window unless policy says otherwise.
+pub const DEFAULT_MAX_ASSISTANCE: Duration = Duration::from_secs(8 * 3600);
+/// Default assistance window when `enable` is given no `--minutes`.
+pub const DEFAULT_ASSISTANCE_MINUTES: u64 = 60;
+/// Virtual port of the `ssh` service.
+pub const SSH_SERVICE_PORT: u32 = 22;
+/// Virtual port of the `http` service.
+pub const HTTP_SERVICE_PORT: u32 = 80;

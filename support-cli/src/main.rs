@@ -1,0 +1,2 @@
+//! Entry point of `support-cli` (skeleton until its issue lands).
+fn main() {}
