@@ -1,1 +1,10 @@
-//! Library of `assist-jumphost`.
+//! The jump host: an SSH relay that routes engineers to customer machines by serial over
+//! virtual reverse tunnels, with a registration API, admin policies and an audit trail.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod policy;
+pub mod serve;
+pub mod ssh;
+pub mod store;

@@ -1,2 +1,73 @@
-//! Entry point of `assist-jumphost` (skeleton until its issue lands).
-fn main() {}
+//! `assist-jumphost`: parse the command line, set up logging, call the library.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// SSH jump host for remote assistance: devices hold virtual reverse tunnels, engineers hop
+/// through to them by serial, and every hop is audited.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the jump host (SSH relay and registration API) in the foreground.
+    Serve {
+        /// Path of jumphost.toml (ssh_listen, api_listen, data_dir, policies_dir).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Administer device registrations.
+    #[command(subcommand)]
+    Serial(SerialCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check every *.toml in a policy folder; exit 0 when valid, non-zero with the reason.
+    Check {
+        /// The policy folder.
+        #[arg(long)]
+        policies: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SerialCommand {
+    /// Forget the key bound to a serial so a replaced device can register again.
+    Reset {
+        /// Path of jumphost.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// The serial to reset.
+        serial: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { config } => assist_jumphost::serve::run(&config),
+        Command::Policy(PolicyCommand::Check { policies }) => {
+            assist_jumphost::policy::check_command(&policies)
+        }
+        Command::Serial(SerialCommand::Reset { config, serial }) => {
+            assist_jumphost::store::reset_command(&config, &serial)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The SSH relay. (Interface skeleton: the SSH-side helper replaces the body.)
