@@ -1,1 +1,498 @@
-//! harness (being written)
+//! Harness for the end-to-end tests: builds and starts the real binaries and stock OpenSSH on
+//! loopback, reads their ready lines, and cleans up after them.
+//!
+//! Nothing here sleeps to wait for readiness: a program is ready when it says so on stdout,
+//! anything else is polled with a deadline.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use russh::keys::ssh_key::LineEnding;
+
+/// How long a program gets to print a ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which package builds which binary.
+fn package_of(bin: &str) -> &'static str {
+    match bin {
+        "assist-jumphost" => "assist-jumphost",
+        "assist-client" => "assist-client",
+        "support-cli" => "support-cli",
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The workspace's target/debug folder, found from this test executable's path
+/// (target/debug/deps/<test>).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `name` once per test process and returns its path, so a test never runs a stale
+/// binary even when only `cargo test -p assist-e2e` was asked for.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package_of(name), "--bin", name, "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of {name} failed");
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} missing after build", path.display());
+    built.insert(name.to_string(), path.clone());
+    path
+}
+
+/// Polls `check` until it is true or `timeout` passes; panics naming `what` on timeout.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if check() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A child process whose stdout is read line by line and whose stderr goes to a log file.
+pub struct Proc {
+    pub label: String,
+    child: Child,
+    lines: Receiver<String>,
+    stderr_path: PathBuf,
+    _stderr_dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Starts `cmd`; stdout lines are echoed to the test's stderr with `label`.
+    pub fn spawn(mut cmd: Command, label: &str) -> Proc {
+        let stderr_dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = stderr_dir.path().join("stderr.log");
+        let stderr = fs::File::create(&stderr_path).expect("create stderr log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label} ({cmd:?}): {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        let tag = label.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{tag}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            label: label.to_string(),
+            child,
+            lines,
+            stderr_path,
+            _stderr_dir: stderr_dir,
+        }
+    }
+
+    /// The rest of the first stdout line that starts with `prefix`.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line starting with {prefix:?} within {timeout:?}; stderr:\n{}",
+                    self.label,
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: exited ({:?}) before printing {prefix:?}; stderr:\n{}",
+                    self.label,
+                    self.child.try_wait(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, as a crash would, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait up to 20 s for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(15);
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.id();
+        // std has no safe kill(2) with a chosen signal; the `kill` command keeps this crate
+        // free of unsafe code.
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
+    /// Waits for the exit with a deadline; panics (after killing) on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.kill9();
+                panic!("{}: did not exit within {timeout:?}", self.label);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates an unencrypted ed25519 key at `path` with `ssh-keygen`; returns the public key line.
+pub fn keygen(path: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    fs::read_to_string(path.with_extension("pub"))
+        .expect("read public key")
+        .trim()
+        .to_string()
+}
+
+/// Stock `ssh` with options that keep it from asking questions or reading ~/.ssh.
+pub fn ssh(args: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=20",
+    ]);
+    cmd.args(args);
+    cmd
+}
+
+/// A stock OpenSSH `sshd` standing in for the customer's machine: the harness accepts on a free
+/// loopback port and hands each connection to `sshd -i`, so no port is ever guessed.
+pub struct Sshd {
+    pub addr: SocketAddr,
+    /// The file sshd reads keys from (`AuthorizedKeysFile`), for user root.
+    pub authorized_keys: PathBuf,
+    /// The host's public key line.
+    pub host_key_pub: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Where Debian puts sshd.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+impl Sshd {
+    pub fn start(dir: &Path) -> Sshd {
+        let dir = dir.join("sshd");
+        fs::create_dir_all(&dir).expect("create sshd dir");
+        // sshd refuses to start without its privilege separation directory.
+        fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        let host_key = dir.join("host_ed25519");
+        let host_key_pub = keygen(&host_key);
+        let authorized_keys = dir.join("authorized_keys");
+        fs::write(&authorized_keys, "").expect("create authorized_keys");
+        fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o600))
+            .expect("chmod authorized_keys");
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "HostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nPidFile none\nLogLevel VERBOSE\nAllowTcpForwarding yes\n\
+                 PrintMotd no\nPrintLastLog no\nAcceptEnv TERM LANG\n",
+                host_key.display(),
+                authorized_keys.display()
+            ),
+        )
+        .expect("write sshd_config");
+        let check = Command::new(SSHD).arg("-t").arg("-f").arg(&config).output().expect("sshd -t");
+        assert!(check.status.success(), "sshd -t: {}", String::from_utf8_lossy(&check.stderr));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sshd listener");
+        let addr = listener.local_addr().expect("local addr");
+        let log = dir.join("sshd.log");
+        let cfg = config.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let Ok(out) = conn.try_clone() else { continue };
+                let err = fs::OpenOptions::new().create(true).append(true).open(&log);
+                let mut cmd = Command::new(SSHD);
+                cmd.arg("-i").arg("-e").arg("-f").arg(&cfg);
+                cmd.stdin(Stdio::from(OwnedFd::from(conn)));
+                cmd.stdout(Stdio::from(OwnedFd::from(out)));
+                if let Ok(err) = err {
+                    cmd.stderr(err);
+                }
+                if let Ok(mut child) = cmd.spawn() {
+                    std::thread::spawn(move || child.wait());
+                }
+            }
+        });
+        Sshd { addr, authorized_keys, host_key_pub, config, dir }
+    }
+
+    /// What sshd has logged (all connections).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+}
+
+/// A running `assist-jumphost serve` with its own folders.
+pub struct Jumphost {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub policies_dir: PathBuf,
+    pub ssh_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub host_key_fingerprint: String,
+}
+
+impl Jumphost {
+    /// Starts a jump host on free loopback ports with `policy_toml` as its only policy file.
+    pub fn start(dir: &Path, policy_toml: &str) -> Jumphost {
+        let dir = dir.join("jumphost");
+        let data_dir = dir.join("data");
+        let policies_dir = dir.join("policies");
+        fs::create_dir_all(&policies_dir).expect("create policies dir");
+        fs::write(policies_dir.join("test.toml"), policy_toml).expect("write policy");
+        Self::start_with(&dir, &data_dir, &policies_dir, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    fn start_with(
+        dir: &Path,
+        data_dir: &Path,
+        policies_dir: &Path,
+        ssh_listen: &str,
+        api_listen: &str,
+    ) -> Jumphost {
+        let config = dir.join("jumphost.toml");
+        fs::write(
+            &config,
+            format!(
+                "ssh_listen = \"{ssh_listen}\"\napi_listen = \"{api_listen}\"\n\
+                 data_dir = \"{}\"\npolicies_dir = \"{}\"\n",
+                data_dir.display(),
+                policies_dir.display()
+            ),
+        )
+        .expect("write jumphost.toml");
+        let mut cmd = Command::new(bin("assist-jumphost"));
+        cmd.arg("serve").arg("--config").arg(&config);
+        cmd.env("RUST_LOG", "info,assist_jumphost=debug");
+        let mut proc = Proc::spawn(cmd, "jumphost");
+        let host_key_fingerprint = proc.wait_line("host key fingerprint:", READY_TIMEOUT);
+        let ssh_addr = parse_addr(&proc.wait_line("ssh listening on", READY_TIMEOUT));
+        let api = proc.wait_line("api listening on", READY_TIMEOUT);
+        let api_addr = parse_addr(api.trim_start_matches("http://"));
+        Jumphost {
+            proc,
+            dir: dir.to_path_buf(),
+            config,
+            data_dir: data_dir.to_path_buf(),
+            policies_dir: policies_dir.to_path_buf(),
+            ssh_addr,
+            api_addr,
+            host_key_fingerprint,
+        }
+    }
+
+    /// Kills the jump host with SIGKILL and starts it again on the same ports and folders.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let (ssh, api) = (self.ssh_addr.to_string(), self.api_addr.to_string());
+        // The old listeners died with the process; rebinding the same ports may briefly fail
+        // while the kernel tears them down, so retry with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let free = TcpListener::bind(&ssh).is_ok() && TcpListener::bind(&api).is_ok();
+            if free || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *self = Self::start_with(&self.dir, &self.data_dir, &self.policies_dir, &ssh, &api);
+    }
+
+    /// `POST /v1/register` with `{serial, public_key}`.
+    pub fn register(&self, serial: &str, public_key: &str) -> (u16, String) {
+        let body = serde_json::json!({ "serial": serial, "public_key": public_key }).to_string();
+        http(self.api_addr, "POST", "/v1/register", &[("Content-Type", "application/json")], body.as_bytes())
+    }
+
+    /// The ssh port as a string, for command lines.
+    pub fn ssh_port(&self) -> String {
+        self.ssh_addr.port().to_string()
+    }
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    s.trim()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
+}
+
+/// A raw HTTP/1.1 request (`Connection: close`); returns the status and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("set timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(req.as_bytes()).expect("write request");
+    // A server may answer (413) and close before reading a large body; that is fine.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = match text.split_once("\r\n\r\n") {
+        Some((head, rest)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => {
+            dechunk(rest)
+        }
+        Some((_, rest)) => rest.to_string(),
+        None => String::new(),
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// SHA-256 of a file or of bytes, as lowercase hex, via `sha256sum`.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes `len` random bytes to `path` (from /dev/urandom, via `head`).
+pub fn random_file(path: &Path, len: usize) {
+    let out = fs::File::create(path).expect("create random file");
+    let status = Command::new("head")
+        .arg("-c")
+        .arg(len.to_string())
+        .arg("/dev/urandom")
+        .stdout(out)
+        .status()
+        .expect("head");
+    assert!(status.success());
+}
+
+/// Writes an OpenSSH private key file (0600) for the key derived from `(serial, code)`,
+/// returning its public line.
+pub fn write_derived_key(path: &Path, serial: &str, code: &str) -> String {
+    let code = assist_proto::OneTimeCode::parse(code).expect("valid code");
+    let key = assist_proto::derive_key(serial, &code).expect("derive");
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .expect("encode key");
+    fs::write(path, pem.as_bytes()).expect("write key");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod key");
+    key.public_key().to_openssh().expect("public key")
+}
