@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what a fresh Debian machine lacks first
+# (stock OpenSSH server and client: the end-to-end tests run against the real thing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# A Debian package install may start the system sshd; the tests never use it.
+
+# Build everything once up front so test binaries do not race each other to build.
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
