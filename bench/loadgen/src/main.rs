@@ -1,0 +1,60 @@
+//! Benchmark load generator: many device tunnels from one process (idle cost, reconnect
+//! storm) and an in-process timer of the key derivation.
+//!
+//! Events go to stdout, one per line, so the driver (bench/run.py) can count and time them:
+//! `try IDX MS`, `up IDX MS`, `down IDX MS`, `fail IDX MS REASON` (MS = Unix time in ms).
+
+mod tunnels;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bench-loadgen", about = "Load generator for bench/run.py")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Holds COUNT device sessions, each with one reverse forward, until stdin closes.
+    Tunnels(tunnels::Args),
+    /// Times `derive_key` in this process and prints `derive_ms MEDIAN MIN MAX`.
+    Derive {
+        #[arg(long, default_value = "BENCH-0")]
+        serial: String,
+        #[arg(long, default_value = "7K3QM-2XPD9")]
+        code: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Tunnels(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(tunnels::run(args)),
+        Cmd::Derive {
+            serial,
+            code,
+            rounds,
+        } => derive(&serial, &code, rounds),
+    }
+}
+
+fn derive(serial: &str, code: &str, rounds: usize) -> anyhow::Result<()> {
+    let code = assist_proto::OneTimeCode::parse(code)?;
+    let mut times = Vec::with_capacity(rounds.max(1));
+    for _ in 0..rounds.max(1) {
+        let start = std::time::Instant::now();
+        assist_proto::derive_key(serial, &code)?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let (min, max) = (times[0], times[times.len() - 1]);
+    println!("derive_ms {median:.1} {min:.1} {max:.1}");
+    Ok(())
+}

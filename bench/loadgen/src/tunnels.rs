@@ -1,0 +1,182 @@
+//! Many device sessions against a jump host (ours or OpenSSH's), each logged in with one
+//! shared device key and holding one `tcpip-forward`, reconnecting with the agent's backoff.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use assist_proto::limits::{KEEPALIVE_INTERVAL, RECONNECT_MAX_BACKOFF, RECONNECT_MIN_BACKOFF};
+use russh::client;
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::keys::PublicKeyOrCertificate;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The jump host's SSH address.
+    #[arg(long)]
+    addr: String,
+    /// The device key (OpenSSH private key file), shared by every session.
+    #[arg(long)]
+    key: std::path::PathBuf,
+    /// How many sessions.
+    #[arg(long)]
+    count: usize,
+    /// Session IDX logs in as PREFIX<IDX> ...
+    #[arg(long, default_value = "BENCH-")]
+    user_prefix: String,
+    /// ... unless a fixed user is given (OpenSSH's jump host: root).
+    #[arg(long)]
+    user: Option<String>,
+    /// The port asked in tcpip-forward (OpenSSH: 0, a port is allocated per tunnel).
+    #[arg(long, default_value_t = 22)]
+    forward_port: u32,
+    #[arg(long, default_value = "127.0.0.1")]
+    forward_address: String,
+    /// Logins in flight at once (keep below the server's MaxStartups).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Reconnect after a lost session (the agent's behaviour), instead of giving up.
+    #[arg(long)]
+    reconnect: bool,
+    /// Failed attempts before a session gives up when not reconnecting.
+    #[arg(long, default_value_t = 5)]
+    max_failures: u32,
+}
+
+struct Device;
+
+impl client::Handler for Device {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // Loopback benchmark against a jump host started by the same script.
+        Ok(true)
+    }
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn event(kind: &str, idx: usize, extra: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the driver is gone; the process ends with stdin anyway.
+    let _ = writeln!(out, "{kind} {idx} {}{extra}", now_ms());
+    let _ = out.flush();
+}
+
+/// Full-jitter exponential backoff, as the agent does: uniform in [0, min(cap, base·2^n)].
+fn backoff(attempt: u32, rng: &AtomicU64) -> Duration {
+    let ceiling = RECONNECT_MIN_BACKOFF
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(RECONNECT_MAX_BACKOFF);
+    // xorshift64*: good enough to spread sleeps, no dependency.
+    let mut x = rng.load(Ordering::Relaxed);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng.store(x, Ordering::Relaxed);
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+    ceiling.mul_f64(r as f64 / (1u64 << 53) as f64)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let key = russh::keys::load_secret_key(&args.key, None)
+        .with_context(|| format!("load device key {}", args.key.display()))?;
+    let key = Arc::new(key);
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        nodelay: true,
+        ..Default::default()
+    });
+    let args = Arc::new(args);
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let seed = now_ms() as u64 | 1;
+    for idx in 0..args.count {
+        let (args, key, config, gate) = (args.clone(), key.clone(), config.clone(), gate.clone());
+        let rng = AtomicU64::new(seed.wrapping_mul(idx as u64 + 1) | 1);
+        tokio::spawn(async move { device(idx, &args, key, config, &gate, &rng).await });
+    }
+    // The driver ends the run by closing stdin.
+    let mut sink = [0u8; 256];
+    let mut stdin = tokio::io::stdin();
+    while stdin.read(&mut sink).await.unwrap_or(0) > 0 {}
+    std::process::exit(0)
+}
+
+async fn device(
+    idx: usize,
+    args: &Args,
+    key: Arc<russh::keys::PrivateKey>,
+    config: Arc<client::Config>,
+    gate: &Semaphore,
+    rng: &AtomicU64,
+) {
+    let user = match &args.user {
+        Some(u) => u.clone(),
+        None => format!("{}{idx}", args.user_prefix),
+    };
+    let mut failures = 0u32;
+    loop {
+        let attempt = {
+            let Ok(_permit) = gate.acquire().await else {
+                return;
+            };
+            event("try", idx, "");
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                login(args, &user, key.clone(), config.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")))
+        };
+        match attempt {
+            Ok(session) => {
+                failures = 0;
+                event("up", idx, "");
+                let _ = session.await;
+                event("down", idx, "");
+                if !args.reconnect {
+                    return;
+                }
+            }
+            Err(e) => {
+                let reason = format!("{e:#}").replace(char::is_whitespace, "_");
+                event("fail", idx, &format!(" {reason}"));
+                failures += 1;
+                if !args.reconnect && failures >= args.max_failures {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff(failures, rng)).await;
+    }
+}
+
+async fn login(
+    args: &Args,
+    user: &str,
+    key: Arc<russh::keys::PrivateKey>,
+    config: Arc<client::Config>,
+) -> anyhow::Result<client::Handle<Device>> {
+    let mut session = client::connect(config, args.addr.as_str(), Device).await?;
+    let auth = session
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, None))
+        .await?;
+    anyhow::ensure!(auth.success(), "auth refused");
+    session
+        .tcpip_forward(args.forward_address.as_str(), args.forward_port)
+        .await
+        .context("tcpip-forward")?;
+    Ok(session)
+}
