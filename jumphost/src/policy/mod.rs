@@ -1,0 +1,284 @@
+//! Admin policies: every `*.toml` in the policy folder, merged into one [`Policy`].
+//!
+//! Each file may hold any section; files are read in name order. Lists (`support_cidrs`,
+//! `client_cidrs`, `[[support]]`, `[serials] allow`) concatenate across files; a scalar
+//! (`[keys] client_key_ttl`, `[keys] max_assistance`) may be set in one file only. Every
+//! error names the file and the key or line.
+//!
+//! Defaults when a section is absent — deliberately closed:
+//! - `support_cidrs` empty: no engineer may connect from anywhere;
+//! - `client_cidrs` empty: devices may connect from anywhere (they still need a registered key);
+//! - `[serials] allow` empty: no serial may register;
+//! - `client_key_ttl` 30 days, `max_assistance` 8 hours ([`assist_proto::limits`]).
+
+mod parse;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use russh::keys::PublicKey;
+
+pub use watch::{PolicyHandle, spawn_watcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: cannot read the policy folder: {source}", dir.display())]
+    Folder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no *.toml policy files in this folder", dir.display())]
+    NoFiles { dir: PathBuf },
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// `message` starts with the line and column when known, and names the key.
+    #[error("{}: {message}", file.display())]
+    Invalid { file: PathBuf, message: String },
+    #[error("{key} is set in both {} and {} (set it in one file only)", first.display(), second.display())]
+    Duplicate {
+        key: &'static str,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
+/// The merged policy in force.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    files: Vec<PathBuf>,
+    support_cidrs: Vec<IpNet>,
+    client_cidrs: Vec<IpNet>,
+    engineers: BTreeMap<String, Vec<PublicKey>>,
+    serial_patterns: Vec<glob::Pattern>,
+    client_key_ttl: Duration,
+    max_assistance: Duration,
+}
+
+/// The closed defaults of the module docs: nobody may connect or register.
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            support_cidrs: Vec::new(),
+            client_cidrs: Vec::new(),
+            engineers: BTreeMap::new(),
+            serial_patterns: Vec::new(),
+            client_key_ttl: assist_proto::limits::DEFAULT_CLIENT_KEY_TTL,
+            max_assistance: assist_proto::limits::DEFAULT_MAX_ASSISTANCE,
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and merges every `*.toml` in `dir` (names starting with `.` are skipped, as
+    /// editors leave lock and backup files there).
+    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
+        let files = policy_files(dir)?;
+        let mut merger = parse::Merger::default();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+                file: file.clone(),
+                source,
+            })?;
+            merger.add(file, &text)?;
+        }
+        Ok(merger.finish())
+    }
+
+    /// Parses one policy document; `origin` names it in errors. Handy for tests and tools.
+    pub fn from_toml(origin: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let mut merger = parse::Merger::default();
+        merger.add(origin, text)?;
+        Ok(merger.finish())
+    }
+
+    pub fn engineer_from_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.support_cidrs.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Empty `client_cidrs` means devices may connect from anywhere.
+    pub fn client_from_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.client_cidrs.is_empty() || self.client_cidrs.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The keys policy lists for this engineer name (empty if unknown).
+    pub fn engineer_keys(&self, name: &str) -> Vec<PublicKey> {
+        self.engineers.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Whether `key` is one of the keys listed for engineer `name`.
+    pub fn engineer_key_allowed(&self, name: &str, key: &PublicKey) -> bool {
+        self.engineers
+            .get(name)
+            .is_some_and(|keys| keys.iter().any(|k| k.key_data() == key.key_data()))
+    }
+
+    /// Whether a serial matches one of the `[serials] allow` patterns (its format is checked
+    /// separately, by `assist_proto::validate_name`).
+    pub fn serial_allowed(&self, serial: &str) -> bool {
+        self.serial_patterns.iter().any(|p| p.matches(serial))
+    }
+
+    pub fn client_key_ttl(&self) -> Duration {
+        self.client_key_ttl
+    }
+
+    pub fn max_assistance(&self) -> Duration {
+        self.max_assistance
+    }
+
+    /// The files this policy was read from, in merge order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Engineer names with their number of keys.
+    pub fn engineers(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.engineers.iter().map(|(n, k)| (n.as_str(), k.len()))
+    }
+
+    pub fn serial_patterns(&self) -> impl Iterator<Item = &str> {
+        self.serial_patterns.iter().map(|p| p.as_str())
+    }
+
+    pub fn support_cidrs(&self) -> &[IpNet] {
+        &self.support_cidrs
+    }
+
+    pub fn client_cidrs(&self) -> &[IpNet] {
+        &self.client_cidrs
+    }
+
+    /// A few lines an admin can read to see what is in force.
+    pub fn summary(&self) -> String {
+        let names = |files: &[PathBuf]| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| {
+                    f.file_name().map_or_else(
+                        || f.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect()
+        };
+        let engineers: Vec<String> = self
+            .engineers()
+            .map(|(name, n)| format!("{name} ({n} key{})", if n == 1 { "" } else { "s" }))
+            .collect();
+        let nets = |nets: &[IpNet], empty: &str| -> String {
+            if nets.is_empty() {
+                empty.to_string()
+            } else {
+                nets.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let patterns: Vec<&str> = self.serial_patterns().collect();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "files ({}): {}",
+            self.files.len(),
+            names(&self.files).join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "engineers ({}): {}",
+            engineers.len(),
+            or_none(&engineers.join(", "))
+        );
+        let _ = writeln!(
+            out,
+            "serial patterns ({}): {}",
+            patterns.len(),
+            or_none(&patterns.join(", "))
+        );
+        let _ = writeln!(
+            out,
+            "support_cidrs: {}",
+            nets(&self.support_cidrs, "none (no engineer may connect)")
+        );
+        let _ = writeln!(out, "client_cidrs: {}", nets(&self.client_cidrs, "any"));
+        let _ = write!(
+            out,
+            "client_key_ttl: {}, max_assistance: {}",
+            humantime::format_duration(self.client_key_ttl),
+            humantime::format_duration(self.max_assistance)
+        );
+        out
+    }
+
+    /// Things that are valid but probably not what the admin meant.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.support_cidrs.is_empty() {
+            warnings.push("[allowlist] support_cidrs is empty: no engineer can connect");
+        }
+        if self.engineers.is_empty() {
+            warnings.push("no [[support]] engineers: nobody can hop to a device");
+        }
+        if self.serial_patterns.is_empty() {
+            warnings.push("[serials] allow is empty: no device can register");
+        }
+        warnings
+    }
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "none" } else { s }
+}
+
+/// The `*.toml` files of `dir`, sorted by name.
+fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let folder_err = |source| PolicyError::Folder {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(folder_err)? {
+        let entry = entry.map_err(folder_err)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(PolicyError::NoFiles {
+            dir: dir.to_path_buf(),
+        });
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `assist-jumphost policy check --policies DIR`.
+pub fn check_command(dir: &Path) -> anyhow::Result<()> {
+    let policy = Policy::load_dir(dir)?;
+    println!("policy OK: {}", dir.display());
+    println!("{}", policy.summary());
+    for warning in policy.warnings() {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! Policy parsing and merging: good folders, every kind of bad file, and the shipped examples.
+
+use std::net::IpAddr;
+
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+
+use super::*;
+
+fn key_line(seed: u8, comment: &str) -> String {
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]));
+    key.set_comment(comment);
+    key.public_key().to_openssh().unwrap()
+}
+
+fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// Loads a folder that must fail; returns the error text.
+fn load_err(files: &[(&str, &str)]) -> String {
+    let dir = folder(files);
+    Policy::load_dir(dir.path()).unwrap_err().to_string()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn files_merge_in_name_order() {
+    let alice1 = key_line(1, "alice@laptop");
+    let alice2 = key_line(2, "alice@desk");
+    let dir = folder(&[
+        (
+            "20-support.toml",
+            &format!(
+                "[[support]]\nname = \"alice\"\npublic_key = \"{alice1}\"\n\n[[support]]\nname = \"alice\"\npublic_key = \"{alice2}\"\n"
+            ),
+        ),
+        (
+            "10-allow.toml",
+            "[allowlist]\nsupport_cidrs = [\"10.20.0.0/16\", \"192.0.2.7\", \"2001:db8::1\"]\n[serials]\nallow = [\"SN-*\"]\n",
+        ),
+        (
+            "30-more.toml",
+            "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\nclient_cidrs = [\"198.51.100.0/24\"]\n[serials]\nallow = [\"LAB-??\"]\n[keys]\nclient_key_ttl = \"7d\"\n",
+        ),
+        ("notes.txt", "not a policy"),
+        (".#20-support.toml", "editor lock file"),
+    ]);
+    let policy = Policy::load_dir(dir.path()).unwrap();
+    let names: Vec<_> = policy
+        .files()
+        .iter()
+        .map(|f| f.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["10-allow.toml", "20-support.toml", "30-more.toml"]);
+
+    assert!(policy.engineer_from_allowed(ip("10.20.3.4")));
+    assert!(policy.engineer_from_allowed(ip("192.0.2.7")));
+    assert!(!policy.engineer_from_allowed(ip("192.0.2.8")));
+    assert!(policy.engineer_from_allowed(ip("2001:db8::1")));
+    assert!(policy.engineer_from_allowed(ip("127.0.0.1")));
+    assert!(
+        policy.engineer_from_allowed(ip("::ffff:127.0.0.1")),
+        "v4-mapped v6 is the v4 address"
+    );
+    assert!(!policy.engineer_from_allowed(ip("10.21.0.1")));
+    assert!(policy.client_from_allowed(ip("198.51.100.9")));
+    assert!(!policy.client_from_allowed(ip("203.0.113.1")));
+
+    assert_eq!(policy.engineer_keys("alice").len(), 2);
+    assert!(policy.engineer_keys("bob").is_empty());
+    let k2 = PublicKey::from_openssh(&alice2).unwrap();
+    assert!(policy.engineer_key_allowed("alice", &k2));
+    assert!(!policy.engineer_key_allowed("bob", &k2));
+
+    assert!(policy.serial_allowed("SN-0001"));
+    assert!(policy.serial_allowed("LAB-12"));
+    assert!(!policy.serial_allowed("LAB-123"));
+    assert!(!policy.serial_allowed("sn-0001"));
+    assert_eq!(policy.client_key_ttl(), Duration::from_secs(7 * 86400));
+    assert_eq!(
+        policy.max_assistance(),
+        assist_proto::limits::DEFAULT_MAX_ASSISTANCE
+    );
+    assert!(
+        policy.summary().contains("alice (2 keys)"),
+        "{}",
+        policy.summary()
+    );
+}
+
+#[test]
+fn absent_sections_are_closed_defaults() {
+    let policy = Policy::load_dir(folder(&[("empty.toml", "# nothing yet\n")]).path()).unwrap();
+    assert!(!policy.engineer_from_allowed(ip("127.0.0.1")));
+    assert!(
+        policy.client_from_allowed(ip("203.0.113.1")),
+        "empty client_cidrs: anywhere"
+    );
+    assert!(!policy.serial_allowed("SN-1"));
+    assert_eq!(
+        policy.client_key_ttl(),
+        assist_proto::limits::DEFAULT_CLIENT_KEY_TTL
+    );
+    assert_eq!(
+        policy.max_assistance(),
+        assist_proto::limits::DEFAULT_MAX_ASSISTANCE
+    );
+    assert_eq!(policy.warnings().len(), 3);
+    let default = Policy::default();
+    assert_eq!(default.client_key_ttl(), policy.client_key_ttl());
+    assert!(!default.serial_allowed("SN-1"));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_file_key_and_line() {
+    let err = load_err(&[("a.toml", "[serials]\nallow = []\nallowed = [\"x\"]\n")]);
+    assert!(
+        err.contains("a.toml") && err.contains("allowed") && err.contains("line 3"),
+        "{err}"
+    );
+    let err = load_err(&[("b.toml", "[allowlists]\nsupport_cidrs = []\n")]);
+    assert!(
+        err.contains("b.toml") && err.contains("allowlists") && err.contains("line 1"),
+        "{err}"
+    );
+    let err = load_err(&[(
+        "c.toml",
+        "[[support]]\nname = \"a\"\npublic_key = \"x\"\nrole = \"admin\"\n",
+    )]);
+    assert!(err.contains("c.toml") && err.contains("role"), "{err}");
+}
+
+#[test]
+fn bad_cidr_is_named() {
+    let err = load_err(&[
+        ("00-ok.toml", "[serials]\nallow = [\"*\"]\n"),
+        (
+            "10-bad.toml",
+            "[allowlist]\nclient_cidrs = [\"10.0.0.0/8\",\n  \"10.0.0.0/33\"]\n",
+        ),
+    ]);
+    assert!(err.contains("10-bad.toml"), "{err}");
+    assert!(
+        err.contains("[allowlist] client_cidrs") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+    assert!(err.contains("line 3"), "{err}");
+    let err = load_err(&[("a.toml", "[allowlist]\nsupport_cidrs = [\"localhost\"]\n")]);
+    assert!(
+        err.contains("support_cidrs") && err.contains("localhost"),
+        "{err}"
+    );
+    let err = load_err(&[("a.toml", "[allowlist]\nsupport_cidrs = \"10.0.0.0/8\"\n")]);
+    assert!(err.contains("a.toml") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn bad_engineer_key_or_name_is_named() {
+    let err = load_err(&[(
+        "s.toml",
+        "[[support]]\nname = \"alice\"\npublic_key = \"ssh-ed25519 AAAAnotbase64!\"\n",
+    )]);
+    assert!(
+        err.contains("s.toml") && err.contains("public_key") && err.contains("alice"),
+        "{err}"
+    );
+    assert!(err.contains("line 3"), "{err}");
+    let line = key_line(1, "x");
+    let err = load_err(&[(
+        "s.toml",
+        &format!("[[support]]\nname = \"../root\"\npublic_key = \"{line}\"\n"),
+    )]);
+    assert!(
+        err.contains("s.toml") && err.contains("[[support]] name") && err.contains("line 2"),
+        "{err}"
+    );
+    let err = load_err(&[("s.toml", "[[support]]\nname = \"alice\"\n")]);
+    assert!(
+        err.contains("s.toml") && err.contains("public_key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_glob_is_named() {
+    let err = load_err(&[("g.toml", "[serials]\nallow = [\"SN-[\"]\n")]);
+    assert!(
+        err.contains("g.toml") && err.contains("[serials] allow") && err.contains("SN-["),
+        "{err}"
+    );
+    let err = load_err(&[("g.toml", "[serials]\nallow = [\"\"]\n")]);
+    assert!(
+        err.contains("g.toml") && err.contains("[serials] allow"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let err = load_err(&[("k.toml", "[keys]\nmax_assistance = \"8 hourz\"\n")]);
+    assert!(
+        err.contains("k.toml") && err.contains("[keys] max_assistance") && err.contains("line 2"),
+        "{err}"
+    );
+    let err = load_err(&[("k.toml", "[keys]\nclient_key_ttl = \"0s\"\n")]);
+    assert!(
+        err.contains("client_key_ttl") && err.contains("longer than zero"),
+        "{err}"
+    );
+    let err = load_err(&[("k.toml", "[keys]\nclient_key_ttl = 30\n")]);
+    assert!(err.contains("k.toml") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn scalar_set_in_two_files_names_both() {
+    let err = load_err(&[
+        ("10-keys.toml", "[keys]\nmax_assistance = \"8h\"\n"),
+        (
+            "20-keys.toml",
+            "[keys]\nclient_key_ttl = \"1d\"\nmax_assistance = \"1h\"\n",
+        ),
+    ]);
+    assert!(
+        err.contains("10-keys.toml") && err.contains("20-keys.toml"),
+        "{err}"
+    );
+    assert!(err.contains("[keys] max_assistance"), "{err}");
+}
+
+#[test]
+fn syntax_error_is_named() {
+    let err = load_err(&[("x.toml", "[serials]\nallow = [\"SN-*\"\n")]);
+    assert!(err.contains("x.toml") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn folder_without_policy_files_is_an_error() {
+    let err = load_err(&[("README.md", "hi")]);
+    assert!(err.contains("no *.toml"), "{err}");
+    let err = Policy::load_dir(Path::new("/nonexistent/policies"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/policies"), "{err}");
+}
+
+#[test]
+fn check_command_fails_with_the_reason() {
+    let dir = folder(&[("a.toml", "[serials]\nallow = [\"SN-*\"]\n")]);
+    check_command(dir.path()).unwrap();
+    let bad = folder(&[("a.toml", "[keys]\nttl = \"1d\"\n")]);
+    let err = check_command(bad.path()).unwrap_err().to_string();
+    assert!(err.contains("a.toml") && err.contains("ttl"), "{err}");
+}
+
+#[test]
+fn shipped_example_policies_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for file in policy_files(&dir).unwrap() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        Policy::from_toml(&file, &text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let policy = Policy::load_dir(&dir).unwrap();
+    assert!(policy.files().len() >= 4);
+    assert!(policy.engineer_from_allowed(ip("127.0.0.1")));
+    assert!(policy.engineer_keys("alice").len() >= 1);
+    assert!(policy.serial_allowed("SN-0001"));
+    assert!(!policy.serial_allowed("XX-0001"));
+    assert_eq!(policy.client_key_ttl(), Duration::from_secs(30 * 86400));
+    assert_eq!(policy.max_assistance(), Duration::from_secs(8 * 3600));
+    assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
+}

@@ -1,0 +1,221 @@
+//! The policy in force and the watcher that reloads it on change or SIGHUP.
+//!
+//! Polling a fingerprint of the folder (names, sizes, mtimes) every second is simpler and
+//! more portable than inotify, and works on bind-mounted or network folders where file events
+//! do not arrive. A bad edit is logged with the file and key, and the last good policy stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Policy;
+
+/// How often the watcher looks at the policy folder.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The policy in force, swapped atomically by the watcher.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    tx: Arc<watch::Sender<Arc<Policy>>>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl PolicyHandle {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(Arc::new(policy))),
+            last_error: Arc::default(),
+        }
+    }
+
+    /// A snapshot: callers keep using it even if a reload happens meanwhile.
+    pub fn current(&self) -> Arc<Policy> {
+        self.tx.borrow().clone()
+    }
+
+    /// Puts `policy` in force.
+    pub fn replace(&self, policy: Policy) {
+        self.set_last_error(None);
+        self.tx.send_replace(Arc::new(policy));
+    }
+
+    /// Why the latest reload failed, while the folder stays broken (`None` once a reload
+    /// succeeds).
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Notified on every reload, e.g. to drop sessions the new policy no longer allows.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Policy>> {
+        self.tx.subscribe()
+    }
+}
+
+/// Reloads on change (polling) and on SIGHUP; a bad edit is logged and the last good policy kept.
+pub fn spawn_watcher(
+    dir: PathBuf,
+    handle: PolicyHandle,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    // Taken now, not in the task, so an edit made right after this call is not mistaken for
+    // the starting state.
+    let mut seen = fingerprint(&dir);
+    tokio::spawn(async move {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGHUP; policy reloads only on change");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => false,
+                Some(()) = async { match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                } } => true,
+            };
+            let now = fingerprint(&dir);
+            if !forced && now == seen {
+                continue;
+            }
+            // Remember what we tried, good or bad, so a broken file is reported once per
+            // edit rather than every second.
+            seen = now;
+            reload(&dir, &handle, if forced { "SIGHUP" } else { "change" }).await;
+        }
+    })
+}
+
+async fn reload(dir: &Path, handle: &PolicyHandle, trigger: &'static str) {
+    let load_dir = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || Policy::load_dir(&load_dir)).await {
+        Ok(Ok(policy)) => {
+            tracing::info!(
+                dir = %dir.display(),
+                trigger,
+                files = policy.files().len(),
+                engineers = policy.engineers().count(),
+                serial_patterns = policy.serial_patterns().count(),
+                "policy reloaded"
+            );
+            for warning in policy.warnings() {
+                tracing::warn!(dir = %dir.display(), "{warning}");
+            }
+            handle.replace(policy);
+        }
+        Ok(Err(err)) => {
+            tracing::error!(dir = %dir.display(), trigger, error = %err, "policy not reloaded; keeping the last good policy");
+            handle.set_last_error(Some(err.to_string()));
+        }
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), error = %err, "policy reload task failed; keeping the last good policy");
+        }
+    }
+}
+
+/// Name, size and mtime of every entry; any change in the folder changes it.
+type Fingerprint = Result<Vec<(std::ffi::OsString, u64, Option<SystemTime>)>, std::io::ErrorKind>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.kind())? {
+        let entry = entry.map_err(|e| e.kind())?;
+        // Follows symlinks, as Kubernetes ConfigMaps swap a symlinked folder.
+        let meta = std::fs::metadata(entry.path()).ok();
+        entries.push((
+            entry.file_name(),
+            meta.as_ref().map_or(0, |m| m.len()),
+            meta.and_then(|m| m.modified().ok()),
+        ));
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[serials]\nallow = [\"SN-*\"]\n";
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn good_edit_is_picked_up_and_bad_edit_keeps_the_last_good_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, GOOD).unwrap();
+        let handle = PolicyHandle::new(Policy::load_dir(dir.path()).unwrap());
+        let mut updates = handle.subscribe();
+        let shutdown = CancellationToken::new();
+        let task = spawn_watcher(dir.path().to_path_buf(), handle.clone(), shutdown.clone());
+
+        std::fs::write(&file, "[serials]\nallow = [\"SN-*\", \"LAB-*\"]\n").unwrap();
+        wait_for("LAB-* allowed", || handle.current().serial_allowed("LAB-1")).await;
+        updates.mark_unchanged();
+
+        std::fs::write(&file, "[serials]\nallow = [\"[\"]\n").unwrap();
+        wait_for("reload error", || handle.last_reload_error().is_some()).await;
+        let err = handle.last_reload_error().unwrap();
+        assert!(
+            err.contains("p.toml") && err.contains("[serials] allow"),
+            "{err}"
+        );
+        assert!(handle.current().serial_allowed("LAB-1"));
+        assert!(
+            !updates.has_changed().unwrap(),
+            "a bad edit must not replace the policy"
+        );
+
+        std::fs::write(&file, "[serials]\nallow = [\"OTHER-*\"]\n").unwrap();
+        wait_for("OTHER-* allowed", || {
+            handle.current().serial_allowed("OTHER-1")
+        })
+        .await;
+        assert!(!handle.current().serial_allowed("LAB-1"));
+        assert_eq!(handle.last_reload_error(), None);
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn fingerprint_sees_new_files_and_size_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fingerprint(dir.path());
+        std::fs::write(dir.path().join("a.toml"), "x").unwrap();
+        let b = fingerprint(dir.path());
+        assert_ne!(a, b);
+        std::fs::write(dir.path().join("a.toml"), "xy").unwrap();
+        assert_ne!(b, fingerprint(dir.path()));
+        assert!(fingerprint(&dir.path().join("missing")).is_err());
+    }
+}
