@@ -1,7 +1,166 @@
-//! `assist-jumphost serve`. (Interface skeleton: the SSH-side helper replaces the body.)
+//! `assist-jumphost serve`: wires config, store, policy, host key, the SSH relay and the
+//! registration API together, and shuts them down cleanly on SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-pub fn run(_config: &Path) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+use assist_proto::limits::SHUTDOWN_GRACE;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::JumphostConfig;
+use crate::policy::{self, Policy, PolicyHandle};
+use crate::ssh::{self, Limits, Relay, hostkey};
+use crate::store::{SqliteStore, Store};
+
+/// How often expired device keys are deleted (they are refused at login regardless).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs the jump host in the foreground until SIGINT or SIGTERM.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config_path))
+}
+
+async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let config = JumphostConfig::load(config_path)
+        .with_context(|| format!("loading config {}", config_path.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = open_store(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let policy = Policy::load_dir(&config.policies_dir)
+        .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
+    let policy = PolicyHandle::new(policy);
+    let host_key = hostkey::load_or_create(&config.data_dir)?;
+    let fingerprint = hostkey::fingerprint(&host_key);
+
+    let ssh_listener = TcpListener::bind(config.ssh_listen)
+        .await
+        .with_context(|| format!("binding ssh_listen {}", config.ssh_listen))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding api_listen {}", config.api_listen))?;
+    let ssh_addr = ssh_listener
+        .local_addr()
+        .context("reading the SSH address")?;
+    let api_addr = api_listener
+        .local_addr()
+        .context("reading the API address")?;
+
+    let shutdown = CancellationToken::new();
+    let relay = Arc::new(Relay::new(
+        Arc::clone(&store),
+        policy.clone(),
+        host_key,
+        Limits::default(),
+    ));
+    let watcher = policy::spawn_watcher(
+        config.policies_dir.clone(),
+        policy.clone(),
+        shutdown.clone(),
+    );
+    let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));
+    let mut ssh_task = tokio::spawn(ssh::serve(
+        ssh_listener,
+        Arc::clone(&relay),
+        shutdown.clone(),
+    ));
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        ApiState {
+            store: Arc::clone(&store),
+            policy,
+        },
+        shutdown.clone(),
+    ));
+
+    print_ready(&[
+        format!("host key fingerprint: {fingerprint}"),
+        format!("ssh listening on {ssh_addr}"),
+        format!("api listening on http://{api_addr}"),
+    ])?;
+    tracing::info!(%ssh_addr, %api_addr, %fingerprint, "jump host ready");
+
+    // The SSH server only stops on its own after a fatal error; then the process exits
+    // rather than serving the API alone.
+    let stopped_early = tokio::select! {
+        signal = wait_for_signal() => {
+            tracing::info!(signal = signal?, "shutting down");
+            None
+        }
+        done = &mut ssh_task => Some(done),
+    };
+    shutdown.cancel();
+
+    let ssh_result = match stopped_early {
+        Some(done) => done,
+        None => ssh_task.await,
+    }
+    .context("SSH server task")?;
+    let api_result = api_task.await.context("API server task")?;
+    relay.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, relay.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = relay.tasks.len(),
+            "connections still open after the grace time; dropping them"
+        );
+    }
+    let _ = watcher.await;
+    let _ = sweeper.await;
+    ssh_result.context("SSH server")?;
+    api_result.context("registration API")?;
+    Ok(())
+}
+
+// TEMPORARY until the data side lands `impl Store for SqliteStore`.
+fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    SqliteStore::open(data_dir)?;
+    anyhow::bail!("store not implemented yet")
+}
+
+/// The ready lines on stdout are a contract with the tests and operators' scripts.
+fn print_ready(lines: &[String]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}").context("writing the ready lines")?;
+    }
+    out.flush().context("writing the ready lines")
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+async fn sweep(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, "expired device keys swept"),
+            Ok(Err(e)) => tracing::error!(error = %e, "sweeping expired keys failed"),
+            Err(e) => tracing::error!(error = %e, "sweeping expired keys failed"),
+        }
+    }
 }

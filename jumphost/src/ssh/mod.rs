@@ -1,1 +1,131 @@
-//! The SSH relay. (Interface skeleton: the SSH-side helper replaces the body.)
+//! The SSH relay: devices hold virtual reverse forwards, engineers hop through them by serial.
+//!
+//! `server` accepts TCP connections and runs one task per connection, `handler` is the thin
+//! russh handler deciding who may do what, `auth` checks identities against policy and
+//! store, `routes` maps `(serial, port)` to device sessions, `hop` and `splice` relay one
+//! engineer channel to one device channel, `hostkey` keeps the jump host's own key.
+
+pub mod auth;
+pub mod handler;
+pub mod hop;
+pub mod hostkey;
+pub mod routes;
+pub mod server;
+pub mod splice;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use assist_proto::limits;
+use russh::keys::PrivateKey;
+use russh::{MethodKind, MethodSet, Preferred, cipher};
+use tokio_util::task::TaskTracker;
+
+use crate::policy::PolicyHandle;
+use crate::store::{AuditEvent, Store};
+
+pub use server::serve;
+
+/// Connection limits, configurable so tests can use small values.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time an unauthenticated connection gets to log in (OpenSSH's LoginGraceTime).
+    pub login_grace: Duration,
+    /// Unauthenticated connections held at once (OpenSSH's MaxStartups).
+    pub max_startups: usize,
+    /// Time a device gets to accept a `forwarded-tcpip` open for an engineer.
+    pub open_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            login_grace: limits::LOGIN_GRACE,
+            max_startups: limits::MAX_STARTUPS,
+            open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by every connection of the relay.
+pub struct Relay {
+    pub store: Arc<dyn Store>,
+    pub policy: PolicyHandle,
+    pub routes: routes::RouteTable<russh::server::Handle>,
+    pub config: Arc<russh::server::Config>,
+    pub limits: Limits,
+    /// Hops and connections, drained on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl Relay {
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: PolicyHandle,
+        host_key: PrivateKey,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            store,
+            policy,
+            routes: routes::RouteTable::default(),
+            config: Arc::new(russh_config(host_key)),
+            limits,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Records an audit event without holding up the caller; a store failure is logged.
+    pub fn audit(&self, kind: &'static str, who: Option<&str>, source: IpAddr, outcome: String) {
+        let event = AuditEvent {
+            kind,
+            who: who.map(str::to_owned),
+            source,
+            outcome,
+        };
+        let store = Arc::clone(&self.store);
+        self.tasks.spawn_blocking(move || {
+            if let Err(e) = store.record(&event) {
+                tracing::error!(error = %e, kind = event.kind, "could not record audit event");
+            }
+        });
+    }
+}
+
+/// The russh settings: tuned for bulk relaying (large windows and packets, AEAD ciphers
+/// first) and for long-lived idle tunnels (keepalives instead of an inactivity timeout).
+fn russh_config(host_key: PrivateKey) -> russh::server::Config {
+    let preferred = Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_GCM,
+            cipher::AES_128_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        ..Preferred::default()
+    };
+    russh::server::Config {
+        server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed(concat!(
+            "SSH-2.0-assist-jumphost_",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // The first "none" probe every client sends is not a failed guess: answer at once.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        auth_rejection_time: Duration::from_millis(500),
+        keys: vec![host_key],
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65_535,
+        channel_buffer_size: 256,
+        event_buffer_size: 64,
+        preferred,
+        inactivity_timeout: None,
+        keepalive_interval: Some(limits::KEEPALIVE_INTERVAL),
+        keepalive_max: limits::KEEPALIVE_MAX,
+        nodelay: true,
+        max_auth_attempts: 6,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,354 @@
+//! The russh handler of one connection: publickey login, then the few requests each role
+//! may make. Anything slow (channel opens towards devices, relaying) runs in spawned tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::Relay;
+use super::auth::{self, Identity, Refusal};
+use super::hop;
+use super::routes::SessionId;
+
+/// SSH reason code "connect failed" with our own description.
+const CONNECT_FAILED: u32 = 2;
+/// SSH reason code "administratively prohibited" with our own description.
+const PROHIBITED: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Ssh(#[from] russh::Error),
+    #[error("connection refused: {0}")]
+    Refused(String),
+}
+
+pub struct ConnHandler {
+    relay: Arc<Relay>,
+    peer: SocketAddr,
+    session_id: SessionId,
+    identity: Option<Identity>,
+    /// The identity found when a key was offered, reused when its signature arrives.
+    offered: Option<(String, PublicKey, Identity)>,
+    /// Tells the connection task who logged in (ends the login grace timer).
+    on_auth: Option<oneshot::Sender<Identity>>,
+    /// The connection's span: russh runs these callbacks in its own task, outside it.
+    span: tracing::Span,
+}
+
+impl ConnHandler {
+    pub fn new(
+        relay: Arc<Relay>,
+        peer: SocketAddr,
+        session_id: SessionId,
+        on_auth: oneshot::Sender<Identity>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            relay,
+            peer,
+            session_id,
+            identity: None,
+            offered: None,
+            on_auth: Some(on_auth),
+            span,
+        }
+    }
+
+    /// Checks a login and records a refusal (logged and audited, never the key itself).
+    async fn check(&self, user: &str, key: &PublicKey) -> Result<Identity, Refusal> {
+        let policy = self.relay.policy.current();
+        let now = SystemTime::now();
+        let cached = self
+            .offered
+            .as_ref()
+            .filter(|(u, k, _)| u == user && k.key_data() == key.key_data())
+            .map(|(_, _, id)| id.clone());
+        let result = match cached {
+            // Expiry is checked again: the signature may arrive after the offer.
+            Some(Identity::Device { expires_at, .. }) if expires_at <= now => {
+                auth::check(&policy, &self.relay.store, self.peer.ip(), user, key, now).await
+            }
+            Some(id) => Ok(id),
+            None => auth::check(&policy, &self.relay.store, self.peer.ip(), user, key, now).await,
+        };
+        result.inspect_err(|refusal| {
+            tracing::warn!(parent: &self.span, user, reason = %refusal.reason, "login refused");
+            self.relay.audit(
+                "ssh.auth",
+                Some(user),
+                self.peer.ip(),
+                format!("refused: {}", refusal.reason),
+            );
+        })
+    }
+
+    /// Turns a refusal into the russh answer: a plain reject lets the client try another
+    /// key, a fatal one ends the connection.
+    fn answer(result: Result<(), Refusal>) -> Result<Auth, HandlerError> {
+        match result {
+            Ok(()) => Ok(Auth::Accept),
+            Err(refusal) if refusal.fatal => Err(HandlerError::Refused(refusal.reason)),
+            Err(_) => Ok(Auth::reject()),
+        }
+    }
+
+    fn refuse_channel(&self, what: &str, reply: ChannelOpenHandle, code: u32, reason: String) {
+        tracing::warn!(parent: &self.span, what, %reason, "channel refused");
+        self.relay.audit(
+            "ssh.channel",
+            self.identity.as_ref().map(Identity::name),
+            self.peer.ip(),
+            format!("refused {what}: {reason}"),
+        );
+        // The reply only queues a message; there is nothing to wait for.
+        tokio::spawn(reply.reject(ChannelOpenFailure::Other { code, reason }));
+    }
+
+    fn refuse_request(&self, what: &str) {
+        let reason = format!("{what} is not offered by the jump host");
+        tracing::warn!(parent: &self.span, what, "request refused");
+        self.relay.audit(
+            "ssh.request",
+            self.identity.as_ref().map(Identity::name),
+            self.peer.ip(),
+            format!("refused: {reason}"),
+        );
+    }
+}
+
+impl russh::server::Handler for ConnHandler {
+    type Error = HandlerError;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let result = self.check(user, offer.public_key).await.map(|id| {
+            self.offered = Some((user.to_owned(), offer.public_key.clone(), id));
+        });
+        Self::answer(result)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let result = self.check(user, key.public_key).await.map(|id| {
+            self.span.record("identity", id.name());
+            tracing::info!(parent: &self.span, role = id.role(), user, "logged in");
+            self.relay.audit(
+                "ssh.auth",
+                Some(user),
+                self.peer.ip(),
+                format!("accepted {}", id.role()),
+            );
+            self.identity = Some(id);
+        });
+        Self::answer(result)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(identity) = self.identity.clone() else {
+            return Err(HandlerError::Refused("login without identity".into()));
+        };
+        if let Identity::Device { serial, .. } = &identity
+            && let Some(old) = self
+                .relay
+                .routes
+                .claim(serial, self.session_id, session.handle())
+        {
+            tracing::info!(parent: &self.span, serial, "replacing the previous session of this device");
+            tokio::spawn(async move {
+                let _ = old
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "replaced by a new connection of the same device".into(),
+                        String::new(),
+                    )
+                    .await;
+            });
+        }
+        if let Some(tx) = self.on_auth.take() {
+            let _ = tx.send(identity);
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel(
+            "session",
+            reply,
+            PROHIBITED,
+            "the jump host offers no shell, exec or subsystem; hop through it with -J".into(),
+        );
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let what = format!("direct-tcpip to {host_to_connect}:{port_to_connect}");
+        let Some(Identity::Engineer { name }) = &self.identity else {
+            self.refuse_channel(
+                &what,
+                reply,
+                PROHIBITED,
+                "devices may only hold reverse forwards".into(),
+            );
+            return Ok(());
+        };
+        let Some(route) = self.relay.routes.lookup(host_to_connect, port_to_connect) else {
+            let reason = format!(
+                "device {host_to_connect} is not connected (has the customer enabled assistance?)"
+            );
+            self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
+            return Ok(());
+        };
+        let hop = hop::Hop {
+            relay: Arc::clone(&self.relay),
+            engineer: name.clone(),
+            source: self.peer,
+            serial: host_to_connect.to_owned(),
+            port: port_to_connect,
+            route,
+        };
+        let span = tracing::info_span!(parent: &self.span, "hop", serial = host_to_connect, port = port_to_connect);
+        self.relay
+            .tasks
+            .spawn(hop.run(channel, reply).instrument(span));
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("forwarded-tcpip", reply, PROHIBITED, "not offered".into());
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("x11", reply, PROHIBITED, "not offered".into());
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel(
+            "direct-streamlocal",
+            reply,
+            PROHIBITED,
+            "not offered".into(),
+        );
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(Identity::Device { serial, .. }) = &self.identity else {
+            self.refuse_request("tcpip-forward for engineers");
+            return Ok(false);
+        };
+        match self
+            .relay
+            .routes
+            .add(serial, self.session_id, address, *port)
+        {
+            Ok(assigned) => {
+                tracing::info!(parent: &self.span, address, requested = *port, port = assigned, "route added");
+                *port = assigned;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, address, port = *port, error = %e, "route refused");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(Identity::Device { serial, .. }) = &self.identity else {
+            return Ok(false);
+        };
+        let removed = self.relay.routes.cancel(serial, self.session_id, port);
+        tracing::info!(parent: &self.span, address, port, removed, "route cancelled");
+        Ok(removed)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("shell");
+        Ok(session.channel_failure(channel)?)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("exec");
+        Ok(session.channel_failure(channel)?)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request(&format!("subsystem {name}"));
+        Ok(session.channel_failure(channel)?)
+    }
+}

@@ -1,0 +1,118 @@
+//! One engineer hop: open `forwarded-tcpip` on the device's session, answer the engineer's
+//! `direct-tcpip` with the outcome, relay, and record the hop in the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use russh::ChannelOpenFailure;
+use russh::server::{ChannelOpenHandle, Handle, Msg};
+
+use super::Relay;
+use super::routes::Route;
+use super::splice::{End, Transferred, splice};
+use crate::store::HopStart;
+
+/// SSH reason code "connect failed".
+const CONNECT_FAILED: u32 = 2;
+
+pub struct Hop {
+    pub relay: Arc<Relay>,
+    pub engineer: String,
+    pub source: SocketAddr,
+    pub serial: String,
+    pub port: u32,
+    pub route: Route<Handle>,
+}
+
+impl Hop {
+    /// Runs in its own task: the device may take a while to accept, and the engineer's
+    /// session must keep serving other channels meanwhile.
+    pub async fn run(self, engineer: russh::Channel<Msg>, reply: ChannelOpenHandle) {
+        let opened = tokio::time::timeout(
+            self.relay.limits.open_timeout,
+            self.route.handle.channel_open_forwarded_tcpip(
+                self.route.address.clone(),
+                self.port,
+                self.source.ip().to_string(),
+                u32::from(self.source.port()),
+            ),
+        )
+        .await;
+        let device = match opened {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return self.refuse(reply, format!("device refused: {e}")).await,
+            Err(_) => {
+                return self
+                    .refuse(reply, "device did not answer in time".into())
+                    .await;
+            }
+        };
+        reply.accept().await;
+        let started_at = SystemTime::now();
+        tracing::info!(engineer = %self.engineer, source = %self.source, "hop started");
+        let hop_id = self.record_start(started_at).await;
+        let moved = splice(End::new(engineer), End::new(device)).await;
+        tracing::info!(
+            bytes_to_device = moved.a_to_b,
+            bytes_from_device = moved.b_to_a,
+            secs = started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            "hop ended"
+        );
+        if let Some(id) = hop_id {
+            self.record_end(id, moved).await;
+        }
+    }
+
+    async fn refuse(&self, reply: ChannelOpenHandle, why: String) {
+        let reason = format!("device {} port {}: {why}", self.serial, self.port);
+        tracing::warn!(%reason, "hop failed");
+        self.relay.audit(
+            "ssh.hop",
+            Some(&self.engineer),
+            self.source.ip(),
+            format!("failed: {reason}"),
+        );
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: CONNECT_FAILED,
+                reason,
+            })
+            .await;
+    }
+
+    async fn record_start(&self, started_at: SystemTime) -> Option<i64> {
+        let start = HopStart {
+            engineer: self.engineer.clone(),
+            source: self.source,
+            serial: self.serial.clone(),
+            port: self.port,
+            started_at,
+        };
+        let store = Arc::clone(&self.relay.store);
+        match tokio::task::spawn_blocking(move || store.hop_started(&start)).await {
+            Ok(Ok(id)) => Some(id),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not record hop start");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not record hop start");
+                None
+            }
+        }
+    }
+
+    async fn record_end(&self, id: i64, moved: Transferred) {
+        let store = Arc::clone(&self.relay.store);
+        let done = tokio::task::spawn_blocking(move || {
+            store.hop_ended(id, SystemTime::now(), moved.a_to_b, moved.b_to_a)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not record hop end"),
+            Err(e) => tracing::error!(error = %e, "could not record hop end"),
+        }
+    }
+}

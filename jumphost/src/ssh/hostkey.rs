@@ -1,0 +1,86 @@
+//! The jump host's own ed25519 host key: created on first start in `data_dir` (mode 0600,
+//! OpenSSH format) and reused afterwards, so engineers' known_hosts entries stay valid.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{HashAlg, PrivateKey};
+
+/// File name of the host key inside `data_dir`.
+pub const HOST_KEY_FILE: &str = "host_key";
+
+/// Loads `data_dir/host_key`, creating it if it does not exist yet.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<PrivateKey> {
+    let path = data_dir.join(HOST_KEY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading host key {}", path.display()))?;
+        return PrivateKey::from_openssh(text)
+            .with_context(|| format!("parsing host key {}", path.display()));
+    }
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed[..]);
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    seed.fill(0);
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .context("encoding the new host key")?;
+    write_private(&path, text.as_bytes())
+        .with_context(|| format!("writing host key {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new host key");
+    Ok(key)
+}
+
+/// The `SHA256:…` fingerprint printed at start.
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Creates the file with mode 0600 from the start (never world-readable, even briefly) and
+/// refuses to overwrite one that appeared meanwhile.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_with_mode_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        let second = load_or_create(dir.path()).unwrap();
+        assert_eq!(fingerprint(&first), fingerprint(&second));
+        assert!(fingerprint(&first).starts_with("SHA256:"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(HOST_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(HOST_KEY_FILE), "garbage").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("parsing host key"), "{err:#}");
+    }
+}

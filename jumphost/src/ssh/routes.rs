@@ -1,0 +1,243 @@
+//! The in-memory route table: `(authenticated serial, virtual port)` → the device session
+//! that holds that virtual reverse forward.
+//!
+//! A serial belongs to exactly one session at a time. A reconnecting device claims its
+//! serial and drops the old session's routes at once, so a half-dead old connection never
+//! shadows the new one; cleanup after a session ends only touches routes it still owns.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Identifies one SSH session for the lifetime of the process.
+pub type SessionId = u64;
+
+/// First port handed out when a device asks for port 0.
+pub const FIRST_ASSIGNED_PORT: u32 = 10_000;
+/// Largest port a device may ask for (the wire carries a u32, TCP ports stop here).
+pub const MAX_PORT: u32 = 65_535;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("session no longer owns serial {0}")]
+    NotOwner(String),
+    #[error("port {0} is out of range")]
+    BadPort(u32),
+    #[error("no free virtual port left")]
+    Exhausted,
+}
+
+/// Where an engineer's `direct-tcpip` to `(serial, port)` goes.
+#[derive(Debug, Clone)]
+pub struct Route<H> {
+    pub session: SessionId,
+    pub handle: H,
+    /// The exact address string the device passed in `tcpip-forward`: stock `ssh -R`
+    /// matches incoming `forwarded-tcpip` opens on it.
+    pub address: String,
+}
+
+struct Owner<H> {
+    session: SessionId,
+    handle: H,
+    /// port → address as requested
+    ports: HashMap<u32, String>,
+}
+
+/// Thread-safe route table; `H` is the device session's handle (generic for tests).
+pub struct RouteTable<H> {
+    serials: Mutex<HashMap<String, Owner<H>>>,
+}
+
+impl<H: Clone> Default for RouteTable<H> {
+    fn default() -> Self {
+        Self {
+            serials: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<H: Clone> RouteTable<H> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owner<H>>> {
+        // A panic while holding this lock cannot leave the map half-updated (every update is
+        // a single insert/remove), so a poisoned lock is still consistent.
+        self.serials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `session` the owner of `serial`, dropping any routes of a previous session.
+    /// Returns the previous owner's handle (so the caller can disconnect it), if another
+    /// session held the serial.
+    pub fn claim(&self, serial: &str, session: SessionId, handle: H) -> Option<H> {
+        let old = self.lock().insert(
+            serial.to_owned(),
+            Owner {
+                session,
+                handle,
+                ports: HashMap::new(),
+            },
+        );
+        old.filter(|o| o.session != session).map(|o| o.handle)
+    }
+
+    /// Adds a virtual forward; port 0 assigns the lowest free port from
+    /// [`FIRST_ASSIGNED_PORT`]. Returns the port in force.
+    pub fn add(
+        &self,
+        serial: &str,
+        session: SessionId,
+        address: &str,
+        port: u32,
+    ) -> Result<u32, RouteError> {
+        if port > MAX_PORT {
+            return Err(RouteError::BadPort(port));
+        }
+        let mut map = self.lock();
+        let owner = map
+            .get_mut(serial)
+            .filter(|o| o.session == session)
+            .ok_or_else(|| RouteError::NotOwner(serial.to_owned()))?;
+        let port = if port == 0 {
+            (FIRST_ASSIGNED_PORT..=MAX_PORT)
+                .find(|p| !owner.ports.contains_key(p))
+                .ok_or(RouteError::Exhausted)?
+        } else {
+            port
+        };
+        owner.ports.insert(port, address.to_owned());
+        Ok(port)
+    }
+
+    /// Removes one forward of the owning session; false if it was not there.
+    pub fn cancel(&self, serial: &str, session: SessionId, port: u32) -> bool {
+        let mut map = self.lock();
+        match map.get_mut(serial).filter(|o| o.session == session) {
+            Some(owner) => owner.ports.remove(&port).is_some(),
+            None => false,
+        }
+    }
+
+    /// The route for `(serial, port)`, if a live session holds it.
+    pub fn lookup(&self, serial: &str, port: u32) -> Option<Route<H>> {
+        let map = self.lock();
+        let owner = map.get(serial)?;
+        let address = owner.ports.get(&port)?;
+        Some(Route {
+            session: owner.session,
+            handle: owner.handle.clone(),
+            address: address.clone(),
+        })
+    }
+
+    /// Drops every route of `serial` if `session` still owns it; a session that was
+    /// replaced by a reconnect leaves the new owner alone. Returns whether it removed.
+    pub fn release(&self, serial: &str, session: SessionId) -> bool {
+        let mut map = self.lock();
+        if map.get(serial).is_some_and(|o| o.session == session) {
+            map.remove(serial);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Number of serials with a live session (for logs and tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_ports_route_to_the_owner_with_the_address_asked() {
+        let t = RouteTable::default();
+        assert!(t.claim("SN-1", 1, "h1").is_none());
+        assert_eq!(t.add("SN-1", 1, "localhost", 22), Ok(22));
+        assert_eq!(t.add("SN-1", 1, "127.0.0.1", 80), Ok(80));
+        let r = t.lookup("SN-1", 22).unwrap();
+        assert_eq!(
+            (r.session, r.handle, r.address.as_str()),
+            (1, "h1", "localhost")
+        );
+        assert_eq!(t.lookup("SN-1", 80).unwrap().address, "127.0.0.1");
+        assert!(t.lookup("SN-1", 443).is_none());
+        assert!(t.lookup("SN-2", 22).is_none());
+    }
+
+    #[test]
+    fn port_zero_assigns_distinct_free_ports_per_serial() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, ());
+        t.claim("SN-2", 2, ());
+        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT + 1));
+        assert_eq!(t.add("SN-2", 2, "", 0), Ok(FIRST_ASSIGNED_PORT));
+        // An explicit request inside the assigned range is honoured, and skipped later.
+        assert_eq!(
+            t.add("SN-1", 1, "", FIRST_ASSIGNED_PORT + 2),
+            Ok(FIRST_ASSIGNED_PORT + 2)
+        );
+        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT + 3));
+        assert!(t.cancel("SN-1", 1, FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(
+            t.add("SN-1", 1, "", MAX_PORT + 1),
+            Err(RouteError::BadPort(MAX_PORT + 1))
+        );
+    }
+
+    #[test]
+    fn reconnect_replaces_old_routes_at_once() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, "old");
+        t.add("SN-1", 1, "localhost", 22).unwrap();
+        assert_eq!(t.claim("SN-1", 2, "new"), Some("old"));
+        assert!(
+            t.lookup("SN-1", 22).is_none(),
+            "old routes must go with the claim"
+        );
+        // The old session can no longer add or cancel anything.
+        assert_eq!(
+            t.add("SN-1", 1, "localhost", 22),
+            Err(RouteError::NotOwner("SN-1".into()))
+        );
+        t.add("SN-1", 2, "localhost", 22).unwrap();
+        assert!(!t.cancel("SN-1", 1, 22));
+        assert_eq!(t.lookup("SN-1", 22).unwrap().handle, "new");
+    }
+
+    #[test]
+    fn release_only_by_the_owner() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, ());
+        t.claim("SN-1", 2, ());
+        t.add("SN-1", 2, "", 22).unwrap();
+        assert!(
+            !t.release("SN-1", 1),
+            "a replaced session must not remove the new routes"
+        );
+        assert!(t.lookup("SN-1", 22).is_some());
+        assert!(t.release("SN-1", 2));
+        assert!(t.lookup("SN-1", 22).is_none());
+        assert!(t.is_empty());
+        assert!(!t.release("SN-1", 2));
+    }
+
+    #[test]
+    fn cancel_removes_one_forward() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, ());
+        t.add("SN-1", 1, "", 22).unwrap();
+        t.add("SN-1", 1, "", 80).unwrap();
+        assert!(t.cancel("SN-1", 1, 22));
+        assert!(!t.cancel("SN-1", 1, 22));
+        assert!(t.lookup("SN-1", 22).is_none());
+        assert!(t.lookup("SN-1", 80).is_some());
+        assert_eq!(t.len(), 1);
+    }
+}

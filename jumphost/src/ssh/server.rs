@@ -1,0 +1,175 @@
+//! The accept loop and the life of one connection: source address check before the
+//! handshake, login grace and MaxStartups-style cap, device key expiry, route cleanup.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Relay;
+use super::auth::{self, Identity};
+use super::handler::ConnHandler;
+use super::routes::SessionId;
+
+/// How long a disconnected session gets to wind down before its task stops waiting.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts SSH connections on an already-bound listener until `shutdown` fires. Connection
+/// tasks are tracked in `relay.tasks`; the caller drains them.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let startups = Arc::new(Semaphore::new(relay.limits.max_startups));
+    let next_id = AtomicU64::new(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        if !auth::address_usable(&relay.policy.current(), peer.ip()) {
+            tracing::warn!(%peer, "connection from a disallowed address closed");
+            relay.audit(
+                "ssh.address",
+                None,
+                peer.ip(),
+                "refused: address not in support_cidrs or client_cidrs".into(),
+            );
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many unauthenticated connections; closed");
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("conn", %peer, id, identity = tracing::field::Empty);
+        let conn = connection(
+            Arc::clone(&relay),
+            stream,
+            peer,
+            id,
+            permit,
+            shutdown.clone(),
+            span.clone(),
+        );
+        relay.tasks.spawn(conn.instrument(span));
+    }
+}
+
+async fn connection(
+    relay: Arc<Relay>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: SessionId,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+    span: tracing::Span,
+) {
+    let deadline = Instant::now() + relay.limits.login_grace;
+    let (auth_tx, auth_rx) = oneshot::channel();
+    let handler = ConnHandler::new(Arc::clone(&relay), peer, id, auth_tx, span);
+    let started = tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(Arc::clone(&relay.config), stream, handler),
+    )
+    .await;
+    let mut session = match started {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
+        Err(_) => return tracing::info!("no SSH banner within the login grace time"),
+    };
+    let handle = session.handle();
+    let identity = tokio::select! {
+        ended = &mut session => {
+            return tracing::debug!(result = ?ended.err(), "closed before login");
+        }
+        identity = auth_rx => match identity {
+            Ok(identity) => identity,
+            Err(_) => {
+                let _ = session.await;
+                return tracing::debug!("closed before login");
+            }
+        },
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::info!("login grace time expired; disconnecting");
+            relay.audit("ssh.auth", None, peer.ip(), "refused: login grace time expired".into());
+            return disconnect(&handle, session, "login grace time expired").await;
+        }
+        _ = shutdown.cancelled() => {
+            return disconnect(&handle, session, "jump host shutting down").await;
+        }
+    };
+    drop(permit);
+
+    let expiry = async {
+        match &identity {
+            Identity::Device { expires_at, .. } => {
+                let left = expires_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(left).await;
+            }
+            Identity::Engineer { .. } => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ended = &mut session => {
+            if let Err(e) = ended {
+                tracing::info!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = expiry => {
+            tracing::info!("device key expired; ending the session");
+            relay.audit(
+                "ssh.session",
+                Some(identity.name()),
+                peer.ip(),
+                "ended: device key expired".into(),
+            );
+            disconnect(&handle, session, "device key expired; register again").await;
+        }
+        _ = shutdown.cancelled() => {
+            disconnect(&handle, session, "jump host shutting down").await;
+        }
+    }
+    if let Identity::Device { serial, .. } = &identity
+        && relay.routes.release(serial, id)
+    {
+        tracing::info!(serial, "routes removed");
+    }
+    tracing::info!("connection closed");
+}
+
+async fn disconnect(
+    handle: &russh::server::Handle,
+    session: russh::server::RunningSession<ConnHandler>,
+    why: &str,
+) {
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            why.to_owned(),
+            String::new(),
+        )
+        .await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, session).await;
+}
