@@ -1,1 +1,15 @@
-//! Library of `assist-client`.
+//! The customer-side agent: device key, one-time code, `authorized_keys` line with expiry,
+//! and a reverse tunnel to the jump host that lives exactly as long as the owner's consent.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod authorized_keys;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod keys;
+pub mod pin;
+pub mod register;
+pub mod state;
+pub mod tunnel;

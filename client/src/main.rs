@@ -1,2 +1,75 @@
-//! Entry point of `assist-client` (skeleton until its issue lands).
-fn main() {}
+//! Entry point of `assist-client`: parses the command line and runs the agent or a command.
+
+use anyhow::Context;
+use assist_client::{commands, config::Config, daemon};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Customer-side agent for remote assistance over reverse SSH.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (foreground; stop with SIGTERM or Ctrl-C).
+    Run {
+        /// The agent's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Enable remote assistance and print the one-time code for the engineer.
+    Enable {
+        #[arg(long)]
+        config: PathBuf,
+        /// Length of the window in minutes (default 60, capped by the jump host's policy).
+        #[arg(long)]
+        minutes: Option<u64>,
+    },
+    /// Disable remote assistance now: close every session and remove the key.
+    Disable {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show whether assistance is enabled and the tunnel's state.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let load = |path: &PathBuf| Config::load(path).context("cannot load the configuration");
+    match cli.command {
+        Command::Run { config } => {
+            let config = load(&config)?;
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = daemon::signalled().await {
+                    tracing::error!("{e:#}");
+                }
+                stop.cancel();
+            });
+            daemon::run(config, shutdown).await
+        }
+        Command::Enable { config, minutes } => commands::enable(&load(&config)?, minutes).await,
+        Command::Disable { config } => commands::disable(&load(&config)?).await,
+        Command::Status { config, json } => commands::status(&load(&config)?, json).await,
+    }
+}

@@ -1,0 +1,298 @@
+//! The agent's core: enable (register, code, key line, tunnel), disable (tunnel down, line
+//! removed) and status, serialized so the key line and the tunnel never disagree.
+
+use crate::authorized_keys::{Account, KeysFile, KeysFileError, key_line};
+use crate::config::Config;
+use crate::keys::{self, KeyError};
+use crate::pin::HostKeyPin;
+use crate::register::{self, RegisterError};
+use crate::state::{Shared, Status, TunnelState};
+use crate::tunnel::Tunnel;
+use assist_proto::OneTimeCode;
+use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, SHUTDOWN_GRACE};
+use russh::keys::PrivateKey;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    #[error(transparent)]
+    KeysFile(#[from] KeysFileError),
+    #[error(transparent)]
+    DeviceKey(#[from] KeyError),
+    #[error("the number of minutes must be at least 1")]
+    BadMinutes,
+    #[error("cannot derive the one-time key: {0}")]
+    Derive(String),
+}
+
+/// What enable hands back to the owner (over the authenticated local API only).
+pub struct Enabled {
+    pub code: OneTimeCode,
+    pub until: OffsetDateTime,
+    pub minutes: u64,
+    /// The policy's ceiling, in minutes.
+    pub max_minutes: u64,
+}
+
+/// What disable did, for the owner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DisableReport {
+    pub was_enabled: bool,
+    pub connections_closed: u64,
+    pub key_lines_removed: usize,
+}
+
+/// One enabled window.
+struct Window {
+    epoch: u64,
+    until: OffsetDateTime,
+    cancel: CancellationToken,
+    relays: TaskTracker,
+    task: JoinHandle<()>,
+}
+
+pub struct Agent {
+    config: Config,
+    device_key: Arc<PrivateKey>,
+    keys_file: KeysFile,
+    pin: HostKeyPin,
+    shared: Arc<Shared>,
+    /// The current window; the lock is held through a whole enable or disable.
+    window: tokio::sync::Mutex<(u64, Option<Window>)>,
+}
+
+impl Agent {
+    /// Loads (or makes) the device key and resolves the target account's key file.
+    pub fn new(config: Config) -> Result<Self, AgentError> {
+        let device_key = Arc::new(keys::load_or_create(&config.device_key_path())?);
+        let account = Account::lookup(&config.target_user)?;
+        let keys_file = KeysFile::new(&account, config.authorized_keys.clone());
+        let pin = HostKeyPin::new(
+            config.pinned_host_key_path(),
+            config.jumphost_fingerprint.clone(),
+        );
+        Ok(Self {
+            config,
+            device_key,
+            keys_file,
+            pin,
+            shared: Arc::new(Shared::default()),
+            window: tokio::sync::Mutex::new((0, None)),
+        })
+    }
+
+    pub fn device_fingerprint(&self) -> String {
+        keys::fingerprint(&self.device_key)
+    }
+
+    pub fn keys_file(&self) -> &KeysFile {
+        &self.keys_file
+    }
+
+    /// Removes lines an earlier run left behind (after a crash or `kill -9`).
+    pub fn purge_stale(&self) -> Result<usize, AgentError> {
+        Ok(self.keys_file.remove(&self.config.serial)?)
+    }
+
+    /// Registers the device, makes a fresh code, installs its key line and starts the tunnel.
+    /// Enabling while enabled starts a new window with a new code.
+    pub async fn enable(self: &Arc<Self>, minutes: Option<u64>) -> Result<Enabled, AgentError> {
+        let minutes = minutes.unwrap_or(DEFAULT_ASSISTANCE_MINUTES);
+        if minutes == 0 {
+            return Err(AgentError::BadMinutes);
+        }
+        let mut guard = self.window.lock().await;
+        let public = keys::public_line(&self.device_key)?;
+        let reg = register::register(&self.config.api_url, &self.config.serial, &public).await?;
+        let max_minutes = reg.max_assistance_secs / 60;
+        let minutes = minutes.min(max_minutes.max(1));
+        let until = OffsetDateTime::now_utc() + time::Duration::minutes(minutes as i64);
+
+        let code = OneTimeCode::generate();
+        let (serial, c) = (self.config.serial.clone(), code.clone());
+        let derived = tokio::task::spawn_blocking(move || assist_proto::derive_key(&serial, &c))
+            .await
+            .map_err(|e| AgentError::Derive(e.to_string()))?
+            .map_err(|e| AgentError::Derive(e.to_string()))?;
+        let derived_public = keys::public_line(&derived)?;
+        drop(derived);
+
+        if let Some(old) = guard.1.take() {
+            stop_window(old).await;
+        }
+        let line = key_line(&derived_public, &self.config.serial, until);
+        self.keys_file.install(&self.config.serial, &line)?;
+
+        guard.0 += 1;
+        let epoch = guard.0;
+        self.shared.start_window();
+        let cancel = CancellationToken::new();
+        let relays = TaskTracker::new();
+        let tunnel = Tunnel {
+            serial: self.config.serial.clone(),
+            jumphost: self.config.jumphost.clone(),
+            device_key: self.device_key.clone(),
+            services: Arc::new(self.config.services.clone()),
+            pin: self.pin.clone(),
+            shared: self.shared.clone(),
+            cancel: cancel.clone(),
+            relays: relays.clone(),
+        };
+        let task = tokio::spawn(supervise(
+            self.clone(),
+            epoch,
+            tunnel,
+            until,
+            cancel.clone(),
+        ));
+        guard.1 = Some(Window {
+            epoch,
+            until,
+            cancel,
+            relays,
+            task,
+        });
+        tracing::info!(until = %rfc3339(until), minutes, "assistance enabled");
+        Ok(Enabled {
+            code,
+            until,
+            minutes,
+            max_minutes,
+        })
+    }
+
+    /// Ends assistance: tunnel and relays closed, key line removed. Safe to call when off.
+    pub async fn disable(&self, reason: &str) -> Result<DisableReport, AgentError> {
+        let mut guard = self.window.lock().await;
+        let window = guard.1.take();
+        self.finish(window, reason, None).await
+    }
+
+    /// Ends window `epoch` from inside (its end came, or its tunnel failed for good).
+    async fn end_window(&self, epoch: u64, fatal: Option<String>) {
+        let mut guard = self.window.lock().await;
+        if guard.1.as_ref().map(|w| w.epoch) != Some(epoch) {
+            return;
+        }
+        let window = guard.1.take();
+        let reason = if fatal.is_some() {
+            "tunnel failed"
+        } else {
+            "window ended"
+        };
+        if let Err(e) = self.finish(window, reason, fatal).await {
+            tracing::error!("cannot end assistance cleanly: {e}");
+        }
+    }
+
+    async fn finish(
+        &self,
+        window: Option<Window>,
+        reason: &str,
+        fatal: Option<String>,
+    ) -> Result<DisableReport, AgentError> {
+        let was_enabled = window.is_some();
+        let connections_closed = self.shared.connections().active;
+        if let Some(w) = window {
+            stop_window(w).await;
+        }
+        match fatal {
+            Some(e) => self.shared.set_tunnel(TunnelState::Failed, Some(e)),
+            None => self.shared.set_tunnel(TunnelState::Disabled, None),
+        }
+        let key_lines_removed = self.keys_file.remove(&self.config.serial)?;
+        if was_enabled || key_lines_removed > 0 {
+            tracing::info!(
+                reason,
+                connections_closed,
+                key_lines_removed,
+                "assistance disabled"
+            );
+        }
+        Ok(DisableReport {
+            was_enabled,
+            connections_closed,
+            key_lines_removed,
+        })
+    }
+
+    pub async fn status(&self) -> Status {
+        let until = self.window.lock().await.1.as_ref().map(|w| w.until);
+        let remaining = until.map(|u| {
+            let left = u - OffsetDateTime::now_utc();
+            left.whole_seconds().max(0) as u64
+        });
+        Status {
+            serial: self.config.serial.clone(),
+            device_fingerprint: self.device_fingerprint(),
+            enabled: until.is_some(),
+            until: until.map(rfc3339),
+            remaining_secs: remaining,
+            tunnel: self.shared.tunnel(),
+            connections: self.shared.connections(),
+        }
+    }
+}
+
+/// Runs the tunnel until the window's end, a fatal error, or cancellation by disable.
+async fn supervise(
+    agent: Arc<Agent>,
+    epoch: u64,
+    tunnel: Tunnel,
+    until: OffsetDateTime,
+    cancel: CancellationToken,
+) {
+    let left = (until - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let run = tunnel.run();
+    tokio::pin!(run);
+    let fatal = tokio::select! {
+        r = &mut run => match r {
+            Ok(()) => return, // cancelled by disable, which does the rest
+            Err(e) => Some(e.to_string()),
+        },
+        () = tokio::time::sleep(left) => {
+            cancel.cancel();
+            let _ = run.await;
+            None
+        }
+    };
+    if let Some(e) = &fatal {
+        tracing::error!("tunnel stopped: {e}");
+    }
+    // end_window joins this task, so it must run in another one.
+    tokio::spawn(async move { agent.end_window(epoch, fatal).await });
+}
+
+/// Cancels a window and waits (bounded) for its session and relays to close.
+async fn stop_window(w: Window) {
+    w.cancel.cancel();
+    w.relays.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, w.relays.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some relayed connections did not close in time");
+    }
+    let abort = w.task.abort_handle();
+    if tokio::time::timeout(SHUTDOWN_GRACE, w.task).await.is_err() {
+        abort.abort();
+    }
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}

@@ -1,0 +1,155 @@
+//! `assist-client enable|disable|status`: talk to the running agent over its local API with
+//! the token it left in `data_dir`.
+
+use crate::agent::DisableReport;
+use crate::config::Config;
+use crate::control::{ApiErrorBody, EnableRequest, EnableResponse};
+use crate::state::{Status, TunnelState};
+use anyhow::{Context, bail};
+use std::time::Duration;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the agent listens and the token it accepts.
+struct AgentEndpoint {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl AgentEndpoint {
+    fn find(config: &Config) -> anyhow::Result<Self> {
+        let hint = || {
+            format!(
+                "is `assist-client run --config {}` running (as a user that can read {})?",
+                config.path.display(),
+                config.data_dir.display()
+            )
+        };
+        let addr_path = config.web_addr_path();
+        let addr = std::fs::read_to_string(&addr_path)
+            .with_context(|| format!("cannot read {}: {}", addr_path.display(), hint()))?;
+        let token_path = config.control_token_path();
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| format!("cannot read {}: {}", token_path.display(), hint()))?;
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("cannot set up an HTTP client")?;
+        Ok(Self {
+            base: format!("http://{}", addr.trim()),
+            token: token.trim().to_owned(),
+            client,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the agent at {}: is `assist-client run` running?",
+                    self.base
+                )
+            })?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .context("cannot read the agent's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ApiErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or(body);
+            bail!("{message}");
+        }
+        serde_json::from_str(&body).context("the agent answered something unexpected")
+    }
+}
+
+pub async fn enable(config: &Config, minutes: Option<u64>) -> anyhow::Result<()> {
+    let agent = AgentEndpoint::find(config)?;
+    let r: EnableResponse = agent
+        .call(
+            agent
+                .client
+                .post(format!("{}/api/enable", agent.base))
+                .json(&EnableRequest { minutes }),
+        )
+        .await?;
+    println!("code: {}", r.code);
+    println!("until: {}", r.until);
+    if r.minutes < minutes.unwrap_or(0) {
+        println!(
+            "note: the jump host allows at most {} minutes",
+            r.max_minutes
+        );
+    }
+    println!("Read the code to the support engineer. Stop with `assist-client disable`.");
+    Ok(())
+}
+
+pub async fn disable(config: &Config) -> anyhow::Result<()> {
+    let agent = AgentEndpoint::find(config)?;
+    let r: DisableReport = agent
+        .call(agent.client.post(format!("{}/api/disable", agent.base)))
+        .await?;
+    if r.was_enabled {
+        println!("remote assistance disabled");
+    } else {
+        println!("remote assistance was not enabled");
+    }
+    println!(
+        "tunnel closed, {} relayed connection(s) ended",
+        r.connections_closed
+    );
+    println!(
+        "{} key line(s) removed from authorized_keys",
+        r.key_lines_removed
+    );
+    Ok(())
+}
+
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let agent = AgentEndpoint::find(config)?;
+    let s: Status = agent
+        .call(agent.client.get(format!("{}/api/status", agent.base)))
+        .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).context("cannot encode status")?
+        );
+        return Ok(());
+    }
+    println!("serial: {}", s.serial);
+    match (&s.until, s.enabled) {
+        (Some(until), true) => println!(
+            "assistance: enabled until {until} ({} min left)",
+            s.remaining_secs.unwrap_or(0) / 60
+        ),
+        _ => println!("assistance: disabled"),
+    }
+    let state = match s.tunnel.state {
+        TunnelState::Disabled => "disabled",
+        TunnelState::Connecting => "connecting",
+        TunnelState::Connected => "connected",
+        TunnelState::Reconnecting => "reconnecting",
+        TunnelState::Failed => "failed",
+    };
+    match &s.tunnel.last_error {
+        Some(e) => println!("tunnel: {state} (last error: {e})"),
+        None => println!("tunnel: {state}"),
+    }
+    println!(
+        "connections: {} now, {} in this window",
+        s.connections.active, s.connections.total
+    );
+    println!("device key: {}", s.device_fingerprint);
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! `client.toml`: what the agent reads at start, parsed strictly and validated with errors
+//! that name the file and the key.
+
+use assist_proto::limits::{HTTP_SERVICE_PORT, SSH_SERVICE_PORT};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Name of the file in `data_dir` holding the device's private key.
+pub const DEVICE_KEY_FILE: &str = "device_key";
+/// Name of the file in `data_dir` holding the pinned jump host key.
+pub const PINNED_HOST_KEY_FILE: &str = "jumphost_host_key";
+/// Name of the file in `data_dir` holding the control API's bearer token.
+pub const CONTROL_TOKEN_FILE: &str = "control-token";
+/// Name of the file in `data_dir` holding the address the control API is bound to.
+pub const WEB_ADDR_FILE: &str = "web.addr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The file as written; see [`Config`] for the validated form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    serial: String,
+    jumphost: String,
+    api_url: String,
+    data_dir: PathBuf,
+    web_listen: SocketAddr,
+    target_user: String,
+    #[serde(default)]
+    authorized_keys: Option<PathBuf>,
+    #[serde(default)]
+    services: BTreeMap<String, String>,
+    /// Optional `SHA256:…` fingerprint of the jump host key; without it the key is pinned on
+    /// first use.
+    #[serde(default)]
+    jumphost_fingerprint: Option<String>,
+}
+
+/// One reverse-forwarded service: the virtual port asked of the jump host and the local
+/// address its connections go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub port: u32,
+    pub target: String,
+}
+
+/// A validated agent configuration with every path absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub serial: String,
+    pub jumphost: String,
+    pub api_url: String,
+    pub data_dir: PathBuf,
+    pub web_listen: SocketAddr,
+    pub target_user: String,
+    /// `None`: the target user's `~/.ssh/authorized_keys`, looked up when needed.
+    pub authorized_keys: Option<PathBuf>,
+    pub services: Vec<Service>,
+    pub jumphost_fingerprint: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path`; relative paths are taken from `path`'s folder.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        assist_proto::validate_name(&raw.serial).map_err(|e| invalid("serial", e.to_string()))?;
+        if split_host_port(&raw.jumphost).is_none() {
+            return Err(invalid(
+                "jumphost",
+                format!(
+                    "{:?} is not HOST:PORT (like jump.example.com:2222)",
+                    raw.jumphost
+                ),
+            ));
+        }
+        if !(raw.api_url.starts_with("http://") || raw.api_url.starts_with("https://")) {
+            return Err(invalid(
+                "api_url",
+                format!("{:?} must start with http:// or https://", raw.api_url),
+            ));
+        }
+        if raw.target_user.is_empty() || raw.target_user.contains([':', '/', '\n']) {
+            return Err(invalid(
+                "target_user",
+                format!("{:?} is not a user name", raw.target_user),
+            ));
+        }
+        if let Some(fp) = &raw.jumphost_fingerprint
+            && !fp.starts_with("SHA256:")
+        {
+            return Err(invalid(
+                "jumphost_fingerprint",
+                format!("{fp:?} must look like SHA256:… (as `ssh-keygen -lf` prints)"),
+            ));
+        }
+        let mut services = Vec::new();
+        for (name, target) in &raw.services {
+            let key = format!("services.{name}");
+            let port = service_port(name).ok_or_else(|| {
+                invalid(
+                    &key,
+                    "unknown service name: use `ssh` (port 22), `http` (port 80) or a port \
+                     number such as `8443`"
+                        .to_owned(),
+                )
+            })?;
+            if split_host_port(target).is_none() {
+                return Err(invalid(
+                    &key,
+                    format!("{target:?} is not HOST:PORT (like 127.0.0.1:22)"),
+                ));
+            }
+            if services.iter().any(|s: &Service| s.port == port) {
+                return Err(invalid(&key, format!("port {port} is configured twice")));
+            }
+            services.push(Service {
+                name: name.clone(),
+                port,
+                target: target.clone(),
+            });
+        }
+        if services.is_empty() {
+            return Err(invalid(
+                "services",
+                "no service configured; add for example `ssh = \"127.0.0.1:22\"` under [services]"
+                    .to_owned(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Config {
+            path: path.to_owned(),
+            serial: raw.serial,
+            jumphost: raw.jumphost,
+            api_url: raw.api_url.trim_end_matches('/').to_owned(),
+            data_dir: base.join(raw.data_dir),
+            web_listen: raw.web_listen,
+            target_user: raw.target_user,
+            authorized_keys: raw.authorized_keys.map(|p| base.join(p)),
+            services,
+            jumphost_fingerprint: raw.jumphost_fingerprint,
+        })
+    }
+
+    pub fn device_key_path(&self) -> PathBuf {
+        self.data_dir.join(DEVICE_KEY_FILE)
+    }
+
+    pub fn pinned_host_key_path(&self) -> PathBuf {
+        self.data_dir.join(PINNED_HOST_KEY_FILE)
+    }
+
+    pub fn control_token_path(&self) -> PathBuf {
+        self.data_dir.join(CONTROL_TOKEN_FILE)
+    }
+
+    pub fn web_addr_path(&self) -> PathBuf {
+        self.data_dir.join(WEB_ADDR_FILE)
+    }
+}
+
+/// The virtual port of a service name: `ssh`, `http`, or a port number.
+fn service_port(name: &str) -> Option<u32> {
+    match name {
+        "ssh" => Some(SSH_SERVICE_PORT),
+        "http" => Some(HTTP_SERVICE_PORT),
+        n => n.parse::<u16>().ok().filter(|p| *p != 0).map(u32::from),
+    }
+}
+
+/// Splits `host:port` (IPv6 in brackets) when both parts are present and the port is a number.
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+serial = "SN-0001"
+jumphost = "jump.example.com:2222"
+api_url = "http://jump.example.com:8080/"
+data_dir = "state"
+web_listen = "127.0.0.1:7070"
+target_user = "root"
+
+[services]
+ssh = "127.0.0.1:22"
+http = "127.0.0.1:80"
+8443 = "127.0.0.1:8443"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/assist/client.toml"), text)
+    }
+
+    #[test]
+    fn the_contract_keys_alone_work() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.serial, "SN-0001");
+        assert_eq!(c.api_url, "http://jump.example.com:8080");
+        assert_eq!(c.data_dir, Path::new("/etc/assist/state"));
+        assert_eq!(c.authorized_keys, None);
+        let ports: Vec<_> = c
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.port))
+            .collect();
+        assert_eq!(ports, [("8443", 8443), ("http", 80), ("ssh", 22)]);
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/client.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn optional_keys_and_absolute_paths() {
+        let text = GOOD
+            .replace(
+                "target_user = \"root\"",
+                "target_user = \"root\"\nauthorized_keys = \"/srv/keys\"\njumphost_fingerprint = \"SHA256:abc\"",
+            )
+            .replace("ssh = \"127.0.0.1:22\"", "22 = \"127.0.0.1:2222\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.authorized_keys.as_deref(), Some(Path::new("/srv/keys")));
+        assert_eq!(c.jumphost_fingerprint.as_deref(), Some("SHA256:abc"));
+        assert!(
+            c.services
+                .iter()
+                .any(|s| s.port == 22 && s.target == "127.0.0.1:2222")
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            (GOOD.replace("SN-0001", "-bad"), "serial"),
+            (
+                GOOD.replace("jump.example.com:2222", "jump.example.com"),
+                "jumphost",
+            ),
+            (GOOD.replace("http://jump", "ftp://jump"), "api_url"),
+            (GOOD.replace("8443 =", "web ="), "services.web"),
+            (
+                GOOD.replace("\"127.0.0.1:80\"", "\"localhost\""),
+                "services.http",
+            ),
+            (GOOD.replace("8443 =", "22 ="), "services.ssh"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+            assert!(err.contains("/etc/assist/client.toml"), "{err}");
+        }
+        let no_services = GOOD.split("[services]").next().unwrap();
+        assert!(
+            parse(no_services)
+                .unwrap_err()
+                .to_string()
+                .contains("services")
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_refused() {
+        let err = parse(&format!("colour = \"red\"\n{GOOD}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+        let err = parse(&GOOD.replace("target_user = \"root\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target_user"), "{err}");
+        let err = parse(&GOOD.replace("7070", "x")).unwrap_err().to_string();
+        assert!(err.contains("web_listen"), "{err}");
+    }
+}

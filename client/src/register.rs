@@ -1,0 +1,93 @@
+//! Registration (or renewal) of the device key with the jump host's `POST /v1/register`.
+
+use assist_proto::api::{ErrorBody, RegisterRequest, RegisterResponse};
+use std::time::Duration;
+
+/// How long a registration call may take before the agent gives up.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(
+        "serial {serial} is bound to another device key on the jump host ({message}); \
+         ask the jump host admin to run `assist-jumphost serial reset {serial}`, then enable again"
+    )]
+    BoundToOtherKey { serial: String, message: String },
+    #[error(
+        "the jump host's policy does not allow serial {serial} ({message}); ask the vendor to \
+         add it to [serials] allow"
+    )]
+    NotAllowed { serial: String, message: String },
+    #[error("the jump host refused the registration with HTTP {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("cannot reach the jump host API at {url}: {message}; check api_url and the network")]
+    Unreachable { url: String, message: String },
+    #[error("the jump host API at {url} answered something unexpected: {message}")]
+    BadAnswer { url: String, message: String },
+}
+
+/// Registers `public_key` for `serial` at `api_url` (without trailing slash).
+pub async fn register(
+    api_url: &str,
+    serial: &str,
+    public_key: &str,
+) -> Result<RegisterResponse, RegisterError> {
+    let url = format!("{api_url}/v1/register");
+    let client = reqwest::Client::builder()
+        .timeout(REGISTER_TIMEOUT)
+        .build()
+        .map_err(|e| RegisterError::Unreachable {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    let request = RegisterRequest {
+        serial: serial.to_owned(),
+        public_key: public_key.to_owned(),
+        rotation_proof: None,
+    };
+    let response =
+        client
+            .post(&url)
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| RegisterError::Unreachable {
+                url: url.clone(),
+                message: error_chain(&e),
+            })?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| RegisterError::Unreachable {
+            url: url.clone(),
+            message: error_chain(&e),
+        })?;
+    if status == 200 || status == 201 {
+        return serde_json::from_str(&body).map_err(|e| RegisterError::BadAnswer {
+            url,
+            message: e.to_string(),
+        });
+    }
+    let message = serde_json::from_str::<ErrorBody>(&body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| body.chars().take(200).collect());
+    let serial = serial.to_owned();
+    Err(match status {
+        409 => RegisterError::BoundToOtherKey { serial, message },
+        403 => RegisterError::NotAllowed { serial, message },
+        status => RegisterError::Refused { status, message },
+    })
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); show the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

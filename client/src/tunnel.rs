@@ -1,0 +1,308 @@
+//! The reverse tunnel: an SSH session to the jump host as the serial, a `tcpip-forward` per
+//! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled.
+
+use crate::config::Service;
+use crate::pin::{HostKeyPin, PinError};
+use crate::state::{Shared, TunnelState};
+use assist_proto::limits::{
+    KEEPALIVE_INTERVAL, KEEPALIVE_MAX, RECONNECT_MAX_BACKOFF, RECONNECT_MIN_BACKOFF,
+};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelOpenFailure, Disconnect, client};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// How long connecting to the jump host (TCP + SSH handshake + login) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long connecting to a local service may take before the engineer's channel is refused.
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reason the tunnel cannot go on; retrying would not help.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error(transparent)]
+    HostKey(#[from] PinError),
+}
+
+/// Everything a tunnel needs; one per enabled window.
+pub struct Tunnel {
+    pub serial: String,
+    pub jumphost: String,
+    pub device_key: Arc<PrivateKey>,
+    pub services: Arc<Vec<Service>>,
+    pub pin: HostKeyPin,
+    pub shared: Arc<Shared>,
+    /// Cancelled by disable: ends the session and every relay.
+    pub cancel: CancellationToken,
+    /// Relayed connections, so disable can wait for them to close.
+    pub relays: TaskTracker,
+}
+
+enum Attempt {
+    /// The session ran and then ended; the text says why.
+    Lost(String),
+    /// Could not connect or set up the forwards.
+    Failed(String),
+    Fatal(FatalError),
+    Cancelled,
+}
+
+impl Tunnel {
+    /// Keeps the tunnel up until cancelled; returns only early on a fatal error.
+    pub async fn run(self) -> Result<(), FatalError> {
+        let mut failures: u32 = 0;
+        loop {
+            self.shared.set_tunnel(
+                if failures == 0 {
+                    TunnelState::Connecting
+                } else {
+                    TunnelState::Reconnecting
+                },
+                None,
+            );
+            let reason = match self.attempt().await {
+                Attempt::Cancelled => return Ok(()),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Lost(reason) => {
+                    // The session worked: start the backoff over.
+                    failures = 0;
+                    reason
+                }
+                Attempt::Failed(reason) => reason,
+            };
+            failures = failures.saturating_add(1);
+            let delay = backoff(failures);
+            tracing::warn!(%reason, retry_in = ?delay, "tunnel down, reconnecting");
+            self.shared
+                .set_tunnel(TunnelState::Reconnecting, Some(reason));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    async fn attempt(&self) -> Attempt {
+        let pin_error = Arc::new(Mutex::new(None));
+        let handler = Handler {
+            pin: self.pin.clone(),
+            pin_error: pin_error.clone(),
+            services: self.services.clone(),
+            shared: self.shared.clone(),
+            cancel: self.cancel.clone(),
+            relays: self.relays.clone(),
+        };
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(KEEPALIVE_INTERVAL),
+            keepalive_max: KEEPALIVE_MAX,
+            nodelay: true,
+            ..Default::default()
+        });
+        let setup = async {
+            let mut handle = client::connect(config, self.jumphost.as_str(), handler)
+                .await
+                .map_err(|e| format!("cannot connect to jump host {}: {e}", self.jumphost))?;
+            let key = PrivateKeyWithHashAlg::new(self.device_key.clone(), None);
+            let auth = handle
+                .authenticate_publickey(self.serial.as_str(), key)
+                .await
+                .map_err(|e| format!("login to jump host failed: {e}"))?;
+            if !auth.success() {
+                return Err(format!(
+                    "the jump host refused the device key for {} (registration expired or \
+                     reset? disable and enable again to register)",
+                    self.serial
+                ));
+            }
+            for s in self.services.iter() {
+                // Ask for the literal "localhost": the jump host echoes it back as
+                // connected_address, and routing is by port.
+                handle
+                    .tcpip_forward("localhost", s.port)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "jump host refused forward of {} (port {}): {e}",
+                            s.name, s.port
+                        )
+                    })?;
+            }
+            Ok(handle)
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, setup) => r,
+            () = self.cancel.cancelled() => return Attempt::Cancelled,
+        };
+        let mut handle = match result {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(reason)) => {
+                if let Some(e) = pin_error.lock().ok().and_then(|mut g| g.take()) {
+                    return Attempt::Fatal(e.into());
+                }
+                return Attempt::Failed(reason);
+            }
+            Err(_) => return Attempt::Failed("timed out connecting to the jump host".into()),
+        };
+        tracing::info!(jumphost = %self.jumphost, "tunnel connected");
+        self.shared.set_tunnel(TunnelState::Connected, None);
+        tokio::select! {
+            r = &mut handle => Attempt::Lost(match r {
+                Ok(()) => "the jump host closed the session".to_owned(),
+                Err(e) => format!("lost the jump host session: {e}"),
+            }),
+            () = self.cancel.cancelled() => {
+                let _ = handle
+                    .disconnect(Disconnect::ByApplication, "assistance disabled", "en")
+                    .await;
+                Attempt::Cancelled
+            }
+        }
+    }
+}
+
+/// Delay before reconnect attempt `failures` (1, 2, …): exponential with full jitter, so a
+/// fleet that lost the jump host at once does not come back at once; never below the minimum.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let ceiling = RECONNECT_MIN_BACKOFF
+        .saturating_mul(1u32 << exp)
+        .min(RECONNECT_MAX_BACKOFF);
+    let min = RECONNECT_MIN_BACKOFF.as_millis() as u64;
+    let max = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::random_range(min..=max.max(min)))
+}
+
+/// The russh client handler: checks the host key and hands each forwarded connection to a
+/// relay task.
+struct Handler {
+    pin: HostKeyPin,
+    pin_error: Arc<Mutex<Option<PinError>>>,
+    services: Arc<Vec<Service>>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    relays: TaskTracker,
+}
+
+impl client::Handler for Handler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        match self.pin.check(key) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::error!("{e}");
+                if let Ok(mut slot) = self.pin_error.lock() {
+                    *slot = Some(e);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let service = self
+            .services
+            .iter()
+            .find(|s| s.port == connected_port)
+            .cloned();
+        let span = tracing::info_span!(
+            "relay",
+            port = connected_port,
+            from = %format!("{originator_address}:{originator_port}")
+        );
+        let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
+        self.relays.spawn(
+            async move {
+                let Some(service) = service else {
+                    tracing::warn!("no service on this port; refused");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    return;
+                };
+                relay(channel, reply, service, shared, cancel).await;
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+}
+
+/// Connects to the local service, accepts the channel, and copies both ways until both sides
+/// are done (EOF carried each way) or assistance is disabled.
+async fn relay(
+    channel: russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    service: Service,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut tcp = match tokio::time::timeout(
+        LOCAL_CONNECT_TIMEOUT,
+        TcpStream::connect(&service.target),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::warn!(target = %service.target, "cannot connect to local service: {e}");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(target = %service.target, "timed out connecting to local service");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let _counted = shared.connection_opened();
+    tracing::info!(service = %service.name, "relaying");
+    let mut stream = channel.into_stream();
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut tcp, &mut stream) => match r {
+            Ok((up, down)) => tracing::info!(to_engineer = up, from_engineer = down, "relay done"),
+            Err(e) => tracing::info!("relay ended: {e}"),
+        },
+        () = cancel.cancelled() => tracing::info!("relay closed by disable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_bounds_and_grows() {
+        for failures in 1..40 {
+            for _ in 0..50 {
+                let d = backoff(failures);
+                assert!(d >= RECONNECT_MIN_BACKOFF, "{failures}: {d:?}");
+                assert!(d <= RECONNECT_MAX_BACKOFF, "{failures}: {d:?}");
+            }
+        }
+        assert_eq!(backoff(1), RECONNECT_MIN_BACKOFF);
+        // Full jitter: late attempts spread over the whole range, not all at the cap.
+        let late: Vec<_> = (0..200).map(|_| backoff(30)).collect();
+        assert!(late.iter().any(|d| *d < RECONNECT_MAX_BACKOFF / 2));
+        assert!(late.iter().any(|d| *d > RECONNECT_MAX_BACKOFF / 2));
+    }
+}
