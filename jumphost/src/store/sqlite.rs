@@ -1,0 +1,397 @@
+//! The embedded SQLite store: `data_dir/assist.db`, WAL with `synchronous=FULL` so every
+//! commit is on disk before the call returns, schema versioned with `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use russh::keys::PublicKey;
+
+use super::{AuditEvent, DeviceBinding, HopStart, Store, StoreError};
+
+/// File name of the database inside `data_dir`.
+pub const DB_FILE: &str = "assist.db";
+
+/// Schema steps; `user_version` counts how many ran. Append, never edit a shipped step.
+const MIGRATIONS: &[&str] = &[
+    // 1: bindings, audit trail, hops. Times are Unix milliseconds.
+    "CREATE TABLE bindings (
+        serial      TEXT PRIMARY KEY NOT NULL,
+        public_key  TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        bound_at    INTEGER NOT NULL,
+        renewed_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX bindings_expires_at ON bindings (expires_at);
+    CREATE TABLE audit_events (
+        id      INTEGER PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        kind    TEXT NOT NULL,
+        who     TEXT,
+        source  TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TABLE hops (
+        id                INTEGER PRIMARY KEY,
+        engineer          TEXT NOT NULL,
+        source            TEXT NOT NULL,
+        serial            TEXT NOT NULL,
+        port              INTEGER NOT NULL,
+        started_at        INTEGER NOT NULL,
+        ended_at          INTEGER,
+        bytes_to_device   INTEGER,
+        bytes_from_device INTEGER
+    );",
+];
+
+/// How long a write waits for another process (e.g. `serial reset`) holding the lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+/// One row of the audit trail, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub at: SystemTime,
+    pub kind: String,
+    pub who: Option<String>,
+    pub source: String,
+    pub outcome: String,
+}
+
+/// One hop, as read back; `ended_at` and the byte counts are `None` while it is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopRecord {
+    pub id: i64,
+    pub engineer: String,
+    pub source: String,
+    pub serial: String,
+    pub port: u32,
+    pub started_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub bytes_to_device: Option<u64>,
+    pub bytes_from_device: Option<u64>,
+}
+
+fn err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The key as stored: type and base64 only, since a comment is not part of the identity.
+fn key_text(key: &PublicKey) -> Result<String, StoreError> {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh()
+        .map(|s| s.trim().to_string())
+        .map_err(|e| StoreError(format!("encoding public key: {e}")))
+}
+
+fn parse_key(serial: &str, text: &str) -> Result<PublicKey, StoreError> {
+    PublicKey::from_openssh(text)
+        .map_err(|e| StoreError(format!("stored key of serial {serial} is unreadable: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `data_dir/assist.db` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)
+            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
+        Self::from_connection(conn)
+            .map_err(|StoreError(e)| StoreError(format!("{}: {e}", path.display())))
+    }
+
+    /// A throwaway in-memory store, for tests of code that needs one.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(err("opening in-memory database"))?;
+        Self::from_connection(conn)
+    }
+
+    fn from_connection(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("setting busy timeout"))?;
+        // journal_mode answers with a row, so it is read rather than executed.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err("enabling WAL"))?;
+        // FULL syncs the WAL on every commit: an acknowledged registration survives power loss.
+        conn.execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(err("setting synchronous=FULL"))?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done transaction behind
+        // (rusqlite rolls back on drop), so the connection is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The serial's binding even if expired (for admin commands).
+    pub fn binding_including_expired(
+        &self,
+        serial: &str,
+    ) -> Result<Option<DeviceBinding>, StoreError> {
+        read_binding(&self.conn(), serial, None)
+    }
+
+    /// The newest `limit` audit events, newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT at, kind, who, source, outcome FROM audit_events ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(err("reading audit events"))?;
+        let rows = stmt
+            .query_map([to_i64(limit as u64)], |r| {
+                Ok(AuditRecord {
+                    at: from_ms(r.get(0)?),
+                    kind: r.get(1)?,
+                    who: r.get(2)?,
+                    source: r.get(3)?,
+                    outcome: r.get(4)?,
+                })
+            })
+            .map_err(err("reading audit events"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(err("reading audit events"))
+    }
+
+    /// Every hop, oldest first.
+    pub fn hops(&self) -> Result<Vec<HopRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, engineer, source, serial, port, started_at, ended_at,
+                        bytes_to_device, bytes_from_device FROM hops ORDER BY id",
+            )
+            .map_err(err("reading hops"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(HopRecord {
+                    id: r.get(0)?,
+                    engineer: r.get(1)?,
+                    source: r.get(2)?,
+                    serial: r.get(3)?,
+                    port: r.get(4)?,
+                    started_at: from_ms(r.get(5)?),
+                    ended_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                    bytes_to_device: r.get::<_, Option<i64>>(7)?.map(|n| n.max(0) as u64),
+                    bytes_from_device: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+                })
+            })
+            .map_err(err("reading hops"))?;
+        rows.collect::<Result<_, _>>().map_err(err("reading hops"))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError(format!("creating data folder {}: {e}", dir.display())))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err("starting migration"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err("reading schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError(format!(
+            "database schema version {version} is newer than this program knows ({known}); \
+             upgrade assist-jumphost"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(step)
+            .map_err(|e| StoreError(format!("migration {}: {e}", i + 1)))?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {known}"))
+        .map_err(err("writing schema version"))?;
+    tx.commit().map_err(err("committing migration"))
+}
+
+/// `now`: only a binding still valid at that time; `None`: whatever is stored.
+fn read_binding(
+    conn: &Connection,
+    serial: &str,
+    now: Option<SystemTime>,
+) -> Result<Option<DeviceBinding>, StoreError> {
+    let min_expiry = now.map_or(i64::MIN, to_ms);
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT public_key, expires_at FROM bindings WHERE serial = ?1 AND expires_at > ?2",
+            params![serial, min_expiry],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(err("reading binding"))?;
+    row.map(|(key, expires_at)| {
+        Ok(DeviceBinding {
+            serial: serial.to_string(),
+            public_key: parse_key(serial, &key)?,
+            expires_at: from_ms(expires_at),
+        })
+    })
+    .transpose()
+}
+
+fn write_binding(conn: &Connection, b: &DeviceBinding) -> Result<(), StoreError> {
+    let now = to_ms(SystemTime::now());
+    // bound_at is kept across renewals of the same key and reset when the key changes.
+    conn.execute(
+        "INSERT INTO bindings (serial, public_key, fingerprint, bound_at, renewed_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+         ON CONFLICT (serial) DO UPDATE SET
+            bound_at = CASE WHEN bindings.public_key = excluded.public_key
+                            THEN bindings.bound_at ELSE excluded.bound_at END,
+            public_key = excluded.public_key,
+            fingerprint = excluded.fingerprint,
+            renewed_at = excluded.renewed_at,
+            expires_at = excluded.expires_at",
+        params![
+            b.serial,
+            key_text(&b.public_key)?,
+            b.fingerprint(),
+            now,
+            to_ms(b.expires_at)
+        ],
+    )
+    .map_err(err("writing binding"))?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn binding(&self, serial: &str) -> Result<Option<DeviceBinding>, StoreError> {
+        read_binding(&self.conn(), serial, Some(SystemTime::now()))
+    }
+
+    fn put_binding(&self, binding: &DeviceBinding) -> Result<(), StoreError> {
+        write_binding(&self.conn(), binding)
+    }
+
+    fn put_binding_if(
+        &self,
+        binding: &DeviceBinding,
+        expected: Option<&PublicKey>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("starting binding update"))?;
+        let current = read_binding(&tx, &binding.serial, Some(SystemTime::now()))?;
+        if current.as_ref().map(|b| b.public_key.key_data()) != expected.map(|k| k.key_data()) {
+            return Ok(false);
+        }
+        write_binding(&tx, binding)?;
+        tx.commit().map_err(err("committing binding"))?;
+        Ok(true)
+    }
+
+    fn reset_serial(&self, serial: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM bindings WHERE serial = ?1", [serial])
+            .map_err(err("deleting binding"))?;
+        Ok(n > 0)
+    }
+
+    fn sweep_expired(&self, now: SystemTime) -> Result<usize, StoreError> {
+        self.conn()
+            .execute("DELETE FROM bindings WHERE expires_at <= ?1", [to_ms(now)])
+            .map_err(err("sweeping expired bindings"))
+    }
+
+    fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO audit_events (at, kind, who, source, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    to_ms(SystemTime::now()),
+                    event.kind,
+                    event.who,
+                    event.source.to_string(),
+                    event.outcome
+                ],
+            )
+            .map_err(err("recording audit event"))?;
+        Ok(())
+    }
+
+    fn hop_started(&self, hop: &HopStart) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO hops (engineer, source, serial, port, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                hop.engineer,
+                hop.source.to_string(),
+                hop.serial,
+                hop.port,
+                to_ms(hop.started_at)
+            ],
+        )
+        .map_err(err("recording hop start"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn hop_ended(
+        &self,
+        id: i64,
+        ended_at: SystemTime,
+        bytes_to_device: u64,
+        bytes_from_device: u64,
+    ) -> Result<(), StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE hops SET ended_at = ?2, bytes_to_device = ?3, bytes_from_device = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    to_ms(ended_at),
+                    to_i64(bytes_to_device),
+                    to_i64(bytes_from_device)
+                ],
+            )
+            .map_err(err("recording hop end"))?;
+        if n == 0 {
+            return Err(StoreError(format!(
+                "recording hop end: no hop with id {id}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
