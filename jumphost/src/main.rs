@@ -1,5 +1,6 @@
 //! `assist-jumphost`: parse the command line, set up logging, call the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -60,6 +61,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only help a person at a terminal; log files and tests read plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Serve { config } => assist_jumphost::serve::run(&config),

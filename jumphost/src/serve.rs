@@ -34,8 +34,10 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("loading config {}", config_path.display()))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = open_store(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
     let policy = Policy::load_dir(&config.policies_dir)
         .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
     let policy = PolicyHandle::new(policy);
@@ -121,12 +123,6 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     ssh_result.context("SSH server")?;
     api_result.context("registration API")?;
     Ok(())
-}
-
-// TEMPORARY until the data side lands `impl Store for SqliteStore`.
-fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    SqliteStore::open(data_dir)?;
-    anyhow::bail!("store not implemented yet")
 }
 
 /// The ready lines on stdout are a contract with the tests and operators' scripts.
