@@ -1,2 +1,199 @@
-//! Entry point of `support-cli` (skeleton until its issue lands).
-fn main() {}
+//! `support-cli`: the support engineer's side of remote assistance. Hops through the jump
+//! host into a customer's machine with the one-time code the customer reads out.
+#![forbid(unsafe_code)]
+
+mod config;
+mod connect;
+mod error;
+mod forward;
+mod hop;
+mod key;
+mod known_hosts;
+mod progress;
+mod terminal;
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Settings come from flags, then ASSIST_JUMPHOST / ASSIST_ENGINEER / ASSIST_IDENTITY /
+ASSIST_KNOWN_HOSTS, then ~/.config/assist/support.toml (keys: jumphost, engineer, identity,
+known_hosts).
+
+Exit status:
+  0..254  connect -- COMMAND: the remote command's status (128+N when killed by signal N)
+  1       a local failure (a file that cannot be written, ...)
+  2       usage: bad flags, a malformed code or serial, an existing --out file
+  255     connection: jump host unreachable or refusing, device not connected, code refused,
+          host key changed
+
+Example:
+  support-cli --jumphost jump.example.com:2222 connect SN-0001 --code 7K3QM-2XPD9";
+
+/// Reach a customer's machine through the assistance jump host.
+///
+/// The customer enables assistance and reads you a one-time code; `connect` turns it into
+/// the key the customer's machine accepts for as long as assistance stays enabled.
+#[derive(Parser)]
+#[command(name = "support-cli", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Jump host as HOST:PORT [env: ASSIST_JUMPHOST].
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    jumphost: Option<String>,
+    /// Your engineer name in the jump host's policy [env: ASSIST_ENGINEER, default: $USER].
+    #[arg(long, global = true, value_name = "NAME")]
+    engineer: Option<String>,
+    /// Your SSH private key [env: ASSIST_IDENTITY; default: the ssh-agent's keys, then
+    /// ~/.ssh/id_ed25519].
+    #[arg(long, global = true, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Host keys seen so far, OpenSSH format [env: ASSIST_KNOWN_HOSTS, default:
+    /// ~/.ssh/known_hosts]. The jump host is recorded as [HOST]:PORT, devices by serial.
+    #[arg(long = "known-hosts", global = true, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// No progress or notes on stderr, only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open a shell on the device, or run COMMAND there.
+    ///
+    /// Without COMMAND: an interactive shell on a remote terminal. With `-- COMMAND ARGS…`:
+    /// stdin, stdout and stderr pass through and the exit status is the command's. A single
+    /// COMMAND word is a command line for the remote shell, like ssh's; several words are
+    /// quoted one by one.
+    Connect {
+        /// The device's serial number, as the customer's assistance page shows it.
+        serial: String,
+        /// The one-time code the customer reads out (XXXXX-XXXXX; case, dashes and spaces
+        /// do not matter).
+        #[arg(long)]
+        code: String,
+        /// Account to log in to on the device.
+        #[arg(long, default_value = "root")]
+        user: String,
+        /// Command to run instead of a shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Relay local TCP connections to a service of the device (for stock ssh, a browser…).
+    ///
+    /// Prints `forwarding ADDR -> SERIAL:SERVICE` once listening; runs until Ctrl-C.
+    Forward {
+        /// The device's serial number.
+        serial: String,
+        /// The device service: ssh, http, or a port number the agent forwards.
+        #[arg(long, value_name = "ssh|http|PORT")]
+        service: String,
+        /// Local address to listen on (port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+    },
+    /// Write the key derived from a code as an OpenSSH private key file (mode 0600).
+    ///
+    /// Prints the public key and its fingerprint. Use the file with stock OpenSSH:
+    /// `ssh -i FILE -J ENGINEER@JUMPHOST:PORT root@SERIAL`.
+    Key {
+        /// The device's serial number.
+        serial: String,
+        /// The one-time code the customer reads out.
+        #[arg(long)]
+        code: String,
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let progress = progress::Progress::new(cli.quiet);
+    let status = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(cli, &progress)),
+        Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    let code = status.unwrap_or_else(|err| {
+        progress.stop();
+        let _ = std::io::stdout().flush();
+        eprintln!("support-cli: {err:#}");
+        error::exit_code(&err)
+    });
+    let _ = std::io::stdout().flush();
+    // Exit at once: the stdin thread may still wait for input that will never matter.
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli, progress: &progress::Progress) -> anyhow::Result<i32> {
+    let env = |k: &str| std::env::var(k).ok();
+    let file = match config::file_path(&env) {
+        Some(path) => config::read_file(&path)?,
+        None => config::FileConfig::default(),
+    };
+    let flags = config::Flags {
+        jumphost: cli.jumphost,
+        engineer: cli.engineer,
+        identity: cli.identity,
+        known_hosts: cli.known_hosts,
+    };
+    let settings = config::resolve(flags, &env, file);
+    match cli.command {
+        Command::Connect {
+            serial,
+            code,
+            user,
+            command,
+        } => {
+            let args = connect::ConnectArgs {
+                serial,
+                code,
+                user,
+                command,
+            };
+            connect::run(&settings, args, progress).await
+        }
+        Command::Forward {
+            serial,
+            service,
+            listen,
+        } => {
+            let args = forward::ForwardArgs {
+                serial,
+                service,
+                listen,
+            };
+            forward::run(&settings, args, progress).await
+        }
+        Command::Key {
+            serial,
+            code,
+            out,
+            force,
+        } => {
+            key::run(
+                key::KeyArgs {
+                    serial,
+                    code,
+                    out,
+                    force,
+                },
+                progress,
+            )
+            .await
+        }
+    }
+}

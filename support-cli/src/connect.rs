@@ -1,0 +1,292 @@
+//! `support-cli connect`: from the code on the phone to a shell (or a command) on the device.
+
+use anyhow::Context;
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, Sig};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Settings;
+use crate::error::HopError;
+use crate::hop::{self, JumpLogin};
+use crate::key;
+use crate::progress::Progress;
+use crate::terminal::{self, RawMode};
+
+/// The device's SSH service, as the agent forwards it.
+const SSH_PORT: u32 = assist_proto::limits::SSH_SERVICE_PORT;
+
+/// Arguments of `connect`.
+pub struct ConnectArgs {
+    pub serial: String,
+    pub code: String,
+    pub user: String,
+    pub command: Vec<String>,
+}
+
+pub async fn run(
+    settings: &Settings,
+    args: ConnectArgs,
+    progress: &Progress,
+) -> anyhow::Result<i32> {
+    key::check_serial(&args.serial)?;
+    let code = key::parse_code(&args.code)?;
+    let addr = settings.jump_addr()?;
+
+    // Argon2 and the jump host login each take a good part of the startup; overlap them.
+    let serial = args.serial.clone();
+    let derivation = tokio::spawn(async move { key::derive(&serial, code).await });
+    let login = JumpLogin {
+        addr: &addr,
+        engineer: settings.engineer()?,
+        identity: &settings.identity,
+        known_hosts: &settings.known_hosts,
+    };
+    let jump = hop::connect_jump(login, progress).await?;
+    progress.stage("deriving the key from the code");
+    let (device_key, took) = derivation.await.context("key derivation task")??;
+    progress.done(Some(format!("{} ms", took.as_millis())));
+    tracing::debug!(ms = took.as_millis(), "key derived");
+
+    progress.stage(format!("reaching device {}", args.serial));
+    let origin = SocketAddr::from(([127, 0, 0, 1], 0));
+    let channel = jump.open(&args.serial, SSH_PORT, origin).await?;
+    progress.stage(format!("authenticating to {}", args.serial));
+    let device = hop::connect_device(
+        channel,
+        &args.serial,
+        &args.user,
+        device_key,
+        &settings.known_hosts,
+        progress,
+    )
+    .await?;
+    progress.done(None);
+    progress.stop();
+
+    let session = device
+        .handle
+        .channel_open_session()
+        .await
+        .map_err(|cause| HopError::Ssh {
+            what: format!("opening a session on {}", args.serial),
+            cause,
+        })?;
+    let interactive = args.command.is_empty() && std::io::stdin().is_terminal();
+    let status = if interactive {
+        let status = shell(session).await;
+        progress.note(&format!("Connection to {} closed.", args.serial));
+        status
+    } else {
+        let command = (!args.command.is_empty()).then(|| command_line(&args.command));
+        exec(session, command).await
+    };
+    let _ = device
+        .handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    jump.disconnect().await;
+    status
+}
+
+/// An interactive shell on a remote PTY the size of ours.
+async fn shell(channel: Channel<Msg>) -> anyhow::Result<i32> {
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+    let (cols, rows) = terminal::size();
+    let refused = |cause| HopError::Ssh {
+        what: "starting a shell".into(),
+        cause,
+    };
+    channel
+        .request_pty(false, &term, cols, rows, 0, 0, &[])
+        .await
+        .map_err(refused)?;
+    channel.request_shell(true).await.map_err(refused)?;
+
+    let raw = RawMode::enable().context("switching the terminal to raw mode")?;
+    let (mut rx, tx) = channel.split();
+    let mut stdin = terminal::stdin_chunks();
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        .context("watching window size changes")?;
+    let input = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                chunk = stdin.recv() => match chunk {
+                    Some(bytes) => {
+                        if tx.data_bytes(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = tx.eof().await;
+                        return;
+                    }
+                },
+                _ = winch.recv() => {
+                    let (cols, rows) = terminal::size();
+                    let _ = tx.window_change(cols, rows, 0, 0).await;
+                }
+            }
+        }
+    });
+    let status = pump(&mut rx).await;
+    input.abort();
+    drop(raw);
+    status
+}
+
+/// A command (or a shell without PTY when stdin is not a terminal), stdin/stdout/stderr
+/// passed through byte for byte, EOF included.
+async fn exec(channel: Channel<Msg>, command: Option<String>) -> anyhow::Result<i32> {
+    let what = if command.is_some() {
+        "running the command"
+    } else {
+        "starting a shell"
+    };
+    let refused = |cause| HopError::Ssh {
+        what: what.into(),
+        cause,
+    };
+    match command {
+        Some(command) => channel.exec(true, command).await.map_err(refused)?,
+        None => channel.request_shell(true).await.map_err(refused)?,
+    }
+    let (mut rx, tx) = channel.split();
+    let mut stdin = terminal::stdin_chunks();
+    let input = tokio::spawn(async move {
+        while let Some(bytes) = stdin.recv().await {
+            if tx.data_bytes(bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.eof().await;
+    });
+    let status = pump(&mut rx).await;
+    input.abort();
+    status
+}
+
+/// Copies the channel to stdout/stderr until it closes; returns the remote exit status
+/// (128 + signal number for a signal, as ssh and shells do).
+async fn pump(rx: &mut ChannelReadHalf) -> anyhow::Result<i32> {
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut status = None;
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                stdout.write_all(&data).await.context("writing to stdout")?;
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                stderr.write_all(&data).await.context("writing to stderr")?;
+            }
+            ChannelMsg::Failure => {
+                return Err(HopError::Ssh {
+                    what: "the device refused to run it".into(),
+                    cause: russh::Error::RequestDenied,
+                }
+                .into());
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                status = Some(i32::try_from(exit_status).unwrap_or(255));
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                ..
+            } => {
+                let dumped = if core_dumped { " (core dumped)" } else { "" };
+                let _ = stdout.flush().await;
+                eprintln!(
+                    "remote command killed by signal {signal_name:?}{dumped} {error_message}"
+                );
+                status = Some(128 + signal_number(&signal_name));
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    stdout.flush().await.context("writing to stdout")?;
+    stderr.flush().await.context("writing to stderr")?;
+    status.ok_or_else(|| HopError::NoExitStatus.into())
+}
+
+/// Linux numbers of the signals SSH names (RFC 4254 6.10).
+fn signal_number(sig: &Sig) -> i32 {
+    match sig {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        Sig::Custom(name) if name == "USR2" => 12,
+        Sig::Custom(_) => 127,
+    }
+}
+
+/// The remote command line. One argument is taken as a command line as ssh does
+/// (`-- 'ls | wc -l'`); several are quoted one by one so each arrives as one argument
+/// (`-- sh -c 'exit 3'`).
+pub fn command_line(args: &[String]) -> String {
+    match args {
+        [one] => one.clone(),
+        many => many.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
+    }
+}
+
+fn quote(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%^".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn one_argument_is_a_command_line() {
+        assert_eq!(command_line(&v(&["ls -l | wc -l"])), "ls -l | wc -l");
+    }
+
+    #[test]
+    fn several_arguments_are_quoted_each() {
+        assert_eq!(command_line(&v(&["sh", "-c", "exit 3"])), "sh -c 'exit 3'");
+        assert_eq!(
+            command_line(&v(&["echo", "it's", ""])),
+            r"echo 'it'\''s' ''"
+        );
+        assert_eq!(
+            command_line(&v(&["printf", "%s\n", "$HOME"])),
+            "printf '%s\n' '$HOME'"
+        );
+        assert_eq!(
+            command_line(&v(&["cat", "/a/b.txt", "k=v"])),
+            "cat /a/b.txt k=v"
+        );
+    }
+
+    #[test]
+    fn signals_map_like_shells() {
+        assert_eq!(signal_number(&Sig::KILL), 9);
+        assert_eq!(signal_number(&Sig::TERM), 15);
+        assert_eq!(signal_number(&Sig::Custom("USR2".into())), 12);
+    }
+}

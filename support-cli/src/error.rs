@@ -1,0 +1,84 @@
+//! The errors the CLI reports to a person, and the exit status each one maps to.
+
+/// Exit status of a usage error: bad flags, a malformed code or serial (like clap).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when the jump host or the device could not be reached or refused us (like ssh).
+pub const EXIT_CONNECTION: i32 = 255;
+/// Exit status of any other local failure (a file that cannot be written, ...).
+pub const EXIT_LOCAL: i32 = 1;
+
+/// What the person typed is wrong; nothing was sent anywhere.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Why hopping to a device failed, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HopError {
+    #[error("cannot reach the jump host at {addr}: {cause}")]
+    Unreachable { addr: String, cause: std::io::Error },
+    #[error("the jump host closed the connection: is your address in its support_cidrs allowlist?")]
+    JumpClosed,
+    #[error(
+        "the jump host does not know engineer {engineer} with this key (ask the jump host admin \
+         to add your public key to its policy)"
+    )]
+    EngineerRefused { engineer: String },
+    #[error("no key to log in to the jump host with: {0}")]
+    NoIdentity(String),
+    #[error("device {serial} is not connected (has the customer enabled assistance?)")]
+    DeviceNotConnected { serial: String },
+    #[error("the jump host refused to open {serial}:{port}: {reason}")]
+    ChannelRefused {
+        serial: String,
+        port: u32,
+        reason: String,
+    },
+    #[error(
+        "the device {serial} closed the connection before login (is its SSH server running? \
+         ask the customer to stop and enable assistance again)"
+    )]
+    DeviceClosed { serial: String },
+    #[error(
+        "the device refused the code: check the code with the customer (codes expire when \
+         assistance is stopped)"
+    )]
+    CodeRefused,
+    #[error("{0}")]
+    HostKey(String),
+    #[error("the device closed the session without an exit status")]
+    NoExitStatus,
+    #[error("the jump host closed the session")]
+    JumpLost,
+    #[error("{what}: {cause}")]
+    Ssh { what: String, cause: russh::Error },
+}
+
+/// The exit status for an error chain: the first error of ours found in it decides.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return EXIT_USAGE;
+        }
+        if cause.is::<HopError>() {
+            return EXIT_CONNECTION;
+        }
+    }
+    EXIT_LOCAL
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn exit_codes_follow_the_cause() {
+        let usage = anyhow::Error::new(UsageError("x".into())).context("while parsing");
+        assert_eq!(exit_code(&usage), EXIT_USAGE);
+        let hop: anyhow::Result<()> = Err(HopError::CodeRefused).context("connecting");
+        assert_eq!(exit_code(&hop.unwrap_err()), EXIT_CONNECTION);
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), EXIT_LOCAL);
+    }
+}

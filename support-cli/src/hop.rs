@@ -1,0 +1,362 @@
+//! The hop: an SSH session to the jump host with the engineer's key, `direct-tcpip` channels
+//! through it to a device's service, and an SSH session to the device inside such a channel.
+
+use russh::client::{self, AuthResult, Handle, Msg};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::{Channel, ChannelOpenFailure, cipher};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{IdentitySource, JumpAddr};
+use crate::error::HopError;
+use crate::known_hosts::{self, Accepted, Pin};
+use crate::progress::Progress;
+
+/// How long the TCP connection to the jump host may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Flow-control window per channel: large, because throughput is compared with OpenSSH's
+/// 2 MiB and both hops (outer relay channel and inner session channel) are windowed.
+const WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest channel packet russh accepts to send (it warns above a TCP packet's 65535).
+const MAX_PACKET: u32 = 65_535;
+
+/// Ciphers, fastest first: both AEADs need no separate MAC pass.
+const CIPHERS: &[cipher::Name] = &[
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_GCM,
+    cipher::AES_128_GCM,
+    cipher::AES_256_CTR,
+];
+
+/// The SSH client settings used for both hops.
+pub fn client_config() -> Arc<client::Config> {
+    let preferred = russh::Preferred {
+        cipher: Cow::Borrowed(CIPHERS),
+        ..Default::default()
+    };
+    Arc::new(client::Config {
+        window_size: WINDOW,
+        maximum_packet_size: MAX_PACKET,
+        channel_buffer_size: 256,
+        preferred,
+        nodelay: true,
+        keepalive_interval: Some(assist_proto::limits::KEEPALIVE_INTERVAL),
+        keepalive_max: assist_proto::limits::KEEPALIVE_MAX,
+        ..Default::default()
+    })
+}
+
+/// Errors a handler can stop a connection with.
+#[derive(Debug)]
+pub enum HandlerError {
+    Ssh(russh::Error),
+    HostKey(String),
+}
+
+impl From<russh::Error> for HandlerError {
+    fn from(e: russh::Error) -> Self {
+        Self::Ssh(e)
+    }
+}
+
+/// Checks the host key against known_hosts and notices when the connection ends.
+pub struct Client {
+    pin: Pin,
+    progress: Progress,
+    closed: CancellationToken,
+}
+
+impl client::Handler for Client {
+    type Error = HandlerError;
+
+    async fn check_server_key(
+        &mut self,
+        presented: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // Certificates are not advertised, so this is a plain key; pin its key either way.
+        match self.pin.verify(&presented.public_key()) {
+            Ok(Accepted::Known) => Ok(true),
+            Ok(Accepted::Learned(note)) => {
+                self.progress.note(&note);
+                Ok(true)
+            }
+            Err(warning) => Err(HandlerError::HostKey(warning)),
+        }
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        self.closed.cancel();
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+/// A logged-in session to the jump host; channels to devices are opened through it.
+pub struct Jump {
+    handle: Handle<Client>,
+    /// Cancelled when the jump host connection ends.
+    pub closed: CancellationToken,
+}
+
+/// Where to log in and with what.
+pub struct JumpLogin<'a> {
+    pub addr: &'a JumpAddr,
+    pub engineer: &'a str,
+    pub identity: &'a IdentitySource,
+    pub known_hosts: &'a std::path::Path,
+}
+
+/// Connects and authenticates to the jump host.
+pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<Jump, HopError> {
+    let addr = login.addr;
+    progress.stage(format!("connecting to the jump host {addr}"));
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((addr.host.as_str(), addr.port)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))
+    })
+    .map_err(|cause| HopError::Unreachable {
+        addr: addr.to_string(),
+        cause,
+    })?;
+    // Interactive keystrokes must not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+
+    let closed = CancellationToken::new();
+    let client = Client {
+        pin: Pin {
+            path: login.known_hosts.to_path_buf(),
+            name: known_hosts::host_name(&addr.host, addr.port),
+            label: format!("the jump host {addr}"),
+        },
+        progress: progress.clone(),
+        closed: closed.clone(),
+    };
+    let mut handle = client::connect_stream(client_config(), tcp, client)
+        .await
+        .map_err(|e| {
+            handshake_error(e, HopError::JumpClosed, "SSH handshake with the jump host")
+        })?;
+
+    progress.stage(format!("logging in to the jump host as {}", login.engineer));
+    authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await?;
+    Ok(Jump { handle, closed })
+}
+
+fn handshake_error(e: HandlerError, closed: HopError, what: &str) -> HopError {
+    match e {
+        HandlerError::HostKey(warning) => HopError::HostKey(warning),
+        HandlerError::Ssh(e) if is_closed(&e) => closed,
+        HandlerError::Ssh(cause) => HopError::Ssh {
+            what: what.into(),
+            cause,
+        },
+    }
+}
+
+/// Errors meaning the peer hung up rather than misbehaved.
+fn is_closed(e: &russh::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        russh::Error::Disconnect | russh::Error::HUP | russh::Error::SendError => true,
+        russh::Error::IO(io) => {
+            matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+            )
+        }
+        _ => false,
+    }
+}
+
+async fn authenticate_engineer(
+    handle: &mut Handle<Client>,
+    engineer: &str,
+    identity: &IdentitySource,
+    progress: &Progress,
+) -> Result<(), HopError> {
+    let refused = || HopError::EngineerRefused {
+        engineer: engineer.to_string(),
+    };
+    let auth_err = |cause| {
+        if is_closed(&cause) {
+            HopError::JumpClosed
+        } else {
+            HopError::Ssh {
+                what: "logging in to the jump host".into(),
+                cause,
+            }
+        }
+    };
+    let default_file = match identity {
+        IdentitySource::File(path) => {
+            let key = crate::key::load_identity(path, progress)?;
+            return match authenticate_key(handle, engineer, key)
+                .await
+                .map_err(auth_err)?
+            {
+                true => Ok(()),
+                false => Err(refused()),
+            };
+        }
+        IdentitySource::Default(path) => path,
+    };
+
+    let mut offered = false;
+    if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+        let identities = agent.request_identities().await.unwrap_or_default();
+        for id in identities {
+            offered = true;
+            let public = id.public_key().into_owned();
+            let hash = rsa_hash(handle, &public).await;
+            match handle
+                .authenticate_publickey_with(engineer, public, hash, &mut agent)
+                .await
+            {
+                Ok(AuthResult::Success) => return Ok(()),
+                Ok(AuthResult::Failure { .. }) => {}
+                Err(e) => tracing::debug!("agent could not sign: {e}"),
+            }
+        }
+    }
+    if default_file.exists() {
+        let key = crate::key::load_identity(default_file, progress)?;
+        if authenticate_key(handle, engineer, key)
+            .await
+            .map_err(auth_err)?
+        {
+            return Ok(());
+        }
+        offered = true;
+    }
+    if offered {
+        Err(refused())
+    } else {
+        Err(HopError::NoIdentity(format!(
+            "pass --identity FILE, or create {} (ssh-keygen -t ed25519), or add a key to \
+             ssh-agent",
+            default_file.display()
+        )))
+    }
+}
+
+async fn rsa_hash(handle: &Handle<Client>, key: &PublicKey) -> Option<russh::keys::HashAlg> {
+    if key.algorithm().is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    } else {
+        None
+    }
+}
+
+async fn authenticate_key<H: client::Handler>(
+    handle: &mut Handle<H>,
+    user: &str,
+    key: PrivateKey,
+) -> Result<bool, russh::Error> {
+    let hash = if key.algorithm().is_rsa() {
+        handle.best_supported_rsa_hash().await?.flatten()
+    } else {
+        None
+    };
+    let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+    Ok(handle.authenticate_publickey(user, key).await?.success())
+}
+
+impl Jump {
+    /// Opens a relayed connection to `port` of the device `serial`.
+    pub async fn open(
+        &self,
+        serial: &str,
+        port: u32,
+        originator: std::net::SocketAddr,
+    ) -> Result<Channel<Msg>, HopError> {
+        let (ip, oport) = (originator.ip().to_string(), u32::from(originator.port()));
+        self.handle
+            .channel_open_direct_tcpip(serial, port, ip, oport)
+            .await
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
+                    HopError::DeviceNotConnected {
+                        serial: serial.to_string(),
+                    }
+                }
+                russh::Error::ChannelOpenFailure(reason) => HopError::ChannelRefused {
+                    serial: serial.to_string(),
+                    port,
+                    reason: format!("{reason:?}"),
+                },
+                e if is_closed(&e) => HopError::JumpLost,
+                cause => HopError::Ssh {
+                    what: format!("opening {serial}:{port}"),
+                    cause,
+                },
+            })
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// An SSH session with the device, logged in.
+pub struct Device {
+    pub handle: Handle<Client>,
+}
+
+/// Runs an SSH session to the device inside `channel` and logs in as `user` with `key`.
+pub async fn connect_device(
+    channel: Channel<Msg>,
+    serial: &str,
+    user: &str,
+    key: PrivateKey,
+    known_hosts: &std::path::Path,
+    progress: &Progress,
+) -> Result<Device, HopError> {
+    let client = Client {
+        pin: Pin {
+            path: known_hosts.to_path_buf(),
+            name: serial.to_string(),
+            label: format!("the device {serial}"),
+        },
+        progress: progress.clone(),
+        closed: CancellationToken::new(),
+    };
+    let closed = || HopError::DeviceClosed {
+        serial: serial.to_string(),
+    };
+    let mut handle = client::connect_stream(client_config(), channel.into_stream(), client)
+        .await
+        .map_err(|e| handshake_error(e, closed(), "SSH handshake with the device"))?;
+    progress.stage(format!("logging in to {serial} as {user} with the code"));
+    match authenticate_key(&mut handle, user, key).await {
+        Ok(true) => Ok(Device { handle }),
+        Ok(false) => Err(HopError::CodeRefused),
+        Err(e) if is_closed(&e) => Err(closed()),
+        Err(cause) => Err(HopError::Ssh {
+            what: format!("logging in to {serial}"),
+            cause,
+        }),
+    }
+}

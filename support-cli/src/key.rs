@@ -1,0 +1,157 @@
+//! `support-cli key`: the key derived from a code as an OpenSSH private key file for stock
+//! tools; also how the CLI turns (serial, code) into that key and loads the engineer's key.
+
+use anyhow::Context;
+use assist_proto::OneTimeCode;
+use russh::keys::{HashAlg, PrivateKey};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{HopError, UsageError};
+use crate::progress::Progress;
+
+/// Checks a serial's format before anything is sent.
+pub fn check_serial(serial: &str) -> Result<(), UsageError> {
+    assist_proto::validate_name(serial).map_err(|e| UsageError(format!("serial {serial:?} {e}")))
+}
+
+/// Normalizes what the engineer typed, or says what is wrong with it.
+pub fn parse_code(code: &str) -> Result<OneTimeCode, UsageError> {
+    OneTimeCode::parse(code).map_err(|e| {
+        UsageError(format!(
+            "malformed code: {e}; ask the customer to read it again"
+        ))
+    })
+}
+
+/// Derives the device login key (Argon2: about 200 ms), on a blocking thread.
+pub async fn derive(serial: &str, code: OneTimeCode) -> anyhow::Result<(PrivateKey, Duration)> {
+    let serial = serial.to_string();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut key = assist_proto::derive_key(&serial, &code)?;
+        key.set_comment(format!("assist {serial}"));
+        Ok((key, started.elapsed()))
+    })
+    .await
+    .context("key derivation task")?
+}
+
+/// Loads the engineer's private key, asking for the passphrase when it is encrypted.
+pub fn load_identity(path: &Path, progress: &Progress) -> Result<PrivateKey, HopError> {
+    let unusable = |why: String| HopError::NoIdentity(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| unusable(e.to_string()))?;
+    let key = PrivateKey::from_openssh(&text).map_err(|e| unusable(e.to_string()))?;
+    if !key.is_encrypted() {
+        return Ok(key);
+    }
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    let passphrase = progress
+        .paused(|| rpassword::prompt_password(&prompt))
+        .map_err(|e| unusable(format!("encrypted, and no passphrase could be read: {e}")))?;
+    let passphrase = assist_proto::Secret::new(passphrase);
+    key.decrypt(passphrase.expose().as_bytes())
+        .map_err(|_| unusable("wrong passphrase".to_string()))
+}
+
+/// Arguments of `key`.
+pub struct KeyArgs {
+    pub serial: String,
+    pub code: String,
+    pub out: PathBuf,
+    pub force: bool,
+}
+
+pub async fn run(args: KeyArgs, progress: &Progress) -> anyhow::Result<i32> {
+    check_serial(&args.serial)?;
+    let code = parse_code(&args.code)?;
+    if !args.force && args.out.exists() {
+        return Err(UsageError(format!(
+            "{} already exists; pass --force to overwrite it",
+            args.out.display()
+        ))
+        .into());
+    }
+    progress.stage("deriving the key from the code");
+    let (key, took) = derive(&args.serial, code).await?;
+    progress.done(Some(format!("{} ms", took.as_millis())));
+    write_private_key(&args.out, &key, args.force)?;
+    let public = key.public_key();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        public.to_openssh().context("encoding the public key")?
+    )?;
+    writeln!(out, "{}", public.fingerprint(HashAlg::Sha256))?;
+    out.flush()?;
+    progress.note(&format!(
+        "wrote {}; with stock OpenSSH: ssh -i {} -J ENGINEER@JUMPHOST:PORT root@{}",
+        args.out.display(),
+        args.out.display(),
+        args.serial
+    ));
+    Ok(0)
+}
+
+/// Writes the key with mode 0600 from the start, so it is never readable by others.
+fn write_private_key(path: &Path, key: &PrivateKey, force: bool) -> anyhow::Result<()> {
+    let pem = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .context("encoding the private key")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // An overwritten file keeps its old mode unless told.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    file.write_all(pem.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_serials_are_checked_before_use() {
+        assert!(parse_code("7k3qm 2xpd9").is_ok());
+        let err = parse_code("7K3QM-2XPD").unwrap_err().0;
+        assert!(err.starts_with("malformed code"), "{err}");
+        assert!(err.contains("read it again"), "{err}");
+        assert!(parse_code("7K3QM-2XPDU").is_err());
+        assert!(check_serial("SN-0001").is_ok());
+        assert!(check_serial("../etc").unwrap_err().0.contains("serial"));
+        assert!(check_serial("").is_err());
+    }
+
+    #[test]
+    fn private_key_file_is_0600_and_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[3; 32],
+        ));
+        write_private_key(&path, &key, false).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = PrivateKey::from_openssh(std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
+        assert!(write_private_key(&path, &key, false).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_key(&path, &key, true).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
