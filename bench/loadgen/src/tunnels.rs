@@ -25,6 +25,9 @@ pub struct Args {
     /// How many sessions.
     #[arg(long)]
     count: usize,
+    /// Index of the first session (to add sessions to those another run already holds).
+    #[arg(long, default_value_t = 0)]
+    first: usize,
     /// Session IDX logs in as PREFIX<IDX> ...
     #[arg(long, default_value = "BENCH-")]
     user_prefix: String,
@@ -102,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let seed = now_ms() as u64 | 1;
-    for idx in 0..args.count {
+    for idx in args.first..args.first + args.count {
         let (args, key, config, gate) = (args.clone(), key.clone(), config.clone(), gate.clone());
         let rng = AtomicU64::new(seed.wrapping_mul(idx as u64 + 1) | 1);
         tokio::spawn(async move { device(idx, &args, key, config, &gate, &rng).await });

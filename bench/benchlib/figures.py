@@ -1,0 +1,326 @@
+"""The measurements: each takes the chains (OpenSSH first, ours second, alternated where
+repeated) and returns plain numbers for the report. Failures that mean breakage raise
+BenchError; timing never does."""
+
+import hashlib
+import os
+import selectors
+import statistics
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .procs import BenchError, Proc, log, run, wait_until
+
+MB = 1_000_000
+CHUNK = 1 << 20
+
+
+def _rate(nbytes, seconds):
+    return nbytes / MB / seconds if seconds > 0 else float("nan")
+
+
+def download(chain, size, marker):
+    """`head -c SIZE /dev/zero` remotely, read here; MB/s after the first `marker` bytes
+    (so login and buffer fill are not counted) and over the whole command."""
+    start = time.monotonic()
+    p = subprocess.Popen(chain.cmd(["head", "-c", str(size), "/dev/zero"]),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got, t_mark = 0, None
+    fd = p.stdout.fileno()
+    while True:
+        block = os.read(fd, CHUNK)
+        if not block:
+            break
+        got += len(block)
+        if t_mark is None and got >= marker:
+            t_mark = time.monotonic()
+    end = time.monotonic()
+    err = p.stderr.read().decode(errors="replace")
+    rc = p.wait(timeout=60)
+    if rc != 0 or got != size:
+        raise BenchError(f"{chain.name} download: exit {rc}, {got}/{size} bytes; {err[-500:]}")
+    return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
+
+
+def upload(chain, path, size, marker):
+    """A local file fed on stdin to `wc -c` remotely (as `cat > /dev/null`, but the byte
+    count comes back to be checked)."""
+    start = time.monotonic()
+    p = subprocess.Popen(chain.cmd(["wc", "-c"]), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent, t_mark = 0, None
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(CHUNK)
+                if not block:
+                    break
+                p.stdin.write(block)
+                sent += len(block)
+                if t_mark is None and sent >= marker:
+                    t_mark = time.monotonic()
+        p.stdin.close()
+    except BrokenPipeError:
+        pass
+    out = p.stdout.read()
+    end = time.monotonic()
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    counted = out.decode(errors="replace").split()
+    if p.returncode != 0 or not counted or int(counted[0]) != size:
+        raise BenchError(f"{chain.name} upload: exit {p.returncode}, remote counted {counted}"
+                         f" of {size}; {err.decode(errors='replace')[-500:]}")
+    return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_integrity(chain, path):
+    """Random bytes both ways with checksums: the gross-breakage check of the smoke run."""
+    want = sha256(path)
+    with open(path, "rb") as f:
+        r = subprocess.run(chain.cmd(["sha256sum"]), stdin=f, capture_output=True, timeout=120)
+    got = r.stdout.decode().split()[:1]
+    if r.returncode != 0 or got != [want]:
+        raise BenchError(f"{chain.name} upload checksum: exit {r.returncode}, {got} != {want}")
+    r = subprocess.run(chain.cmd(["cat", path]), stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120)
+    if r.returncode != 0 or hashlib.sha256(r.stdout).hexdigest() != want:
+        raise BenchError(f"{chain.name} download checksum mismatch (exit {r.returncode})")
+
+
+def throughput(chains, path, size, reps, marker):
+    res = {c.name: {"up": [], "down": []} for c in chains}
+    for rep in range(reps):
+        for c in chains:
+            up = upload(c, path, size, marker)
+            down = download(c, size, marker)
+            res[c.name]["up"].append(up)
+            res[c.name]["down"].append(down)
+            log(f"throughput rep {rep + 1}/{reps} {c.name}: up {up['steady']:.0f} MB/s, "
+                f"down {down['steady']:.0f} MB/s")
+    return {n: {d: {"steady": statistics.median(x["steady"] for x in v[d]),
+                    "wall": statistics.median(x["wall"] for x in v[d]),
+                    "runs": [round(x["steady"], 1) for x in v[d]]}
+                for d in ("up", "down")}
+            for n, v in res.items()}
+
+
+def timed(argv, timeout=60):
+    start = time.monotonic()
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    took = time.monotonic() - start
+    if r.returncode != 0:
+        raise BenchError(f"{argv[0]} exited {r.returncode}: {r.stderr.decode()[-500:]}")
+    return took * 1000
+
+
+def login(chains, runs):
+    times = {c.name: [] for c in chains}
+    for _ in range(runs):
+        for c in chains:
+            times[c.name].append(timed(c.cmd(["true"])))
+    return {n: {"median_ms": statistics.median(v), "runs": [round(x) for x in v]}
+            for n, v in times.items()}
+
+
+def derivation(bins, loadgen, tmp, code):
+    """The key derivation alone: in-process (release) and as `support-cli key` end to end."""
+    out = run([loadgen, "derive", "--rounds", "5"])
+    in_process = float(out.split()[1])
+    cli = [timed([bins["support-cli"], "key", "BENCH-AGENT", "--code", code,
+                  "--out", os.path.join(tmp, f"derived_{i}")]) for i in range(3)]
+    return {"in_process_ms": in_process, "support_cli_key_ms": statistics.median(cli)}
+
+
+class Loadgen:
+    """One bench-loadgen process; keeps its events and who is up."""
+
+    def __init__(self, loadgen, chain, key, count, logdir, label, first=0, reconnect=False,
+                 concurrency=64):
+        self.events = []
+        self.up = set()
+        self.lock = threading.Lock()
+        argv = [loadgen, "tunnels", "--addr", f"{chain.jump_addr[0]}:{chain.jump_addr[1]}",
+                "--key", key, "--count", str(count), "--first", str(first),
+                "--concurrency", str(concurrency), *chain.loadgen_args()]
+        if reconnect:
+            argv.append("--reconnect")
+        self.proc = Proc(argv, label, logdir, stdin=subprocess.PIPE, on_line=self._event)
+
+    def _event(self, line):
+        parts = line.split()
+        if len(parts) < 3:
+            return
+        kind, idx, ms = parts[0], int(parts[1]), int(parts[2])
+        with self.lock:
+            self.events.append((kind, idx, ms, " ".join(parts[3:])))
+            if kind == "up":
+                self.up.add(idx)
+            elif kind == "down":
+                self.up.discard(idx)
+
+    def up_count(self):
+        with self.lock:
+            return len(self.up)
+
+    def wait_up(self, n, timeout, what):
+        try:
+            wait_until(timeout, what, lambda: self.up_count() >= n or not self.proc.running())
+        except BenchError:
+            raise BenchError(f"{what}: {self.up_count()}/{n} up; last failures: "
+                             f"{self.failures()[-3:]}")
+        if self.up_count() < n:
+            raise BenchError(f"{what}: loadgen exited with {self.up_count()}/{n} up; "
+                             f"{self.failures()[-3:]} {self.proc.stderr_tail(500)}")
+
+    def failures(self):
+        with self.lock:
+            return [e for e in self.events if e[0] == "fail"]
+
+    def close(self):
+        try:
+            self.proc.p.stdin.close()
+            self.proc.p.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.proc.close()
+
+
+def settled_memory(chain):
+    """Memory once it stops moving (allocations after the last login settle), bounded."""
+    last = chain.memory()
+    for _ in range(10):
+        time.sleep(0.3)
+        now = chain.memory()
+        if abs(now[1] - last[1]) < 256:
+            return now
+        last = now
+    return last
+
+
+def register_all(chain, serials, public_key):
+    def one(serial):
+        status, body = chain.register(serial, public_key)
+        if status not in (200, 201):
+            raise BenchError(f"register {serial}: {status} {body}")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, serials))
+
+
+def idle(chain, loadgen, key, levels, logdir, timeout):
+    """Jump-host memory before and after holding each level of idle tunnels (cumulative)."""
+    base = settled_memory(chain)
+    out = {"base_rss_kib": base[0], "base_pss_kib": base[1], "levels": []}
+    gens, held = [], 0
+    try:
+        for level in levels:
+            gen = Loadgen(loadgen, chain, key, level - held, logdir,
+                          f"loadgen-idle-{chain.name}-{level}", first=held)
+            gens.append(gen)
+            gen.wait_up(level - held, timeout, f"{chain.name}: {level} idle tunnels")
+            held = level
+            rss, pss, procs = settled_memory(chain)
+            per = (pss - base[1]) / level
+            out["levels"].append({"tunnels": level, "rss_kib": rss, "pss_kib": pss,
+                                  "processes": procs, "per_tunnel_kib": per,
+                                  "per_tunnel_rss_kib": (rss - base[0]) / level})
+            log(f"idle {chain.name} {level} tunnels: PSS {pss / 1024:.1f} MiB, "
+                f"{per:.1f} KiB/tunnel ({procs} processes)")
+    finally:
+        for gen in gens:
+            gen.close()
+    return out
+
+
+def fan_in(chains, hops, size):
+    """`hops` engineers downloading `size` bytes each at once through one device tunnel."""
+    res = {}
+    for c in chains:
+        procs = [subprocess.Popen(c.cmd(["head", "-c", str(size), "/dev/zero"]),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL) for _ in range(hops)]
+        sel = selectors.DefaultSelector()
+        stat = {}
+        for i, p in enumerate(procs):
+            sel.register(p.stdout, selectors.EVENT_READ, i)
+            stat[i] = {"got": 0, "first": None, "last": None}
+        open_ = hops
+        deadline = time.monotonic() + 600
+        while open_ and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=5):
+                i = key.data
+                block = os.read(key.fileobj.fileno(), CHUNK)
+                now = time.monotonic()
+                if not block:
+                    sel.unregister(key.fileobj)
+                    open_ -= 1
+                    continue
+                s = stat[i]
+                s["got"] += len(block)
+                s["first"] = s["first"] or now
+                s["last"] = now
+        for p in procs:
+            if p.poll() is None and open_:
+                p.kill()
+        rcs = [p.wait(timeout=60) for p in procs]
+        bad = [i for i in range(hops) if rcs[i] != 0 or stat[i]["got"] != size]
+        if bad:
+            raise BenchError(f"{c.name} fan-in: {len(bad)}/{hops} hops failed "
+                             f"(e.g. exit {rcs[bad[0]]}, {stat[bad[0]]['got']}/{size} bytes)")
+        rates = [_rate(size, s["last"] - s["first"]) for s in stat.values()]
+        span = max(s["last"] for s in stat.values()) - min(s["first"] for s in stat.values())
+        res[c.name] = {"aggregate": _rate(size * hops, span), "slowest": min(rates),
+                       "fastest": max(rates), "fairness": min(rates) / max(rates)}
+        log(f"fan-in {c.name}: {res[c.name]['aggregate']:.0f} MB/s aggregate, "
+            f"slowest/fastest {res[c.name]['fairness']:.2f}")
+    return res
+
+
+def storm(chain, loadgen, key, count, logdir, timeout):
+    """`count` reconnecting devices; the jump host is killed and started on the same ports.
+    Time from the kill until every device is back, and the peak logins per second."""
+    gen = Loadgen(loadgen, chain, key, count, logdir, f"loadgen-storm-{chain.name}",
+                  reconnect=True)
+    try:
+        gen.wait_up(count, timeout, f"{chain.name}: {count} storm devices before the restart")
+        t0 = int(time.time() * 1000)
+        chain.restart()
+        ready_ms = int(time.time() * 1000) - t0
+
+        def all_back():
+            with gen.lock:
+                back = {e[1] for e in gen.events if e[0] == "up" and e[2] >= t0}
+            return len(back) >= count
+
+        wait_until(timeout, f"{chain.name}: {count} devices back after the restart", all_back)
+        with gen.lock:
+            ups = sorted(e[2] for e in gen.events if e[0] == "up" and e[2] >= t0)
+            tries = sum(1 for e in gen.events if e[0] == "try" and e[2] >= t0)
+            fails = sum(1 for e in gen.events if e[0] == "fail" and e[2] >= t0)
+        first = {}
+        for e in gen.events:
+            if e[0] == "up" and e[2] >= t0:
+                first.setdefault(e[1], e[2])
+        back = sorted(first.values())
+        peak, j = 0, 0
+        for i, t in enumerate(ups):
+            while ups[j] < t - 1000:
+                j += 1
+            peak = max(peak, i - j + 1)
+        out = {"devices": count, "restart_ms": ready_ms, "all_back_s": (back[-1] - t0) / 1000,
+               "first_back_s": (back[0] - t0) / 1000, "peak_per_s": peak,
+               "attempts": tries, "failed_attempts": fails}
+        log(f"storm {chain.name}: all {count} back in {out['all_back_s']:.1f} s, "
+            f"peak {peak} logins/s, {tries} attempts ({fails} failed)")
+        return out
+    finally:
+        gen.close()

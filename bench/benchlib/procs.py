@@ -1,0 +1,196 @@
+"""Process helpers for the benchmark: children with line-read stdout, readiness by polling
+with a deadline (never a fixed sleep), free loopback ports, and memory of a process tree."""
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+
+class BenchError(Exception):
+    """Gross breakage: a transfer failed, a count was not reached, a program did not start."""
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    """A port the kernel just handed out on 127.0.0.1 (racy in theory, fine for a bench)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_tcp(port, timeout, what):
+    """Polls a TCP connect to 127.0.0.1:port until it succeeds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout}s waiting for {what} on port {port}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def wait_until(timeout, what, check):
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not check():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+class Proc:
+    """A child whose stdout lines are queued (and kept) and whose stderr goes to a log file."""
+
+    def __init__(self, argv, label, logdir, stdin=subprocess.DEVNULL, env=None, on_line=None):
+        self.label = label
+        self.stderr_path = os.path.join(logdir, f"{label}.stderr")
+        self._err = open(self.stderr_path, "ab")
+        self.p = subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._err, env=env,
+            start_new_session=True,
+        )
+        self.lines = queue.Queue()
+        # A consumer of every line (the load generator's events) instead of the queue.
+        self.on_line = on_line
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in self.p.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self.on_line is not None:
+                self.on_line(line)
+            else:
+                self.lines.put(line)
+        self.lines.put(None)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def wait_line(self, prefix, timeout=60):
+        """The rest of the first stdout line starting with `prefix`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.label}: no line {prefix!r} within {timeout}s; "
+                                 f"stderr: {self.stderr_tail()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise BenchError(f"{self.label}: exited ({self.p.poll()}) before {prefix!r}; "
+                                 f"stderr: {self.stderr_tail()}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def stderr_tail(self, n=2000):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def running(self):
+        return self.p.poll() is None
+
+    def kill_tree(self, sig=signal.SIGKILL):
+        """Signals this process and every descendant of it, by pid (nothing else)."""
+        pids = descendants(self.p.pid) + [self.p.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=20)
+
+    def close(self):
+        if self.running():
+            self.kill_tree()
+        self._err.close()
+
+
+def _ppid_map():
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    return children
+
+
+def descendants(pid):
+    children = _ppid_map()
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def memory_kib(pids):
+    """(RSS, PSS) in KiB summed over `pids`, from /proc/PID/smaps_rollup."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, pss
+
+
+def tree_memory_kib(pid):
+    """(RSS, PSS, process count) of a process and all its descendants."""
+    pids = [pid] + descendants(pid)
+    rss, pss = memory_kib(pids)
+    return rss, pss, len(pids)
+
+
+def run(argv, timeout=120, **kw):
+    """Runs a short command; raises BenchError with its stderr if it fails."""
+    try:
+        r = subprocess.run(argv, capture_output=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{argv[0]} timed out after {timeout}s") from e
+    if r.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, argv))} exited {r.returncode}: "
+                         f"{r.stderr.decode(errors='replace')[-2000:]}")
+    return r.stdout.decode(errors="replace")
+
+
+def keygen(path, comment="bench"):
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path])
+    with open(path + ".pub") as f:
+        return f.read().strip()

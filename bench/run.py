@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Benchmarks this project against stock OpenSSH doing the same job, on loopback, in one run.
+
+    python3 bench/run.py                 # full run: writes bench/RESULTS.md and bench/results.png
+    python3 bench/run.py --smoke         # < 3 min; exits non-zero only on gross breakage
+
+See bench/README.md for what each figure means.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import figures, report  # noqa: E402
+from benchlib.chains import AGENT_SERIAL, OpenSshChain, OurChain, Sshd, TARGET_EXTRA  # noqa: E402
+from benchlib.procs import BenchError, keygen, log  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINS = ("assist-jumphost", "assist-client", "support-cli", "bench-loadgen")
+FIGURES = ("throughput", "login", "fan_in", "idle", "storm")
+
+FULL = dict(transfer_mib=512, reps=3, marker_mib=16, login_runs=10, idle_ours=[1000, 10000],
+            idle_openssh=[100], fan_in_hops=100, fan_in_mib=16, storm=1000, storm_openssh=1000,
+            ramp_timeout=900, storm_timeout=300)
+SMOKE = dict(transfer_mib=32, reps=1, marker_mib=8, login_runs=3, idle_ours=[100],
+             idle_openssh=[20], fan_in_hops=10, fan_in_mib=8, storm=50, storm_openssh=50,
+             ramp_timeout=60, storm_timeout=60)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="small and fast; for CI")
+    p.add_argument("--out", help="where RESULTS.md, results.png and results.json go "
+                   "(default: bench/ for a full run, a temp dir for --smoke)")
+    p.add_argument("--profile", choices=["release", "debug"], default=None,
+                   help="which build of our binaries (default: release, debug with --smoke)")
+    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    p.add_argument("--only-openssh", action="store_true",
+                   help="measure only the OpenSSH chain (while ours is not usable)")
+    p.add_argument("--device", choices=["agent", "stock"], default="agent",
+                   help="our chain's device: assist-client, or stock `ssh -R` as the serial")
+    p.add_argument("--engineer", choices=["cli", "ssh"], default="cli",
+                   help="our chain's engineer: support-cli, or stock `ssh -J` with the derived key")
+    p.add_argument("--skip", action="append", default=[], choices=FIGURES,
+                   help="leave a figure out (repeatable)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    return p.parse_args()
+
+
+def raise_fd_limit():
+    """Thousands of tunnels need thousands of sockets in the jump host and the load
+    generator; children inherit the raised soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 1_048_576:
+        hard = 1_048_576
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def build(profile, only_loadgen):
+    cmd = ["cargo", "build", "--quiet"]
+    if profile == "release":
+        cmd.append("--release")
+    cmd += ["-p", "assist-bench"] if only_loadgen else ["--workspace", "--bins"]
+    log(" ".join(cmd))
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode != 0:
+        raise BenchError("build failed")
+
+
+def main():
+    args = parse_args()
+    cfg = SMOKE if args.smoke else FULL
+    profile = args.profile or ("debug" if args.smoke else "release")
+    fd_limit = raise_fd_limit()
+    if not args.no_build:
+        build(profile, args.only_openssh)
+    target_dir = os.path.join(ROOT, "target", profile)
+    bins = {b: os.path.join(target_dir, b) for b in BINS}
+    for b, path in bins.items():
+        if (b == "bench-loadgen" or not args.only_openssh) and not os.path.exists(path):
+            raise BenchError(f"{path} missing (build it, or drop --no-build)")
+    need = max(cfg["idle_ours"] + [cfg["storm"]])
+    if not args.only_openssh and need >= fd_limit - 100:
+        raise BenchError(f"file descriptor limit {fd_limit} too low for {need} tunnels")
+
+    tmp = tempfile.mkdtemp(prefix="assist-bench.")
+    logdir = os.path.join(tmp, "logs")
+    os.makedirs(logdir)
+    out_dir = args.out or (tempfile.mkdtemp(prefix="assist-bench-out.") if args.smoke
+                           else os.path.join(ROOT, "bench"))
+    os.makedirs(out_dir, exist_ok=True)
+    log(f"work dir {tmp}, results to {out_dir}")
+    started = time.monotonic()
+    closers = []
+    result = {"machine": report.machine(), "sizes": cfg, "build": profile,
+              "command": "python3 bench/run.py" + (" --smoke" if args.smoke else ""),
+              "note": "2 shared CPUs; other engineers were compiling during the run, so "
+                      "expect noise of tens of percent on the timings"}
+    ok = False
+    try:
+        keys = SimpleNamespace()
+        for role in ("engineer", "device"):
+            path = os.path.join(tmp, f"{role}_ed25519")
+            setattr(keys, role, path)
+            setattr(keys, f"{role}_pub", keygen(path, f"bench-{role}"))
+        size = cfg["transfer_mib"] << 20
+        random_file = os.path.join(tmp, "random.bin")
+        with open(random_file, "wb") as f:
+            for _ in range(cfg["transfer_mib"]):
+                f.write(os.urandom(1 << 20))
+
+        target = Sshd(os.path.join(tmp, "target"), "target-sshd", [keys.engineer_pub],
+                      TARGET_EXTRA, logdir)
+        closers.append(target)
+        openssh = OpenSshChain(tmp, target, keys, logdir)
+        closers.append(openssh)
+        chains = [openssh]
+        ours = None
+        if not args.only_openssh:
+            ours = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer)
+            closers.append(ours)
+            chains.append(ours)
+        log(f"chains up: {', '.join(c.name for c in chains)}")
+
+        # Integrity first: a chain that corrupts data makes every other figure moot.
+        check = os.path.join(tmp, "check.bin")
+        with open(check, "wb") as f:
+            f.write(os.urandom(min(size, 8 << 20)))
+        for c in chains:
+            figures.verify_integrity(c, check)
+        log("integrity: checksums match both ways on every chain")
+
+        if "throughput" not in args.skip:
+            result["throughput"] = figures.throughput(chains, random_file, size, cfg["reps"],
+                                                      cfg["marker_mib"] << 20)
+        if "login" not in args.skip:
+            result["login"] = figures.login(chains, cfg["login_runs"])
+            if ours:
+                result["derivation"] = figures.derivation(bins, bins["bench-loadgen"], tmp,
+                                                          ours.code)
+            log(f"login: {json.dumps(result['login'])} derivation "
+                f"{json.dumps(result.get('derivation'))}")
+        if "fan_in" not in args.skip:
+            result["fan_in"] = figures.fan_in(chains, cfg["fan_in_hops"],
+                                              cfg["fan_in_mib"] << 20)
+        if ours and ("idle" not in args.skip or "storm" not in args.skip):
+            n = max(cfg["idle_ours"] + [cfg["storm"]])
+            t = time.monotonic()
+            figures.register_all(ours, [f"BENCH-{i}" for i in range(n)], keys.device_pub)
+            log(f"registered {n} serials in {time.monotonic() - t:.1f} s")
+        if "idle" not in args.skip:
+            result["idle"] = {"OpenSSH": figures.idle(openssh, bins["bench-loadgen"],
+                                                      keys.device, cfg["idle_openssh"],
+                                                      logdir, cfg["ramp_timeout"])}
+            if ours:
+                result["idle"]["ours"] = figures.idle(ours, bins["bench-loadgen"], keys.device,
+                                                      cfg["idle_ours"], logdir,
+                                                      cfg["ramp_timeout"])
+        if "storm" not in args.skip:
+            result["storm"] = {}
+            if ours:
+                result["storm"]["ours"] = figures.storm(ours, bins["bench-loadgen"],
+                                                        keys.device, cfg["storm"], logdir,
+                                                        cfg["storm_timeout"])
+            result["storm"]["OpenSSH"] = figures.storm(openssh, bins["bench-loadgen"],
+                                                       keys.device, cfg["storm_openssh"],
+                                                       logdir, cfg["storm_timeout"])
+        ok = True
+    finally:
+        for c in reversed(closers):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - cleanup must go on
+                traceback.print_exc()
+        result["elapsed_s"] = round(time.monotonic() - started)
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        if ok:
+            md = report.write(result, out_dir, allow_install=not args.smoke)
+            print(md)
+        log(f"done in {result['elapsed_s']} s; logs in {logdir}")
+        if not args.keep and ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        sys.exit(1)
