@@ -1,11 +1,39 @@
-//! Registration API. (Interface skeleton: the data-side helper replaces the body.)
+//! Registration API: `POST /v1/register` binds a device key to its serial; `GET /healthz`.
+//!
+//! A serial bound to another unexpired key answers 409 unless the request carries a
+//! `rotation_proof`: an armored SSHSIG (`ssh-keygen -Y sign -n assist-rotate-v1`) made with
+//! the old key over [`rotation_message`]`(serial, new public_key)`. The message names the new
+//! key, so a captured proof cannot bind any other key. Without the old key, an admin runs
+//! `assist-jumphost serial reset SERIAL`.
+//!
+//! Nothing is stored on any error, and every registration and refusal is audited with the
+//! source address. Bodies are parsed here rather than by axum's `Json`, so every error,
+//! malformed JSON included, is an [`ErrorBody`] with a message a device log can show.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use assist_proto::api::{
+    ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
+};
+use assist_proto::limits::MAX_API_BODY;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use russh::keys::ssh_key::SshSig;
+use russh::keys::{Algorithm, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::PolicyHandle;
-use crate::store::Store;
+use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
+
+/// How often expired bindings are deleted (they are refused before that anyway).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest audit outcome text stored for one request.
+const MAX_OUTCOME_CHARS: usize = 400;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -13,15 +41,321 @@ pub struct ApiState {
     pub policy: PolicyHandle,
 }
 
-pub fn router(_state: ApiState) -> axum::Router {
-    axum::Router::new()
+/// Every way a request can fail; the variant decides the status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not JSON at all (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// JSON of the wrong shape, or a value that breaks a rule (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Policy says no (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The serial is bound to another key (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {MAX_API_BODY} bytes")]
+    TooLarge,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The cause is logged, never sent: it may name files or database details.
+    #[error("internal error")]
+    Internal(String),
 }
 
-/// Serves the API on an already-bound listener until `shutdown` fires.
-pub async fn serve(
-    _listener: tokio::net::TcpListener,
-    _state: ApiState,
-    _shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    Ok(())
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error answering an API request");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose every rejection is an [`ApiError`]: 413 over the limit, 400 when it is
+/// not JSON, 422 when it is JSON of the wrong shape. The content type is not checked, so
+/// `curl -d` works too.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge
+                } else {
+                    ApiError::Malformed(rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::Malformed(format!("request body is not valid JSON: {e}"))
+                }
+            }
+        })
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/register", post(register))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on an already-bound listener until `shutdown` fires. Also sweeps expired
+/// bindings, since this is the module that creates them.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let sweeper = tokio::spawn(sweep_expired(state.store.clone(), shutdown.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    sweeper.abort();
+    result
+}
+
+async fn sweep_expired(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                event = "store.sweep",
+                deleted = n,
+                "expired bindings deleted"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "sweeping expired bindings failed"),
+            Err(e) => tracing::error!(error = %e, "sweep task failed"),
+        }
+    }
+}
+
+/// What a successful registration did.
+enum Registered {
+    New,
+    Renewed,
+    Rotated { old: String },
+}
+
+async fn register(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<ApiJson<RegisterRequest>, ApiError>,
+) -> Response {
+    let (who, result) = match body {
+        Ok(ApiJson(req)) => {
+            // Only a well-formed serial goes to the audit trail's `who`; anything else could be
+            // 64 KiB of junk.
+            let who = assist_proto::validate_name(&req.serial)
+                .is_ok()
+                .then(|| req.serial.clone());
+            (who, register_checked(&state, req).await)
+        }
+        Err(e) => (None, Err(e)),
+    };
+    let outcome = match &result {
+        Ok((Registered::New, r)) => format!("registered {}", r.fingerprint),
+        Ok((Registered::Renewed, r)) => format!("renewed {}", r.fingerprint),
+        Ok((Registered::Rotated { old }, r)) => format!("rotated {old} -> {}", r.fingerprint),
+        Err(e) => format!("refused {}: {e}", e.status().as_u16()),
+    };
+    // Error messages may quote request content (field names, the serial); keep rows small.
+    let outcome: String = outcome.chars().take(MAX_OUTCOME_CHARS).collect();
+    let status = match &result {
+        Ok((Registered::Renewed, _)) => StatusCode::OK,
+        Ok(_) => StatusCode::CREATED,
+        Err(e) => e.status(),
+    };
+    let serial = who.as_deref().unwrap_or("-");
+    if result.is_ok() {
+        tracing::info!(event = "api.register", serial, source = %peer, status = status.as_u16(), %outcome);
+    } else {
+        tracing::warn!(event = "api.register", serial, source = %peer, status = status.as_u16(), %outcome);
+    }
+    let event = AuditEvent {
+        kind: "api.register",
+        who,
+        source: peer.ip(),
+        outcome,
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.record(&event)).await {
+        Ok(Ok(())) => {}
+        // The binding (if any) is already stored; failing the request now would tell the
+        // device something that is not true.
+        Ok(Err(e)) => tracing::error!(error = %e, "recording the audit event failed"),
+        Err(e) => tracing::error!(error = %e, "audit task failed"),
+    }
+    match result {
+        Ok((_, response)) => (status, Json(response)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validates the request against format and policy, then binds; stores nothing on error.
+async fn register_checked(
+    state: &ApiState,
+    req: RegisterRequest,
+) -> Result<(Registered, RegisterResponse), ApiError> {
+    assist_proto::validate_name(&req.serial).map_err(|e| {
+        let shown: String = req.serial.chars().take(80).collect();
+        ApiError::Invalid(format!("serial {shown:?} {e}"))
+    })?;
+    let policy = state.policy.current();
+    if !policy.serial_allowed(&req.serial) {
+        return Err(ApiError::Forbidden(format!(
+            "serial {} is not allowed by the jump host's policy",
+            req.serial
+        )));
+    }
+    let key = PublicKey::from_openssh(req.public_key.trim()).map_err(|e| {
+        ApiError::Invalid(format!("public_key is not an OpenSSH public key line: {e}"))
+    })?;
+    if key.algorithm() != Algorithm::Ed25519 {
+        return Err(ApiError::Invalid(format!(
+            "public_key must be an ssh-ed25519 key, not {}",
+            key.algorithm()
+        )));
+    }
+    let proof = req
+        .rotation_proof
+        .as_deref()
+        .map(|pem| {
+            SshSig::from_pem(pem.trim()).map_err(|e| {
+                ApiError::Invalid(format!(
+                    "rotation_proof is not an armored SSH signature \
+                     (-----BEGIN SSH SIGNATURE-----): {e}"
+                ))
+            })
+        })
+        .transpose()?;
+    let now = SystemTime::now();
+    let expires_at = now
+        .checked_add(policy.client_key_ttl())
+        .ok_or_else(|| ApiError::Internal("client_key_ttl overflows the clock".into()))?;
+    let response = RegisterResponse {
+        serial: req.serial.clone(),
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        expires_at: expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        max_assistance_secs: policy.max_assistance().as_secs(),
+    };
+    let binding = DeviceBinding {
+        serial: req.serial.clone(),
+        public_key: key,
+        expires_at,
+    };
+    let store = state.store.clone();
+    let what = tokio::task::spawn_blocking(move || {
+        bind(&*store, &binding, &req.public_key, proof.as_ref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("registration task failed: {e}")))??;
+    Ok((what, response))
+}
+
+/// Decides new / renewal / rotation / conflict against the current binding and stores with a
+/// compare-and-set, so a concurrent registration cannot be silently overwritten.
+fn bind(
+    store: &dyn Store,
+    binding: &DeviceBinding,
+    new_key_line: &str,
+    proof: Option<&SshSig>,
+) -> Result<Registered, ApiError> {
+    let serial = &binding.serial;
+    let current = store.binding(serial)?;
+    let what = match &current {
+        None => Registered::New,
+        Some(cur) if cur.public_key.key_data() == binding.public_key.key_data() => {
+            Registered::Renewed
+        }
+        Some(cur) => {
+            let Some(proof) = proof else {
+                return Err(ApiError::Conflict(format!(
+                    "serial {serial} is bound to another key ({}, until {}); register with a \
+                     rotation_proof signed by that key, or ask the jump host admin to run \
+                     `assist-jumphost serial reset {serial}`",
+                    cur.fingerprint(),
+                    humantime::format_rfc3339_seconds(cur.expires_at),
+                )));
+            };
+            let message = rotation_message(serial, new_key_line);
+            cur.public_key
+                .verify(ROTATION_NAMESPACE, &message, proof)
+                .map_err(|e| {
+                    ApiError::Conflict(format!(
+                        "serial {serial} is bound to another key ({}) and the rotation_proof \
+                         does not verify against it ({e}); an admin can run \
+                         `assist-jumphost serial reset {serial}`",
+                        cur.fingerprint()
+                    ))
+                })?;
+            Registered::Rotated {
+                old: cur.fingerprint(),
+            }
+        }
+    };
+    let expected = current.as_ref().map(|b| &b.public_key);
+    if !store.put_binding_if(binding, expected)? {
+        return Err(ApiError::Conflict(format!(
+            "serial {serial} was registered by another request at the same time; retry"
+        )));
+    }
+    Ok(what)
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use russh::keys::{HashAlg, PublicKey};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{AuditRecord, HopRecord, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 #[error("store error: {0}")]
