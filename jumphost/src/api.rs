@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use assist_proto::api::{
     ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
-/// How often expired bindings are deleted (they are refused before that anyway).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest audit outcome text stored for one request.
 const MAX_OUTCOME_CHARS: usize = 400;
 
@@ -144,41 +142,16 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on an already-bound listener until `shutdown` fires. Also sweeps expired
-/// bindings, since this is the module that creates them.
+/// Serves the API on an already-bound listener until `shutdown` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let sweeper = tokio::spawn(sweep_expired(state.store.clone(), shutdown.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    sweeper.abort();
-    result
-}
-
-async fn sweep_expired(store: Arc<dyn Store>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                event = "store.sweep",
-                deleted = n,
-                "expired bindings deleted"
-            ),
-            Ok(Err(e)) => tracing::error!(error = %e, "sweeping expired bindings failed"),
-            Err(e) => tracing::error!(error = %e, "sweep task failed"),
-        }
-    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 /// What a successful registration did.
