@@ -288,3 +288,22 @@ fn bad_policy_edit_keeps_the_last_good_policy_and_a_good_edit_is_picked_up() {
     assert_eq!(jump.register("SN-2", &keys[2]).0, 403);
     assert!(jump.proc.stderr().contains("policy reloaded"));
 }
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let jump = Jumphost::start(dir.path(), POLICY);
+    jump.proc.signal(1); // SIGHUP
+    wait_until(SHORT, "a reload triggered by SIGHUP", || {
+        jump.proc
+            .stderr()
+            .lines()
+            .any(|l| l.contains("policy reloaded") && l.contains("SIGHUP"))
+    });
+    let a = keygen(&dir.path().join("a"));
+    assert_eq!(
+        jump.register("SN-1", &a).0,
+        201,
+        "still serving after SIGHUP"
+    );
+}

@@ -67,18 +67,18 @@ pub fn spawn_watcher(
     handle: PolicyHandle,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    // Taken now, not in the task, so an edit made right after this call is not mistaken for
-    // the starting state.
+    // Both taken now, not in the task: an edit made right after this call must not be
+    // mistaken for the starting state, and a SIGHUP sent once the caller reports ready must
+    // not hit the default action (terminate) before the handler exists.
     let mut seen = fingerprint(&dir);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; policy reloads only on change");
+            None
+        }
+    };
     tokio::spawn(async move {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGHUP; policy reloads only on change");
-                None
-            }
-        };
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
