@@ -1,0 +1,630 @@
+//! `support-cli` end to end: the real jump host, a device tunnel held by stock `ssh -R`, a
+//! stock sshd as the customer's machine, and the CLI as the engineer.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assist_e2e::{Jumphost, Proc, Sshd, bin, keygen, random_file, sha256_file, ssh};
+
+const SHORT: Duration = Duration::from_secs(30);
+
+/// A jump host with engineers `eng0..engN`, a customer sshd, and device tunnels to it.
+struct World {
+    dir: tempfile::TempDir,
+    jump: Jumphost,
+    sshd: Sshd,
+    devices: Vec<Proc>,
+}
+
+impl World {
+    fn start(engineers: usize) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut policy = "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\nclient_cidrs = []\n\n\
+             [serials]\nallow = [\"SN-*\"]\n\n[keys]\nclient_key_ttl = \"30d\"\n\
+             max_assistance = \"8h\"\n"
+            .to_string();
+        for i in 0..engineers {
+            let public = keygen(&dir.path().join(format!("eng{i}")));
+            policy.push_str(&format!(
+                "\n[[support]]\nname = \"eng{i}\"\npublic_key = \"{public}\"\n"
+            ));
+        }
+        let sshd = Sshd::start(dir.path());
+        let jump = Jumphost::start(dir.path(), &policy);
+        World {
+            dir,
+            jump,
+            sshd,
+            devices: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Registers `serial`, holds its tunnel with stock ssh, and authorizes a fresh code on
+    /// the customer's sshd as the agent would; returns the code.
+    fn device(&mut self, serial: &str) -> String {
+        let key = self.path(&format!("dev-{serial}"));
+        let (status, body) = self.jump.register(serial, &keygen(&key));
+        assert_eq!(status, 201, "register {serial}: {body}");
+        let before = self.routes_added(serial);
+        let forward = format!("22:{}", self.sshd.addr);
+        let login = format!("{serial}@127.0.0.1");
+        let port = self.jump.ssh_port();
+        let cmd = ssh(&[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &forward,
+            "-p",
+            &port,
+            "-i",
+            key.to_str().unwrap(),
+            &login,
+        ]);
+        let mut device = Proc::spawn(cmd, &format!("device {serial}"));
+        let deadline = Instant::now() + SHORT;
+        while self.routes_added(serial) == before {
+            assert!(
+                device.is_running(),
+                "device {serial} exited: {}",
+                device.stderr()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no route for {serial}; device: {}\njump host: {}",
+                device.stderr(),
+                self.jump.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.devices.push(device);
+        let code = assist_proto::OneTimeCode::generate().to_string();
+        let public = derived_public(serial, &code);
+        let mut keys = fs::read_to_string(&self.sshd.authorized_keys).unwrap();
+        keys.push_str(&format!("{public}\n"));
+        fs::write(&self.sshd.authorized_keys, keys).unwrap();
+        code
+    }
+
+    fn routes_added(&self, serial: &str) -> usize {
+        // The span field may be logged quoted or not.
+        let plain = format!("identity={serial} ");
+        let quoted = format!("identity=\"{serial}\"");
+        let log = self.jump.proc.stderr();
+        log.lines()
+            .filter(|l| l.contains("route added") && (l.contains(&plain) || l.contains(&quoted)))
+            .count()
+    }
+
+    /// `support-cli` as engineer `eng{i}` with everything pinned to this world.
+    fn cli(&self, engineer: usize, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("support-cli"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .arg("--jumphost")
+            .arg(self.jump.ssh_addr.to_string())
+            .arg("--engineer")
+            .arg(format!("eng{engineer}"))
+            .arg("--identity")
+            .arg(self.path(&format!("eng{engineer}")))
+            .arg("--known-hosts")
+            .arg(self.known_hosts(engineer))
+            .args(args);
+        c
+    }
+
+    fn known_hosts(&self, engineer: usize) -> PathBuf {
+        self.path(&format!("home-eng{engineer}/.ssh/known_hosts"))
+    }
+
+    /// `support-cli connect SERIAL --code CODE -- CMD…` with `stdin` fed in.
+    fn connect(
+        &self,
+        engineer: usize,
+        serial: &str,
+        code: &str,
+        cmd: &[&str],
+        stdin: Stdio,
+    ) -> Output {
+        let mut args = vec!["connect", serial, "--code", code, "--"];
+        args.extend_from_slice(cmd);
+        self.cli(engineer, &args).stdin(stdin).output().unwrap()
+    }
+}
+
+fn derived_public(serial: &str, code: &str) -> String {
+    let code = assist_proto::OneTimeCode::parse(code).unwrap();
+    let key = assist_proto::derive_key(serial, &code).unwrap();
+    key.public_key().to_openssh().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn command_output_exit_status_and_large_binary_stdin() {
+    let mut w = World::start(1);
+    let code = w.device("SN-CMD");
+
+    let out = w.connect(
+        0,
+        "SN-CMD",
+        &code,
+        &["sh", "-c", "echo out-$((6*7)); echo err >&2; exit 7"],
+        Stdio::null(),
+    );
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out-42\n");
+    assert!(text(&out.stderr).contains("err\n"), "{}", text(&out.stderr));
+    // First use recorded both host keys, named as OpenSSH would.
+    let known = fs::read_to_string(w.known_hosts(0)).unwrap();
+    assert!(
+        known.contains(&format!("[127.0.0.1]:{} ssh-ed25519 ", w.jump.ssh_port())),
+        "{known}"
+    );
+    assert!(
+        known.lines().any(|l| l.starts_with("SN-CMD ssh-ed25519 ")),
+        "{known}"
+    );
+
+    // 64 MiB of random bytes through stdin, EOF carried, checked by hash on the far side.
+    let big = w.path("big.bin");
+    random_file(&big, 64 << 20);
+    let started = Instant::now();
+    let out = w.connect(
+        0,
+        "SN-CMD",
+        &code,
+        &["sha256sum"],
+        Stdio::from(fs::File::open(&big).unwrap()),
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let remote = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(remote, sha256_file(&big));
+    eprintln!("64 MiB stdin through support-cli connect: {took:?}");
+
+    // And binary data back out: the same file via stdout.
+    let out = w.connect(
+        0,
+        "SN-CMD",
+        &code,
+        &["cat", big.to_str().unwrap()],
+        Stdio::null(),
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let copy = w.path("copy.bin");
+    fs::write(&copy, &out.stdout).unwrap();
+    assert_eq!(sha256_file(&copy), sha256_file(&big));
+
+    // The figure the lead reports: wall time of `connect … -- true` (not an assertion).
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = w.connect(0, "SN-CMD", &code, &["true"], Stdio::null());
+        times.push(started.elapsed());
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    }
+    eprintln!("support-cli connect … -- true wall times: {times:?}");
+}
+
+/// Drives `support-cli connect` in a real PTY with python3's `pty` module: type, read, resize,
+/// exit, then check the local terminal left raw mode.
+const PTY_DRIVER: &str = r#"
+import os, pty, sys, time, select, fcntl, termios, struct
+
+def winsize(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+pid, fd = pty.fork()
+if pid == 0:
+    winsize(0, 33, 101)
+    os.execvp("sh", ["sh", "-c", '"$@"; echo "STATUS=$?"; stty -a', "sh"] + sys.argv[1:])
+
+seen = b""
+def expect(pattern, timeout=30, resend=None):
+    global seen
+    deadline = time.time() + timeout
+    next_send = 0
+    while pattern.encode() not in seen:
+        if time.time() > deadline:
+            sys.stdout.write(seen.decode(errors="replace"))
+            sys.exit("timed out waiting for %r" % pattern)
+        if resend and time.time() >= next_send:
+            os.write(fd, resend.encode())
+            next_send = time.time() + 1
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                sys.stdout.write(seen.decode(errors="replace"))
+                sys.exit("pty closed waiting for %r" % pattern)
+            seen += chunk
+    found = seen.index(pattern.encode()) + len(pattern)
+    rest = seen[found:]
+    seen = rest
+
+expect("authenticating to")
+expect("ms)")
+os.write(fd, b"echo hello-$((6*7)) T=$TERM\n")
+expect("hello-42 T=vt100")
+os.write(fd, b"stty size\n")
+expect("33 101")
+winsize(fd, 40, 120)
+expect("40 120", resend="stty size\n")
+os.write(fd, b"exit 0\n")
+expect("STATUS=0")
+expect("speed")
+expect("\n")
+rest = seen
+expect("eol", timeout=10)
+mode = (rest + seen).decode(errors="replace")
+print("STTY:" + mode.replace("\r", " ").replace("\n", " "))
+"#;
+
+#[test]
+fn interactive_shell_in_a_real_pty() {
+    let mut w = World::start(1);
+    let code = w.device("SN-PTY");
+    let driver = w.path("pty_driver.py");
+    fs::write(&driver, PTY_DRIVER).unwrap();
+    let cli = w.cli(0, &["connect", "SN-PTY", "--code", &code]);
+    let mut python = Command::new("python3");
+    python.arg(&driver).arg(cli.get_program());
+    python.args(cli.get_args());
+    python.env("TERM", "vt100").env("HOME", w.dir.path());
+    let out = python.stdin(Stdio::null()).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pty driver failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    let stty = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("STTY:"))
+        .unwrap_or_default();
+    // Raw mode was undone: canonical input and echo are back on.
+    assert!(
+        stty.contains(" icanon") && !stty.contains("-icanon"),
+        "{stty}"
+    );
+    assert!(
+        stty.contains(" echo ") && !stty.contains("-echo "),
+        "{stty}"
+    );
+}
+
+#[test]
+fn forward_serves_stock_ssh() {
+    let mut w = World::start(1);
+    let code = w.device("SN-FWD");
+    let mut fwd = Proc::spawn(
+        w.cli(
+            0,
+            &[
+                "forward",
+                "SN-FWD",
+                "--service",
+                "ssh",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        ),
+        "forward",
+    );
+    let line = fwd.wait_line("forwarding ", SHORT);
+    let (listen, target) = line.split_once(" -> ").unwrap();
+    assert_eq!(target, "SN-FWD:ssh");
+    let port = listen.rsplit_once(':').unwrap().1.to_string();
+    assert_ne!(port, "0");
+
+    let key = w.path("fwd-key");
+    assist_e2e::write_derived_key(&key, "SN-FWD", &code);
+    // Several stock ssh sessions at once over the one jump host session.
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            ssh(&[
+                "-p",
+                &port,
+                "-i",
+                key.to_str().unwrap(),
+                "root@127.0.0.1",
+                &format!("echo via-forward-{i}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ssh {i}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("via-forward-{i}\n"));
+    }
+    assert!(fwd.is_running(), "forward exited: {}", fwd.stderr());
+}
+
+#[test]
+fn exported_key_works_with_stock_ssh_proxyjump() {
+    let mut w = World::start(1);
+    let code = w.device("SN-KEY");
+    let key = w.path("exported");
+    let out = w
+        .cli(
+            0,
+            &[
+                "key",
+                "SN-KEY",
+                "--code",
+                &code.to_lowercase(),
+                "--out",
+                key.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next().unwrap(), derived_public("SN-KEY", &code));
+    assert!(lines.next().unwrap().starts_with("SHA256:"), "{stdout}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Refuses to overwrite the file without --force.
+    let again = w
+        .cli(
+            0,
+            &[
+                "key",
+                "SN-KEY",
+                "--code",
+                &code,
+                "--out",
+                key.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // ProxyJump (ssh -J) with an ssh_config, so the jump login gets the engineer's key.
+    let config = w.path("ssh_config");
+    fs::write(
+        &config,
+        format!(
+            "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User eng0\n  IdentityFile {}\n\
+             Host SN-KEY\n  User root\n  IdentityFile {}\n  ProxyJump jump\n\
+             Host *\n  BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
+             \x20 IdentitiesOnly yes\n  LogLevel ERROR\n",
+            w.jump.ssh_port(),
+            w.path("eng0").display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            config.to_str().unwrap(),
+            "SN-KEY",
+            "echo stock-$((2+3))",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh -J: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "stock-5\n");
+}
+
+#[test]
+fn refusals_say_what_to_do() {
+    let mut w = World::start(2);
+    let code = w.device("SN-NO");
+
+    // Malformed: exit 2, and the jump host never sees a login.
+    let logins_before = w.jump.proc.stderr().matches("eng0").count();
+    let out = w.connect(0, "SN-NO", "12345", &["true"], Stdio::null());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("malformed code"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(w.jump.proc.stderr().matches("eng0").count(), logins_before);
+
+    // Well formed but wrong.
+    let wrong = if code.starts_with('0') {
+        "11111-11111"
+    } else {
+        "00000-00000"
+    };
+    let out = w.connect(0, "SN-NO", wrong, &["true"], Stdio::null());
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the device refused the code: check the code with the customer"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A device without a tunnel.
+    let out = w.connect(0, "SN-GONE", &code, &["true"], Stdio::null());
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("device SN-GONE is not connected (has the customer enabled assistance?)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An engineer key the policy does not list.
+    let stranger = w.path("stranger");
+    keygen(&stranger);
+    let out = w
+        .cli(
+            1,
+            &[
+                "--identity",
+                stranger.to_str().unwrap(),
+                "connect",
+                "SN-NO",
+                "--code",
+                &code,
+                "--",
+                "true",
+            ],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not know engineer eng1"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = w
+        .cli(
+            0,
+            &[
+                "--jumphost",
+                &addr,
+                "connect",
+                "SN-NO",
+                "--code",
+                &code,
+                "--",
+                "true",
+            ],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("cannot reach the jump host at {addr}")),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn changed_host_key_is_refused() {
+    let mut w = World::start(1);
+    let code = w.device("SN-HK");
+    let out = w.connect(0, "SN-HK", &code, &["true"], Stdio::null());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Permanently added"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Someone else answers as SN-HK now: pretend by recording another key for it.
+    let other = keygen(&w.path("other-host"));
+    let known = w.known_hosts(0);
+    let text_before = fs::read_to_string(&known).unwrap();
+    let (line_no, _) = text_before
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with("SN-HK "))
+        .unwrap();
+    let replaced: Vec<String> = text_before
+        .lines()
+        .map(|l| {
+            if l.starts_with("SN-HK ") {
+                format!("SN-HK {other}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    fs::write(&known, replaced.join("\n") + "\n").unwrap();
+
+    let out = w.connect(0, "SN-HK", &code, &["echo", "must-not-run"], Stdio::null());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:{}", known.display(), line_no + 1)),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("must-not-run"));
+}
+
+#[test]
+fn five_engineers_reach_five_devices_at_once() {
+    let mut w = World::start(5);
+    let codes: Vec<String> = (0..5).map(|i| w.device(&format!("SN-P{i}"))).collect();
+    let files: Vec<PathBuf> = (0..5)
+        .map(|i| {
+            let f = w.path(&format!("data{i}.bin"));
+            random_file(&f, (4 << 20) + i * 1000);
+            f
+        })
+        .collect();
+    let runs: Vec<(Command, PathBuf)> = (0..5)
+        .map(|i| {
+            let mut args = vec!["connect".to_string(), format!("SN-P{i}"), "--code".into()];
+            args.extend([codes[i].clone(), "--".into(), "sha256sum".into()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = w.cli(i, &args);
+            cmd.stdin(fs::File::open(&files[i]).unwrap());
+            (cmd, files[i].clone())
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut cmd, file))| {
+                s.spawn(move || {
+                    let out = cmd.output().unwrap();
+                    assert!(out.status.success(), "engineer {i}: {}", text(&out.stderr));
+                    let sum = text(&out.stdout)
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    assert_eq!(sum, sha256_file(&file), "engineer {i}");
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
