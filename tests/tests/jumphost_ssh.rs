@@ -6,14 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use assist_e2e::{Jumphost, Proc, Sshd, keygen, random_file, sha256_file, ssh, wait_until};
+use assist_e2e::{Jumphost, Proc, Sshd, keygen, random_file, sha256_file, wait_until};
 
 const SHORT: Duration = Duration::from_secs(30);
 
-/// The options every `ssh` here runs with (the same as the harness's `ssh()`), for the
-/// proxy command string.
+/// The options every `ssh` here runs with: the harness's `ssh()` ones, except that
+/// `LogLevel=INFO` lets the refusal reasons the jump host sends ("channel 0: open failed:
+/// …") reach stderr, and ssh keeps the first value it is given for an option.
 const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
+    -o UserKnownHostsFile=/dev/null -o LogLevel=INFO -o IdentitiesOnly=yes \
+    -o ConnectTimeout=20";
+
+fn ssh(args: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(SSH_OPTS.split_whitespace());
+    cmd.args(args);
+    cmd
+}
 
 fn policy(
     support_cidrs: &str,
@@ -125,7 +134,7 @@ impl World {
             .proc
             .stderr()
             .lines()
-            .filter(|l| l.contains("route added") && l.contains(&format!("identity={serial}")))
+            .filter(|l| l.contains("route added") && l.contains(&format!("identity=\"{serial}\"")))
             .count()
     }
 
@@ -156,13 +165,19 @@ impl World {
         c
     }
 
-    /// A login straight to the jump host (no hop) with extra ssh arguments.
-    fn direct(&self, user: &str, key: &Path, args: &[&str]) -> Output {
+    /// A login straight to the jump host (no hop) with extra ssh options.
+    fn direct(&self, user: &str, key: &Path, options: &[&str]) -> Output {
+        self.direct_command(user, key, options, &[])
+    }
+
+    /// As [`Self::direct`], asking the jump host to run `command`.
+    fn direct_command(&self, user: &str, key: &Path, options: &[&str], command: &[&str]) -> Output {
         let login = format!("{user}@127.0.0.1");
         let port = self.jump.ssh_port();
         let mut all = vec!["-p", &port, "-i", key.to_str().unwrap()];
-        all.extend_from_slice(args);
+        all.extend_from_slice(options);
         all.push(&login);
+        all.extend_from_slice(command);
         ssh(&all).stdin(Stdio::null()).output().unwrap()
     }
 
@@ -197,7 +212,8 @@ fn engineer_hops_into_stock_sshd_through_a_device_tunnel() {
     let out = w.hop("alice", "SN-0001", "true", None);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("device SN-0001 is not connected"),
+        // Stock ssh lowercases the host name it asks the jump host for.
+        text(&out.stderr).contains("device sn-0001 is not connected"),
         "{}",
         text(&out.stderr)
     );
@@ -214,7 +230,7 @@ fn every_forbidden_use_is_refused_with_a_reason() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("device SN-9999 is not connected (has the customer enabled assistance?)"),
+        err.contains("device sn-9999 is not connected (has the customer enabled assistance?)"),
         "{err}"
     );
 
@@ -267,7 +283,7 @@ fn every_forbidden_use_is_refused_with_a_reason() {
 
     // Nobody gets a shell or a command on the jump host.
     for (user, key) in [("alice", &alice), ("SN-0002", &dev_key)] {
-        let out = w.direct(user, key, &["echo", "pwned"]);
+        let out = w.direct_command(user, key, &[], &["echo", "pwned"]);
         assert!(!out.status.success(), "{user} ran a command");
         assert!(!text(&out.stdout).contains("pwned"));
         assert!(

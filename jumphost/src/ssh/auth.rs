@@ -116,7 +116,7 @@ pub async fn check(
         .map_err(|e| Refusal::retry(format!("store lookup failed: {e}")))?;
     let Some(binding) = binding else {
         return Err(Refusal::retry(format!(
-            "serial {user} has no registered key"
+            "serial {user} has no registered, unexpired key"
         )));
     };
     if binding.public_key.key_data() != key.key_data() {

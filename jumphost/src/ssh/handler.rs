@@ -38,6 +38,8 @@ pub struct ConnHandler {
     offered: Option<(String, PublicKey, Identity)>,
     /// Tells the connection task who logged in (ends the login grace timer).
     on_auth: Option<oneshot::Sender<Identity>>,
+    /// Whether this (device) session has taken its serial's routes over yet.
+    claimed: bool,
     /// The connection's span: russh runs these callbacks in its own task, outside it.
     span: tracing::Span,
 }
@@ -57,6 +59,7 @@ impl ConnHandler {
             identity: None,
             offered: None,
             on_auth: Some(on_auth),
+            claimed: false,
             span,
         }
     }
@@ -156,27 +159,10 @@ impl russh::server::Handler for ConnHandler {
         Self::answer(result)
     }
 
-    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
         let Some(identity) = self.identity.clone() else {
             return Err(HandlerError::Refused("login without identity".into()));
         };
-        if let Identity::Device { serial, .. } = &identity
-            && let Some(old) = self
-                .relay
-                .routes
-                .claim(serial, self.session_id, session.handle())
-        {
-            tracing::info!(parent: &self.span, serial, "replacing the previous session of this device");
-            tokio::spawn(async move {
-                let _ = old
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "replaced by a new connection of the same device".into(),
-                        String::new(),
-                    )
-                    .await;
-            });
-        }
         if let Some(tx) = self.on_auth.take() {
             let _ = tx.send(identity);
         }
@@ -225,15 +211,15 @@ impl russh::server::Handler for ConnHandler {
             self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
             return Ok(());
         };
+        let span = tracing::info_span!(parent: &self.span, "hop", serial = %route.serial, port = port_to_connect);
         let hop = hop::Hop {
             relay: Arc::clone(&self.relay),
             engineer: name.clone(),
             source: self.peer,
-            serial: host_to_connect.to_owned(),
+            serial: route.serial.clone(),
             port: port_to_connect,
             route,
         };
-        let span = tracing::info_span!(parent: &self.span, "hop", serial = host_to_connect, port = port_to_connect);
         self.relay
             .tasks
             .spawn(hop.run(channel, reply).instrument(span));
@@ -286,12 +272,33 @@ impl russh::server::Handler for ConnHandler {
         &mut self,
         address: &str,
         port: &mut u32,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let Some(Identity::Device { serial, .. }) = &self.identity else {
             self.refuse_request("tcpip-forward for engineers");
             return Ok(false);
         };
+        if !self.claimed {
+            // The first forward of a session takes the serial over: a reconnecting device
+            // must not wait for its half-dead old session to time out.
+            self.claimed = true;
+            if let Some(old) = self
+                .relay
+                .routes
+                .claim(serial, self.session_id, session.handle())
+            {
+                tracing::info!(parent: &self.span, serial, "replacing the previous session of this device");
+                tokio::spawn(async move {
+                    let _ = old
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "replaced by a new connection of the same device".into(),
+                            String::new(),
+                        )
+                        .await;
+                });
+            }
+        }
         match self
             .relay
             .routes

@@ -1,6 +1,9 @@
 //! The in-memory route table: `(authenticated serial, virtual port)` → the device session
 //! that holds that virtual reverse forward.
 //!
+//! Serials are matched without regard to ASCII case: stock `ssh` lowercases the host name
+//! it puts in `direct-tcpip` (`ssh -J jump root@SN-0001` asks for `sn-0001`).
+//!
 //! A serial belongs to exactly one session at a time. A reconnecting device claims its
 //! serial and drops the old session's routes at once, so a half-dead old connection never
 //! shadows the new one; cleanup after a session ends only touches routes it still owns.
@@ -29,6 +32,8 @@ pub enum RouteError {
 /// Where an engineer's `direct-tcpip` to `(serial, port)` goes.
 #[derive(Debug, Clone)]
 pub struct Route<H> {
+    /// The serial as the device authenticated with it.
+    pub serial: String,
     pub session: SessionId,
     pub handle: H,
     /// The exact address string the device passed in `tcpip-forward`: stock `ssh -R`
@@ -37,6 +42,7 @@ pub struct Route<H> {
 }
 
 struct Owner<H> {
+    serial: String,
     session: SessionId,
     handle: H,
     /// port → address as requested
@@ -56,6 +62,11 @@ impl<H: Clone> Default for RouteTable<H> {
     }
 }
 
+/// The table's key for a serial.
+fn key(serial: &str) -> String {
+    serial.to_ascii_lowercase()
+}
+
 impl<H: Clone> RouteTable<H> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owner<H>>> {
         // A panic while holding this lock cannot leave the map half-updated (every update is
@@ -68,8 +79,9 @@ impl<H: Clone> RouteTable<H> {
     /// session held the serial.
     pub fn claim(&self, serial: &str, session: SessionId, handle: H) -> Option<H> {
         let old = self.lock().insert(
-            serial.to_owned(),
+            key(serial),
             Owner {
+                serial: serial.to_owned(),
                 session,
                 handle,
                 ports: HashMap::new(),
@@ -92,7 +104,7 @@ impl<H: Clone> RouteTable<H> {
         }
         let mut map = self.lock();
         let owner = map
-            .get_mut(serial)
+            .get_mut(&key(serial))
             .filter(|o| o.session == session)
             .ok_or_else(|| RouteError::NotOwner(serial.to_owned()))?;
         let port = if port == 0 {
@@ -109,7 +121,7 @@ impl<H: Clone> RouteTable<H> {
     /// Removes one forward of the owning session; false if it was not there.
     pub fn cancel(&self, serial: &str, session: SessionId, port: u32) -> bool {
         let mut map = self.lock();
-        match map.get_mut(serial).filter(|o| o.session == session) {
+        match map.get_mut(&key(serial)).filter(|o| o.session == session) {
             Some(owner) => owner.ports.remove(&port).is_some(),
             None => false,
         }
@@ -118,9 +130,10 @@ impl<H: Clone> RouteTable<H> {
     /// The route for `(serial, port)`, if a live session holds it.
     pub fn lookup(&self, serial: &str, port: u32) -> Option<Route<H>> {
         let map = self.lock();
-        let owner = map.get(serial)?;
+        let owner = map.get(&key(serial))?;
         let address = owner.ports.get(&port)?;
         Some(Route {
+            serial: owner.serial.clone(),
             session: owner.session,
             handle: owner.handle.clone(),
             address: address.clone(),
@@ -131,8 +144,9 @@ impl<H: Clone> RouteTable<H> {
     /// replaced by a reconnect leaves the new owner alone. Returns whether it removed.
     pub fn release(&self, serial: &str, session: SessionId) -> bool {
         let mut map = self.lock();
-        if map.get(serial).is_some_and(|o| o.session == session) {
-            map.remove(serial);
+        let key = key(serial);
+        if map.get(&key).is_some_and(|o| o.session == session) {
+            map.remove(&key);
             true
         } else {
             false
@@ -167,6 +181,16 @@ mod tests {
         assert_eq!(t.lookup("SN-1", 80).unwrap().address, "127.0.0.1");
         assert!(t.lookup("SN-1", 443).is_none());
         assert!(t.lookup("SN-2", 22).is_none());
+    }
+
+    #[test]
+    fn serials_match_without_regard_to_case() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, ());
+        t.add("SN-1", 1, "", 22).unwrap();
+        assert_eq!(t.lookup("sn-1", 22).unwrap().serial, "SN-1");
+        assert!(t.cancel("Sn-1", 1, 22));
+        assert!(t.release("sn-1", 1));
     }
 
     #[test]

@@ -133,8 +133,9 @@ async fn connection(
     };
     tokio::select! {
         ended = &mut session => {
+            // Most peers just drop TCP after their last channel closes ("early eof").
             if let Err(e) = ended {
-                tracing::info!(error = %e, "connection ended with an error");
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         }
         _ = expiry => {
