@@ -54,6 +54,8 @@ def parse_args():
     p.add_argument("--skip", action="append", default=[], choices=FIGURES,
                    help="leave a figure out (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a size, e.g. --set idle_ours=[1000] --set storm=200")
     return p.parse_args()
 
 
@@ -81,7 +83,12 @@ def build(profile, only_loadgen):
 
 def main():
     args = parse_args()
-    cfg = SMOKE if args.smoke else FULL
+    cfg = dict(SMOKE if args.smoke else FULL)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in cfg:
+            raise BenchError(f"--set {key}: not one of {', '.join(cfg)}")
+        cfg[key] = json.loads(value)
     profile = args.profile or ("debug" if args.smoke else "release")
     fd_limit = raise_fd_limit()
     if not args.no_build:
@@ -127,6 +134,12 @@ def main():
         openssh = OpenSshChain(tmp, target, keys, logdir)
         closers.append(openssh)
         chains = [openssh]
+        # Reference only: OpenSSH with the AES-GCM cipher pinned (what ours prefers on AES-NI).
+        openssh_aes = None
+        if "throughput" not in args.skip:
+            openssh_aes = OpenSshChain(tmp, target, keys, logdir, "aes128-gcm@openssh.com",
+                                       "OpenSSH AES-GCM")
+            closers.append(openssh_aes)
         ours = None
         if not args.only_openssh:
             ours = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer)
@@ -143,8 +156,9 @@ def main():
         log("integrity: checksums match both ways on every chain")
 
         if "throughput" not in args.skip:
-            result["throughput"] = figures.throughput(chains, random_file, size, cfg["reps"],
-                                                      cfg["marker_mib"] << 20)
+            result["throughput"] = figures.throughput(chains + [openssh_aes], random_file, size,
+                                                      cfg["reps"], cfg["marker_mib"] << 20)
+            openssh_aes.close()
         if "login" not in args.skip:
             result["login"] = figures.login(chains, cfg["login_runs"])
             if ours:

@@ -38,12 +38,14 @@ JUMP_EXTRA = "AllowTcpForwarding yes\nGatewayPorts no\n"
 TARGET_EXTRA = "AllowTcpForwarding yes\n"
 
 
-def ssh_config(path, identities):
+def ssh_config(path, identities, ciphers=None):
     """An ssh_config used with -F, so the ProxyJump child ssh gets the same options."""
     with open(path, "w") as f:
         f.write("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
                 "  BatchMode yes\n  LogLevel ERROR\n  IdentitiesOnly yes\n"
                 "  ConnectTimeout 20\n  ServerAliveInterval 15\n")
+        if ciphers:
+            f.write(f"  Ciphers {ciphers}\n")
         for key in identities:
             f.write(f"  IdentityFile {key}\n")
     return path
@@ -97,20 +99,24 @@ class Sshd:
 
 
 class OpenSshChain:
-    name = "OpenSSH"
+    """Stock OpenSSH; `ciphers` pins the clients' cipher (a tuned variant, for reference)."""
 
-    def __init__(self, tmp, target, keys, logdir):
-        self.dir = os.path.join(tmp, "openssh")
-        self.jump = Sshd(os.path.join(self.dir, "jump"), "openssh-jump",
+    def __init__(self, tmp, target, keys, logdir, ciphers=None, name="OpenSSH"):
+        self.name = name
+        tag = "openssh" if not ciphers else "openssh-" + ciphers.split("@")[0]
+        self.dir = os.path.join(tmp, tag)
+        self.jump = Sshd(os.path.join(self.dir, "jump"), f"{tag}-jump",
                          [keys.engineer_pub, keys.device_pub], JUMP_EXTRA, logdir)
-        self.eng_cfg = ssh_config(os.path.join(self.dir, "engineer.ssh_config"), [keys.engineer])
-        self.dev_cfg = ssh_config(os.path.join(self.dir, "device.ssh_config"), [keys.device])
+        self.eng_cfg = ssh_config(os.path.join(self.dir, "engineer.ssh_config"), [keys.engineer],
+                                  ciphers)
+        self.dev_cfg = ssh_config(os.path.join(self.dir, "device.ssh_config"), [keys.device],
+                                  ciphers)
         self.fwd_port = free_port()
         self.device = Proc(
             ["ssh", "-F", self.dev_cfg, "-N", "-o", "ExitOnForwardFailure=yes",
              "-R", f"{self.fwd_port}:127.0.0.1:{target.port}",
              "-p", str(self.jump.port), "root@127.0.0.1"],
-            "openssh-device", logdir)
+            f"{tag}-device", logdir)
         wait_tcp(self.fwd_port, 30, "the OpenSSH device's reverse forward")
         self.jump_addr = ("127.0.0.1", self.jump.port)
 
