@@ -108,12 +108,11 @@ impl World {
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
-            .arg("--jumphost")
-            .arg(self.jump.ssh_addr.to_string())
+            // Through the environment, so a test can override them with flags.
+            .env("ASSIST_JUMPHOST", self.jump.ssh_addr.to_string())
+            .env("ASSIST_IDENTITY", self.path(&format!("eng{engineer}")))
             .arg("--engineer")
             .arg(format!("eng{engineer}"))
-            .arg("--identity")
-            .arg(self.path(&format!("eng{engineer}")))
             .arg("--known-hosts")
             .arg(self.known_hosts(engineer))
             .args(args);
@@ -384,7 +383,11 @@ fn exported_key_works_with_stock_ssh_proxyjump() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let mut lines = stdout.lines();
-    assert_eq!(lines.next().unwrap(), derived_public("SN-KEY", &code));
+    let public = lines.next().unwrap();
+    assert!(
+        public.starts_with(&derived_public("SN-KEY", &code)),
+        "{stdout}"
+    );
     assert!(lines.next().unwrap().starts_with("SHA256:"), "{stdout}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
