@@ -1,5 +1,7 @@
 //! The SSH relay end to end: the real `assist-jumphost`, stock OpenSSH as device (`ssh -R`),
 //! as engineer (`ssh` through a `-W` proxy) and as the customer's sshd.
+// Test helpers fail the test by panicking, as the #[test] functions do.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

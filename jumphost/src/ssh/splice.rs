@@ -55,11 +55,7 @@ async fn pipe(from: &mut ChannelReadHalf, to: &ChannelWriteHalf<Msg>, count: &mu
                 }
                 *count += len;
             }
-            ChannelMsg::Eof => {
-                if to.eof().await.is_err() {
-                    return;
-                }
-            }
+            ChannelMsg::Eof if to.eof().await.is_err() => return,
             ChannelMsg::Close => return,
             // TCP-like channels carry nothing else worth relaying.
             _ => {}
