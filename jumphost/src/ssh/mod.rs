@@ -12,6 +12,8 @@ pub mod hostkey;
 pub mod routes;
 pub mod server;
 pub mod splice;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
