@@ -381,7 +381,7 @@ fn expired_device_keys_are_refused_and_end_their_session() {
 
 #[test]
 fn a_reconnecting_device_replaces_its_old_session() {
-    let w = World::start();
+    let mut w = World::start();
     let key = w.register("SN-0005");
     let mut first = w.device("SN-0005", &key);
     let _second = w.device("SN-0005", &key);
@@ -390,6 +390,10 @@ fn a_reconnecting_device_replaces_its_old_session() {
     let out = w.hop("alice", "SN-0005", "echo still here", None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "still here");
+    // SIGTERM with a tunnel up: the device is told, and the jump host exits cleanly.
+    let status = w.jump.proc.terminate();
+    assert!(status.success(), "{status:?}: {}", w.jump_log());
+    assert!(w.jump_log().contains("shutting down"));
 }
 
 #[test]

@@ -15,8 +15,9 @@ use crate::store::Store;
 pub enum Identity {
     Device {
         serial: String,
-        /// The device key's expiry; the session is ended then.
+        /// The device key's expiry; the session is ended then unless the key was renewed.
         expires_at: SystemTime,
+        key: PublicKey,
     },
     Engineer {
         name: String,
@@ -133,5 +134,6 @@ pub async fn check(
     Ok(Identity::Device {
         serial: user.to_owned(),
         expires_at: binding.expires_at,
+        key: binding.public_key,
     })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use russh::keys::PublicKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -122,12 +123,11 @@ async fn connection(
 
     let expiry = async {
         match &identity {
-            Identity::Device { expires_at, .. } => {
-                let left = expires_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                tokio::time::sleep(left).await;
-            }
+            Identity::Device {
+                serial,
+                expires_at,
+                key,
+            } => key_expiry(&relay, serial, key, *expires_at).await,
             Identity::Engineer { .. } => std::future::pending().await,
         }
     };
@@ -158,6 +158,29 @@ async fn connection(
         tracing::info!(serial, "routes removed");
     }
     tracing::info!("connection closed");
+}
+
+/// Resolves when the device key expires for good: a renewal of the same key while the
+/// session runs (the agent re-registers) moves the deadline instead of ending the tunnel.
+async fn key_expiry(relay: &Relay, serial: &str, key: &PublicKey, mut expires_at: SystemTime) {
+    loop {
+        let left = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(left).await;
+        let store = Arc::clone(&relay.store);
+        let owned = serial.to_owned();
+        let current = tokio::task::spawn_blocking(move || store.binding(&owned)).await;
+        match current {
+            Ok(Ok(Some(b)))
+                if b.public_key.key_data() == key.key_data() && b.expires_at > expires_at =>
+            {
+                tracing::debug!("device key renewed; session continues");
+                expires_at = b.expires_at;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn disconnect(

@@ -228,3 +228,24 @@ async fn unauthenticated_connections_are_capped() {
     assert_eq!(n.unwrap_or(0), 0);
     assert!(buf.is_empty());
 }
+
+#[tokio::test]
+async fn a_device_session_ends_at_key_expiry_unless_the_key_was_renewed() {
+    let f = start(Limits::default()).await;
+    register(&f.store, "SN-4", &key(5), Duration::from_millis(1500));
+    register(&f.store, "SN-5", &key(6), Duration::from_millis(1500));
+    let (expiring, ok) = login(f.addr, "SN-4", key(5), None).await;
+    assert!(ok);
+    let (renewed, ok) = login(f.addr, "SN-5", key(6), None).await;
+    assert!(ok);
+    register(&f.store, "SN-5", &key(6), Duration::from_secs(3600));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !expiring.is_closed() {
+        assert!(tokio::time::Instant::now() < deadline, "expired session kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The renewed one passed the same deadline and still answers.
+    assert!(renewed.tcpip_forward("", 22).await.is_ok());
+    assert!(!renewed.is_closed());
+}
