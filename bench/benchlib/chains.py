@@ -79,7 +79,7 @@ class Sshd:
 
     def restart(self):
         """Kills the listener and every session process (a host going down), starts again."""
-        self.proc.kill_tree()
+        self.proc.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -269,7 +269,7 @@ class OurChain:
 
     def restart(self):
         """SIGKILL and start again on the same ports and data (host key, registrations)."""
-        self.jump.kill_tree()
+        self.jump.close()
         wait_until(30, "our jump host's ports to be free",
                    lambda: port_free(self.ssh_port) and port_free(self.api_port))
         self._start_jump()

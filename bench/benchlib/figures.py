@@ -18,6 +18,17 @@ MB = 1_000_000
 CHUNK = 1 << 20
 
 
+# No transfer may hang the run: a watchdog kills it after this long.
+TRANSFER_TIMEOUT = 600
+
+
+def _watchdog(p):
+    timer = threading.Timer(TRANSFER_TIMEOUT, p.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _rate(nbytes, seconds):
     return nbytes / MB / seconds if seconds > 0 else float("nan")
 
@@ -28,6 +39,7 @@ def download(chain, size, marker):
     start = time.monotonic()
     p = subprocess.Popen(chain.cmd(["head", "-c", str(size), "/dev/zero"]),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    timer = _watchdog(p)
     got, t_mark = 0, None
     fd = p.stdout.fileno()
     while True:
@@ -40,6 +52,7 @@ def download(chain, size, marker):
     end = time.monotonic()
     err = p.stderr.read().decode(errors="replace")
     rc = p.wait(timeout=60)
+    timer.cancel()
     if rc != 0 or got != size:
         raise BenchError(f"{chain.name} download: exit {rc}, {got}/{size} bytes; {err[-500:]}")
     return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
@@ -51,6 +64,7 @@ def upload(chain, path, size, marker):
     start = time.monotonic()
     p = subprocess.Popen(chain.cmd(["wc", "-c"]), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    timer = _watchdog(p)
     sent, t_mark = 0, None
     try:
         with open(path, "rb") as f:
@@ -69,6 +83,7 @@ def upload(chain, path, size, marker):
     end = time.monotonic()
     err = p.stderr.read()
     p.wait(timeout=60)
+    timer.cancel()
     counted = out.decode(errors="replace").split()
     if p.returncode != 0 or not counted or int(counted[0]) != size:
         raise BenchError(f"{chain.name} upload: exit {p.returncode}, remote counted {counted}"
@@ -253,6 +268,7 @@ def fan_in(chains, hops, size):
         procs = [subprocess.Popen(c.cmd(["head", "-c", str(size), "/dev/zero"]),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL) for _ in range(hops)]
+        timers = [_watchdog(p) for p in procs]
         sel = selectors.DefaultSelector()
         stat = {}
         for i, p in enumerate(procs):
@@ -277,14 +293,19 @@ def fan_in(chains, hops, size):
             if p.poll() is None and open_:
                 p.kill()
         rcs = [p.wait(timeout=60) for p in procs]
+        for timer in timers:
+            timer.cancel()
         bad = [i for i in range(hops) if rcs[i] != 0 or stat[i]["got"] != size]
         if bad:
             raise BenchError(f"{c.name} fan-in: {len(bad)}/{hops} hops failed "
                              f"(e.g. exit {rcs[bad[0]]}, {stat[bad[0]]['got']}/{size} bytes)")
         rates = [_rate(size, s["last"] - s["first"]) for s in stat.values()]
         span = max(s["last"] for s in stat.values()) - min(s["first"] for s in stat.values())
+        firsts = [s["first"] for s in stat.values()]
         res[c.name] = {"aggregate": _rate(size * hops, span), "slowest": min(rates),
-                       "fastest": max(rates), "fairness": min(rates) / max(rates)}
+                       "fastest": max(rates), "fairness": min(rates) / max(rates),
+                       "median_hop": statistics.median(rates),
+                       "first_byte_spread_s": max(firsts) - min(firsts)}
         log(f"fan-in {c.name}: {res[c.name]['aggregate']:.0f} MB/s aggregate, "
             f"slowest/fastest {res[c.name]['fairness']:.2f}")
     return res
