@@ -156,7 +156,7 @@ def main():
         log("integrity: checksums match both ways on every chain")
 
         if "throughput" not in args.skip:
-            result["throughput"] = figures.throughput(chains + [openssh_aes], random_file, size,
+            result["throughput"] = figures.throughput(chains + [openssh_aes], target, random_file, size,
                                                       cfg["reps"], cfg["marker_mib"] << 20)
             openssh_aes.close()
         if "login" not in args.skip:

@@ -10,7 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
-from .procs import BenchError, Proc, free_port, keygen, log, run, tree_memory_kib, wait_tcp, wait_until
+from .procs import (BenchError, Proc, free_port, keygen, run, tree_cpu_s, tree_memory_kib,
+                    wait_tcp, wait_until)
 
 SSHD = "/usr/sbin/sshd"
 AGENT_SERIAL = "BENCH-AGENT"
@@ -123,6 +124,11 @@ class OpenSshChain:
     def cmd(self, remote):
         return ["ssh", "-F", self.eng_cfg, "-J", f"root@127.0.0.1:{self.jump.port}",
                 "-p", str(self.fwd_port), "root@127.0.0.1", *remote]
+
+    def cpu_roles(self):
+        """CPU seconds so far of the long-lived parts (the engineer's is measured per run)."""
+        return {"jump host": tree_cpu_s(self.jump.proc.pid),
+                "device": tree_cpu_s(self.device.pid)}
 
     def loadgen_args(self):
         """How load-generator devices log in here: one user, a port allocated per tunnel."""
@@ -263,6 +269,9 @@ class OurChain:
     def register(self, serial, public_key):
         return http_post_json(f"{self.api_url}/v1/register",
                               {"serial": serial, "public_key": public_key})
+
+    def cpu_roles(self):
+        return {"jump host": tree_cpu_s(self.jump.pid), "device": tree_cpu_s(self.device.pid)}
 
     def loadgen_args(self):
         return ["--user-prefix", "BENCH-", "--forward-port", "22"]

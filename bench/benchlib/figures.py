@@ -4,6 +4,7 @@ BenchError; timing never does."""
 
 import hashlib
 import os
+import resource
 import selectors
 import statistics
 import subprocess
@@ -12,7 +13,7 @@ from collections import Counter
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .procs import BenchError, Proc, log, run, wait_until
+from .procs import BenchError, Proc, log, run, tree_cpu_s, wait_until
 
 MB = 1_000_000
 CHUNK = 1 << 20
@@ -113,20 +114,41 @@ def verify_integrity(chain, path):
         raise BenchError(f"{chain.name} download checksum mismatch (exit {r.returncode})")
 
 
-def throughput(chains, path, size, reps, marker):
+def with_cpu(chain, target, size, transfer):
+    """Runs `transfer()` and adds the CPU seconds per GB each role spent on it: the engineer
+    (this script's reaped children), the jump host, the device and the target sshd."""
+    before = chain.cpu_roles()
+    before["target"] = tree_cpu_s(target.proc.pid)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = transfer()
+    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = chain.cpu_roles()
+    after["target"] = tree_cpu_s(target.proc.pid)
+    gb = size / 1e9
+    cpu = {"engineer": (kids_after.ru_utime + kids_after.ru_stime
+                        - kids.ru_utime - kids.ru_stime) / gb}
+    cpu.update({role: (after[role] - before[role]) / gb for role in before})
+    out["cpu_s_per_gb"] = cpu
+    return out
+
+
+def throughput(chains, target, path, size, reps, marker):
     """Upload then download on each chain in turn, `reps` rounds; medians per chain."""
     res = {c.name: {"up": [], "down": []} for c in chains}
     for rep in range(reps):
         for c in chains:
-            up = upload(c, path, size, marker)
-            down = download(c, size, marker)
+            up = with_cpu(c, target, size, lambda: upload(c, path, size, marker))
+            down = with_cpu(c, target, size, lambda: download(c, size, marker))
             res[c.name]["up"].append(up)
             res[c.name]["down"].append(down)
             log(f"throughput rep {rep + 1}/{reps} {c.name}: up {up['steady']:.0f} MB/s, "
                 f"down {down['steady']:.0f} MB/s")
     return {n: {d: {"steady": statistics.median(x["steady"] for x in v[d]),
                     "wall": statistics.median(x["wall"] for x in v[d]),
-                    "runs": [round(x["steady"], 1) for x in v[d]]}
+                    "runs": [round(x["steady"], 1) for x in v[d]],
+                    "cpu_s_per_gb": {role: statistics.median(x["cpu_s_per_gb"][role]
+                                                             for x in v[d])
+                                     for role in v[d][0]["cpu_s_per_gb"]}}
                 for d in ("up", "down")}
             for n, v in res.items()}
 

@@ -79,6 +79,19 @@ def markdown(r, png_name):
                          f"{ratio(b.get('steady'), c.get('steady'))} |")
         lines += ["", "Each repetition (MB/s): " + "; ".join(
             f"{n} {d} {v[d]['runs']}" for n, v in t.items() for d in ("up", "down")), ""]
+        roles = ("engineer", "jump host", "device", "target")
+        lines += ["Where the CPU goes: CPU seconds (user + system) per GB moved, by role, median "
+                  "over the repetitions (login included; the target is the customer's sshd and "
+                  "its `head`/`wc`; the engineer includes `ssh -J`'s ProxyJump child):", "",
+                  "| chain | direction | " + " | ".join(roles) + " | total |",
+                  "|---|---|" + "---:|" * (len(roles) + 1)]
+        for n, v in t.items():
+            for d in ("up", "down"):
+                cpu = v[d].get("cpu_s_per_gb")
+                if cpu:
+                    lines.append(f"| {n} | {d} | " + " | ".join(fmt(cpu[x], 1) for x in roles)
+                                 + f" | {fmt(sum(cpu.values()), 1)} |")
+        lines.append("")
     lg = r.get("login")
     if lg:
         a, b = lg.get(o, {}).get("median_ms"), lg.get(u, {}).get("median_ms")
