@@ -153,8 +153,27 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         })?;
 
     progress.stage(format!("logging in to the jump host as {}", login.engineer));
-    authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await?;
-    Ok(Jump { handle, closed })
+    match authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await {
+        Ok(()) => Ok(Jump { handle, closed }),
+        // A jump host that refuses the address for engineers hangs up during the login
+        // rather than just rejecting the key; that reads as a refusal here unless we look.
+        Err(HopError::EngineerRefused { .. } | HopError::JumpClosed)
+            if hung_up(&handle, &closed).await =>
+        {
+            Err(HopError::JumpClosed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the connection is gone or goes within a moment (the disconnect may trail the
+/// authentication failure).
+async fn hung_up(handle: &Handle<Client>, closed: &CancellationToken) -> bool {
+    const GRACE: Duration = Duration::from_millis(200);
+    handle.is_closed()
+        || tokio::time::timeout(GRACE, closed.cancelled())
+            .await
+            .is_ok()
 }
 
 fn handshake_error(e: HandlerError, closed: HopError, what: &str) -> HopError {

@@ -20,11 +20,17 @@ struct World {
 
 impl World {
     fn start(engineers: usize) -> World {
+        Self::start_with(engineers, "127.0.0.1/32")
+    }
+
+    /// Engineers are allowed from `support_cidr` only.
+    fn start_with(engineers: usize, support_cidr: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let mut policy = "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\nclient_cidrs = []\n\n\
+        let mut policy = format!(
+            "[allowlist]\nsupport_cidrs = [\"{support_cidr}\"]\nclient_cidrs = []\n\n\
              [serials]\nallow = [\"SN-*\"]\n\n[keys]\nclient_key_ttl = \"30d\"\n\
              max_assistance = \"8h\"\n"
-            .to_string();
+        );
         for i in 0..engineers {
             let public = keygen(&dir.path().join(format!("eng{i}")));
             policy.push_str(&format!(
@@ -630,4 +636,17 @@ fn five_engineers_reach_five_devices_at_once() {
             h.join().unwrap();
         }
     });
+}
+
+#[test]
+fn engineer_outside_the_allowlist_is_told_so() {
+    let mut w = World::start_with(1, "10.99.0.0/16");
+    let code = w.device("SN-AL");
+    let out = w.connect(0, "SN-AL", &code, &["true"], Stdio::null());
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is your address in its support_cidrs allowlist?"),
+        "{}",
+        text(&out.stderr)
+    );
 }
