@@ -22,6 +22,7 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchlib import figures, report  # noqa: E402
+from benchlib import profile as perf_profile  # noqa: E402
 from benchlib.chains import AGENT_SERIAL, OpenSshChain, OurChain, Sshd, TARGET_EXTRA  # noqa: E402
 from benchlib.procs import BenchError, keygen, log  # noqa: E402
 
@@ -54,6 +55,8 @@ def parse_args():
     p.add_argument("--skip", action="append", default=[], choices=FIGURES,
                    help="leave a figure out (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    p.add_argument("--perf", action="store_true",
+                   help="also profile our chain with perf (one download, one upload)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a size, e.g. --set idle_ours=[1000] --set storm=200")
     return p.parse_args()
@@ -159,6 +162,8 @@ def main():
             result["throughput"] = figures.throughput(chains + [openssh_aes], target, random_file, size,
                                                       cfg["reps"], cfg["marker_mib"] << 20)
             openssh_aes.close()
+        if args.perf and ours:
+            result["perf"] = perf_profile.profile_ours(ours, random_file, size, out_dir)
         if "login" not in args.skip:
             result["login"] = figures.login(chains, cfg["login_runs"])
             if ours:

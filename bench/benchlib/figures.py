@@ -34,12 +34,14 @@ def _rate(nbytes, seconds):
     return nbytes / MB / seconds if seconds > 0 else float("nan")
 
 
-def download(chain, size, marker):
+def download(chain, size, marker, on_start=None):
     """`head -c SIZE /dev/zero` remotely, read here; MB/s after the first `marker` bytes
     (so login and buffer fill are not counted) and over the whole command."""
     start = time.monotonic()
     p = subprocess.Popen(chain.cmd(["head", "-c", str(size), "/dev/zero"]),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if on_start:
+        on_start(p.pid)
     timer = _watchdog(p)
     got, t_mark = 0, None
     fd = p.stdout.fileno()
@@ -59,12 +61,14 @@ def download(chain, size, marker):
     return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
 
 
-def upload(chain, path, size, marker):
+def upload(chain, path, size, marker, on_start=None):
     """A local file fed on stdin to `wc -c` remotely (as `cat > /dev/null`, but the byte
     count comes back to be checked)."""
     start = time.monotonic()
     p = subprocess.Popen(chain.cmd(["wc", "-c"]), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if on_start:
+        on_start(p.pid)
     timer = _watchdog(p)
     sent, t_mark = 0, None
     try:

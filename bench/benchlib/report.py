@@ -92,6 +92,9 @@ def markdown(r, png_name):
                     lines.append(f"| {n} | {d} | " + " | ".join(fmt(cpu[x], 1) for x in roles)
                                  + f" | {fmt(sum(cpu.values()), 1)} |")
         lines.append("")
+        if r.get("perf"):
+            lines += ["Profiles of our processes during one transfer (`--perf`): " + ", ".join(
+                f"[{d}]({name})" for d, name in r["perf"].items()), ""]
     lg = r.get("login")
     if lg:
         a, b = lg.get(o, {}).get("median_ms"), lg.get(u, {}).get("median_ms")
