@@ -82,9 +82,12 @@ pub async fn run(
     out.flush()?;
     drop(out);
 
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
             _ = jump.closed.cancelled() => {
                 return Err(crate::error::HopError::JumpLost.into());
             }

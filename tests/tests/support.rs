@@ -223,6 +223,34 @@ fn command_output_exit_status_and_large_binary_stdin() {
         assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     }
     eprintln!("support-cli connect … -- true wall times: {times:?}");
+    // The same hop with stock OpenSSH (ProxyCommand -W through the same jump host), for
+    // comparison in the report.
+    let key = w.path("stock-key");
+    assist_e2e::write_derived_key(&key, "SN-CMD", &code);
+    let proxy = format!(
+        "ProxyCommand=ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -i {} -p {} -W %h:%p eng0@127.0.0.1",
+        w.path("eng0").display(),
+        w.jump.ssh_port()
+    );
+    let mut stock = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = ssh(&[
+            "-o",
+            &proxy,
+            "-i",
+            key.to_str().unwrap(),
+            "root@SN-CMD",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+        stock.push(started.elapsed());
+        assert!(out.status.success(), "stock ssh: {}", text(&out.stderr));
+    }
+    eprintln!("stock ssh (ProxyCommand -W) … true wall times: {stock:?}");
 }
 
 /// Drives `support-cli connect` in a real PTY with python3's `pty` module: type, read, resize,
@@ -365,6 +393,14 @@ fn forward_serves_stock_ssh() {
         assert_eq!(text(&out.stdout), format!("via-forward-{i}\n"));
     }
     assert!(fwd.is_running(), "forward exited: {}", fwd.stderr());
+    // Ctrl-C ends it cleanly.
+    fwd.signal(2);
+    let status = fwd.wait_exit(SHORT);
+    assert!(
+        status.success(),
+        "forward after SIGINT: {status:?} {}",
+        fwd.stderr()
+    );
 }
 
 #[test]
