@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchlib import figures, report  # noqa: E402
 from benchlib import profile as perf_profile  # noqa: E402
-from benchlib.chains import AGENT_SERIAL, OpenSshChain, OurChain, Sshd, TARGET_EXTRA  # noqa: E402
+from benchlib.chains import OpenSshChain, OurChain, Sshd, TARGET_EXTRA  # noqa: E402
 from benchlib.procs import BenchError, keygen, log  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

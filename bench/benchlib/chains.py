@@ -65,30 +65,41 @@ class Sshd:
         with open(self.authorized_keys, "w") as f:
             f.write("".join(line + "\n" for line in authorized_lines))
         os.chmod(self.authorized_keys, 0o600)
-        self.port = free_port()
         self.config = os.path.join(dir, "sshd_config")
-        with open(self.config, "w") as f:
-            f.write(SSHD_COMMON.format(host_key=self.host_key, port=self.port,
-                                       authorized_keys=self.authorized_keys) + extra)
-        run([SSHD, "-t", "-f", self.config])
         self.proc = None
-        self.start()
+        # The free port is only free when asked; if someone takes it before sshd binds, sshd
+        # exits and another port is tried.
+        for attempt in range(3):
+            self.port = free_port()
+            with open(self.config, "w") as f:
+                f.write(SSHD_COMMON.format(host_key=self.host_key, port=self.port,
+                                           authorized_keys=self.authorized_keys) + extra)
+            run([SSHD, "-t", "-f", self.config])
+            try:
+                self.start()
+                return
+            except BenchError:
+                if attempt == 2 or self.proc.running():
+                    raise
+                self.proc.close()
 
     def start(self):
         self.proc = Proc([SSHD, "-D", "-e", "-f", self.config], self.label, self.logdir)
-        wait_tcp(self.port, 30, self.label)
+        wait_tcp(self.port, 30, self.label, alive=self.proc.running)
 
     def restart(self):
         """Kills the listener and every session process (a host going down), starts again."""
         self.proc.close()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while True:
             try:
                 self.start()
                 return
             except BenchError:
+                self.proc.close()
                 if time.monotonic() >= deadline:
                     raise
+                time.sleep(0.05)
 
     def memory(self):
         """(RSS KiB, PSS KiB, processes) of the listener and all its session processes."""
@@ -112,13 +123,22 @@ class OpenSshChain:
                                   ciphers)
         self.dev_cfg = ssh_config(os.path.join(self.dir, "device.ssh_config"), [keys.device],
                                   ciphers)
-        self.fwd_port = free_port()
-        self.device = Proc(
-            ["ssh", "-F", self.dev_cfg, "-N", "-o", "ExitOnForwardFailure=yes",
-             "-R", f"{self.fwd_port}:127.0.0.1:{target.port}",
-             "-p", str(self.jump.port), "root@127.0.0.1"],
-            f"{tag}-device", logdir)
-        wait_tcp(self.fwd_port, 30, "the OpenSSH device's reverse forward")
+        for attempt in range(3):
+            # As for sshd: a port taken meanwhile makes ssh exit (ExitOnForwardFailure).
+            self.fwd_port = free_port()
+            self.device = Proc(
+                ["ssh", "-F", self.dev_cfg, "-N", "-o", "ExitOnForwardFailure=yes",
+                 "-R", f"{self.fwd_port}:127.0.0.1:{target.port}",
+                 "-p", str(self.jump.port), "root@127.0.0.1"],
+                f"{tag}-device", logdir)
+            try:
+                wait_tcp(self.fwd_port, 30, "the OpenSSH device's reverse forward",
+                         alive=self.device.running)
+                break
+            except BenchError:
+                if attempt == 2 or self.device.running():
+                    raise
+                self.device.close()
         self.jump_addr = ("127.0.0.1", self.jump.port)
 
     def cmd(self, remote):

@@ -25,8 +25,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_tcp(port, timeout, what):
-    """Polls a TCP connect to 127.0.0.1:port until it succeeds or the deadline passes."""
+def wait_tcp(port, timeout, what, alive=None):
+    """Polls a TCP connect to 127.0.0.1:port until it succeeds or the deadline passes (or
+    the process that should listen, `alive()`, has exited)."""
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
@@ -35,6 +36,8 @@ def wait_tcp(port, timeout, what):
                 return
         except OSError:
             pass
+        if alive is not None and not alive():
+            raise BenchError(f"{what} exited before listening on port {port}")
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout}s waiting for {what} on port {port}")
         time.sleep(pause)
