@@ -320,6 +320,11 @@ fn interactive_shell_in_a_real_pty() {
     let mut python = Command::new("python3");
     python.arg(&driver).arg(cli.get_program());
     python.args(cli.get_args());
+    for (k, v) in cli.get_envs() {
+        if let Some(v) = v {
+            python.env(k, v);
+        }
+    }
     python.env("TERM", "vt100").env("HOME", w.dir.path());
     let out = python.stdin(Stdio::null()).output().unwrap();
     let stdout = text(&out.stdout);
