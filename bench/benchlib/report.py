@@ -165,9 +165,12 @@ def markdown(r, png_name):
             a, b = s.get(o, {}).get(k), s.get(u, {}).get(k)
             lines.append(f"| {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
                          f"{ratio(b, a, True) if lower else ''} |")
-        lines += ["", "Devices back off exponentially with full jitter (250 ms doubling to a "
-                  "30 s cap), as the agent does; the peak rate is the most logins that "
-                  "completed within any one second.", ""]
+        lines += ["", "Devices reconnect with the agent's own backoff: before attempt n, "
+                  "uniform in [250 ms, min(30 s, 250 ms·2ⁿ⁻¹)] — so the first retry after the "
+                  "loss is at 250 ms for every device, and jitter spreads only later retries. "
+                  "The peak rates count logins completed (forward granted) within any one "
+                  "window; failed attempts include connects refused while the host was down "
+                  "and logins dropped over the unauthenticated-connection ceiling.", ""]
     lines += targets(r)
     return "\n".join(lines) + "\n"
 

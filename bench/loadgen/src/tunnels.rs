@@ -39,7 +39,7 @@ pub struct Args {
     forward_port: u32,
     #[arg(long, default_value = "127.0.0.1")]
     forward_address: String,
-    /// Logins in flight at once (keep below the server's MaxStartups).
+    /// Logins in flight at once during the initial ramp (keep below the server's MaxStartups).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Reconnect after a lost session (the agent's behaviour), instead of giving up.
@@ -78,10 +78,11 @@ fn event(kind: &str, idx: usize, extra: &str) {
     let _ = out.flush();
 }
 
-/// Full-jitter exponential backoff, as the agent does: uniform in [0, min(cap, base·2^n)].
-fn backoff(attempt: u32, rng: &AtomicU64) -> Duration {
+/// The agent's reconnect delay (client/src/tunnel.rs `backoff`), so the storm models the
+/// real fleet: before attempt `failures` (1, 2, …), uniform in [base, min(cap, base·2^(n-1))].
+fn backoff(failures: u32, rng: &AtomicU64) -> Duration {
     let ceiling = RECONNECT_MIN_BACKOFF
-        .saturating_mul(1u32 << attempt.min(16))
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
         .min(RECONNECT_MAX_BACKOFF);
     // xorshift64*: good enough to spread sleeps, no dependency.
     let mut x = rng.load(Ordering::Relaxed);
@@ -90,7 +91,8 @@ fn backoff(attempt: u32, rng: &AtomicU64) -> Duration {
     x ^= x >> 27;
     rng.store(x, Ordering::Relaxed);
     let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-    ceiling.mul_f64(r as f64 / (1u64 << 53) as f64)
+    let unit = r as f64 / (1u64 << 53) as f64;
+    RECONNECT_MIN_BACKOFF + (ceiling - RECONNECT_MIN_BACKOFF).mul_f64(unit)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -130,10 +132,18 @@ async fn device(
         None => format!("{}{idx}", args.user_prefix),
     };
     let mut failures = 0u32;
+    let mut ever_up = false;
     loop {
         let attempt = {
-            let Ok(_permit) = gate.acquire().await else {
-                return;
+            // Only the initial ramp is bounded; reconnects are independent devices, each on
+            // its own backoff, as a real fleet after a jump-host restart.
+            let _permit = if ever_up {
+                None
+            } else {
+                let Ok(permit) = gate.acquire().await else {
+                    return;
+                };
+                Some(permit)
             };
             event("try", idx, "");
             tokio::time::timeout(
@@ -145,19 +155,21 @@ async fn device(
         };
         match attempt {
             Ok(session) => {
-                failures = 0;
                 event("up", idx, "");
+                ever_up = true;
                 let _ = session.await;
                 event("down", idx, "");
                 if !args.reconnect {
                     return;
                 }
+                // As the agent: a session that worked starts the backoff over.
+                failures = 1;
             }
             Err(e) => {
                 let reason = format!("{e:#}").replace(char::is_whitespace, "_");
                 event("fail", idx, &format!(" {reason}"));
                 failures += 1;
-                if !args.reconnect && failures >= args.max_failures {
+                if !args.reconnect && failures > args.max_failures {
                     return;
                 }
             }
