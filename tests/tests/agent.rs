@@ -1,0 +1,289 @@
+//! The customer's agent end to end: the real `assist-client` and `assist-jumphost`, stock
+//! OpenSSH as the customer's sshd and as the engineer's `ssh` hopping in with the derived key.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assist_e2e::{
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, wait_until, write_derived_key,
+};
+
+const SHORT: Duration = Duration::from_secs(30);
+const SERIAL: &str = "SN-0001";
+const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
+const MARKER: &str = "assist-client:SN-0001";
+
+/// A jump host, a customer sshd whose authorized_keys already holds the admin's lines, and
+/// an engineer key (alice).
+struct World {
+    dir: tempfile::TempDir,
+    jump: Jumphost,
+    sshd: Sshd,
+    /// authorized_keys as the admin left it: the agent must never change these bytes.
+    original_keys: Vec<u8>,
+}
+
+impl World {
+    fn start() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = keygen(&dir.path().join("alice"));
+        let sshd = Sshd::start(dir.path());
+        let admin = keygen(&dir.path().join("admin"));
+        let original_keys =
+            format!("# admin keys\r\n{admin}\n\ncommand=\"true\" {admin} other-tool:SN-0001\n")
+                .into_bytes();
+        fs::write(&sshd.authorized_keys, &original_keys).unwrap();
+        let policy = format!(
+            "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+             [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n"
+        );
+        let jump = Jumphost::start(dir.path(), &policy);
+        World {
+            dir,
+            jump,
+            sshd,
+            original_keys,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `<name>/client.toml` with only the contract keys (data_dir relative).
+    fn client_config(&self, name: &str) -> PathBuf {
+        let folder = self.path(name);
+        fs::create_dir_all(&folder).unwrap();
+        let config = folder.join("client.toml");
+        fs::write(
+            &config,
+            format!(
+                "serial = \"{SERIAL}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
+                 data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
+                 authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
+                self.jump.ssh_addr,
+                self.jump.api_addr,
+                self.sshd.authorized_keys.display(),
+                self.sshd.addr
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    fn keys_file(&self) -> String {
+        fs::read_to_string(&self.sshd.authorized_keys).unwrap()
+    }
+
+    /// Stock `ssh root@SERIAL CMD` through the jump host as alice, with `key`.
+    fn hop_cmd(&self, key: &Path, cmd: &str) -> Command {
+        let proxy = format!(
+            "ProxyCommand=ssh {SSH_OPTS} -i {} -p {} -W %h:%p alice@127.0.0.1",
+            self.path("alice").display(),
+            self.jump.ssh_port()
+        );
+        let target = format!("root@{SERIAL}");
+        let mut c = ssh(&["-o", &proxy, "-o", "IdentitiesOnly=yes", "-i", key.to_str().unwrap(), &target, cmd]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn hop(&self, key: &Path, cmd: &str) -> Output {
+        self.hop_cmd(key, cmd).output().unwrap()
+    }
+}
+
+/// `assist-client run`, ready once its local API is bound.
+fn start_agent(config: &Path, label: &str) -> Proc {
+    let mut cmd = Command::new(bin("assist-client"));
+    cmd.arg("run").arg("--config").arg(config);
+    cmd.env("RUST_LOG", "info,assist_client=debug");
+    let mut agent = Proc::spawn(cmd, label);
+    let fp = agent.wait_line("device key fingerprint:", READY_TIMEOUT);
+    assert!(fp.trim().starts_with("SHA256:"), "{fp}");
+    agent.wait_line("web listening on http://", READY_TIMEOUT);
+    agent
+}
+
+fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin("assist-client"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `assist-client enable`; returns (code, until).
+fn enable(config: &Path, minutes: &str) -> (String, String) {
+    let out = cli(config, &["enable", "--minutes", minutes]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "enable failed: {}{}", stdout, text(&out.stderr));
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} line in {stdout:?}"))
+            .trim()
+            .to_owned()
+    };
+    (field("code:"), field("until:"))
+}
+
+fn status(config: &Path) -> serde_json::Value {
+    let out = cli(config, &["status", "--json"]);
+    assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The hop failed at the jump host (no route), not at the customer's sshd. Stock ssh logs the
+/// jump host's reason only at INFO, so the proxy's fatal line is what is visible here.
+fn refused_by_jump_host(out: &Output) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "hop should fail");
+    assert!(err.contains("stdio forwarding failed") || err.contains("is not connected"), "{err}");
+}
+
+fn wait_tunnel(config: &Path, state: &str) {
+    wait_until(SHORT, &format!("tunnel {state}"), || {
+        status(config)["tunnel"]["state"] == state
+    });
+}
+
+#[test]
+fn enable_hop_reconnect_and_disable() {
+    let mut w = World::start();
+    let config = w.client_config("agent");
+    let agent = start_agent(&config, "agent");
+    let data = w.path("agent/data");
+    for (file, mode) in [("device_key", 0o600), ("control-token", 0o600)] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = fs::metadata(data.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{file}");
+    }
+
+    // Nothing is open before the customer enables.
+    let s = status(&config);
+    assert_eq!(s["enabled"], false, "{s}");
+    assert_eq!(s["tunnel"]["state"], "disabled", "{s}");
+    refused_by_jump_host(&w.hop(&w.path("admin"), "true"));
+
+    let (code, until) = enable(&config, "10");
+    assert_eq!(code.len(), 11, "{code}");
+    assert!(until.ends_with('Z'), "{until}");
+    assert!(!agent.stderr().contains(&code), "the code must never be logged");
+
+    // The installed line: options, derived key, marker; every other byte untouched.
+    let derived = w.path("derived");
+    let derived_pub = write_derived_key(&derived, SERIAL, &code);
+    let keys = w.keys_file();
+    let (before, ours) = keys.split_at(w.original_keys.len());
+    assert_eq!(before.as_bytes(), w.original_keys.as_slice());
+    let ours = ours.trim_end_matches('\n');
+    assert!(!ours.contains('\n'), "one line added: {ours:?}");
+    assert!(ours.starts_with("expiry-time=\"20"), "{ours}");
+    assert!(
+        ours.contains("Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding "),
+        "{ours}"
+    );
+    assert!(ours.ends_with(&format!("{derived_pub} {MARKER}")), "{ours}");
+
+    wait_tunnel(&config, "connected");
+    let out = w.hop(&derived, "echo hello from $(whoami)");
+    assert!(
+        out.status.success(),
+        "hop failed: {}\n--- agent:\n{}\n--- jump host:\n{}\n--- sshd:\n{}",
+        text(&out.stderr),
+        agent.stderr(),
+        w.jump.proc.stderr(),
+        w.sshd.log()
+    );
+    assert_eq!(text(&out.stdout).trim(), "hello from root");
+    let s = status(&config);
+    assert_eq!(s["connections"]["total"], 1, "{s}");
+
+    // Kill the jump host; the agent comes back by itself once it is up again.
+    let killed = Instant::now();
+    w.jump.restart();
+    let jump_ready = Instant::now();
+    wait_tunnel(&config, "connected");
+    let back = Instant::now();
+    eprintln!(
+        "RECONNECT: {:?} from kill to connected, {:?} after the jump host was ready again \
+         (restart took {:?})",
+        back - killed,
+        back - jump_ready,
+        jump_ready - killed
+    );
+    let out = w.hop(&derived, "echo again");
+    assert!(out.status.success(), "hop after reconnect failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "again");
+
+    // A session in progress is cut by disable.
+    let mut long = Proc::spawn(w.hop_cmd(&derived, "echo started; sleep 120"), "long hop");
+    long.wait_line("started", SHORT);
+    wait_until(SHORT, "an active relay", || status(&config)["connections"]["active"] == 1);
+
+    let out = cli(&config, &["disable"]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "disable failed: {}", text(&out.stderr));
+    assert!(report.contains("1 key line(s) removed"), "{report}");
+    assert!(report.contains("1 relayed connection(s) ended"), "{report}");
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    wait_until(SHORT, "the long session to end", || !long.is_running());
+    let s = status(&config);
+    assert_eq!(s["enabled"], false, "{s}");
+    assert_eq!(s["tunnel"]["state"], "disabled", "{s}");
+    assert_eq!(s["connections"]["active"], 0, "{s}");
+    refused_by_jump_host(&w.hop(&derived, "true"));
+    let human = text(&cli(&config, &["status"]).stdout);
+    assert!(human.contains("assistance: disabled"), "{human}");
+}
+
+#[test]
+fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let mut agent = start_agent(&config, "agent");
+    enable(&config, "30");
+    assert!(w.keys_file().contains(MARKER));
+
+    // kill -9 leaves the line behind; the next start removes it before anything else.
+    agent.kill9();
+    assert!(w.keys_file().contains(MARKER));
+    let mut agent = start_agent(&config, "agent again");
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    assert!(agent.stderr().contains("removed key lines left by an earlier run"));
+
+    // SIGTERM disables (line removed) and exits 0.
+    enable(&config, "30");
+    wait_tunnel(&config, "connected");
+    assert!(w.keys_file().contains(MARKER));
+    let exit = agent.terminate();
+    assert!(exit.success(), "agent exit: {exit:?}\n{}", agent.stderr());
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+
+    // With no agent running the CLI says what to do.
+    let out = cli(&config, &["status"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("assist-client run"), "{}", text(&out.stderr));
+
+    // Another machine (another device key) claiming the same serial is refused.
+    let other = w.client_config("other");
+    let _other_agent = start_agent(&other, "other agent");
+    let out = cli(&other, &["enable"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(err.contains("bound to another device key"), "{err}");
+    assert!(err.contains("assist-jumphost serial reset SN-0001"), "{err}");
+    assert!(!text(&out.stdout).contains("code:"));
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+}
