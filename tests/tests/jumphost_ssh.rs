@@ -449,3 +449,18 @@ fn two_devices_and_two_engineers_transfer_at_once() {
     let log = w.jump_log();
     assert!(log.contains("bytes_to_device="), "{log}");
 }
+
+#[test]
+fn full_duplex_bulk_through_one_hop_does_not_stall() {
+    // `cat` on the device echoes while it reads: both directions of the hop are busy at once.
+    let w = World::start();
+    let key = w.register("SN-000C");
+    let _device = w.device("SN-000C", &key);
+    let input = w.path("duplex-in");
+    random_file(&input, 32 << 20);
+    let out = w.hop("alice", "SN-000C", "cat", Some(&input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = w.path("duplex-out");
+    fs::write(&back, &out.stdout).unwrap();
+    assert_eq!(sha256_file(&back), sha256_file(&input));
+}

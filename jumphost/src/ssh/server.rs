@@ -188,12 +188,16 @@ async fn disconnect(
     session: russh::server::RunningSession<ConnHandler>,
     why: &str,
 ) {
-    let _ = handle
-        .disconnect(
-            russh::Disconnect::ByApplication,
-            why.to_owned(),
-            String::new(),
-        )
-        .await;
-    let _ = tokio::time::timeout(CLOSE_WAIT, session).await;
+    // Bounded as a whole: a session whose loop is stuck cannot even take the message.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                why.to_owned(),
+                String::new(),
+            )
+            .await;
+        let _ = session.await;
+    })
+    .await;
 }

@@ -4,11 +4,35 @@
 //! Data moves as the `Bytes` russh decoded, without copying into an intermediate buffer.
 //! Each direction reads its source in order, so everything a side sent before its close is
 //! forwarded before the close is passed on: nothing acknowledged is lost.
+//!
+//! Why each direction has a reader and a writer with a byte budget between them: russh
+//! grants window on receipt and delivers to a channel by awaiting a bounded queue inside
+//! the session loop. If a direction stopped reading whenever its destination had no window,
+//! the source session's loop would stop too — including reading the window adjusts that
+//! the *other* direction waits for — and two busy directions could wedge each other. The
+//! reader keeps draining into up to [`DIRECTION_BUDGET`] bytes; only past that does it
+//! push back on the source session. Protocols relayed here (SSH, HTTP) keep far less than
+//! that in flight, so the budget bounds memory without ever being reached in normal use.
+//! A raw full-duplex stream with no flow control of its own (e.g. `ssh -W` to an echo
+//! server) can still fill both budgets; russh has no consumption-based window to stop
+//! its peers (upstream russh PR #730). Such a hop is detected after [`STALL_TIMEOUT`]
+//! without progress and closed, which also frees both sessions.
 
-use russh::ChannelMsg;
-use russh::ChannelReadHalf;
-use russh::ChannelWriteHalf;
+use std::sync::Arc;
+use std::time::Duration;
+
 use russh::server::Msg;
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// Bytes one direction may hold between reading its source and writing its destination.
+pub const DIRECTION_BUDGET: usize = 16 * 1024 * 1024;
+
+/// How long a direction may sit on a full budget without writing anything before the hop
+/// is declared wedged and closed.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing a channel may take; a wedged session may not take the message at all.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,23 +54,90 @@ impl End {
     }
 }
 
-/// Runs until one side closes (or its session goes away), then closes both.
+/// Runs until one side has closed and everything it sent was passed on (or a session went
+/// away), then closes both.
 pub async fn splice(mut a: End, mut b: End) -> Transferred {
     let mut moved = Transferred::default();
     // The direction whose source closed first ends the splice; the other one is cancelled
     // because its destination has just closed and can receive nothing more.
     tokio::select! {
-        _ = pipe(&mut a.read, &b.write, &mut moved.a_to_b) => {},
-        _ = pipe(&mut b.read, &a.write, &mut moved.b_to_a) => {},
+        _ = direction(&mut a.read, &b.write, &mut moved.a_to_b) => {},
+        _ = direction(&mut b.read, &a.write, &mut moved.b_to_a) => {},
     }
-    let _ = a.write.close().await;
-    let _ = b.write.close().await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = a.write.close().await;
+        let _ = b.write.close().await;
+    })
+    .await;
     moved
 }
 
-/// Forwards data and EOF from `from` to `to` until `from` closes or a write fails.
-async fn pipe(from: &mut ChannelReadHalf, to: &ChannelWriteHalf<Msg>, count: &mut u64) {
+/// Data or EOF from the source, with the share of the budget that data holds until written.
+type Item = (ChannelMsg, Option<OwnedSemaphorePermit>);
+
+async fn direction(from: &mut ChannelReadHalf, to: &ChannelWriteHalf<Msg>, count: &mut u64) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(DIRECTION_BUDGET));
+    let reader = read_into(from, tx, budget);
+    let writer = write_from(rx, to, count);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        // The destination failed, or the reader finished and everything was written.
+        _ = &mut writer => return,
+        finished = &mut reader => if finished == Reader::Stalled {
+            return;
+        },
+    }
+    writer.await;
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reader {
+    /// The source closed (or went away); the writer finishes what is queued.
+    Done,
+    /// The budget stayed full for [`STALL_TIMEOUT`]: the hop is wedged.
+    Stalled,
+}
+
+/// Reads until the source closes; the queue's end tells the writer.
+async fn read_into(
+    from: &mut ChannelReadHalf,
+    tx: mpsc::UnboundedSender<Item>,
+    budget: Arc<Semaphore>,
+) -> Reader {
     while let Some(msg) = from.wait().await {
+        let item = match msg {
+            ChannelMsg::Data { ref data } => {
+                // A packet is at most the negotiated maximum, far below the budget.
+                let want = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                let acquire = Arc::clone(&budget).acquire_many_owned(want);
+                match tokio::time::timeout(STALL_TIMEOUT, acquire).await {
+                    Ok(Ok(permit)) => (msg, Some(permit)),
+                    Ok(Err(_)) => return Reader::Done,
+                    Err(_) => {
+                        tracing::warn!("hop made no progress with a full buffer; closing it");
+                        return Reader::Stalled;
+                    }
+                }
+            }
+            ChannelMsg::Eof => (msg, None),
+            ChannelMsg::Close => return Reader::Done,
+            // TCP-like channels carry nothing else worth relaying.
+            _ => continue,
+        };
+        if tx.send(item).is_err() {
+            return Reader::Done;
+        }
+    }
+    Reader::Done
+}
+
+async fn write_from(
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    to: &ChannelWriteHalf<Msg>,
+    count: &mut u64,
+) {
+    while let Some((msg, permit)) = rx.recv().await {
         match msg {
             ChannelMsg::Data { data } => {
                 let len = data.len() as u64;
@@ -56,9 +147,8 @@ async fn pipe(from: &mut ChannelReadHalf, to: &ChannelWriteHalf<Msg>, count: &mu
                 *count += len;
             }
             ChannelMsg::Eof if to.eof().await.is_err() => return,
-            ChannelMsg::Close => return,
-            // TCP-like channels carry nothing else worth relaying.
             _ => {}
         }
+        drop(permit);
     }
 }

@@ -242,7 +242,10 @@ async fn a_device_session_ends_at_key_expiry_unless_the_key_was_renewed() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !expiring.is_closed() {
-        assert!(tokio::time::Instant::now() < deadline, "expired session kept");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired session kept"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The renewed one passed the same deadline and still answers.
