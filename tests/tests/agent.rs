@@ -86,7 +86,16 @@ impl World {
             self.jump.ssh_port()
         );
         let target = format!("root@{SERIAL}");
-        let mut c = ssh(&["-o", &proxy, "-o", "IdentitiesOnly=yes", "-i", key.to_str().unwrap(), &target, cmd]);
+        let mut c = ssh(&[
+            "-o",
+            &proxy,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            key.to_str().unwrap(),
+            &target,
+            cmd,
+        ]);
         c.stdin(Stdio::null());
         c
     }
@@ -126,7 +135,12 @@ fn text(bytes: &[u8]) -> String {
 fn enable(config: &Path, minutes: &str) -> (String, String) {
     let out = cli(config, &["enable", "--minutes", minutes]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "enable failed: {}{}", stdout, text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "enable failed: {}{}",
+        stdout,
+        text(&out.stderr)
+    );
     let field = |name: &str| {
         stdout
             .lines()
@@ -149,7 +163,10 @@ fn status(config: &Path) -> serde_json::Value {
 fn refused_by_jump_host(out: &Output) {
     let err = text(&out.stderr);
     assert!(!out.status.success(), "hop should fail");
-    assert!(err.contains("stdio forwarding failed") || err.contains("is not connected"), "{err}");
+    assert!(
+        err.contains("stdio forwarding failed") || err.contains("is not connected"),
+        "{err}"
+    );
 }
 
 fn wait_tunnel(config: &Path, state: &str) {
@@ -179,7 +196,10 @@ fn enable_hop_reconnect_and_disable() {
     let (code, until) = enable(&config, "10");
     assert_eq!(code.len(), 11, "{code}");
     assert!(until.ends_with('Z'), "{until}");
-    assert!(!agent.stderr().contains(&code), "the code must never be logged");
+    assert!(
+        !agent.stderr().contains(&code),
+        "the code must never be logged"
+    );
 
     // The installed line: options, derived key, marker; every other byte untouched.
     let derived = w.path("derived");
@@ -224,17 +244,27 @@ fn enable_hop_reconnect_and_disable() {
         jump_ready - killed
     );
     let out = w.hop(&derived, "echo again");
-    assert!(out.status.success(), "hop after reconnect failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "hop after reconnect failed: {}",
+        text(&out.stderr)
+    );
     assert_eq!(text(&out.stdout).trim(), "again");
 
     // A session in progress is cut by disable.
     let mut long = Proc::spawn(w.hop_cmd(&derived, "echo started; sleep 120"), "long hop");
     long.wait_line("started", SHORT);
-    wait_until(SHORT, "an active relay", || status(&config)["connections"]["active"] == 1);
+    wait_until(SHORT, "an active relay", || {
+        status(&config)["connections"]["active"] == 1
+    });
 
     let out = cli(&config, &["disable"]);
     let report = text(&out.stdout);
-    assert!(out.status.success(), "disable failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "disable failed: {}",
+        text(&out.stderr)
+    );
     assert!(report.contains("1 key line(s) removed"), "{report}");
     assert!(report.contains("1 relayed connection(s) ended"), "{report}");
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
@@ -261,7 +291,11 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
     assert!(w.keys_file().contains(MARKER));
     let mut agent = start_agent(&config, "agent again");
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
-    assert!(agent.stderr().contains("removed key lines left by an earlier run"));
+    assert!(
+        agent
+            .stderr()
+            .contains("removed key lines left by an earlier run")
+    );
 
     // SIGTERM disables (line removed) and exits 0.
     enable(&config, "30");
@@ -274,7 +308,11 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
     // With no agent running the CLI says what to do.
     let out = cli(&config, &["status"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("assist-client run"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("assist-client run"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Another machine (another device key) claiming the same serial is refused.
     let other = w.client_config("other");
@@ -283,7 +321,34 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert!(err.contains("bound to another device key"), "{err}");
-    assert!(err.contains("assist-jumphost serial reset SN-0001"), "{err}");
+    assert!(
+        err.contains("assist-jumphost serial reset SN-0001"),
+        "{err}"
+    );
     assert!(!text(&out.stdout).contains("code:"));
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+
+    // A jump host key other than the pinned one stops the tunnel and says why.
+    let admin_pub = fs::read_to_string(w.path("admin.pub")).unwrap();
+    fs::write(w.path("agent/data/jumphost_host_key"), admin_pub).unwrap();
+    let _agent = start_agent(&config, "agent, wrong pin");
+    enable(&config, "30");
+    wait_until(SHORT, "the tunnel to fail", || {
+        status(&config)["tunnel"]["state"] == "failed"
+    });
+    let s = status(&config);
+    assert!(
+        s["tunnel"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("key changed"),
+        "{s}"
+    );
+    assert_eq!(s["enabled"], false, "{s}");
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    let human = text(&cli(&config, &["status"]).stdout);
+    assert!(
+        human.contains("tunnel: failed (last error: the jump host's key changed"),
+        "{human}"
+    );
 }
