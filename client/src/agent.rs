@@ -29,6 +29,8 @@ pub enum AgentError {
     DeviceKey(#[from] KeyError),
     #[error("the number of minutes must be at least 1")]
     BadMinutes,
+    #[error("the jump host's policy allows no assistance window (max_assistance is 0)")]
+    NoWindowAllowed,
     #[error("cannot derive the one-time key: {0}")]
     Derive(String),
 }
@@ -37,9 +39,10 @@ pub enum AgentError {
 pub struct Enabled {
     pub code: OneTimeCode,
     pub until: OffsetDateTime,
-    pub minutes: u64,
-    /// The policy's ceiling, in minutes.
-    pub max_minutes: u64,
+    /// Length of the window: what was asked, capped by the policy.
+    pub window_secs: u64,
+    /// The policy's ceiling.
+    pub max_secs: u64,
 }
 
 /// What disable did, for the owner.
@@ -112,9 +115,13 @@ impl Agent {
         let mut guard = self.window.lock().await;
         let public = keys::public_line(&self.device_key)?;
         let reg = register::register(&self.config.api_url, &self.config.serial, &public).await?;
-        let max_minutes = reg.max_assistance_secs / 60;
-        let minutes = minutes.min(max_minutes.max(1));
-        let until = OffsetDateTime::now_utc() + time::Duration::minutes(minutes as i64);
+        let max_secs = reg.max_assistance_secs;
+        if max_secs == 0 {
+            return Err(AgentError::NoWindowAllowed);
+        }
+        // Seconds, not minutes: a policy may allow less than a minute.
+        let window_secs = minutes.saturating_mul(60).min(max_secs);
+        let until = OffsetDateTime::now_utc() + time::Duration::seconds(window_secs as i64);
 
         let code = OneTimeCode::generate();
         let (serial, c) = (self.config.serial.clone(), code.clone());
@@ -160,12 +167,12 @@ impl Agent {
             relays,
             task,
         });
-        tracing::info!(until = %rfc3339(until), minutes, "assistance enabled");
+        tracing::info!(until = %rfc3339(until), window_secs, "assistance enabled");
         Ok(Enabled {
             code,
             until,
-            minutes,
-            max_minutes,
+            window_secs,
+            max_secs,
         })
     }
 

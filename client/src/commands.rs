@@ -84,14 +84,22 @@ pub async fn enable(config: &Config, minutes: Option<u64>) -> anyhow::Result<()>
         .await?;
     println!("code: {}", r.code);
     println!("until: {}", r.until);
-    if r.minutes < minutes.unwrap_or(0) {
+    if r.seconds < minutes.unwrap_or(0).saturating_mul(60) {
         println!(
-            "note: the jump host allows at most {} minutes",
-            r.max_minutes
+            "note: the jump host's policy allows at most {}",
+            humanize(r.max_seconds)
         );
     }
     println!("Read the code to the support engineer. Stop with `assist-client disable`.");
     Ok(())
+}
+
+fn humanize(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 pub async fn disable(config: &Config) -> anyhow::Result<()> {

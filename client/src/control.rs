@@ -30,8 +30,10 @@ pub struct EnableRequest {
 pub struct EnableResponse {
     pub code: String,
     pub until: String,
-    pub minutes: u64,
-    pub max_minutes: u64,
+    /// Length of the window granted (the request capped by the policy).
+    pub seconds: u64,
+    /// The policy's longest window, for a duration picker.
+    pub max_seconds: u64,
 }
 
 impl std::fmt::Debug for EnableResponse {
@@ -74,6 +76,7 @@ impl IntoResponse for ApiError {
             ApiError::Agent(e) => {
                 let status = match &e {
                     AgentError::BadMinutes => StatusCode::BAD_REQUEST,
+                    AgentError::NoWindowAllowed => StatusCode::FORBIDDEN,
                     AgentError::Register(RegisterError::BoundToOtherKey { .. }) => {
                         StatusCode::CONFLICT
                     }
@@ -159,8 +162,8 @@ async fn enable(
     Ok(Json(EnableResponse {
         code: enabled.code.to_string(),
         until: rfc3339(enabled.until),
-        minutes: enabled.minutes,
-        max_minutes: enabled.max_minutes,
+        seconds: enabled.window_secs,
+        max_seconds: enabled.max_secs,
     }))
 }
 

@@ -28,6 +28,11 @@ struct World {
 
 impl World {
     fn start() -> World {
+        Self::start_with("")
+    }
+
+    /// As [`World::start`], with `extra_policy` appended to the policy file.
+    fn start_with(extra_policy: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let alice = keygen(&dir.path().join("alice"));
         let sshd = Sshd::start(dir.path());
@@ -38,7 +43,7 @@ impl World {
         fs::write(&sshd.authorized_keys, &original_keys).unwrap();
         let policy = format!(
             "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
-             [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n"
+             [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n\n{extra_policy}"
         );
         let jump = Jumphost::start(dir.path(), &policy);
         World {
@@ -351,4 +356,25 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
         human.contains("tunnel: failed (last error: the jump host's key changed"),
         "{human}"
     );
+}
+
+#[test]
+fn the_window_ends_by_itself_at_the_policy_maximum() {
+    let w = World::start_with("[keys]\nmax_assistance = \"4s\"\n");
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let out = cli(&config, &["enable", "--minutes", "10"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("allows at most 4 s"), "{stdout}");
+    assert!(w.keys_file().contains(MARKER));
+    let s = status(&config);
+    assert!(s["remaining_secs"].as_u64().unwrap() <= 4, "{s}");
+
+    wait_until(SHORT, "the window to end", || {
+        status(&config)["enabled"] == false
+    });
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    let s = status(&config);
+    assert_eq!(s["tunnel"]["state"], "disabled", "{s}");
 }
