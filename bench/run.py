@@ -115,7 +115,9 @@ def main():
     started = time.monotonic()
     closers = []
     result = {"machine": report.machine(), "sizes": cfg, "build": profile,
-              "command": "python3 bench/run.py" + (" --smoke" if args.smoke else ""),
+              "command": " ".join(["python3 bench/run.py"] + [
+                  a for a in ("--smoke", "--perf", "--only-openssh") if getattr(
+                      args, a[2:].replace("-", "_"))]),
               "note": "2 shared CPUs; other engineers were compiling during the run, so "
                       "expect noise of tens of percent on the timings"}
     ok = False
