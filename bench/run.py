@@ -213,7 +213,7 @@ def main():
             print(md)
         log(f"done in {result['elapsed_s']} s; logs in {logdir}")
         if not args.keep and ok:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, onerror=lambda f, p, e: log(f"cleanup: {p}: {e[1]}"))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ def plot(r, path, allow_install):
     ax1.set_xticks([x + width * (len(series) - 1) / 2 for x in range(2)], labels)
     ax1.set_ylabel("MB/s")
     ax1.set_title(f"Throughput, {r['sizes']['transfer_mib']} MiB through the chain")
-    ax1.legend(loc="upper left", fontsize=8, ncol=len(series))
+    if series:
+        ax1.legend(loc="upper left", fontsize=8, ncol=len(series))
     idle = r.get("idle") or {}
     names, vals, colors = [], [], []
     for lv in idle.get("OpenSSH", {}).get("levels", []):
@@ -277,7 +278,11 @@ def plot(r, path, allow_install):
 
 def write(r, out_dir, allow_install):
     png = os.path.join(out_dir, "results.png")
-    has_png = plot(r, png, allow_install)
+    try:
+        has_png = plot(r, png, allow_install)
+    except Exception as e:  # noqa: BLE001 - a plot never decides whether the run passed
+        log(f"no plot: {e!r}")
+        has_png = False
     md = markdown(r, "results.png" if has_png else None)
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
         f.write(md)
