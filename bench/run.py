@@ -42,7 +42,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="small and fast; for CI")
     p.add_argument("--out", help="where RESULTS.md, results.png and results.json go "
-                   "(default: bench/ for a full run, a temp dir for --smoke)")
+                   "(default: bench/ for a full run, the temp dir for --smoke)")
     p.add_argument("--profile", choices=["release", "debug"], default=None,
                    help="which build of our binaries (default: release, debug with --smoke)")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
@@ -108,7 +108,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="assist-bench.")
     logdir = os.path.join(tmp, "logs")
     os.makedirs(logdir)
-    out_dir = args.out or (tempfile.mkdtemp(prefix="assist-bench-out.") if args.smoke
+    # A smoke run's report is printed and goes with the temp dir unless the run failed.
+    out_dir = args.out or (os.path.join(tmp, "out") if args.smoke
                            else os.path.join(ROOT, "bench"))
     os.makedirs(out_dir, exist_ok=True)
     log(f"work dir {tmp}, results to {out_dir}")
