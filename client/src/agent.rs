@@ -56,7 +56,6 @@ pub struct DisableReport {
 /// One enabled window.
 struct Window {
     epoch: u64,
-    until: OffsetDateTime,
     cancel: CancellationToken,
     relays: TaskTracker,
     task: JoinHandle<()>,
@@ -70,6 +69,9 @@ pub struct Agent {
     shared: Arc<Shared>,
     /// The current window; the lock is held through a whole enable or disable.
     window: tokio::sync::Mutex<(u64, Option<Window>)>,
+    /// End of the current window, readable while an enable (which may wait seconds on the
+    /// jump host) holds `window`, so status never stalls.
+    until: std::sync::Mutex<Option<OffsetDateTime>>,
 }
 
 impl Agent {
@@ -89,6 +91,7 @@ impl Agent {
             pin,
             shared: Arc::new(Shared::default()),
             window: tokio::sync::Mutex::new((0, None)),
+            until: std::sync::Mutex::new(None),
         })
     }
 
@@ -134,6 +137,7 @@ impl Agent {
 
         if let Some(old) = guard.1.take() {
             stop_window(old).await;
+            self.set_until(None);
         }
         let line = key_line(&derived_public, &self.config.serial, until);
         self.keys_file.install(&self.config.serial, &line)?;
@@ -160,9 +164,9 @@ impl Agent {
             until,
             cancel.clone(),
         ));
+        self.set_until(Some(until));
         guard.1 = Some(Window {
             epoch,
-            until,
             cancel,
             relays,
             task,
@@ -207,6 +211,7 @@ impl Agent {
         fatal: Option<String>,
     ) -> Result<DisableReport, AgentError> {
         let was_enabled = window.is_some();
+        self.set_until(None);
         let connections_closed = self.shared.connections().active;
         if let Some(w) = window {
             stop_window(w).await;
@@ -231,8 +236,14 @@ impl Agent {
         })
     }
 
+    fn set_until(&self, until: Option<OffsetDateTime>) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = until;
+        }
+    }
+
     pub async fn status(&self) -> Status {
-        let until = self.window.lock().await.1.as_ref().map(|w| w.until);
+        let until = self.until.lock().ok().and_then(|u| *u);
         let remaining = until.map(|u| {
             let left = u - OffsetDateTime::now_utc();
             left.whole_seconds().max(0) as u64
