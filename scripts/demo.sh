@@ -30,7 +30,10 @@ demo=$(mktemp -d "${TMPDIR:-/tmp}/assist-demo.XXXXXX")
 pids=()
 agent_config="$demo/client/client.toml"
 cleanup() {
-  trap - EXIT INT TERM
+  # A second Ctrl-C must not cut the cleanup short (a terminal sends SIGINT to every
+  # process of the group, and the background jobs of a script ignore it anyway).
+  trap '' INT TERM
+  trap - EXIT
   say ""
   say "stopping the demo..."
   if [ -f "$agent_config" ] && [ -n "${agent_pid:-}" ]; then
