@@ -166,8 +166,8 @@ def markdown(r, png_name):
             lines.append(f"| {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
                          f"{ratio(b, a, True) if lower else ''} |")
         lines += ["", "Devices reconnect with the agent's own backoff: before attempt n, "
-                  "uniform in [250 ms, min(30 s, 250 ms·2ⁿ⁻¹)] — so the first retry after the "
-                  "loss is at 250 ms for every device, and jitter spreads only later retries. "
+                  "uniform in [0, min(30 s, 250 ms·2ⁿ)] (full jitter, the same function as the "
+                  "agent's), so even the first wave after the restart is spread. "
                   "The peak rates count logins completed (forward granted) within any one "
                   "window; failed attempts include connects refused while the host was down "
                   "and logins dropped over the unauthenticated-connection ceiling.", ""]

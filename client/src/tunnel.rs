@@ -4,9 +4,7 @@
 use crate::config::Service;
 use crate::pin::{HostKeyPin, PinError};
 use crate::state::{Shared, TunnelState};
-use assist_proto::limits::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_MAX, RECONNECT_MAX_BACKOFF, RECONNECT_MIN_BACKOFF,
-};
+use assist_proto::backoff::backoff;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, Disconnect, client};
 use std::sync::{Arc, Mutex};
@@ -96,12 +94,7 @@ impl Tunnel {
             cancel: self.cancel.clone(),
             relays: self.relays.clone(),
         };
-        let config = Arc::new(client::Config {
-            keepalive_interval: Some(KEEPALIVE_INTERVAL),
-            keepalive_max: KEEPALIVE_MAX,
-            nodelay: true,
-            ..Default::default()
-        });
+        let config = assist_proto::ssh::client_config();
         let setup = async {
             let mut handle = client::connect(config, self.jumphost.as_str(), handler)
                 .await
@@ -162,18 +155,6 @@ impl Tunnel {
             }
         }
     }
-}
-
-/// Delay before reconnect attempt `failures` (1, 2, …): exponential with full jitter, so a
-/// fleet that lost the jump host at once does not come back at once; never below the minimum.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    let ceiling = RECONNECT_MIN_BACKOFF
-        .saturating_mul(1u32 << exp)
-        .min(RECONNECT_MAX_BACKOFF);
-    let min = RECONNECT_MIN_BACKOFF.as_millis() as u64;
-    let max = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::random_range(min..=max.max(min)))
 }
 
 /// The russh client handler: checks the host key and hands each forwarded connection to a
@@ -289,20 +270,4 @@ async fn relay(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_within_bounds_and_grows() {
-        for failures in 1..40 {
-            for _ in 0..50 {
-                let d = backoff(failures);
-                assert!(d >= RECONNECT_MIN_BACKOFF, "{failures}: {d:?}");
-                assert!(d <= RECONNECT_MAX_BACKOFF, "{failures}: {d:?}");
-            }
-        }
-        assert_eq!(backoff(1), RECONNECT_MIN_BACKOFF);
-        // Full jitter: late attempts spread over the whole range, not all at the cap.
-        let late: Vec<_> = (0..200).map(|_| backoff(30)).collect();
-        assert!(late.iter().any(|d| *d < RECONNECT_MAX_BACKOFF / 2));
-        assert!(late.iter().any(|d| *d > RECONNECT_MAX_BACKOFF / 2));
-    }
 }

@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod code;
 pub mod derive;
 pub mod limits;
 pub mod name;
 pub mod secret;
+pub mod ssh;
 
 pub use code::{CodeError, OneTimeCode};
 pub use derive::{derive_key, DeriveError};

@@ -3,8 +3,7 @@
 
 use russh::client::{self, AuthResult, Handle, Msg};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
-use russh::{Channel, ChannelOpenFailure, cipher};
-use std::borrow::Cow;
+use russh::{Channel, ChannelOpenFailure};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -17,57 +16,6 @@ use crate::progress::Progress;
 
 /// How long the TCP connection to the jump host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Flow-control window per channel: large, because throughput is compared with OpenSSH's
-/// 2 MiB and both hops (outer relay channel and inner session channel) are windowed.
-const WINDOW: u32 = 8 * 1024 * 1024;
-/// Largest channel packet russh accepts to send (it warns above a TCP packet's 65535).
-const MAX_PACKET: u32 = 65_535;
-
-/// Ciphers when the CPU has AES instructions: ring's AES-GCM then outruns ChaCha20.
-const CIPHERS_AES_HW: &[cipher::Name] = &[
-    cipher::AES_256_GCM,
-    cipher::AES_128_GCM,
-    cipher::CHACHA20_POLY1305,
-    cipher::AES_256_CTR,
-];
-/// Ciphers otherwise: ChaCha20-Poly1305 is the fast one in software.
-const CIPHERS_SOFT: &[cipher::Name] = &[
-    cipher::CHACHA20_POLY1305,
-    cipher::AES_256_GCM,
-    cipher::AES_128_GCM,
-    cipher::AES_256_CTR,
-];
-
-/// Both AEADs need no separate MAC pass; which goes first depends on the CPU.
-fn ciphers() -> &'static [cipher::Name] {
-    #[cfg(target_arch = "x86_64")]
-    let aes_hw = std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("pclmulqdq");
-    #[cfg(target_arch = "aarch64")]
-    let aes_hw = std::arch::is_aarch64_feature_detected!("aes");
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let aes_hw = false;
-    if aes_hw { CIPHERS_AES_HW } else { CIPHERS_SOFT }
-}
-
-/// The SSH client settings used for both hops.
-pub fn client_config() -> Arc<client::Config> {
-    let preferred = russh::Preferred {
-        cipher: Cow::Borrowed(ciphers()),
-        ..Default::default()
-    };
-    Arc::new(client::Config {
-        window_size: WINDOW,
-        maximum_packet_size: MAX_PACKET,
-        channel_buffer_size: 256,
-        preferred,
-        nodelay: true,
-        keepalive_interval: Some(assist_proto::limits::KEEPALIVE_INTERVAL),
-        keepalive_max: assist_proto::limits::KEEPALIVE_MAX,
-        ..Default::default()
-    })
-}
-
 /// Errors a handler can stop a connection with.
 #[derive(Debug)]
 pub enum HandlerError {
@@ -165,7 +113,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         progress: progress.clone(),
         closed: closed.clone(),
     };
-    let mut handle = client::connect_stream(client_config(), tcp, client)
+    let mut handle = client::connect_stream(assist_proto::ssh::client_config(), tcp, client)
         .await
         .map_err(|e| {
             handshake_error(e, HopError::JumpClosed, "SSH handshake with the jump host")
@@ -384,9 +332,13 @@ pub async fn connect_device(
     let closed = || HopError::DeviceClosed {
         serial: serial.to_string(),
     };
-    let mut handle = client::connect_stream(client_config(), channel.into_stream(), client)
-        .await
-        .map_err(|e| handshake_error(e, closed(), "SSH handshake with the device"))?;
+    let mut handle = client::connect_stream(
+        assist_proto::ssh::client_config(),
+        channel.into_stream(),
+        client,
+    )
+    .await
+    .map_err(|e| handshake_error(e, closed(), "SSH handshake with the device"))?;
     progress.stage(format!("logging in to {serial} as {user} with the code"));
     match authenticate_key(&mut handle, user, key).await {
         Ok(true) => Ok(Device { handle }),

@@ -3,11 +3,9 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use assist_proto::limits::{KEEPALIVE_INTERVAL, RECONNECT_MAX_BACKOFF, RECONNECT_MIN_BACKOFF};
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::keys::PublicKeyOrCertificate;
@@ -78,39 +76,17 @@ fn event(kind: &str, idx: usize, extra: &str) {
     let _ = out.flush();
 }
 
-/// The agent's reconnect delay (client/src/tunnel.rs `backoff`), so the storm models the
-/// real fleet: before attempt `failures` (1, 2, …), uniform in [base, min(cap, base·2^(n-1))].
-fn backoff(failures: u32, rng: &AtomicU64) -> Duration {
-    let ceiling = RECONNECT_MIN_BACKOFF
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
-        .min(RECONNECT_MAX_BACKOFF);
-    // xorshift64*: good enough to spread sleeps, no dependency.
-    let mut x = rng.load(Ordering::Relaxed);
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rng.store(x, Ordering::Relaxed);
-    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-    let unit = r as f64 / (1u64 << 53) as f64;
-    RECONNECT_MIN_BACKOFF + (ceiling - RECONNECT_MIN_BACKOFF).mul_f64(unit)
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let key = russh::keys::load_secret_key(&args.key, None)
         .with_context(|| format!("load device key {}", args.key.display()))?;
     let key = Arc::new(key);
-    let config = Arc::new(client::Config {
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
-        nodelay: true,
-        ..Default::default()
-    });
+    // The agent's own settings, so each simulated device costs the jump host what a real one does.
+    let config = assist_proto::ssh::client_config();
     let args = Arc::new(args);
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let seed = now_ms() as u64 | 1;
     for idx in args.first..args.first + args.count {
         let (args, key, config, gate) = (args.clone(), key.clone(), config.clone(), gate.clone());
-        let rng = AtomicU64::new(seed.wrapping_mul(idx as u64 + 1) | 1);
-        tokio::spawn(async move { device(idx, &args, key, config, &gate, &rng).await });
+        tokio::spawn(async move { device(idx, &args, key, config, &gate).await });
     }
     // The driver ends the run by closing stdin.
     let mut sink = [0u8; 256];
@@ -125,7 +101,6 @@ async fn device(
     key: Arc<russh::keys::PrivateKey>,
     config: Arc<client::Config>,
     gate: &Semaphore,
-    rng: &AtomicU64,
 ) {
     let user = match &args.user {
         Some(u) => u.clone(),
@@ -174,7 +149,7 @@ async fn device(
                 }
             }
         }
-        tokio::time::sleep(backoff(failures, rng)).await;
+        tokio::time::sleep(assist_proto::backoff::backoff(failures)).await;
     }
 }
 
