@@ -48,12 +48,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    assist_proto::logging::init("info");
     let load = |path: &PathBuf| Config::load(path).context("cannot load the configuration");
     match cli.command {
         Command::Run { config } => {

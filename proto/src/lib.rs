@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod code;
 pub mod derive;
 pub mod limits;
+pub mod logging;
 pub mod name;
 pub mod secret;
 pub mod ssh;

@@ -115,13 +115,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    assist_proto::logging::init("off");
     let progress = progress::Progress::new(cli.quiet);
     let status = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run(cli, &progress)),
