@@ -27,6 +27,7 @@ use russh::keys::ssh_key::SshSig;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
@@ -37,6 +38,8 @@ const MAX_OUTCOME_CHARS: usize = 400;
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub policy: PolicyHandle,
+    /// Registrations per source address (`[penalties] register_*`).
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// Every way a request can fail; the variant decides the status code.
@@ -54,6 +57,12 @@ pub enum ApiError {
     /// The serial is bound to another key (409).
     #[error("{0}")]
     Conflict(String),
+    /// The source used up its registrations for now (429).
+    #[error("too many registrations from {address}; retry in {} s", retry_after.as_secs().max(1))]
+    TooMany {
+        address: std::net::IpAddr,
+        retry_after: std::time::Duration,
+    },
     #[error("request body is larger than {MAX_API_BODY} bytes")]
     TooLarge,
     #[error("no such endpoint")]
@@ -72,6 +81,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -94,7 +104,14 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::TooMany { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -134,7 +151,13 @@ where
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/v1/register", post(register))
+        .route(
+            "/v1/register",
+            post(register).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit,
+            )),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -152,6 +175,31 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Takes a token from the source's bucket before the body is even read; an empty bucket
+/// answers 429 with `Retry-After`. Not audited: a flood would only flood the trail.
+async fn rate_limit(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let policy = state.policy.current();
+    match state
+        .limiter
+        .take(peer.ip(), policy.penalties(), std::time::Instant::now())
+    {
+        Ok(()) => next.run(req).await,
+        Err(retry_after) => {
+            tracing::info!(event = "api.register", source = %peer, status = 429, "rate limited");
+            ApiError::TooMany {
+                address: peer.ip(),
+                retry_after,
+            }
+            .into_response()
+        }
+    }
 }
 
 /// What a successful registration did.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod penalty;
 pub mod policy;
 pub mod serve;
 pub mod ssh;

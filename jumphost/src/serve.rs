@@ -80,6 +80,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ApiState {
             store: Arc::clone(&store),
             policy,
+            limiter: Default::default(),
         },
         shutdown.clone(),
     ));

@@ -31,6 +31,7 @@ fn api() -> Api {
     let router = router(ApiState {
         store: store.clone(),
         policy: PolicyHandle::new(policy),
+        limiter: Default::default(),
     });
     Api { store, router }
 }
@@ -385,6 +386,7 @@ async fn store_failure_is_500_without_details() {
         router: router(ApiState {
             store: Arc::new(BrokenStore),
             policy: PolicyHandle::new(policy),
+            limiter: Default::default(),
         }),
     };
     let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;

@@ -9,7 +9,8 @@
 //! - `support_cidrs` empty: no engineer may connect from anywhere;
 //! - `client_cidrs` empty: devices may connect from anywhere (they still need a registered key);
 //! - `[serials] allow` empty: no serial may register;
-//! - `client_key_ttl` 30 days, `max_assistance` 8 hours ([`assist_proto::limits`]).
+//! - `client_key_ttl` 30 days, `max_assistance` 8 hours ([`assist_proto::limits`]);
+//! - `[penalties]` (optional, one file only): [`PenaltySettings::default`].
 
 mod parse;
 mod watch;
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use russh::keys::PublicKey;
+
+use crate::penalty::PenaltySettings;
 
 pub use watch::{PolicyHandle, spawn_watcher};
 
@@ -60,6 +63,7 @@ pub struct Policy {
     serial_patterns: Vec<glob::Pattern>,
     client_key_ttl: Duration,
     max_assistance: Duration,
+    penalties: PenaltySettings,
 }
 
 /// The closed defaults of the module docs: nobody may connect or register.
@@ -73,6 +77,7 @@ impl Default for Policy {
             serial_patterns: Vec::new(),
             client_key_ttl: assist_proto::limits::DEFAULT_CLIENT_KEY_TTL,
             max_assistance: assist_proto::limits::DEFAULT_MAX_ASSISTANCE,
+            penalties: PenaltySettings::default(),
         }
     }
 }
@@ -98,6 +103,11 @@ impl Policy {
         let mut merger = parse::Merger::default();
         merger.add(origin, text)?;
         Ok(merger.finish())
+    }
+
+    /// Per-source throttling of logins and registrations (`[penalties]`).
+    pub fn penalties(&self) -> &PenaltySettings {
+        &self.penalties
     }
 
     pub fn engineer_from_allowed(&self, ip: IpAddr) -> bool {

@@ -20,6 +20,7 @@ struct PolicyFile {
     support: Vec<Support>,
     serials: Option<Serials>,
     keys: Option<Keys>,
+    penalties: Option<Penalties>,
 }
 
 #[derive(Deserialize)]
@@ -52,12 +53,25 @@ struct Keys {
     max_assistance: Option<Spanned<String>>,
 }
 
+/// `[penalties]`: per-source throttling (see [`crate::penalty`]); every key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Penalties {
+    free_failures: Option<u32>,
+    penalty: Option<Spanned<String>>,
+    max_failures: Option<u32>,
+    ban: Option<Spanned<String>>,
+    register_burst: Option<u32>,
+    register_per_minute: Option<u32>,
+}
+
 /// Accumulates files in order; remembers which file set each scalar to report duplicates.
 #[derive(Default)]
 pub(super) struct Merger {
     policy: Policy,
     client_key_ttl: Option<PathBuf>,
     max_assistance: Option<PathBuf>,
+    penalties: Option<PathBuf>,
 }
 
 impl Merger {
@@ -157,6 +171,49 @@ impl Merger {
                     .map_err(|e| at(value.span(), format!("{key}: {:?} {e}", value.get_ref())))?;
                 *set_in = Some(file.to_path_buf());
             }
+        }
+
+        if let Some(section) = doc.penalties {
+            if let Some(first) = &self.penalties {
+                return Err(PolicyError::Duplicate {
+                    key: "[penalties]",
+                    first: first.clone(),
+                    second: file.to_path_buf(),
+                });
+            }
+            let p = &mut policy.penalties;
+            for (key, value, target) in [
+                ("[penalties] penalty", section.penalty, &mut p.penalty),
+                ("[penalties] ban", section.ban, &mut p.ban),
+            ] {
+                if let Some(value) = value {
+                    *target = parse_duration(value.get_ref()).map_err(|e| {
+                        at(value.span(), format!("{key}: {:?} {e}", value.get_ref()))
+                    })?;
+                }
+            }
+            for (key, value, target) in [
+                ("free_failures", section.free_failures, &mut p.free_failures),
+                ("max_failures", section.max_failures, &mut p.max_failures),
+                (
+                    "register_burst",
+                    section.register_burst,
+                    &mut p.register_burst,
+                ),
+                (
+                    "register_per_minute",
+                    section.register_per_minute,
+                    &mut p.register_per_minute,
+                ),
+            ] {
+                if let Some(value) = value {
+                    if value == 0 && key != "free_failures" {
+                        return Err(invalid(format!("[penalties] {key} must be at least 1")));
+                    }
+                    *target = value;
+                }
+            }
+            self.penalties = Some(file.to_path_buf());
         }
 
         policy.files.push(file.to_path_buf());

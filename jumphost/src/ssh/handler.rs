@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use russh::keys::PublicKey;
@@ -40,6 +41,9 @@ pub struct ConnHandler {
     on_auth: Option<oneshot::Sender<Identity>>,
     /// Whether this (device) session has taken its serial's routes over yet.
     claimed: bool,
+    /// Set on the first refused login attempt; the connection task counts it as a failed
+    /// login if the connection then ends without one.
+    refused: Arc<AtomicBool>,
     /// The connection's span: russh runs these callbacks in its own task, outside it.
     span: tracing::Span,
 }
@@ -50,6 +54,7 @@ impl ConnHandler {
         peer: SocketAddr,
         session_id: SessionId,
         on_auth: oneshot::Sender<Identity>,
+        refused: Arc<AtomicBool>,
         span: tracing::Span,
     ) -> Self {
         Self {
@@ -60,6 +65,7 @@ impl ConnHandler {
             offered: None,
             on_auth: Some(on_auth),
             claimed: false,
+            refused,
             span,
         }
     }
@@ -82,6 +88,7 @@ impl ConnHandler {
             None => auth::check(&policy, &self.relay.store, self.peer.ip(), user, key, now).await,
         };
         result.inspect_err(|refusal| {
+            self.refused.store(true, Ordering::Relaxed);
             tracing::warn!(parent: &self.span, user, reason = %refusal.reason, "login refused");
             self.relay.audit(
                 "ssh.auth",

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use russh::keys::PublicKey;
@@ -54,6 +54,15 @@ pub async fn serve(
             );
             continue;
         }
+        if let Some(left) = relay
+            .penalties
+            .blocked(peer.ip(), std::time::Instant::now())
+        {
+            // Not audited: a penalized source reconnecting in a loop would flood the trail;
+            // the start of the penalty was audited.
+            tracing::debug!(%peer, left = %humantime::format_duration(left), "penalized source; closed");
+            continue;
+        }
         let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
             tracing::warn!(%peer, "too many unauthenticated connections; closed");
             continue;
@@ -87,7 +96,20 @@ async fn connection(
 ) {
     let deadline = Instant::now() + relay.limits.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
-    let handler = ConnHandler::new(Arc::clone(&relay), peer, id, auth_tx, span);
+    let mut failure = FailureGuard {
+        relay: Arc::clone(&relay),
+        peer,
+        refused: Arc::new(AtomicBool::new(false)),
+        logged_in: false,
+    };
+    let handler = ConnHandler::new(
+        Arc::clone(&relay),
+        peer,
+        id,
+        auth_tx,
+        Arc::clone(&failure.refused),
+        span,
+    );
     let started = tokio::time::timeout_at(
         deadline,
         russh::server::run_stream(Arc::clone(&relay.config), stream, handler),
@@ -120,6 +142,7 @@ async fn connection(
         }
     };
     drop(permit);
+    failure.logged_in = true;
 
     let expiry = async {
         match &identity {
@@ -158,6 +181,23 @@ async fn connection(
         tracing::info!(serial, "routes removed");
     }
     tracing::info!("connection closed");
+}
+
+/// Counts the connection as a failed login when it ends (on any path) without a login
+/// after at least one refused attempt; a client merely offering a few keys is not one.
+struct FailureGuard {
+    relay: Arc<Relay>,
+    peer: SocketAddr,
+    refused: Arc<AtomicBool>,
+    logged_in: bool,
+}
+
+impl Drop for FailureGuard {
+    fn drop(&mut self) {
+        if !self.logged_in && self.refused.load(Ordering::Relaxed) {
+            self.relay.login_failed(self.peer.ip());
+        }
+    }
 }
 
 /// Resolves when the device key expires for good: a renewal of the same key while the

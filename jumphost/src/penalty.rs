@@ -1,0 +1,329 @@
+//! Per-source throttling: escalating penalties and bans for repeated SSH login failures (in
+//! the spirit of OpenSSH's PerSourcePenalties) and a token bucket per address for the
+//! registration API.
+//!
+//! Sources are IPv4 addresses or IPv6 /64 networks (one host usually owns a whole /64, so
+//! per-address state would be trivial to dodge). Both maps are bounded: when full, entries
+//! that no longer matter are dropped first, then the stalest one, so a flood of spoofed-ish
+//! sources costs memory once and never grows it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sources remembered at once by each map.
+pub const MAX_SOURCES: usize = 65_536;
+
+/// The `[penalties]` policy section; every key optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PenaltySettings {
+    /// Failed logins from one source tolerated before penalties start.
+    pub free_failures: u32,
+    /// The first penalty: new connections from the source are closed this long. Each further
+    /// failure doubles it (never beyond `ban`).
+    pub penalty: Duration,
+    /// Failed logins after which the source is banned for `ban`.
+    pub max_failures: u32,
+    /// How long a ban lasts; also how long failures are remembered after the last one.
+    pub ban: Duration,
+    /// Registrations one source may make back to back.
+    pub register_burst: u32,
+    /// Registrations per minute a source gets back after the burst.
+    pub register_per_minute: u32,
+}
+
+impl Default for PenaltySettings {
+    /// Lenient enough for a person mistyping, an agent retrying or a NAT of a few devices;
+    /// strict enough that guessing keys or flooding registrations gets nowhere.
+    fn default() -> Self {
+        Self {
+            free_failures: 5,
+            penalty: Duration::from_secs(5),
+            max_failures: 12,
+            ban: Duration::from_secs(10 * 60),
+            register_burst: 60,
+            register_per_minute: 30,
+        }
+    }
+}
+
+/// The key state is kept under: an IPv4 address, or the /64 of an IPv6 address.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(masked))
+        }
+    }
+}
+
+/// What [`Penalties::record_failure`] decided, for the log and the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still within the free failures.
+    Tolerated { failures: u32 },
+    /// New connections are closed for `until`.
+    Penalized { failures: u32, until: Duration },
+    /// Banned for `until`.
+    Banned { failures: u32, until: Duration },
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Tolerated { failures } => write!(f, "{failures} failed logins, tolerated"),
+            Verdict::Penalized { failures, until } => write!(
+                f,
+                "{failures} failed logins: connections refused for {}",
+                humantime::format_duration(*until)
+            ),
+            Verdict::Banned { failures, until } => write!(
+                f,
+                "{failures} failed logins: banned for {}",
+                humantime::format_duration(*until)
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+/// Login failures per source.
+#[derive(Debug, Default)]
+pub struct Penalties {
+    sources: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+impl Penalties {
+    /// How much longer connections from `ip` are refused, if they are.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let until = sources.get(&source_key(ip))?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts one connection from `ip` that ended without a login after a refused attempt.
+    pub fn record_failure(&self, ip: IpAddr, settings: &PenaltySettings, now: Instant) -> Verdict {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let key = source_key(ip);
+        if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
+            make_room(&mut sources, now, settings.ban, |f| f.last);
+        }
+        let entry = sources.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: None,
+        });
+        // Failures are forgiven a ban's length after the last one.
+        if now.saturating_duration_since(entry.last) > settings.ban {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        let failures = entry.count;
+        let verdict = if failures >= settings.max_failures.max(1) {
+            Verdict::Banned {
+                failures,
+                until: settings.ban,
+            }
+        } else if failures > settings.free_failures {
+            let doublings = (failures - settings.free_failures - 1).min(30);
+            let until = settings
+                .penalty
+                .saturating_mul(1 << doublings)
+                .min(settings.ban);
+            Verdict::Penalized { failures, until }
+        } else {
+            Verdict::Tolerated { failures }
+        };
+        if let Verdict::Penalized { until, .. } | Verdict::Banned { until, .. } = verdict {
+            entry.blocked_until = Some(now + until);
+        }
+        verdict
+    }
+}
+
+/// Drops the entries older than `forget` (they no longer matter), or else the stalest one.
+fn make_room<V>(
+    map: &mut HashMap<IpAddr, V>,
+    now: Instant,
+    forget: Duration,
+    last: impl Fn(&V) -> Instant,
+) {
+    map.retain(|_, v| now.saturating_duration_since(last(v)) <= forget);
+    if map.len() >= MAX_SOURCES
+        && let Some(stalest) = map.iter().min_by_key(|(_, v)| last(v)).map(|(k, _)| *k)
+    {
+        map.remove(&stalest);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket per source for the registration API.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    sources: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes a token for `ip`; `Err` carries how long until the next one.
+    pub fn take(
+        &self,
+        ip: IpAddr,
+        settings: &PenaltySettings,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let burst = f64::from(settings.register_burst.max(1));
+        let per_sec = f64::from(settings.register_per_minute.max(1)) / 60.0;
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let key = source_key(ip);
+        if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
+            // A bucket idle long enough to be full again is the same as no bucket.
+            let refill = Duration::from_secs_f64(burst / per_sec);
+            make_room(&mut sources, now, refill, |b| b.last);
+        }
+        let bucket = sources.entry(key).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PenaltySettings {
+        PenaltySettings {
+            free_failures: 2,
+            penalty: Duration::from_secs(1),
+            max_failures: 5,
+            ban: Duration::from_secs(60),
+            register_burst: 3,
+            register_per_minute: 60,
+        }
+    }
+
+    #[test]
+    fn penalties_escalate_then_ban_and_spare_other_sources() {
+        let p = Penalties::default();
+        let s = settings();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            p.record_failure(a, &s, t),
+            Verdict::Tolerated { failures: 1 }
+        );
+        assert_eq!(
+            p.record_failure(a, &s, t),
+            Verdict::Tolerated { failures: 2 }
+        );
+        assert_eq!(p.blocked(a, t), None);
+        let third = p.record_failure(a, &s, t);
+        assert_eq!(
+            third,
+            Verdict::Penalized {
+                failures: 3,
+                until: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(p.blocked(a, t), Some(Duration::from_secs(1)));
+        assert_eq!(p.blocked(b, t), None, "another address is not affected");
+        assert_eq!(
+            p.blocked(a, t + Duration::from_secs(2)),
+            None,
+            "a penalty ends"
+        );
+        let fourth = p.record_failure(a, &s, t);
+        assert_eq!(
+            fourth,
+            Verdict::Penalized {
+                failures: 4,
+                until: Duration::from_secs(2)
+            }
+        );
+        let fifth = p.record_failure(a, &s, t);
+        assert_eq!(
+            fifth,
+            Verdict::Banned {
+                failures: 5,
+                until: Duration::from_secs(60)
+            }
+        );
+        assert!(p.blocked(a, t + Duration::from_secs(59)).is_some());
+        // Long after the ban, the slate is clean.
+        let later = t + Duration::from_secs(200);
+        assert_eq!(
+            p.record_failure(a, &s, later),
+            Verdict::Tolerated { failures: 1 }
+        );
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64() {
+        let p = Penalties::default();
+        let s = PenaltySettings {
+            free_failures: 0,
+            ..settings()
+        };
+        let t = Instant::now();
+        p.record_failure("2001:db8::1".parse().unwrap(), &s, t);
+        assert!(p.blocked("2001:db8::ffff:1".parse().unwrap(), t).is_some());
+        assert!(p.blocked("2001:db8:0:1::1".parse().unwrap(), t).is_none());
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        p.record_failure(mapped, &s, t);
+        assert!(p.blocked("192.0.2.9".parse().unwrap(), t).is_some());
+    }
+
+    #[test]
+    fn token_bucket_refills_per_source() {
+        let r = RateLimiter::default();
+        let s = settings();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let t = Instant::now();
+        for _ in 0..3 {
+            r.take(a, &s, t).unwrap();
+        }
+        let wait = r.take(a, &s, t).unwrap_err();
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        r.take("192.0.2.2".parse().unwrap(), &s, t).unwrap();
+        r.take(a, &s, t + Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn maps_stay_bounded() {
+        let p = Penalties::default();
+        let s = settings();
+        let t = Instant::now();
+        for i in 0..(MAX_SOURCES as u32 + 10) {
+            p.record_failure(IpAddr::from(i.to_be_bytes()), &s, t);
+        }
+        assert!(p.sources.lock().unwrap().len() <= MAX_SOURCES);
+    }
+}
