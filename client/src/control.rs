@@ -1,6 +1,6 @@
 //! The local control API (JSON over HTTP on `web_listen`), used by `assist-client
-//! enable|disable|status` and later by the customer's web page. Every request must carry the
-//! owner's token; without it nothing is read or changed.
+//! enable|disable|status`. Every request must carry the owner's token; without it nothing is
+//! read or changed. The customer's web page (`crate::web`) is mounted next to it.
 
 use crate::agent::{Agent, AgentError, DisableReport, rfc3339};
 use crate::register::RegisterError;
@@ -103,6 +103,7 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
         agent,
         token: Arc::new(token),
     };
+    let web = crate::web::router(state.agent.clone(), state.token.clone());
     Router::new()
         .route("/api/status", get(status))
         .route("/api/enable", post(enable))
@@ -112,6 +113,7 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
             require_token,
         ))
         .with_state(state)
+        .merge(web)
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled.

@@ -13,3 +13,4 @@ pub mod pin;
 pub mod register;
 pub mod state;
 pub mod tunnel;
+pub mod web;

@@ -1,8 +1,12 @@
 //! State shared by the tunnel, the agent and the control API, and the status they report.
 
 use serde::{Deserialize, Serialize};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+
+/// How many sessions of a window the history keeps (the oldest finished ones go first).
+const HISTORY_LIMIT: usize = 100;
 
 /// What the tunnel is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +36,50 @@ pub struct Connections {
     pub active: u64,
     /// Relayed connections since assistance was last enabled.
     pub total: u64,
+    /// This window's relayed connections, oldest first (open ones have no `ended`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// One relayed connection, as the owner's status and web page show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The service's name from `[services]` (`ssh`, `http`, a port), if the relay said.
+    pub service: Option<String>,
+    /// The engineer's address as the jump host reported it, if the relay said.
+    pub originator: Option<String>,
+    /// RFC 3339 UTC.
+    pub since: String,
+    pub ended: Option<String>,
+    pub bytes_to_engineer: u64,
+    pub bytes_from_engineer: u64,
+}
+
+/// A session record, shared between the relay (which counts) and the history (which shows).
+#[derive(Debug)]
+struct SessionRecord {
+    since: OffsetDateTime,
+    detail: Mutex<(Option<String>, Option<String>, Option<OffsetDateTime>)>,
+    to_engineer: AtomicU64,
+    from_engineer: AtomicU64,
+}
+
+impl SessionRecord {
+    fn info(&self) -> SessionInfo {
+        let (service, originator, ended) = self
+            .detail
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or((None, None, None));
+        SessionInfo {
+            service,
+            originator,
+            since: crate::agent::rfc3339(self.since),
+            ended: ended.map(crate::agent::rfc3339),
+            bytes_to_engineer: self.to_engineer.load(Ordering::Relaxed),
+            bytes_from_engineer: self.from_engineer.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The answer of `GET /api/status`.
@@ -54,6 +102,7 @@ pub struct Shared {
     tunnel: Mutex<TunnelStatus>,
     active: AtomicU64,
     total: AtomicU64,
+    sessions: Mutex<Vec<Arc<SessionRecord>>>,
 }
 
 impl Default for Shared {
@@ -65,6 +114,7 @@ impl Default for Shared {
             }),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            sessions: Mutex::new(Vec::new()),
         }
     }
 }
@@ -92,16 +142,41 @@ impl Shared {
     }
 
     /// Counts a relayed connection until the returned guard drops.
+    /// Also records it in this window's history; the guard can add the service, the
+    /// engineer's address and the bytes moved.
     pub fn connection_opened(&self) -> ConnectionGuard<'_> {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(self)
+        let record = Arc::new(SessionRecord {
+            since: OffsetDateTime::now_utc(),
+            detail: Mutex::new((None, None, None)),
+            to_engineer: AtomicU64::new(0),
+            from_engineer: AtomicU64::new(0),
+        });
+        if let Ok(mut sessions) = self.sessions.lock() {
+            if sessions.len() >= HISTORY_LIMIT
+                && let Some(i) = sessions.iter().position(|r| r.is_finished())
+            {
+                sessions.remove(i);
+            }
+            sessions.push(record.clone());
+        }
+        ConnectionGuard {
+            shared: self,
+            record,
+        }
     }
 
     pub fn connections(&self) -> Connections {
+        let sessions = self
+            .sessions
+            .lock()
+            .map(|s| s.iter().map(|r| r.info()).collect())
+            .unwrap_or_default();
         Connections {
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
+            sessions,
         }
     }
 
@@ -113,13 +188,85 @@ impl Shared {
             t.last_error = None;
         }
         self.total.store(0, Ordering::Relaxed);
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.retain(|r| !r.is_finished());
+        }
     }
 }
 
-pub struct ConnectionGuard<'a>(&'a Shared);
+impl SessionRecord {
+    fn is_finished(&self) -> bool {
+        self.detail.lock().map(|d| d.2.is_some()).unwrap_or(true)
+    }
+}
+
+/// Counts one relayed connection while it lives; dropping it marks the session ended.
+pub struct ConnectionGuard<'a> {
+    shared: &'a Shared,
+    record: Arc<SessionRecord>,
+}
+
+impl ConnectionGuard<'_> {
+    /// Names the service and the engineer's address (`ip:port`) for the history.
+    pub fn describe(&self, service: &str, originator: Option<&str>) {
+        if let Ok(mut d) = self.record.detail.lock() {
+            d.0 = Some(service.to_owned());
+            d.1 = originator.map(str::to_owned);
+        }
+    }
+
+    /// Adds bytes moved (to the engineer, from the engineer); may be called as they flow.
+    pub fn add_bytes(&self, to_engineer: u64, from_engineer: u64) {
+        self.record
+            .to_engineer
+            .fetch_add(to_engineer, Ordering::Relaxed);
+        self.record
+            .from_engineer
+            .fetch_add(from_engineer, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.record.detail.lock() {
+            d.2 = Some(OffsetDateTime::now_utc());
+        }
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_recorded_with_detail_and_end_and_a_new_window_forgets_finished_ones() {
+        let shared = Shared::default();
+        let first = shared.connection_opened();
+        first.describe("ssh", Some("127.0.0.1:5555"));
+        first.add_bytes(10, 3);
+        {
+            let _second = shared.connection_opened();
+        }
+        let c = shared.connections();
+        assert_eq!((c.active, c.total), (1, 2));
+        assert_eq!(c.sessions.len(), 2);
+        assert_eq!(c.sessions[0].service.as_deref(), Some("ssh"));
+        assert_eq!(c.sessions[0].originator.as_deref(), Some("127.0.0.1:5555"));
+        assert_eq!(
+            (
+                c.sessions[0].bytes_to_engineer,
+                c.sessions[0].bytes_from_engineer
+            ),
+            (10, 3)
+        );
+        assert!(c.sessions[0].ended.is_none());
+        assert!(c.sessions[1].ended.is_some());
+
+        shared.start_window();
+        let c = shared.connections();
+        assert_eq!((c.active, c.total, c.sessions.len()), (1, 0, 1));
+        drop(first);
+        assert_eq!(shared.connections().active, 0);
     }
 }

@@ -1,0 +1,184 @@
+// The customer's page: polls /web/state every second and posts changes with the session's
+// CSRF token. No inline script (the CSP forbids it), no third-party code.
+"use strict";
+
+const CHOICES = [15, 30, 60, 120, 240, 480];
+let csrf = "";
+let maxSeconds = null;
+let last = null;
+const $ = (id) => document.getElementById(id);
+
+function show(el, on) { el.hidden = !on; }
+
+function fillMinutes(select) {
+  const keep = select.value;
+  const limit = maxSeconds ? Math.max(1, Math.floor(maxSeconds / 60)) : null;
+  const mins = CHOICES.filter((m) => limit === null || m <= limit);
+  if (limit !== null && !mins.includes(limit)) mins.push(limit);
+  const key = mins.join(",");
+  if (select.dataset.key === key) return;
+  select.dataset.key = key;
+  select.replaceChildren(...mins.map((m) => {
+    const o = document.createElement("option");
+    o.value = String(m);
+    o.textContent = m < 60 ? `${m} minutes` : (m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} hour${m === 60 ? "" : "s"}`);
+    return o;
+  }));
+  select.value = mins.includes(Number(keep)) ? keep : String(mins.includes(60) ? 60 : mins[mins.length - 1]);
+}
+
+function duration(secs) {
+  const h = Math.floor(secs / 3600), m = Math.floor((secs % 3600) / 60), s = secs % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${pad(m)}:${pad(s)}` : `${m}:${pad(s)}`;
+}
+
+function localTime(rfc) { return rfc ? new Date(rfc).toLocaleTimeString() : ""; }
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+const TUNNEL = {
+  disabled: "The connection to the support center is closed.",
+  connecting: "Connecting to the support center…",
+  connected: "Connected to the support center, waiting for the engineer.",
+  reconnecting: "Connection to the support center lost; trying again.",
+  failed: "The connection to the support center failed.",
+};
+
+function render(st) {
+  last = st;
+  csrf = st.csrf;
+  if (st.max_seconds) maxSeconds = st.max_seconds;
+  show($("login"), false);
+  show($("app"), true);
+  $("serial").textContent = `This machine: ${st.serial}`;
+  const state = $("state");
+  state.textContent = st.enabled ? "Remote assistance is ON" : "Remote assistance is OFF";
+  state.className = st.enabled ? "state on" : "state";
+  const cd = $("countdown");
+  show(cd, st.enabled);
+  if (st.enabled) {
+    cd.textContent = `Until ${localTime(st.until)} — ${duration(st.remaining_secs || 0)} left`;
+  }
+  let t = TUNNEL[st.tunnel.state] || st.tunnel.state;
+  if (st.tunnel.last_error) t += ` Reason: ${st.tunnel.last_error}`;
+  $("tunnel").textContent = t;
+
+  show($("code-box"), st.enabled && !!st.code);
+  show($("code-elsewhere"), st.enabled && !st.code);
+  if (st.code) $("code").textContent = st.code;
+  show($("enable-form"), !st.enabled);
+  show($("on-controls"), st.enabled);
+  fillMinutes($("minutes"));
+  fillMinutes($("extend-minutes"));
+
+  const c = st.connections;
+  const sessions = c.sessions || [];
+  const open = sessions.filter((s) => !s.ended);
+  let who;
+  if (c.active > 0) {
+    const first = open[0];
+    const what = first && first.service ? ` to ${first.service}` : "";
+    const since = first ? ` since ${localTime(first.since)}` : "";
+    who = `A support engineer is connected now (${c.active} connection${c.active === 1 ? "" : "s"}${what}${since}).`;
+  } else {
+    who = st.enabled ? "No support engineer is connected right now." : "Nobody can connect while assistance is off.";
+  }
+  $("engineer").textContent = who;
+  show($("history"), sessions.length > 0);
+  $("history-rows").replaceChildren(...sessions.slice().reverse().map((s) => {
+    const tr = document.createElement("tr");
+    for (const v of [s.service || "—", s.originator || "—", localTime(s.since), s.ended ? localTime(s.ended) : "open",
+      `↓${bytes(s.bytes_to_engineer)} ↑${bytes(s.bytes_from_engineer)}`]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/web/state", { credentials: "same-origin", cache: "no-store" });
+    if (r.status === 401) {
+      show($("app"), false);
+      show($("login"), true);
+      return;
+    }
+    if (r.ok) render(await r.json());
+  } catch (e) {
+    $("tunnel").textContent = "The agent is not answering.";
+  }
+}
+
+async function post(path, body) {
+  $("error").textContent = "";
+  const r = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: JSON.stringify(body || {}),
+  });
+  let answer = {};
+  try { answer = await r.json(); } catch (e) { /* empty body */ }
+  if (!r.ok) {
+    $("error").textContent = answer.error || `Request failed (${r.status})`;
+    return null;
+  }
+  if (answer.max_seconds) maxSeconds = answer.max_seconds;
+  await poll();
+  return answer;
+}
+
+async function busy(button, work) {
+  button.disabled = true;
+  try { await work(); } finally { button.disabled = false; }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await fetch("/web/login", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: $("token").value }),
+    });
+    $("token").value = "";
+    if (r.ok) { await poll(); } else { $("login-error").textContent = "Wrong access key."; }
+  });
+  $("enable-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    busy($("enable"), () => post("/web/enable", { minutes: Number($("minutes").value) }));
+  });
+  $("extend-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (!confirm("Extending makes a new code and closes the current sessions. Continue?")) return;
+    busy($("extend"), () => post("/web/extend", { minutes: Number($("extend-minutes").value) }));
+  });
+  $("stop").addEventListener("click", () => busy($("stop"), () => post("/web/disable")));
+  $("copy").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("code").textContent);
+      $("copied").textContent = "Copied.";
+    } catch (e) {
+      $("copied").textContent = "Select the code and copy it by hand.";
+    }
+  });
+  // An access key passed in the address fragment (never sent to a server) logs in once.
+  const m = location.hash.match(/^#token=([0-9a-f]+)$/);
+  if (m) {
+    history.replaceState(null, "", "/");
+    fetch("/web/login", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: m[1] }),
+    }).then(poll);
+  }
+  poll();
+  setInterval(poll, 1000);
+});

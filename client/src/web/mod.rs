@@ -1,0 +1,229 @@
+//! The customer's web page on `web_listen`: embedded assets, a login with the control token
+//! that opens a page session, a polled state endpoint, and enable / extend / stop.
+//!
+//! The page is for the machine's owner only: every route refuses foreign `Host`s (DNS
+//! rebinding), reading needs a session cookie (made by presenting the control token), and
+//! every change needs that session's CSRF token in a header.
+
+pub mod guard;
+
+use crate::agent::{Agent, rfc3339};
+use crate::control::{ApiError, ApiErrorBody, EnableRequest};
+use crate::state::Status;
+use assist_proto::Secret;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use guard::Sessions;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+
+/// The code of the window the page enabled, kept only in memory for the page session.
+struct CurrentCode {
+    until: String,
+    code: Secret,
+    max_seconds: u64,
+}
+
+#[derive(Clone)]
+struct WebState {
+    agent: Arc<Agent>,
+    token: Arc<Secret>,
+    sessions: Arc<Sessions>,
+    code: Arc<Mutex<Option<CurrentCode>>>,
+}
+
+/// The page's routes, with the host check and the security headers on every one.
+pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
+    let state = WebState {
+        agent,
+        token,
+        sessions: Arc::new(Sessions::default()),
+        code: Arc::new(Mutex::new(None)),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/app.js", get(app_js))
+        .route("/assets/app.css", get(app_css))
+        .route("/web/login", post(login))
+        .route("/web/logout", post(logout))
+        .route("/web/state", get(page_state))
+        .route("/web/enable", post(enable))
+        .route("/web/extend", post(enable))
+        .route("/web/disable", post(disable))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(guard::check_host))
+        .layer(axum::middleware::from_fn(guard::security_headers))
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn app_css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
+}
+
+/// Body of `POST /web/login`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    token: String,
+}
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        Json(ApiErrorBody {
+            error: error.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+/// Trades the control token for a page session. JSON only, so a cross-site form cannot post
+/// it; the answer sets the cookie and carries the session's CSRF token.
+async fn login(State(s): State<WebState>, Json(req): Json<LoginRequest>) -> Response {
+    let presented = Secret::new(req.token);
+    if !constant_time_eq(
+        presented.expose().trim().as_bytes(),
+        s.token.expose().as_bytes(),
+    ) {
+        return refuse(StatusCode::UNAUTHORIZED, "wrong access key");
+    }
+    let (id, csrf) = s.sessions.create();
+    (
+        [(header::SET_COOKIE, guard::session_cookie(&id))],
+        Json(serde_json::json!({ "csrf": csrf })),
+    )
+        .into_response()
+}
+
+async fn logout(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    s.sessions.remove(&headers);
+    (
+        [(header::SET_COOKIE, guard::clear_cookie())],
+        StatusCode::NO_CONTENT,
+    )
+        .into_response()
+}
+
+fn csrf_refused() -> Response {
+    refuse(
+        StatusCode::FORBIDDEN,
+        "missing or wrong page session or CSRF token; reload the page",
+    )
+}
+
+/// What the page polls: the status, plus (to the session only) the code and the CSRF token.
+#[derive(Serialize)]
+struct PageState {
+    csrf: String,
+    #[serde(flatten)]
+    status: Status,
+    /// The code, when this page enabled the current window.
+    code: Option<String>,
+    /// The policy's longest window, once an enable told it.
+    max_seconds: Option<u64>,
+}
+
+async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    let Some(csrf) = s.sessions.csrf_for(&headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
+    };
+    let status = s.agent.status().await;
+    let (code, max_seconds) = match s.code.lock() {
+        Ok(mut current) => {
+            let max = current.as_ref().map(|c| c.max_seconds);
+            // The window the code belongs to is over (ended, stopped, or the CLI made a new
+            // one): forget it.
+            if current.as_ref().map(|c| Some(&c.until)) != Some(status.until.as_ref()) {
+                *current = None;
+            }
+            (current.as_ref().map(|c| c.code.expose().to_owned()), max)
+        }
+        Err(_) => (None, None),
+    };
+    Json(PageState {
+        csrf,
+        status,
+        code,
+        max_seconds,
+    })
+    .into_response()
+}
+
+/// Enable and extend: a new window (and a new code) of the chosen length.
+async fn enable(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Json(req): Json<EnableRequest>,
+) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    match s.agent.enable(req.minutes).await {
+        Ok(enabled) => {
+            let until = rfc3339(enabled.until);
+            if let Ok(mut current) = s.code.lock() {
+                *current = Some(CurrentCode {
+                    until: until.clone(),
+                    code: Secret::new(enabled.code.to_string()),
+                    max_seconds: enabled.max_secs,
+                });
+            }
+            Json(serde_json::json!({
+                "until": until,
+                "seconds": enabled.window_secs,
+                "max_seconds": enabled.max_secs,
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError::Agent(e).into_response(),
+    }
+}
+
+async fn disable(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    if let Ok(mut current) = s.code.lock() {
+        *current = None;
+    }
+    match s.agent.disable("stopped on the web page").await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => ApiError::Agent(e).into_response(),
+    }
+}
+
+/// Compares without an early exit so a secret cannot be guessed byte by byte by timing.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! The page's refusals, through the whole router (API and page) as the agent serves it.
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::control;
+use assist_proto::Secret;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const HOST: &str = "127.0.0.1:7070";
+const STALE: &str = "ssh-ed25519 AAAAold assist-client:SN-1\nssh-ed25519 AAAAother x\n";
+
+/// The whole router with an agent whose jump host does not exist, and a key file holding a
+/// stale line: a successful disable removes it, so an unchanged file proves nothing ran.
+fn app(dir: &std::path::Path) -> (Router, std::path::PathBuf) {
+    let keys = dir.join("authorized_keys");
+    std::fs::write(&keys, STALE).unwrap();
+    let text = format!(
+        "serial = \"SN-1\"\njumphost = \"127.0.0.1:9\"\napi_url = \"http://127.0.0.1:9\"\n\
+         data_dir = \"{}\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
+         authorized_keys = \"{}\"\n[services]\nssh = \"127.0.0.1:22\"\n",
+        dir.display(),
+        keys.display()
+    );
+    let config = Config::parse(&dir.join("client.toml"), &text).unwrap();
+    let agent = Arc::new(Agent::new(config).unwrap());
+    (control::router(agent, Secret::new("s3cret")), keys)
+}
+
+fn req(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str) -> Request {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host)
+        .header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+async fn send(app: &Router, r: Request) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = app.clone().oneshot(r).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Logs in; returns (the `Cookie` header value, the CSRF token).
+async fn login(app: &Router) -> (String, String) {
+    let (status, headers, body) = send(
+        app,
+        req("POST", "/web/login", HOST, &[], r#"{"token":"s3cret"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let set = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Strict"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = serde_json::from_str::<serde_json::Value>(&body).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (cookie, csrf)
+}
+
+fn assert_security_headers(h: &axum::http::HeaderMap, what: &str) {
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'"), "{what}: {csp}");
+    assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{what}");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{what}");
+    assert_eq!(h[header::REFERRER_POLICY], "no-referrer", "{what}");
+}
+
+#[tokio::test]
+async fn foreign_hosts_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, keys) = app(dir.path());
+    let (cookie, csrf) = login(&app).await;
+    let auth = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    for host in [
+        "evil.example",
+        "evil.example:7070",
+        "127.0.0.1.nip.io:7070",
+        "x",
+    ] {
+        for (method, path) in [
+            ("GET", "/"),
+            ("GET", "/assets/app.js"),
+            ("GET", "/web/state"),
+            ("POST", "/web/login"),
+            ("POST", "/web/disable"),
+            ("POST", "/web/enable"),
+        ] {
+            let body = if path == "/web/login" {
+                r#"{"token":"s3cret"}"#
+            } else {
+                "{}"
+            };
+            let (status, headers, _) = send(&app, req(method, path, host, &auth, body)).await;
+            assert_eq!(
+                status,
+                StatusCode::MISDIRECTED_REQUEST,
+                "{method} {path} {host}"
+            );
+            assert!(headers.get(header::SET_COOKIE).is_none());
+            assert_security_headers(&headers, "421");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), STALE);
+    for host in [HOST, "localhost:7070", "[::1]:7070", "localhost"] {
+        let (status, headers, body) = send(&app, req("GET", "/", host, &[], "")).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert!(body.contains("/assets/app.js"));
+        assert!(!body.contains("<script>"), "no inline script");
+        assert_security_headers(&headers, "page");
+    }
+}
+
+#[tokio::test]
+async fn changes_without_the_session_and_its_csrf_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, keys) = app(dir.path());
+    let (cookie, csrf) = login(&app).await;
+    let (other_cookie, _) = login(&app).await;
+    let cases: [(&str, Vec<(&str, &str)>); 6] = [
+        ("nothing", vec![]),
+        ("no cookie", vec![("x-csrf-token", csrf.as_str())]),
+        ("no token", vec![("cookie", cookie.as_str())]),
+        (
+            "wrong token",
+            vec![("cookie", cookie.as_str()), ("x-csrf-token", "00ff")],
+        ),
+        (
+            "another session's cookie",
+            vec![
+                ("cookie", other_cookie.as_str()),
+                ("x-csrf-token", csrf.as_str()),
+            ],
+        ),
+        (
+            "the bearer token instead",
+            vec![
+                ("x-csrf-token", "s3cret"),
+                ("authorization", "Bearer s3cret"),
+            ],
+        ),
+    ];
+    for (what, headers) in &cases {
+        for path in ["/web/disable", "/web/enable", "/web/extend", "/web/logout"] {
+            let (status, h, _) =
+                send(&app, req("POST", path, HOST, headers, r#"{"minutes":5}"#)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path} with {what}");
+            assert_security_headers(&h, "403");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), STALE);
+
+    // The right pair does change things: disable removes the stale line.
+    let good = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let (status, _, body) = send(&app, req("POST", "/web/disable", HOST, &good, "")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(&keys).unwrap(),
+        "ssh-ed25519 AAAAother x\n"
+    );
+}
+
+#[tokio::test]
+async fn reading_needs_a_session_and_a_session_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = app(dir.path());
+    let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &[], "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let bogus = [("cookie", "assist_session=1234")];
+    let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &bogus, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for body in [
+        r#"{"token":"wrong"}"#,
+        r#"{"token":""}"#,
+        "token=s3cret",
+        "{}",
+    ] {
+        let (status, headers, _) = send(&app, req("POST", "/web/login", HOST, &[], body)).await;
+        assert!(status.is_client_error(), "{body}: {status}");
+        assert!(headers.get(header::SET_COOKIE).is_none(), "{body}");
+    }
+
+    let (cookie, csrf) = login(&app).await;
+    let (status, headers, body) = send(
+        &app,
+        req(
+            "GET",
+            "/web/state",
+            HOST,
+            &[("cookie", cookie.as_str())],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["csrf"], csrf.as_str());
+    assert_eq!(state["serial"], "SN-1");
+    assert_eq!(state["enabled"], false);
+    assert!(state["code"].is_null());
+
+    // Logging out ends the session.
+    let good = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let (status, _, _) = send(&app, req("POST", "/web/logout", HOST, &good, "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = send(
+        &app,
+        req(
+            "GET",
+            "/web/state",
+            HOST,
+            &[("cookie", cookie.as_str())],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_cli_token_still_opens_the_api_and_not_the_page_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = app(dir.path());
+    let bearer = [("authorization", "Bearer s3cret")];
+    let (status, _, _) = send(&app, req("GET", "/api/status", HOST, &bearer, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The API keeps its own check, whatever the Host (the CLI talks to web.addr).
+    let (status, _, _) = send(&app, req("GET", "/api/status", "evil.example", &[], "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &bearer, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
