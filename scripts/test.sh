@@ -21,3 +21,6 @@ fi
 # Build everything once up front so test binaries do not race each other to build.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+# The benchmarks' smoke run: both chains (ours and stock OpenSSH) end to end with checksums,
+# small sizes; it fails on breakage only, never on timing.
+python3 bench/run.py --smoke --no-build

@@ -200,7 +200,10 @@ class OurChain:
             f.write('[allowlist]\nsupport_cidrs = ["127.0.0.0/8"]\n\n'
                     f'[[support]]\nname = "{ENGINEER}"\npublic_key = "{keys.engineer_pub}"\n\n'
                     '[serials]\nallow = ["BENCH-*"]\n\n'
-                    '[keys]\nclient_key_ttl = "1d"\nmax_assistance = "8h"\n')
+                    '[keys]\nclient_key_ttl = "1d"\nmax_assistance = "8h"\n\n'
+                    # One process registers every simulated device from one address, which
+                    # the per-address limit on /v1/register exists to stop in production.
+                    '[penalties]\nregister_burst = 100000\nregister_per_minute = 1000000\n')
         self.jconfig = os.path.join(jdir, "jumphost.toml")
         self.jdata = os.path.join(jdir, "data")
         self._write_jconfig("127.0.0.1:0", "127.0.0.1:0")
