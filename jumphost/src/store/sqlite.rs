@@ -44,6 +44,24 @@ const MIGRATIONS: &[&str] = &[
         bytes_to_device   INTEGER,
         bytes_from_device INTEGER
     );",
+    // 2: one serial whatever its case. Stock `ssh` lowercases host names, so routes match
+    // serials without regard to case; bindings must be unique the same way, or `sn-1` could
+    // be bound to another key than `SN-1` and take over its route. Of case variants already
+    // stored, the most recently renewed one is kept.
+    "CREATE TABLE bindings_nocase (
+        serial      TEXT PRIMARY KEY NOT NULL COLLATE NOCASE,
+        public_key  TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        bound_at    INTEGER NOT NULL,
+        renewed_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO bindings_nocase
+        SELECT serial, public_key, fingerprint, bound_at, renewed_at, expires_at
+        FROM bindings ORDER BY renewed_at DESC;
+    DROP TABLE bindings;
+    ALTER TABLE bindings_nocase RENAME TO bindings;
+    CREATE INDEX bindings_expires_at ON bindings (expires_at);",
 ];
 
 /// How long a write waits for another process (e.g. `serial reset`) holding the lock.

@@ -214,3 +214,63 @@ fn audit_events_and_hops_are_recorded() {
     assert_eq!(hop.ended_at.map(to_ms), Some(to_ms(started) + 3000));
     assert!(store.hop_ended(id + 1, started, 0, 0).is_err());
 }
+
+#[test]
+fn a_serial_is_one_device_whatever_its_case() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.put_binding(&binding("SN-1", 1, DAY)).unwrap();
+    let got = store.binding("sn-1").unwrap().unwrap();
+    assert_eq!(got.public_key.key_data(), key(1).key_data());
+    // Another key under another spelling is a conflict, not a second device.
+    assert!(
+        !store
+            .put_binding_if(&binding("sn-1", 2, DAY), None)
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .binding("SN-1")
+            .unwrap()
+            .unwrap()
+            .public_key
+            .key_data(),
+        key(1).key_data()
+    );
+    assert!(store.reset_serial("sn-1").unwrap());
+    assert!(store.binding("SN-1").unwrap().is_none());
+}
+
+#[test]
+fn migration_2_keeps_the_newest_of_case_variants() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(MIGRATIONS[0]).unwrap();
+    conn.execute_batch("PRAGMA user_version = 1").unwrap();
+    let far = to_ms(SystemTime::now() + DAY);
+    for (serial, seed, renewed_at) in [("SN-1", 1u8, 1000i64), ("sn-1", 2, 2000), ("SN-2", 3, 1000)]
+    {
+        conn.execute(
+            "INSERT INTO bindings VALUES (?1, ?2, 'fp', 0, ?3, ?4)",
+            params![serial, key_text(&key(seed)).unwrap(), renewed_at, far],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::from_connection(conn).unwrap();
+    assert_eq!(
+        store
+            .binding("SN-1")
+            .unwrap()
+            .unwrap()
+            .public_key
+            .key_data(),
+        key(2).key_data()
+    );
+    assert_eq!(
+        store
+            .binding("sn-2")
+            .unwrap()
+            .unwrap()
+            .public_key
+            .key_data(),
+        key(3).key_data()
+    );
+}
