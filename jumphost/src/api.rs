@@ -31,6 +31,10 @@ use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
+/// Time a client gets to send its whole request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest public key line accepted: an ed25519 line is ~100 bytes plus its comment.
+const MAX_KEY_LINE: usize = 4096;
 /// Longest audit outcome text stored for one request.
 const MAX_OUTCOME_CHARS: usize = 400;
 
@@ -63,6 +67,9 @@ pub enum ApiError {
         address: std::net::IpAddr,
         retry_after: std::time::Duration,
     },
+    /// The body did not arrive in time (408).
+    #[error("request body not received within {} s", BODY_TIMEOUT.as_secs())]
+    Timeout,
     #[error("request body is larger than {MAX_API_BODY} bytes")]
     TooLarge,
     #[error("no such endpoint")]
@@ -83,6 +90,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,8 +136,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+        // An announced size over the limit is refused before waiting for a byte of it.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_API_BODY as u64) {
+            return Err(ApiError::TooLarge);
+        }
+        // A client trickling (or never sending) its body must not hold a task forever.
+        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::Bytes::from_request(req, state));
+        let bytes = read
             .await
+            .map_err(|_| ApiError::Timeout)?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::TooLarge
@@ -279,6 +299,18 @@ async fn register_checked(
             "serial {} is not allowed by the jump host's policy",
             req.serial
         )));
+    }
+    // The comment part of a key line is free text to the parser: refuse what could smuggle
+    // a second line or terminal escapes into a log or an admin's screen.
+    if req.public_key.len() > MAX_KEY_LINE {
+        return Err(ApiError::Invalid(format!(
+            "public_key is longer than {MAX_KEY_LINE} bytes"
+        )));
+    }
+    if req.public_key.trim().chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            "public_key contains control characters (one line, no newlines)".into(),
+        ));
     }
     let key = PublicKey::from_openssh(req.public_key.trim()).map_err(|e| {
         ApiError::Invalid(format!("public_key is not an OpenSSH public key line: {e}"))

@@ -60,7 +60,7 @@ pub async fn serve(
         {
             // Not audited: a penalized source reconnecting in a loop would flood the trail;
             // the start of the penalty was audited.
-            tracing::debug!(%peer, left = %humantime::format_duration(left), "penalized source; closed");
+            tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
             continue;
         }
         let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
