@@ -277,3 +277,40 @@ fn shipped_example_policies_parse() {
     assert_eq!(policy.max_assistance(), Duration::from_secs(8 * 3600));
     assert!(policy.warnings().is_empty(), "{:?}", policy.warnings());
 }
+
+#[test]
+fn penalties_section_is_optional_checked_and_set_once() {
+    let p = Policy::from_toml(Path::new("a.toml"), "").unwrap();
+    assert_eq!(*p.penalties(), crate::penalty::PenaltySettings::default());
+    let p = Policy::from_toml(
+        Path::new("a.toml"),
+        "[penalties]\nfree_failures = 0\npenalty = \"1s\"\nban = \"2h\"\nregister_burst = 5\n",
+    )
+    .unwrap();
+    let s = p.penalties();
+    assert_eq!(
+        (s.free_failures, s.penalty, s.ban, s.register_burst),
+        (0, Duration::from_secs(1), Duration::from_secs(7200), 5)
+    );
+    assert_eq!(
+        s.max_failures,
+        crate::penalty::PenaltySettings::default().max_failures
+    );
+    let err = load_err(&[("a.toml", "[penalties]\nban = \"soon\"\n")]);
+    assert!(
+        err.contains("[penalties] ban") && err.contains("line 2"),
+        "{err}"
+    );
+    let err = load_err(&[("a.toml", "[penalties]\nmax_failures = 0\n")]);
+    assert!(err.contains("max_failures must be at least 1"), "{err}");
+    let err = load_err(&[("a.toml", "[penalties]\nmaxfailures = 3\n")]);
+    assert!(err.contains("maxfailures"), "{err}");
+    let err = load_err(&[
+        ("a.toml", "[penalties]\nban = \"1h\"\n"),
+        ("b.toml", "[penalties]\npenalty = \"1s\"\n"),
+    ]);
+    assert!(
+        err.contains("[penalties]") && err.contains("b.toml"),
+        "{err}"
+    );
+}
