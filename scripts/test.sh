@@ -10,13 +10,22 @@ missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # A Debian package install may start the system sshd; the tests never use it.
+
+# ssh-audit grades the jump host's algorithms (tests/tests/hardening.rs); PyPI has the
+# current release (Debian's is years older and does not know ML-KEM).
+if ! python3 -c 'import ssh_audit' 2>/dev/null; then
+  python3 -m pip install --quiet ssh-audit 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages ssh-audit
+fi
 
 # Build everything once up front so test binaries do not race each other to build.
 cargo build --workspace --all-targets --locked
