@@ -2,7 +2,6 @@
 //! with which the agent registers and logs in to the jump host.
 
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,10 +45,7 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, KeyError> {
 }
 
 fn create(path: &Path) -> Result<PrivateKey, KeyError> {
-    let mut seed = [0u8; 32];
-    rand::fill(&mut seed[..]);
-    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    seed.fill(0);
+    let key = assist_proto::keys::generate_ed25519();
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| KeyError::Encode(e.to_string()))?;

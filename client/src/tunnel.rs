@@ -266,8 +266,3 @@ async fn relay(
         () = cancel.cancelled() => tracing::info!("relay closed by disable"),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}

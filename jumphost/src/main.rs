@@ -1,6 +1,5 @@
 //! `assist-jumphost`: parse the command line, set up logging, call the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -55,15 +54,7 @@ enum SerialCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Escape codes only help a person at a terminal; log files and tests read plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    assist_proto::logging::init("info");
     match cli.command {
         Command::Serve { config } => assist_jumphost::serve::run(&config),
         Command::Policy(PolicyCommand::Check { policies }) => {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod backoff;
 pub mod code;
+pub mod keys;
 pub mod derive;
 pub mod limits;
 pub mod logging;

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 /// File name of the host key inside `data_dir`.
@@ -21,10 +20,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<PrivateKey> {
         return PrivateKey::from_openssh(text)
             .with_context(|| format!("parsing host key {}", path.display()));
     }
-    let mut seed = [0u8; 32];
-    rand::fill(&mut seed[..]);
-    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    seed.fill(0);
+    let key = assist_proto::keys::generate_ed25519();
     let text = key
         .to_openssh(LineEnding::LF)
         .context("encoding the new host key")?;
