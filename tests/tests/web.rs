@@ -1,0 +1,220 @@
+//! The customer's web page in a real browser: headless Chromium driven over WebDriver logs in,
+//! enables assistance, reads the code, a stock `ssh` hops in with it, the page shows the
+//! engineer, Stop ends it and the key line is gone. Screenshots go to docs/screenshots/.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assist_e2e::{Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, write_derived_key};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const SERIAL: &str = "SN-0001";
+const MARKER: &str = "assist-client:SN-0001";
+const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
+const UI: Duration = Duration::from_secs(30);
+
+fn screenshots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// chromedriver on a free port (it cannot pick one itself): bind :0, read, release, pass.
+fn start_chromedriver() -> (Proc, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("chromedriver");
+    cmd.arg(format!("--port={port}"));
+    let mut proc = Proc::spawn(cmd, "chromedriver");
+    proc.wait_line("ChromeDriver was started successfully", READY_TIMEOUT);
+    (proc, port)
+}
+
+async fn browser(port: u16, profile: &Path) -> Client {
+    let caps = serde_json::json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=480,1100",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+    });
+    let serde_json::Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect to chromedriver")
+}
+
+/// Text of `css`, polled until `ok` holds or the deadline passes.
+async fn wait_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + UI;
+    let mut last = String::new();
+    loop {
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && let Ok(t) = el.text().await
+        {
+            if ok(&t) {
+                return t;
+            }
+            last = t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} in {css}; last text {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
+    fs::write(screenshots_dir().join(name), png).unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("find {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_pub = keygen(&dir.path().join("alice"));
+    let sshd = Sshd::start(dir.path());
+    fs::write(&sshd.authorized_keys, "# admin keys\n").unwrap();
+    let policy = format!(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{alice_pub}\"\n"
+    );
+    let jump = Jumphost::start(dir.path(), &policy);
+    let folder = dir.path().join("client");
+    fs::create_dir_all(&folder).unwrap();
+    let config = folder.join("client.toml");
+    fs::write(
+        &config,
+        format!(
+            "serial = \"{SERIAL}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
+             data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
+             authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
+            jump.ssh_addr,
+            jump.api_addr,
+            sshd.authorized_keys.display(),
+            sshd.addr
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("assist-client"));
+    cmd.arg("run").arg("--config").arg(&config);
+    let mut agent = Proc::spawn(cmd, "agent");
+    let web = agent.wait_line("web listening on http://", READY_TIMEOUT);
+    let token = fs::read_to_string(folder.join("data/control-token")).unwrap();
+
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(port, profile.path()).await;
+
+    // Log in with the access key, see "off".
+    c.goto(&format!("http://{web}/")).await.unwrap();
+    wait_text(&c, "#login-title", "the login form", |t| !t.is_empty()).await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(token.trim())
+        .await
+        .unwrap();
+    click(&c, "#login-form button[type=submit]").await;
+    wait_text(&c, "#state", "off", |t| t.contains("is OFF")).await;
+    shot(&c, "off.png").await;
+
+    // Enable: the code appears, grouped, and the tunnel connects.
+    click(&c, "#enable").await;
+    let code = wait_text(&c, "#code", "the code", |t| {
+        t.len() == 11 && t.as_bytes()[5] == b'-'
+    })
+    .await;
+    wait_text(&c, "#state", "on", |t| t.contains("is ON")).await;
+    wait_text(&c, "#countdown", "a countdown", |t| t.contains("left")).await;
+    wait_text(&c, "#tunnel", "connected", |t| t.starts_with("Connected")).await;
+    assert!(
+        fs::read_to_string(&sshd.authorized_keys)
+            .unwrap()
+            .contains(MARKER)
+    );
+    shot(&c, "on.png").await;
+
+    // The engineer hops in with the code read off the page.
+    let key = dir.path().join("derived");
+    write_derived_key(&key, SERIAL, code.trim());
+    let proxy = format!(
+        "ProxyCommand=ssh {SSH_OPTS} -i {} -p {} -W %h:%p alice@127.0.0.1",
+        dir.path().join("alice").display(),
+        jump.ssh_port()
+    );
+    let target = format!("root@{SERIAL}");
+    let hop = |cmd: &str| {
+        let mut c = ssh(&["-o", &proxy, "-o", "IdentitiesOnly=yes", "-i"]);
+        c.arg(&key).arg(&target).arg(cmd).stdin(Stdio::null());
+        c
+    };
+    let out = hop("echo hello-from-engineer").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-from-engineer"),
+        "hop failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A session that stays open: the page shows the engineer connected, and the history.
+    let mut long = hop("echo in; sleep 120")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_text(&c, "#engineer", "the engineer", |t| {
+        t.contains("support engineer is connected now")
+    })
+    .await;
+    wait_text(&c, "#history-rows", "the history", |t| t.contains("open")).await;
+    shot(&c, "engineer-connected.png").await;
+
+    // Stop: off again, the engineer's session ends, the key line is gone.
+    click(&c, "#stop").await;
+    wait_text(&c, "#state", "off after stop", |t| t.contains("is OFF")).await;
+    let deadline = Instant::now() + UI;
+    loop {
+        if long.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = long.kill();
+            panic!("the engineer's session survived Stop");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = fs::read_to_string(&sshd.authorized_keys).unwrap();
+    assert!(!keys.contains(MARKER), "{keys}");
+    assert_eq!(keys, "# admin keys\n");
+    let out = hop("true").output().unwrap();
+    assert!(!out.status.success(), "the code still works after Stop");
+
+    c.close().await.unwrap();
+    agent.terminate();
+}
