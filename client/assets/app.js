@@ -65,6 +65,7 @@ function render(st) {
     cd.textContent = `Until ${localTime(st.until)} — ${duration(st.remaining_secs || 0)} left`;
   }
   let t = TUNNEL[st.tunnel.state] || st.tunnel.state;
+  if (st.tunnel.state === "connected" && st.connections.active > 0) t = "Connected to the support center.";
   if (st.tunnel.last_error) t += ` Reason: ${st.tunnel.last_error}`;
   $("tunnel").textContent = t;
 

@@ -193,6 +193,12 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     })
     .await;
     wait_text(&c, "#history-rows", "the history", |t| t.contains("open")).await;
+    c.execute(
+        "document.getElementById('activity-title').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
     shot(&c, "engineer-connected.png").await;
 
     // Stop: off again, the engineer's session ends, the key line is gone.
