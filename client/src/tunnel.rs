@@ -212,6 +212,8 @@ impl client::Handler for Handler {
         );
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
+        // The jump host reports the engineer's address as originator; the page shows it.
+        let engineer = format!("{originator_address}:{originator_port}");
         self.relays.spawn(
             async move {
                 let Some(service) = service else {
@@ -219,7 +221,7 @@ impl client::Handler for Handler {
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                     return;
                 };
-                relay(channel, reply, service, shared, cancel).await;
+                relay(channel, reply, service, &engineer, shared, cancel).await;
             }
             .instrument(span),
         );
@@ -233,6 +235,7 @@ async fn relay(
     channel: russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
     service: Service,
+    engineer: &str,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
@@ -255,12 +258,16 @@ async fn relay(
         }
     };
     reply.accept().await;
-    let _counted = shared.connection_opened();
+    let counted = shared.connection_opened();
+    counted.describe(&service.name, Some(engineer));
     tracing::info!(service = %service.name, "relaying");
     let mut stream = channel.into_stream();
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut tcp, &mut stream) => match r {
-            Ok((up, down)) => tracing::info!(to_engineer = up, from_engineer = down, "relay done"),
+            Ok((up, down)) => {
+                counted.add_bytes(up, down);
+                tracing::info!(to_engineer = up, from_engineer = down, "relay done");
+            }
             Err(e) => tracing::info!("relay ended: {e}"),
         },
         () = cancel.cancelled() => tracing::info!("relay closed by disable"),

@@ -189,10 +189,14 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
         .spawn()
         .unwrap();
     wait_text(&c, "#engineer", "the engineer", |t| {
-        t.contains("support engineer is connected now")
+        t.contains("support engineer is connected now") && t.contains("to ssh")
     })
     .await;
-    wait_text(&c, "#history-rows", "the history", |t| t.contains("open")).await;
+    // The history names the service and the engineer's address as the jump host saw it.
+    wait_text(&c, "#history-rows", "the history", |t| {
+        t.contains("open") && t.contains("ssh") && t.contains("127.0.0.1:")
+    })
+    .await;
     c.execute(
         "document.getElementById('activity-title').scrollIntoView()",
         vec![],
