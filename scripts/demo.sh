@@ -129,12 +129,15 @@ agent_pid=$!
 pids+=("$agent_pid")
 web=$(wait_line "$demo/client/stdout" "web listening on")
 code=$("$bin/assist-client" enable --config "$agent_config" --minutes 60 | sed -n 's/^code: //p')
+# The page asks for the agent's access key; a #token= link logs in directly (the fragment is
+# never sent over the network).
+page="$web/#token=$(cat "$demo/client/data/control-token")"
 
 cat <<EOF
 
   Remote assistance demo is running (folder $demo).
 
-  Customer's web page:  $web/
+  Customer's web page:  $page
   Jump host:            ssh $jump_ssh, api $jump_api
   Customer machine:     sshd on 127.0.0.1:$sshd_port, serial DEMO-0001
   One-time code:        $code
