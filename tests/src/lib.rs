@@ -53,7 +53,15 @@ pub fn bin(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package_of(name), "--bin", name, "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package_of(name),
+            "--bin",
+            name,
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .status()
         .expect("run cargo build");
@@ -72,7 +80,10 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
         if check() {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -93,7 +104,9 @@ impl Proc {
         let stderr_dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = stderr_dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr log");
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {label} ({cmd:?}): {e}"));
@@ -213,7 +226,11 @@ pub fn keygen(path: &Path) -> String {
         .arg(path)
         .output()
         .expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fs::read_to_string(path.with_extension("pub"))
         .expect("read public key")
         .trim()
@@ -283,8 +300,17 @@ impl Sshd {
             ),
         )
         .expect("write sshd_config");
-        let check = Command::new(SSHD).arg("-t").arg("-f").arg(&config).output().expect("sshd -t");
-        assert!(check.status.success(), "sshd -t: {}", String::from_utf8_lossy(&check.stderr));
+        let check = Command::new(SSHD)
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .expect("sshd -t");
+        assert!(
+            check.status.success(),
+            "sshd -t: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sshd listener");
         let addr = listener.local_addr().expect("local addr");
         let log = dir.join("sshd.log");
@@ -306,7 +332,13 @@ impl Sshd {
                 }
             }
         });
-        Sshd { addr, authorized_keys, host_key_pub, config, dir }
+        Sshd {
+            addr,
+            authorized_keys,
+            host_key_pub,
+            config,
+            dir,
+        }
     }
 
     /// What sshd has logged (all connections).
@@ -396,7 +428,13 @@ impl Jumphost {
     /// `POST /v1/register` with `{serial, public_key}`.
     pub fn register(&self, serial: &str, public_key: &str) -> (u16, String) {
         let body = serde_json::json!({ "serial": serial, "public_key": public_key }).to_string();
-        http(self.api_addr, "POST", "/v1/register", &[("Content-Type", "application/json")], body.as_bytes())
+        http(
+            self.api_addr,
+            "POST",
+            "/v1/register",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
     }
 
     /// The ssh port as a string, for command lines.
@@ -421,7 +459,9 @@ pub fn http(
     body: &[u8],
 ) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("set timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set timeout");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -439,7 +479,11 @@ pub fn http(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
     let body = match text.split_once("\r\n\r\n") {
-        Some((head, rest)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => {
+        Some((head, rest))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
             dechunk(rest)
         }
         Some((_, rest)) => rest.to_string(),
@@ -451,7 +495,9 @@ pub fn http(
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -463,7 +509,10 @@ fn dechunk(mut s: &str) -> String {
 
 /// SHA-256 of a file or of bytes, as lowercase hex, via `sha256sum`.
 pub fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -489,10 +538,29 @@ pub fn random_file(path: &Path, len: usize) {
 pub fn write_derived_key(path: &Path, serial: &str, code: &str) -> String {
     let code = assist_proto::OneTimeCode::parse(code).expect("valid code");
     let key = assist_proto::derive_key(serial, &code).expect("derive");
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .expect("encode key");
+    let pem = key.to_openssh(LineEnding::LF).expect("encode key");
     fs::write(path, pem.as_bytes()).expect("write key");
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod key");
     key.public_key().to_openssh().expect("public key")
+}
+
+/// Writes `folder/client.toml` for `serial` with only the contract keys (`data_dir` relative,
+/// the agent's web on a free port, `sshd` as the customer machine) and returns its path.
+pub fn write_client_config(folder: &Path, serial: &str, jump: &Jumphost, sshd: &Sshd) -> PathBuf {
+    fs::create_dir_all(folder).expect("create agent folder");
+    let config = folder.join("client.toml");
+    fs::write(
+        &config,
+        format!(
+            "serial = \"{serial}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
+             data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
+             authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
+            jump.ssh_addr,
+            jump.api_addr,
+            sshd.authorized_keys.display(),
+            sshd.addr
+        ),
+    )
+    .expect("write client.toml");
+    config
 }

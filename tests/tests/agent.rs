@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, wait_until, write_derived_key,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, wait_until, write_client_config,
+    write_derived_key,
 };
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -60,23 +61,7 @@ impl World {
 
     /// Writes `<name>/client.toml` with only the contract keys (data_dir relative).
     fn client_config(&self, name: &str) -> PathBuf {
-        let folder = self.path(name);
-        fs::create_dir_all(&folder).unwrap();
-        let config = folder.join("client.toml");
-        fs::write(
-            &config,
-            format!(
-                "serial = \"{SERIAL}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
-                 data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
-                 authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
-                self.jump.ssh_addr,
-                self.jump.api_addr,
-                self.sshd.authorized_keys.display(),
-                self.sshd.addr
-            ),
-        )
-        .unwrap();
-        config
+        write_client_config(&self.path(name), SERIAL, &self.jump, &self.sshd)
     }
 
     fn keys_file(&self) -> String {

@@ -12,7 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, http, keygen, wait_until, write_derived_key,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, http, keygen, wait_until, write_client_config,
+    write_derived_key,
 };
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -574,21 +575,7 @@ fn the_code_and_the_derived_key_never_reach_logs_or_the_store() {
     fs::write(&sshd.authorized_keys, "").unwrap();
     let jump = Jumphost::start(dir.path(), &policy("", &alice));
 
-    fs::create_dir_all(path("agent")).unwrap();
-    let config = path("agent/client.toml");
-    fs::write(
-        &config,
-        format!(
-            "serial = \"{SERIAL}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
-             data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
-             authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
-            jump.ssh_addr,
-            jump.api_addr,
-            sshd.authorized_keys.display(),
-            sshd.addr
-        ),
-    )
-    .unwrap();
+    let config = write_client_config(&path("agent"), SERIAL, &jump, &sshd);
     let mut cmd = Command::new(bin("assist-client"));
     cmd.arg("run").arg("--config").arg(&config);
     // The most verbose logging either program has: secrets must not appear even there.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assist_e2e::{Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, write_derived_key};
+use assist_e2e::{
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, write_client_config, write_derived_key,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const SERIAL: &str = "SN-0001";
@@ -108,21 +110,7 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     );
     let jump = Jumphost::start(dir.path(), &policy);
     let folder = dir.path().join("client");
-    fs::create_dir_all(&folder).unwrap();
-    let config = folder.join("client.toml");
-    fs::write(
-        &config,
-        format!(
-            "serial = \"{SERIAL}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
-             data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
-             authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
-            jump.ssh_addr,
-            jump.api_addr,
-            sshd.authorized_keys.display(),
-            sshd.addr
-        ),
-    )
-    .unwrap();
+    let config = write_client_config(&folder, SERIAL, &jump, &sshd);
     let mut cmd = Command::new(bin("assist-client"));
     cmd.arg("run").arg("--config").arg(&config);
     let mut agent = Proc::spawn(cmd, "agent");
