@@ -1,6 +1,7 @@
 //! The customer's web page in a real browser: headless Chromium driven over WebDriver logs in,
 //! enables assistance, reads the code, a stock `ssh` hops in with it, the page shows the
-//! engineer, Stop ends it and the key line is gone. Screenshots go to docs/screenshots/.
+//! engineer, Stop ends it and the key line is gone. Screenshots of each state are taken every
+//! run; with `UPDATE_SCREENSHOTS=1` they replace the README's in docs/screenshots/.
 
 use std::fs;
 use std::net::TcpListener;
@@ -19,8 +20,15 @@ const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=n
     -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
 const UI: Duration = Duration::from_secs(30);
 
+/// Where screenshots go: the README's folder only when asked, so a test run never changes
+/// tracked files; otherwise a folder under target/.
 fn screenshots_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        root.join("docs/screenshots")
+    } else {
+        root.join("target/screenshots")
+    };
     fs::create_dir_all(&dir).unwrap();
     dir
 }
