@@ -23,6 +23,17 @@ fn binding(serial: &str, seed: u8, valid_for: Duration) -> DeviceBinding {
 
 const DAY: Duration = Duration::from_secs(86400);
 
+/// The key bound to `serial` now; panics when there is none.
+fn bound_key(store: &SqliteStore, serial: &str) -> russh::keys::ssh_key::public::KeyData {
+    store
+        .binding(serial)
+        .unwrap()
+        .unwrap()
+        .public_key
+        .key_data()
+        .clone()
+}
+
 #[test]
 fn binding_round_trip_and_renewal() {
     let store = SqliteStore::open_in_memory().unwrap();
@@ -79,29 +90,13 @@ fn compare_and_set_refuses_a_changed_binding() {
             .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(3)))
             .unwrap()
     );
-    assert_eq!(
-        store
-            .binding("SN-1")
-            .unwrap()
-            .unwrap()
-            .public_key
-            .key_data(),
-        key(1).key_data()
-    );
+    assert_eq!(&bound_key(&store, "SN-1"), key(1).key_data());
     assert!(
         store
             .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(1)))
             .unwrap()
     );
-    assert_eq!(
-        store
-            .binding("SN-1")
-            .unwrap()
-            .unwrap()
-            .public_key
-            .key_data(),
-        key(2).key_data()
-    );
+    assert_eq!(&bound_key(&store, "SN-1"), key(2).key_data());
 
     // An expired binding counts as none.
     let mut old = binding("SN-2", 1, DAY);
@@ -227,15 +222,7 @@ fn a_serial_is_one_device_whatever_its_case() {
             .put_binding_if(&binding("sn-1", 2, DAY), None)
             .unwrap()
     );
-    assert_eq!(
-        store
-            .binding("SN-1")
-            .unwrap()
-            .unwrap()
-            .public_key
-            .key_data(),
-        key(1).key_data()
-    );
+    assert_eq!(&bound_key(&store, "SN-1"), key(1).key_data());
     assert!(store.reset_serial("sn-1").unwrap());
     assert!(store.binding("SN-1").unwrap().is_none());
 }
@@ -255,22 +242,6 @@ fn migration_2_keeps_the_newest_of_case_variants() {
         .unwrap();
     }
     let store = SqliteStore::from_connection(conn).unwrap();
-    assert_eq!(
-        store
-            .binding("SN-1")
-            .unwrap()
-            .unwrap()
-            .public_key
-            .key_data(),
-        key(2).key_data()
-    );
-    assert_eq!(
-        store
-            .binding("sn-2")
-            .unwrap()
-            .unwrap()
-            .public_key
-            .key_data(),
-        key(3).key_data()
-    );
+    assert_eq!(&bound_key(&store, "SN-1"), key(2).key_data());
+    assert_eq!(&bound_key(&store, "sn-2"), key(3).key_data());
 }
