@@ -2,6 +2,7 @@
 //! virtual reverse tunnels, with a registration API, admin policies and an audit trail.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod penalty;

@@ -22,6 +22,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show what the running jump host holds: devices online with their ports, hops in
+    /// progress, and sources penalized or banned for failed logins. Asks the `serve` process
+    /// over data_dir/admin.sock, so run it as the user that runs the jump host.
+    Status {
+        /// Path of jumphost.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -57,6 +68,7 @@ fn main() -> Result<()> {
     assist_proto::logging::init("info");
     match cli.command {
         Command::Serve { config } => assist_jumphost::serve::run(&config),
+        Command::Status { config, json } => assist_jumphost::admin::status_command(&config, json),
         Command::Policy(PolicyCommand::Check { policies }) => {
             assist_jumphost::policy::check_command(&policies)
         }

@@ -150,6 +150,54 @@ impl Penalties {
     }
 }
 
+/// One source as `assist-jumphost status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceState {
+    /// The address, or the /64 for IPv6.
+    pub source: IpAddr,
+    /// Failed logins still remembered.
+    pub failures: u32,
+    /// Seconds its connections are still refused for; 0 when only counted.
+    pub blocked_secs: u64,
+    /// "counted", "penalized" or "banned".
+    pub state: String,
+}
+
+impl Penalties {
+    /// Sources whose failures are still remembered under `settings`, blocked ones first.
+    pub fn snapshot(&self, settings: &PenaltySettings, now: Instant) -> Vec<SourceState> {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<SourceState> = sources
+            .iter()
+            .filter(|(_, f)| now.saturating_duration_since(f.last) <= settings.ban)
+            .map(|(source, f)| {
+                let blocked = f
+                    .blocked_until
+                    .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+                let state = if blocked.is_zero() {
+                    "counted"
+                } else if f.count >= settings.max_failures.max(1) {
+                    "banned"
+                } else {
+                    "penalized"
+                };
+                SourceState {
+                    source: *source,
+                    failures: f.count,
+                    blocked_secs: blocked.as_secs_f64().ceil() as u64,
+                    state: state.to_owned(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.blocked_secs
+                .cmp(&a.blocked_secs)
+                .then(a.source.cmp(&b.source))
+        });
+        out
+    }
+}
+
 /// Drops the entries older than `forget` (they no longer matter), or else the stalest one.
 fn make_room<V>(
     map: &mut HashMap<IpAddr, V>,
@@ -280,6 +328,42 @@ mod tests {
             p.record_failure(a, &s, later),
             Verdict::Tolerated { failures: 1 }
         );
+    }
+
+    #[test]
+    fn snapshot_shows_blocked_sources_first_and_forgets_old_ones() {
+        let p = Penalties::default();
+        let s = settings();
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.3".parse().unwrap(),
+        );
+        let t = Instant::now();
+        p.record_failure(b, &s, t);
+        for _ in 0..5 {
+            p.record_failure(a, &s, t);
+        }
+        for _ in 0..3 {
+            p.record_failure(c, &s, t);
+        }
+        let view = p.snapshot(&s, t);
+        let rows: Vec<(IpAddr, u32, u64, &str)> = view
+            .iter()
+            .map(|v| (v.source, v.failures, v.blocked_secs, v.state.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (a, 5, 60, "banned"),
+                (c, 3, 1, "penalized"),
+                (b, 1, 0, "counted")
+            ]
+        );
+        // After the penalty the source is only counted; after a ban's length, forgotten.
+        let later = p.snapshot(&s, t + Duration::from_secs(2));
+        assert_eq!(later[1].state, "counted");
+        assert!(p.snapshot(&s, t + Duration::from_secs(61)).is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use assist_proto::limits::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::api::{self, ApiState};
 use crate::config::JumphostConfig;
 use crate::policy::{self, Policy, PolicyHandle};
@@ -34,10 +35,22 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("loading config {}", config_path.display()))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // First: a second process on this data_dir stops here, before it could mark the
+    // first one's open hops as interrupted.
+    let admin_socket = admin::bind(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
     );
+    let interrupted = store
+        .close_interrupted_hops(SystemTime::now())
+        .context("closing hops a previous run left open")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            hops = interrupted,
+            "the previous run ended without recording the end of some hops; marked interrupted"
+        );
+    }
     let policy = Policy::load_dir(&config.policies_dir)
         .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
     let policy = PolicyHandle::new(policy);
@@ -69,6 +82,12 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         policy.clone(),
         shutdown.clone(),
     );
+    let admin_task = tokio::spawn(admin::serve(
+        admin_socket,
+        admin::socket_path(&config.data_dir),
+        Arc::clone(&relay),
+        shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));
     let mut ssh_task = tokio::spawn(ssh::serve(
         ssh_listener,
@@ -121,6 +140,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = watcher.await;
     let _ = sweeper.await;
+    let _ = admin_task.await;
     ssh_result.context("SSH server")?;
     api_result.context("registration API")?;
     Ok(())

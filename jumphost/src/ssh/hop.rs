@@ -1,8 +1,9 @@
 //! One engineer hop: open `forwarded-tcpip` on the device's session, answer the engineer's
 //! `direct-tcpip` with the outcome, relay, and record the hop in the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use russh::ChannelOpenFailure;
@@ -12,6 +13,44 @@ use super::Relay;
 use super::routes::Route;
 use super::splice::{End, Transferred, splice};
 use crate::store::HopStart;
+
+/// A hop in progress, as `assist-jumphost status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LiveHop {
+    pub engineer: String,
+    pub source: SocketAddr,
+    pub serial: String,
+    pub port: u32,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+/// The hops in progress, by their id in the store.
+#[derive(Debug, Default)]
+pub struct LiveHops(Mutex<HashMap<i64, LiveHop>>);
+
+impl LiveHops {
+    fn insert(&self, id: i64, hop: LiveHop) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id, hop);
+    }
+
+    fn remove(&self, id: i64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Every hop in progress, oldest first.
+    pub fn snapshot(&self) -> Vec<LiveHop> {
+        let mut hops: Vec<(i64, LiveHop)> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, hop)| (*id, hop.clone()))
+            .collect();
+        hops.sort_by_key(|(id, _)| *id);
+        hops.into_iter().map(|(_, hop)| hop).collect()
+    }
+}
 
 /// SSH reason code "connect failed".
 const CONNECT_FAILED: u32 = 2;
@@ -48,20 +87,38 @@ impl Hop {
                     .await;
             }
         };
-        reply.accept().await;
+        // The hop is on disk before the engineer learns the channel is open, so a crash at
+        // any later point cannot lose a hop that carried a byte. No trail, no hop.
         let started_at = SystemTime::now();
+        let Some(hop_id) = self.record_start(started_at).await else {
+            let _ = device.close().await;
+            return self
+                .refuse(reply, "the audit trail cannot be written".into())
+                .await;
+        };
+        reply.accept().await;
         tracing::info!(engineer = %self.engineer, source = %self.source, "hop started");
-        let hop_id = self.record_start(started_at).await;
+        self.relay.hops.insert(
+            hop_id,
+            LiveHop {
+                engineer: self.engineer.clone(),
+                source: self.source,
+                serial: self.serial.clone(),
+                port: self.port,
+                since: started_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            },
+        );
         let moved = splice(End::new(engineer), End::new(device)).await;
+        self.relay.hops.remove(hop_id);
         tracing::info!(
             bytes_to_device = moved.a_to_b,
             bytes_from_device = moved.b_to_a,
             secs = started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             "hop ended"
         );
-        if let Some(id) = hop_id {
-            self.record_end(id, moved).await;
-        }
+        self.record_end(hop_id, moved).await;
     }
 
     async fn refuse(&self, reply: ChannelOpenHandle, why: String) {

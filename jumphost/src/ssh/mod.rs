@@ -61,6 +61,8 @@ pub struct Relay {
     pub tasks: TaskTracker,
     /// Login failures per source address.
     pub penalties: crate::penalty::Penalties,
+    /// Hops in progress.
+    pub hops: hop::LiveHops,
 }
 
 impl Relay {
@@ -78,6 +80,7 @@ impl Relay {
             limits,
             tasks: TaskTracker::new(),
             penalties: crate::penalty::Penalties::default(),
+            hops: hop::LiveHops::default(),
         }
     }
 

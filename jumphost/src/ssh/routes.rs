@@ -153,6 +153,21 @@ impl<H: Clone> RouteTable<H> {
         }
     }
 
+    /// Every live serial with its virtual ports, sorted, for `assist-jumphost status`.
+    pub fn snapshot(&self) -> Vec<(String, Vec<u32>)> {
+        let mut live: Vec<(String, Vec<u32>)> = self
+            .lock()
+            .values()
+            .map(|o| {
+                let mut ports: Vec<u32> = o.ports.keys().copied().collect();
+                ports.sort_unstable();
+                (o.serial.clone(), ports)
+            })
+            .collect();
+        live.sort();
+        live
+    }
+
     /// Number of serials with a live session (for logs and tests).
     pub fn len(&self) -> usize {
         self.lock().len()

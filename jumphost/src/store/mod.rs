@@ -78,6 +78,9 @@ pub trait Store: Send + Sync + 'static {
         bytes_to_device: u64,
         bytes_from_device: u64,
     ) -> Result<(), StoreError>;
+    /// At start, before any hop can begin: closes the hops a previous process left open
+    /// (it died without recording their end) and marks them interrupted. Returns how many.
+    fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, StoreError>;
 
     /// Compare-and-set: stores `binding` only if the serial's current unexpired binding has
     /// the key `expected` (`None`: no unexpired binding). Returns false, storing nothing, if

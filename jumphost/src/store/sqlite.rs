@@ -62,6 +62,9 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE bindings;
     ALTER TABLE bindings_nocase RENAME TO bindings;
     CREATE INDEX bindings_expires_at ON bindings (expires_at);",
+    // 3: a hop still open when the process died (kill -9, power loss) is closed at the next
+    // start and marked, so the trail tells an interrupted hop from one still running.
+    "ALTER TABLE hops ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// How long a write waits for another process (e.g. `serial reset`) holding the lock.
@@ -93,6 +96,8 @@ pub struct HopRecord {
     pub ended_at: Option<SystemTime>,
     pub bytes_to_device: Option<u64>,
     pub bytes_from_device: Option<u64>,
+    /// Closed at a restart: the process ended while it was open, its byte counts are lost.
+    pub interrupted: bool,
 }
 
 fn err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -203,7 +208,7 @@ impl SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT id, engineer, source, serial, port, started_at, ended_at,
-                        bytes_to_device, bytes_from_device FROM hops ORDER BY id",
+                        bytes_to_device, bytes_from_device, interrupted FROM hops ORDER BY id",
             )
             .map_err(err("reading hops"))?;
         let rows = stmt
@@ -218,6 +223,7 @@ impl SqliteStore {
                     ended_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
                     bytes_to_device: r.get::<_, Option<i64>>(7)?.map(|n| n.max(0) as u64),
                     bytes_from_device: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+                    interrupted: r.get::<_, i64>(9)? != 0,
                 })
             })
             .map_err(err("reading hops"))?;
@@ -408,6 +414,15 @@ impl Store for SqliteStore {
             )));
         }
         Ok(())
+    }
+
+    fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE hops SET ended_at = ?1, interrupted = 1 WHERE ended_at IS NULL",
+                params![to_ms(now)],
+            )
+            .map_err(err("closing interrupted hops"))
     }
 }
 

@@ -208,6 +208,33 @@ fn audit_events_and_hops_are_recorded() {
     assert_eq!(hop.bytes_from_device, Some(i64::MAX as u64));
     assert_eq!(hop.ended_at.map(to_ms), Some(to_ms(started) + 3000));
     assert!(store.hop_ended(id + 1, started, 0, 0).is_err());
+    assert!(!hop.interrupted);
+}
+
+#[test]
+fn hops_left_open_by_a_dead_process_are_closed_and_marked_at_start() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let start = |serial: &str| HopStart {
+        engineer: "alice".into(),
+        source: "10.20.0.5:50000".parse().unwrap(),
+        serial: serial.into(),
+        port: 22,
+        started_at: SystemTime::now(),
+    };
+    let done = store.hop_started(&start("SN-1")).unwrap();
+    store.hop_ended(done, SystemTime::now(), 5, 6).unwrap();
+    store.hop_started(&start("SN-2")).unwrap();
+    let restarted = SystemTime::now() + Duration::from_secs(60);
+
+    assert_eq!(store.close_interrupted_hops(restarted).unwrap(), 1);
+    let hops = store.hops().unwrap();
+    assert!(!hops[0].interrupted);
+    assert_eq!(hops[0].bytes_to_device, Some(5));
+    assert!(hops[1].interrupted);
+    assert_eq!(hops[1].ended_at.map(to_ms), Some(to_ms(restarted)));
+    assert_eq!(hops[1].bytes_to_device, None);
+    // Nothing left open: a second call (a second restart) changes nothing.
+    assert_eq!(store.close_interrupted_hops(restarted).unwrap(), 0);
 }
 
 #[test]

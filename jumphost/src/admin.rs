@@ -1,0 +1,265 @@
+//! `assist-jumphost status`: what the running jump host holds in memory (devices online,
+//! hops in progress, penalized sources), asked over a Unix socket in `data_dir`.
+//!
+//! The socket (`data_dir/admin.sock`, mode 0600 in the 0700 data folder) answers every
+//! connection with one JSON snapshot and closes; it reads nothing from the client, so there
+//! is nothing to parse and nothing a caller can change through it.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::penalty::SourceState;
+use crate::ssh::Relay;
+use crate::ssh::hop::LiveHop;
+
+/// File name of the socket inside `data_dir`.
+pub const SOCKET_FILE: &str = "admin.sock";
+/// How long `status` waits for the answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `status` shows; `--json` prints it as is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub devices: Vec<Device>,
+    pub hops: Vec<LiveHop>,
+    /// Sources with remembered login failures, blocked ones first.
+    pub sources: Vec<SourceState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub serial: String,
+    /// Virtual ports the device forwards.
+    pub ports: Vec<u32>,
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Binds the socket, replacing one a dead process left behind; refuses to take over the
+/// socket of a jump host that still answers on it (two processes on one `data_dir`).
+pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!(
+                "another jump host is running with data_dir {} (it answers on {}); stop it first",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// Answers status requests until `shutdown` fires, then removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    relay: Arc<Relay>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    loop {
+        let mut stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let snapshot = snapshot(&relay, started.elapsed());
+        tokio::spawn(async move {
+            let body = match serde_json::to_vec(&snapshot) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not encode the status");
+                    return;
+                }
+            };
+            let written =
+                tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&body)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::debug!("a status reader went away before the answer");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn snapshot(relay: &Relay, uptime: Duration) -> Snapshot {
+    let policy = relay.policy.current();
+    Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: uptime.as_secs(),
+        devices: relay
+            .routes
+            .snapshot()
+            .into_iter()
+            .map(|(serial, ports)| Device { serial, ports })
+            .collect(),
+        hops: relay.hops.snapshot(),
+        sources: relay
+            .penalties
+            .snapshot(policy.penalties(), Instant::now()),
+    }
+}
+
+/// `assist-jumphost status --config FILE [--json]`.
+pub fn status_command(config: &Path, json: bool) -> anyhow::Result<()> {
+    let config = crate::config::JumphostConfig::load(config)?;
+    let path = socket_path(&config.data_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "the jump host does not answer on {} — is `assist-jumphost serve` running with \
+             this config (and are you allowed to read its data_dir)?",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .context("setting a read timeout")?;
+    let mut body = Vec::new();
+    stream
+        .read_to_end(&mut body)
+        .with_context(|| format!("reading the status from {}", path.display()))?;
+    let snapshot: Snapshot = serde_json::from_slice(&body)
+        .with_context(|| format!("the answer on {} is not a status", path.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snapshot).context("encoding the status")?
+        );
+    } else {
+        print!("{}", render(&snapshot, SystemTime::now()));
+    }
+    Ok(())
+}
+
+/// The human form of a snapshot.
+pub fn render(s: &Snapshot, now: SystemTime) -> String {
+    let mut out = format!(
+        "jump host {} up {}\n",
+        s.version,
+        humantime::format_duration(Duration::from_secs(s.uptime_secs))
+    );
+    out += &format!("devices online: {}\n", s.devices.len());
+    for d in &s.devices {
+        let ports: Vec<String> = d.ports.iter().map(u32::to_string).collect();
+        out += &format!("  {:<24} ports {}\n", d.serial, ports.join(", "));
+    }
+    out += &format!("hops in progress: {}\n", s.hops.len());
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for h in &s.hops {
+        let age = Duration::from_secs(now_secs.saturating_sub(h.since));
+        out += &format!(
+            "  {} from {} -> {}:{} for {}\n",
+            h.engineer,
+            h.source,
+            h.serial,
+            h.port,
+            humantime::format_duration(age)
+        );
+    }
+    out += &format!("sources with failed logins: {}\n", s.sources.len());
+    for p in &s.sources {
+        let left = if p.blocked_secs > 0 {
+            format!(
+                ", {} left",
+                humantime::format_duration(Duration::from_secs(p.blocked_secs))
+            )
+        } else {
+            String::new()
+        };
+        out += &format!(
+            "  {:<24} {} failed logins, {}{left}\n",
+            p.source.to_string(),
+            p.failures,
+            p.state
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_devices_hops_and_blocked_sources() {
+        let s = Snapshot {
+            version: "0.1.0".into(),
+            uptime_secs: 61,
+            devices: vec![Device {
+                serial: "SN-1".into(),
+                ports: vec![22, 80],
+            }],
+            hops: vec![LiveHop {
+                engineer: "alice".into(),
+                source: "127.0.0.1:5000".parse().unwrap(),
+                serial: "SN-1".into(),
+                port: 22,
+                since: 1_000,
+            }],
+            sources: vec![SourceState {
+                source: "192.0.2.7".parse().unwrap(),
+                failures: 12,
+                blocked_secs: 600,
+                state: "banned".into(),
+            }],
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_090);
+        let text = render(&s, now);
+        assert!(text.starts_with("jump host 0.1.0 up 1m 1s\n"), "{text}");
+        assert!(text.contains("devices online: 1\n  SN-1"), "{text}");
+        assert!(text.contains("ports 22, 80"), "{text}");
+        assert!(
+            text.contains("alice from 127.0.0.1:5000 -> SN-1:22 for 1m 30s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("192.0.2.7") && text.contains("12 failed logins, banned, 10m left"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_take_a_live_socket_but_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = bind(dir.path()).unwrap();
+        let err = bind(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another jump host"), "{err}");
+        drop(live);
+        // The file stays after the listener is gone (as after kill -9); it is replaced.
+        assert!(socket_path(dir.path()).exists());
+        let _again = bind(dir.path()).unwrap();
+        let mode = std::fs::metadata(socket_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
