@@ -157,7 +157,16 @@ where
                     ApiError::Malformed(rejection.body_text())
                 }
             })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+        // serde would take `["SN-1", "ssh-ed25519 …"]` for a struct; only an object is a
+        // request.
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Malformed(format!("request body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::Invalid(
+                "invalid request: the body must be a JSON object".into(),
+            ));
+        }
+        T::deserialize(value).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::Invalid(format!("invalid request: {e}")),

@@ -376,6 +376,9 @@ impl Store for BrokenStore {
     fn hop_ended(&self, _: i64, _: SystemTime, _: u64, _: u64) -> Result<(), StoreError> {
         Err(StoreError("nope".into()))
     }
+    fn close_interrupted_hops(&self, _: SystemTime) -> Result<usize, StoreError> {
+        Err(StoreError("nope".into()))
+    }
 }
 
 #[tokio::test]
@@ -392,4 +395,17 @@ async fn store_failure_is_500_without_details() {
     let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(Api::error(&text), "internal error");
+}
+
+/// serde reads a struct from a JSON array too: `["SN-1", "ssh-ed25519 …"]` must not register.
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_422_and_stores_nothing() {
+    let api = api();
+    let array = serde_json::json!(["SN-1", key_line(1)]).to_string();
+    for bad in [array.as_str(), "\"SN-1\"", "null", "42"] {
+        let (status, text) = api.register(bad.to_owned()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {text}");
+        assert!(Api::error(&text).contains("JSON object"), "{text}");
+    }
+    assert!(api.bound_key("SN-1").is_none());
 }
