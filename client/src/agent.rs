@@ -19,6 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// No window lasts longer than a year, whatever the policy says.
+const LONGEST_WINDOW_SECS: u64 = 366 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -123,7 +126,11 @@ impl Agent {
             return Err(AgentError::NoWindowAllowed);
         }
         // Seconds, not minutes: a policy may allow less than a minute.
-        let window_secs = minutes.saturating_mul(60).min(max_secs);
+        // A policy maximum of centuries (or a bogus answer) must not overflow the clock.
+        let window_secs = minutes
+            .saturating_mul(60)
+            .min(max_secs)
+            .min(LONGEST_WINDOW_SECS);
         let until = OffsetDateTime::now_utc() + time::Duration::seconds(window_secs as i64);
 
         let code = OneTimeCode::generate();

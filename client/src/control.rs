@@ -5,8 +5,10 @@
 use crate::agent::{Agent, AgentError, DisableReport, rfc3339};
 use crate::register::RegisterError;
 use crate::state::Status;
+use crate::web::constant_time_eq;
 use assist_proto::Secret;
-use axum::extract::{Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Body of `POST /api/enable`.
@@ -51,11 +54,18 @@ pub struct ApiErrorBody {
     pub error: String,
 }
 
+/// Largest request body the local API reads: its bodies are a few dozen bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Time a client gets to send its whole request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Errors of the API, mapped to status codes. The messages are meant for the machine's owner
 /// (who holds the token), so they say what happened and what to do.
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
+    /// The request itself is wrong: the status, and a message saying how.
+    Request(StatusCode, String),
     Agent(AgentError),
 }
 
@@ -73,6 +83,7 @@ impl IntoResponse for ApiError {
                 "missing or wrong token (send `Authorization: Bearer <data_dir/control-token>`)"
                     .to_owned(),
             ),
+            ApiError::Request(status, error) => (status, error),
             ApiError::Agent(e) => {
                 let status = match &e {
                     AgentError::BadMinutes => StatusCode::BAD_REQUEST,
@@ -89,6 +100,99 @@ impl IntoResponse for ApiError {
         };
         (status, Json(ApiErrorBody { error })).into_response()
     }
+}
+
+/// A JSON body whose every rejection is a JSON [`ApiError`] with a message: 415 unless it is
+/// sent as `application/json` (so a cross-site form cannot post it), 413 over [`MAX_BODY`],
+/// 408 when it does not arrive in time, 400 when it is not JSON, 422 when it is JSON of the
+/// wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::Request(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with Content-Type: application/json".into(),
+            ));
+        }
+        let too_large = || {
+            ApiError::Request(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
+        };
+        let announced = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::Request(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {} s", BODY_TIMEOUT.as_secs()),
+                )
+            })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::Request(StatusCode::BAD_REQUEST, rejection.body_text())
+                }
+            })?;
+        // serde would take `[5]` for a struct; only an object is a request.
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::Request(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::Request(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid request: the body must be a JSON object".into(),
+            ));
+        }
+        T::deserialize(value).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::Request(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("invalid request: {e}"),
+                ),
+                Category::Syntax | Category::Eof | Category::Io => ApiError::Request(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body is not valid JSON: {e}"),
+                ),
+            }
+        })
+    }
+}
+
+/// What every route answers for a path or method it does not know: JSON like the rest.
+pub async fn not_found() -> ApiError {
+    ApiError::Request(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::Request(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
 }
 
 #[derive(Clone)]
@@ -114,6 +218,9 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
         ))
         .with_state(state)
         .merge(web)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
 /// Serves `router` on an already-bound listener until `shutdown` is cancelled.
@@ -144,21 +251,13 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// Compares without an early exit so the token cannot be guessed byte by byte by timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || a.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn status(State(state): State<AppState>) -> Json<Status> {
     Json(state.agent.status().await)
 }
 
 async fn enable(
     State(state): State<AppState>,
-    Json(req): Json<EnableRequest>,
+    ApiJson(req): ApiJson<EnableRequest>,
 ) -> Result<Json<EnableResponse>, ApiError> {
     let enabled = state.agent.enable(req.minutes).await?;
     Ok(Json(EnableResponse {
@@ -290,6 +389,89 @@ mod tests {
         let report: DisableReport = serde_json::from_slice(&body).unwrap();
         assert_eq!(report.key_lines_removed, 1);
         assert_eq!(std::fs::read_to_string(&keys).unwrap(), "keep\n");
+    }
+
+    /// Hostile bodies, paths and methods with the right token: each a 4xx whose body is a
+    /// one-line JSON error, and nothing changes (the jump host is never even asked: with an
+    /// unreachable one, an enable that got through would be a 502).
+    #[tokio::test]
+    async fn hostile_requests_get_a_json_4xx_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("authorized_keys");
+        let stale = "ssh-ed25519 AAAAold assist-client:SN-1\nssh-ed25519 AAAAother x\n";
+        std::fs::write(&keys, stale).unwrap();
+        let app = router(agent(dir.path()), Secret::new("s3cret"));
+        let json = Some("application/json");
+        let huge = format!("{{\"minutes\": 5, \"x\": \"{}\"}}", "a".repeat(MAX_BODY));
+        let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+        let cases: Vec<(&str, &str, Option<&str>, String, u16)> = vec![
+            ("POST", "/api/enable", json, "{\"minutes\": 0}".into(), 400),
+            ("POST", "/api/enable", json, "{\"minutes\": -1}".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": 1.5}".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": \"5\"}".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": 1e400}".into(), 400),
+            ("POST", "/api/enable", json, "{\"minutes\": 18446744073709551616}".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": 5, \"until\": 0}".into(), 422),
+            ("POST", "/api/enable", json, "[5]".into(), 422),
+            ("POST", "/api/enable", json, "null".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": 5".into(), 400),
+            ("POST", "/api/enable", json, "".into(), 400),
+            ("POST", "/api/enable", json, "\u{feff}{}".into(), 400),
+            ("POST", "/api/enable", json, "{\"minutes\":5}\u{0}".into(), 400),
+            ("POST", "/api/enable", json, "'; DROP TABLE x; --".into(), 400),
+            ("POST", "/api/enable", json, deep, 400),
+            ("POST", "/api/enable", json, huge, 413),
+            ("POST", "/api/enable", None, "{\"minutes\": 5}".into(), 415),
+            ("POST", "/api/enable", Some("text/plain"), "{}".into(), 415),
+            (
+                "POST",
+                "/api/enable",
+                Some("application/x-www-form-urlencoded"),
+                "minutes=5".into(),
+                415,
+            ),
+            ("GET", "/api/enable", None, "".into(), 405),
+            ("DELETE", "/api/status", None, "".into(), 405),
+            ("GET", "/api/../../etc/passwd", None, "".into(), 404),
+            ("GET", "/api/status/..%2f..%2fetc", None, "".into(), 404),
+            ("POST", "/api/%00", json, "{}".into(), 404),
+        ];
+        for (method, path, content_type, body, want) in cases {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::AUTHORIZATION, "Bearer s3cret");
+            if let Some(t) = content_type {
+                req = req.header(header::CONTENT_TYPE, t);
+            }
+            let what = format!("{method} {path} {content_type:?} {:.60}", body);
+            let resp = app
+                .clone()
+                .oneshot(req.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), want, "{what}");
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let error: ApiErrorBody = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{what}: not a JSON error ({e}): {bytes:?}"));
+            assert!(
+                !error.error.is_empty() && !error.error.contains('\n') && error.error.len() < 400,
+                "{what}: {:?}",
+                error.error
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&keys).unwrap(), stale);
+        let resp = app
+            .oneshot(request("GET", "/api/status", Some("Bearer s3cret"), ""))
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let status: Status = serde_json::from_slice(&body).unwrap();
+        assert!(!status.enabled);
     }
 
     #[test]

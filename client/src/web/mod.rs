@@ -8,7 +8,7 @@
 pub mod guard;
 
 use crate::agent::{Agent, rfc3339};
-use crate::control::{ApiError, ApiErrorBody, EnableRequest};
+use crate::control::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
 use assist_proto::Secret;
 use axum::extract::State;
@@ -101,7 +101,7 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 
 /// Trades the control token for a page session. JSON only, so a cross-site form cannot post
 /// it; the answer sets the cookie and carries the session's CSRF token.
-async fn login(State(s): State<WebState>, Json(req): Json<LoginRequest>) -> Response {
+async fn login(State(s): State<WebState>, ApiJson(req): ApiJson<LoginRequest>) -> Response {
     let presented = Secret::new(req.token);
     if !constant_time_eq(
         presented.expose().trim().as_bytes(),
@@ -178,7 +178,7 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
 async fn enable(
     State(s): State<WebState>,
     headers: HeaderMap,
-    Json(req): Json<EnableRequest>,
+    ApiJson(req): ApiJson<EnableRequest>,
 ) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();

@@ -248,3 +248,39 @@ async fn the_cli_token_still_opens_the_api_and_not_the_page_state() {
     let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &bearer, "")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// The page's bodies are checked like the API's: a form post (what a cross-site page could
+/// send) is 415, broken or wrong-shaped JSON a clear 4xx; nothing logs in, nothing changes.
+#[tokio::test]
+async fn hostile_page_bodies_are_refused_with_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, keys) = app(dir.path());
+    let (cookie, csrf) = login(&app).await;
+    let session = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let form = Request::builder()
+        .method("POST")
+        .uri("/web/login")
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("token=s3cret"))
+        .unwrap();
+    let (status, headers, body) = send(&app, form).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    for (path, body, want) in [
+        ("/web/login", r#"{"token":"s3cret","admin":true}"#, 422),
+        ("/web/login", r#"{"token":["s3cret"]}"#, 422),
+        ("/web/login", r#"{"token":"s3cret""#, 400),
+        ("/web/enable", r#"{"minutes":-5}"#, 422),
+        ("/web/enable", r#"{"minutes":0}"#, 400),
+        ("/web/extend", r#"{"minutes":"60"}"#, 422),
+        ("/web/enable", "not json", 400),
+    ] {
+        let (status, headers, text) = send(&app, req("POST", path, HOST, &session, body)).await;
+        assert_eq!(status.as_u16(), want, "{path} {body}: {text}");
+        assert!(headers.get(header::SET_COOKIE).is_none(), "{path} {body}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+    }
+    assert_eq!(std::fs::read_to_string(keys).unwrap(), STALE);
+}
