@@ -437,6 +437,36 @@ impl Jumphost {
         )
     }
 
+    /// `assist-jumphost status --json`: devices online, hops in progress, penalized sources.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(bin("assist-jumphost"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run assist-jumphost status");
+        assert!(
+            out.status.success(),
+            "assist-jumphost status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// One query on the jump host's database with the `sqlite3` CLI; rows as `a|b` lines.
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("sqlite3")
+            .arg(self.data_dir.join("assist.db"))
+            .arg(query)
+            .output()
+            .expect("run sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3 {query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The ssh port as a string, for command lines.
     pub fn ssh_port(&self) -> String {
         self.ssh_addr.port().to_string()
@@ -458,16 +488,31 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    try_http(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// As [`http`], for a server that may be gone: an error when it cannot be reached or sends no
+/// status line.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("set timeout");
+        .map_err(|e| format!("set timeout: {e}"))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(req.as_bytes()).expect("write request");
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("write request: {e}"))?;
     // A server may answer (413) and close before reading a large body; that is fine.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
@@ -477,7 +522,7 @@ pub fn http(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
     let body = match text.split_once("\r\n\r\n") {
         Some((head, rest))
             if head
@@ -489,7 +534,7 @@ pub fn http(
         Some((_, rest)) => rest.to_string(),
         None => String::new(),
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -3,7 +3,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assist_e2e::{
@@ -362,4 +363,134 @@ fn the_window_ends_by_itself_at_the_policy_maximum() {
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
     let s = status(&config);
     assert_eq!(s["tunnel"]["state"], "disabled", "{s}");
+}
+
+/// An engineer's upload in progress: stock ssh through the jump host runs `cat` into
+/// /dev/null on the customer machine, fed from /dev/zero, until killed.
+struct Upload {
+    source: Child,
+    ssh: Child,
+}
+
+impl Upload {
+    /// Returns once the first megabyte has reached the customer machine.
+    fn start(w: &World, key: &Path) -> Upload {
+        let mut source = Command::new("head")
+            .args(["-c", "100000000000", "/dev/zero"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ssh = w
+            .hop_cmd(
+                key,
+                "head -c 1000000 >/dev/null && echo flowing && exec cat >/dev/null",
+            )
+            .stdin(Stdio::from(source.stdout.take().unwrap()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(ssh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "flowing");
+        Upload { source, ssh }
+    }
+
+    /// Waits for the engineer's ssh to be cut; true if it ended with an error.
+    fn cut(&mut self) -> bool {
+        let deadline = Instant::now() + SHORT;
+        loop {
+            if let Some(status) = self.ssh.try_wait().unwrap() {
+                return !status.success();
+            }
+            assert!(Instant::now() < deadline, "the upload was not cut");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        for child in [&mut self.ssh, &mut self.source] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// kill -9 of the jump host, then of the agent, each in the middle of an engineer's upload:
+/// no acknowledged registration, hop record or audit record is lost, the interrupted hop is
+/// marked as such, and the agent's key line is gone once it has started again.
+#[test]
+fn kill_9_mid_transfer_loses_no_record_and_leaves_no_key_line() {
+    let mut w = World::start();
+    let config = w.client_config("agent");
+    let mut agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "30");
+    let derived = w.path("derived");
+    write_derived_key(&derived, SERIAL, &code);
+    wait_tunnel(&config, "connected");
+
+    // The jump host dies mid-upload.
+    let mut upload = Upload::start(&w, &derived);
+    let live = w.jump.status();
+    assert_eq!(live["hops"][0]["serial"], SERIAL, "{live}");
+    assert_eq!(live["hops"][0]["engineer"], "alice", "{live}");
+    assert_eq!(live["devices"][0]["serial"], SERIAL, "{live}");
+    w.jump.restart();
+    assert!(upload.cut());
+    drop(upload);
+    // The hop was on disk before the engineer got the channel; the restart closed it.
+    assert_eq!(
+        w.jump.sql("SELECT serial, engineer, interrupted, ended_at IS NOT NULL FROM hops"),
+        format!("{SERIAL}|alice|1|1\n")
+    );
+    assert!(
+        w.jump.proc.stderr().contains("marked interrupted"),
+        "{}",
+        w.jump.proc.stderr()
+    );
+    let registered = w.jump.sql(&format!(
+        "SELECT count(*) FROM audit_events WHERE kind = 'api.register' AND who = '{SERIAL}'"
+    ));
+    assert_eq!(registered.trim(), "1");
+    assert_eq!(status(&config)["enabled"], true);
+
+    // The registration survived: the agent logs in again with its key, the code still works.
+    wait_tunnel(&config, "connected");
+    let out = w.hop(&derived, "echo back");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The agent dies mid-upload: the jump host ends the hop and records it whole.
+    let mut upload = Upload::start(&w, &derived);
+    agent.kill9();
+    assert!(upload.cut());
+    drop(upload);
+    wait_until(SHORT, "the second upload's hop to be recorded", || {
+        w.jump.sql("SELECT count(*) FROM hops WHERE ended_at IS NOT NULL AND interrupted = 0")
+            .trim()
+            == "2"
+    });
+    let moved = w.jump.sql("SELECT max(bytes_to_device) FROM hops");
+    assert!(moved.trim().parse::<u64>().unwrap() >= 1_000_000, "{moved}");
+    assert!(w.jump.status()["devices"].as_array().unwrap().is_empty());
+
+    // The line outlives the agent until it starts again, then it is gone before anything else.
+    assert!(w.keys_file().contains(MARKER));
+    let _agent = start_agent(&config, "agent again");
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    let s = status(&config);
+    assert_eq!(s["enabled"], false, "{s}");
+    refused_by_jump_host(&w.hop(&derived, "true"));
+    // Same device key after the crash: the jump host renews it instead of refusing a stranger.
+    let (code2, _) = enable(&config, "5");
+    assert_ne!(code2, code);
+    assert_eq!(
+        w.jump
+            .sql("SELECT count(*) FROM audit_events WHERE kind = 'api.register'")
+            .trim(),
+        "2"
+    );
 }

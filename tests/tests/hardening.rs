@@ -249,8 +249,25 @@ fn login_failures_escalate_to_a_ban_for_that_source_only() {
     assert!(refused_before_banner(&attempt(&jump, &good, "127.0.0.2")));
     fail_once(&jump, &wrong);
     logged("4 failed logins: banned for 1h");
-    // Still banned after the longest penalty would have ended, even with the right key.
-    std::thread::sleep(Duration::from_secs(5));
+    // The operator sees the ban, and only for that source.
+    let status = jump.status();
+    let sources = status["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{status}");
+    assert_eq!(sources[0]["source"], "127.0.0.2", "{status}");
+    assert_eq!(sources[0]["state"], "banned", "{status}");
+    assert_eq!(sources[0]["failures"], 4, "{status}");
+    assert!(sources[0]["blocked_secs"].as_u64().unwrap() > 3500, "{status}");
+    let human = Command::new(bin("assist-jumphost"))
+        .args(["status", "--config"])
+        .arg(&jump.config)
+        .output()
+        .unwrap();
+    let human = text(&human.stdout);
+    assert!(
+        human.contains("127.0.0.2") && human.contains("4 failed logins, banned, ") && human.contains(" left"),
+        "{human}"
+    );
+    // Banned even with the right key, while 127.0.0.1 goes on logging in.
     let banned = attempt(&jump, &good, "127.0.0.2");
     assert!(refused_before_banner(&banned), "{banned}");
     let other = attempt(&jump, &good, "127.0.0.1");

@@ -2,12 +2,14 @@
 //! `kill -9`, key rotation signed by stock `ssh-keygen -Y sign`, `serial reset`,
 //! `policy check`, and live policy reloads that keep the last good policy.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::process::Command;
 use std::time::Duration;
 
-use assist_e2e::{Jumphost, bin, http, keygen, wait_until};
+use assist_e2e::{Jumphost, bin, http, keygen, try_http, wait_until};
 
 const POLICY: &str = "[serials]\nallow = [\"SN-*\"]\n";
 const SHORT: Duration = Duration::from_secs(30);
@@ -68,6 +70,74 @@ fn registration_survives_kill_9_and_restart() {
     );
     let (status, body) = jump.register("SN-0001", &a);
     assert_eq!(status, 200, "renewal after restart: {body}");
+}
+
+/// Four clients register new serials back to back while the jump host is killed with
+/// SIGKILL: every registration answered 201 is in the store after the restart, with its
+/// audit record, and the database is intact.
+#[test]
+fn kill_9_during_a_registration_burst_loses_no_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(&dir.path().join("k"));
+    let unlimited = "[penalties]\nregister_burst = 1000000\nregister_per_minute = 1000000\n";
+    let mut jump = Jumphost::start(dir.path(), &format!("{POLICY}{unlimited}"));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let (acked, key, addr) = (Arc::clone(&acked), key.clone(), jump.api_addr);
+            std::thread::spawn(move || {
+                for n in 0.. {
+                    let serial = format!("SN-{worker}-{n}");
+                    let body = serde_json::json!({ "serial": serial, "public_key": key });
+                    let answer = try_http(
+                        addr,
+                        "POST",
+                        "/v1/register",
+                        &[("Content-Type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                    match answer {
+                        Ok((201, _)) => acked.lock().unwrap().push(serial),
+                        // The jump host is gone (or answered something else): stop here.
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until(SHORT, "200 acknowledged registrations", || {
+        acked.lock().unwrap().len() >= 200
+    });
+    jump.restart();
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let stored: HashSet<String> = jump
+        .sql("SELECT serial FROM bindings")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let audited: HashSet<String> = jump
+        .sql("SELECT who FROM audit_events WHERE kind = 'api.register'")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    eprintln!(
+        "BURST: {} acknowledged, {} stored, {} audited",
+        acked.len(),
+        stored.len(),
+        audited.len()
+    );
+    for serial in &acked {
+        assert!(stored.contains(serial), "{serial} acknowledged but not stored");
+        assert!(audited.contains(serial), "{serial} acknowledged but not audited");
+    }
+    assert_eq!(jump.sql("PRAGMA integrity_check").trim(), "ok");
+    // The restarted jump host serves them: a renewal of an acknowledged one is a 200.
+    let (status, body) = jump.register(&acked[0], &key);
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]
