@@ -170,7 +170,8 @@ where
                 "invalid request: the body must be a JSON object".into(),
             ));
         }
-        T::deserialize(value).map(ApiJson).map_err(|e| {
+        // From the bytes, not the value: a value keeps only the last of duplicate keys.
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::Request(
@@ -412,6 +413,7 @@ mod tests {
             ("POST", "/api/enable", json, "{\"minutes\": 1e400}".into(), 400),
             ("POST", "/api/enable", json, "{\"minutes\": 18446744073709551616}".into(), 422),
             ("POST", "/api/enable", json, "{\"minutes\": 5, \"until\": 0}".into(), 422),
+            ("POST", "/api/enable", json, "{\"minutes\": 5, \"minutes\": 9}".into(), 422),
             ("POST", "/api/enable", json, "[5]".into(), 422),
             ("POST", "/api/enable", json, "null".into(), 422),
             ("POST", "/api/enable", json, "{\"minutes\": 5".into(), 400),

@@ -166,7 +166,8 @@ where
                 "invalid request: the body must be a JSON object".into(),
             ));
         }
-        T::deserialize(value).map(ApiJson).map_err(|e| {
+        // From the bytes, not the value: a value keeps only the last of duplicate keys.
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
