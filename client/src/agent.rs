@@ -218,7 +218,8 @@ impl Agent {
         fatal: Option<String>,
     ) -> Result<DisableReport, AgentError> {
         let was_enabled = window.is_some();
-        self.set_until(None);
+        // The key line goes first: from here on sshd refuses the code, whatever follows.
+        let removed = self.keys_file.remove(&self.config.serial);
         let connections_closed = self.shared.connections().active;
         if let Some(w) = window {
             stop_window(w).await;
@@ -227,7 +228,10 @@ impl Agent {
             Some(e) => self.shared.set_tunnel(TunnelState::Failed, Some(e)),
             None => self.shared.set_tunnel(TunnelState::Disabled, None),
         }
-        let key_lines_removed = self.keys_file.remove(&self.config.serial)?;
+        // Only now does status say "disabled": it never shows off while a line or a relay
+        // is still in place.
+        self.set_until(None);
+        let key_lines_removed = removed?;
         if was_enabled || key_lines_removed > 0 {
             tracing::info!(
                 reason,
