@@ -61,6 +61,24 @@ mod tests {
         );
     }
 
+    /// Logs may carry a key's `Debug`; ssh-key redacts the secret half today, and an upgrade
+    /// that stopped doing so must fail here.
+    #[test]
+    fn debug_of_a_derived_key_shows_no_secret_bytes() {
+        let code = OneTimeCode::parse("7K3QM-2XPD9").unwrap();
+        let key = derive_key("SN-0001", &code).unwrap();
+        let secret = key.key_data().ed25519().unwrap().private.to_bytes();
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let decimal = format!("{:?}", &secret[..4]);
+        let decimal = decimal.trim_end_matches(']');
+        for shown in [format!("{key:?}"), format!("{:?}", key.key_data())] {
+            let lower = shown.to_lowercase();
+            assert!(!lower.contains(&hex[..16]), "{shown}");
+            assert!(!shown.contains(decimal), "{shown}");
+        }
+        assert!(!format!("{code:?}").contains("7K3QM"));
+    }
+
     #[test]
     fn serial_and_code_both_matter() {
         let code = OneTimeCode::parse("7K3QM-2XPD9").unwrap();

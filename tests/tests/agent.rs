@@ -356,6 +356,14 @@ fn the_window_ends_by_itself_at_the_policy_maximum() {
     assert!(w.keys_file().contains(MARKER));
     let s = status(&config);
     assert!(s["remaining_secs"].as_u64().unwrap() <= 4, "{s}");
+    // Extending (enable while enabled) starts a new window that is capped the same way:
+    // the end never lies more than the maximum ahead.
+    let out = cli(&config, &["enable", "--minutes", "100000000"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("allows at most 4 s"), "{stdout}");
+    let s = status(&config);
+    assert!(s["remaining_secs"].as_u64().unwrap() <= 4, "{s}");
 
     wait_until(SHORT, "the window to end", || {
         status(&config)["enabled"] == false
