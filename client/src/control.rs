@@ -476,6 +476,24 @@ mod tests {
         assert!(!status.enabled);
     }
 
+    /// A body that never arrives holds no task forever: 408 after the body timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_is_408() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(agent(dir.path()), Secret::new("s3cret"));
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/enable")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "20")
+            .body(Body::from_stream(never))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
     #[test]
     fn tokens_are_long_random_and_compared_exactly() {
         let (a, b) = (new_token(), new_token());

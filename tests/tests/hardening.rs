@@ -663,6 +663,25 @@ fn the_code_and_the_derived_key_never_reach_logs_or_the_store() {
         ("enable stderr".to_owned(), text(&out.stderr)),
         ("sshd log".to_owned(), sshd.log()),
     ];
+    // The agent's own secrets belong in its data folder, and in no log.
+    let token = fs::read_to_string(path("agent/data/control-token")).unwrap();
+    let device_key = fs::read_to_string(path("agent/data/device_key")).unwrap();
+    let mut own = vec![token.trim().to_owned()];
+    own.extend(
+        device_key
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 32 && !boilerplate.contains(*l))
+            .map(str::to_owned),
+    );
+    assert!(own.len() >= 2 && own[0].len() >= 32, "{} secrets", own.len());
+    for (place, content) in &places {
+        for secret in &own {
+            assert!(
+                !content.contains(secret.as_str()),
+                "the agent's token or device key appears in the {place}"
+            );
+        }
+    }
     for dir in [&jump.data_dir, &path("agent/data")] {
         for file in list(dir).into_iter().chain([dir.join("assist.db")]) {
             if let Ok(bytes) = fs::read(&file) {
