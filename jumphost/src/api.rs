@@ -10,7 +10,7 @@
 //! source address. Bodies are parsed here rather than by axum's `Json`, so every error,
 //! malformed JSON included, is an [`ErrorBody`] with a message a device log can show.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -239,6 +239,17 @@ enum Registered {
     Rotated { old: String },
 }
 
+impl Registered {
+    /// The audit trail's outcome for the key with this fingerprint.
+    fn outcome(&self, fingerprint: &str) -> String {
+        match self {
+            Registered::New => format!("registered {fingerprint}"),
+            Registered::Renewed => format!("renewed {fingerprint}"),
+            Registered::Rotated { old } => format!("rotated {old} -> {fingerprint}"),
+        }
+    }
+}
+
 async fn register(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -251,14 +262,12 @@ async fn register(
             let who = assist_proto::validate_name(&req.serial)
                 .is_ok()
                 .then(|| req.serial.clone());
-            (who, register_checked(&state, req).await)
+            (who, register_checked(&state, req, peer.ip()).await)
         }
         Err(e) => (None, Err(e)),
     };
     let outcome = match &result {
-        Ok((Registered::New, r)) => format!("registered {}", r.fingerprint),
-        Ok((Registered::Renewed, r)) => format!("renewed {}", r.fingerprint),
-        Ok((Registered::Rotated { old }, r)) => format!("rotated {old} -> {}", r.fingerprint),
+        Ok((what, r)) => what.outcome(&r.fingerprint),
         Err(e) => format!("refused {}: {e}", e.status().as_u16()),
     };
     // Error messages may quote request content (field names, the serial); keep rows small.
@@ -274,19 +283,20 @@ async fn register(
     } else {
         tracing::warn!(event = "api.register", serial, source = %peer, status = status.as_u16(), %outcome);
     }
-    let event = AuditEvent {
-        kind: "api.register",
-        who,
-        source: peer.ip(),
-        outcome,
-    };
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.record(&event)).await {
-        Ok(Ok(())) => {}
-        // The binding (if any) is already stored; failing the request now would tell the
-        // device something that is not true.
-        Ok(Err(e)) => tracing::error!(error = %e, "recording the audit event failed"),
-        Err(e) => tracing::error!(error = %e, "audit task failed"),
+    // A stored binding was audited in its own commit; a refusal is recorded here.
+    if result.is_err() {
+        let event = AuditEvent {
+            kind: "api.register",
+            who,
+            source: peer.ip(),
+            outcome,
+        };
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.record(&event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "recording the audit event failed"),
+            Err(e) => tracing::error!(error = %e, "audit task failed"),
+        }
     }
     match result {
         Ok((_, response)) => (status, Json(response)).into_response(),
@@ -298,6 +308,7 @@ async fn register(
 async fn register_checked(
     state: &ApiState,
     req: RegisterRequest,
+    source: IpAddr,
 ) -> Result<(Registered, RegisterResponse), ApiError> {
     assist_proto::validate_name(&req.serial).map_err(|e| {
         let shown: String = req.serial.chars().take(80).collect();
@@ -363,7 +374,7 @@ async fn register_checked(
     };
     let store = state.store.clone();
     let what = tokio::task::spawn_blocking(move || {
-        bind(&*store, &binding, &req.public_key, proof.as_ref())
+        bind(&*store, &binding, &req.public_key, proof.as_ref(), source)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("registration task failed: {e}")))??;
@@ -377,6 +388,7 @@ fn bind(
     binding: &DeviceBinding,
     new_key_line: &str,
     proof: Option<&SshSig>,
+    source: IpAddr,
 ) -> Result<Registered, ApiError> {
     let serial = &binding.serial;
     let current = store.binding(serial)?;
@@ -412,7 +424,13 @@ fn bind(
         }
     };
     let expected = current.as_ref().map(|b| &b.public_key);
-    if !store.put_binding_if(binding, expected)? {
+    let audit = AuditEvent {
+        kind: "api.register",
+        who: Some(serial.clone()),
+        source,
+        outcome: what.outcome(&binding.fingerprint()),
+    };
+    if !store.put_binding_if(binding, expected, &audit)? {
         return Err(ApiError::Conflict(format!(
             "serial {serial} was registered by another request at the same time; retry"
         )));

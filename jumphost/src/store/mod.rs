@@ -83,20 +83,24 @@ pub trait Store: Send + Sync + 'static {
     fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, StoreError>;
 
     /// Compare-and-set: stores `binding` only if the serial's current unexpired binding has
-    /// the key `expected` (`None`: no unexpired binding). Returns false, storing nothing, if
-    /// it changed meanwhile — two devices racing for one serial cannot both win.
+    /// the key `expected` (`None`: no unexpired binding), and `audit` with it in the same
+    /// commit, so no crash leaves a binding change without its audit row. Returns false,
+    /// storing nothing, if the binding changed meanwhile — two devices racing for one serial
+    /// cannot both win.
     ///
-    /// This default is not atomic; implementations should override it.
+    /// This default is neither atomic nor crash-safe; implementations should override it.
     fn put_binding_if(
         &self,
         binding: &DeviceBinding,
         expected: Option<&PublicKey>,
+        audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let current = self.binding(&binding.serial)?;
         if current.as_ref().map(|b| b.public_key.key_data()) != expected.map(|k| k.key_data()) {
             return Ok(false);
         }
         self.put_binding(binding)?;
+        self.record(audit)?;
         Ok(true)
     }
 }

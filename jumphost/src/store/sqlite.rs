@@ -288,6 +288,22 @@ fn read_binding(
     .transpose()
 }
 
+fn insert_audit(conn: &Connection, event: &AuditEvent) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit_events (at, kind, who, source, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            to_ms(SystemTime::now()),
+            event.kind,
+            event.who,
+            event.source.to_string(),
+            event.outcome
+        ],
+    )
+    .map_err(err("recording audit event"))?;
+    Ok(())
+}
+
 fn write_binding(conn: &Connection, b: &DeviceBinding) -> Result<(), StoreError> {
     let now = to_ms(SystemTime::now());
     // bound_at is kept across renewals of the same key and reset when the key changes.
@@ -326,6 +342,7 @@ impl Store for SqliteStore {
         &self,
         binding: &DeviceBinding,
         expected: Option<&PublicKey>,
+        audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn
@@ -336,6 +353,7 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         write_binding(&tx, binding)?;
+        insert_audit(&tx, audit)?;
         tx.commit().map_err(err("committing binding"))?;
         Ok(true)
     }
@@ -355,20 +373,7 @@ impl Store for SqliteStore {
     }
 
     fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO audit_events (at, kind, who, source, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    to_ms(SystemTime::now()),
-                    event.kind,
-                    event.who,
-                    event.source.to_string(),
-                    event.outcome
-                ],
-            )
-            .map_err(err("recording audit event"))?;
-        Ok(())
+        insert_audit(&self.conn(), event)
     }
 
     fn hop_started(&self, hop: &HopStart) -> Result<i64, StoreError> {

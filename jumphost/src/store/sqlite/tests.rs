@@ -23,6 +23,15 @@ fn binding(serial: &str, seed: u8, valid_for: Duration) -> DeviceBinding {
 
 const DAY: Duration = Duration::from_secs(86400);
 
+fn registered() -> AuditEvent {
+    AuditEvent {
+        kind: "api.register",
+        who: Some("SN-1".into()),
+        source: "192.0.2.1".parse().unwrap(),
+        outcome: "registered".into(),
+    }
+}
+
 /// The key bound to `serial` now; panics when there is none.
 fn bound_key(store: &SqliteStore, serial: &str) -> russh::keys::ssh_key::public::KeyData {
     store
@@ -78,24 +87,27 @@ fn expired_binding_is_never_returned_and_is_swept() {
 fn compare_and_set_refuses_a_changed_binding() {
     let store = SqliteStore::open_in_memory().unwrap();
     let first = binding("SN-1", 1, DAY);
-    assert!(store.put_binding_if(&first, None).unwrap());
+    assert!(store.put_binding_if(&first, None, &registered()).unwrap());
     // A second device racing for the same serial lost: the serial is no longer unbound.
     assert!(
         !store
-            .put_binding_if(&binding("SN-1", 2, DAY), None)
+            .put_binding_if(&binding("SN-1", 2, DAY), None, &registered())
             .unwrap()
     );
     assert!(
         !store
-            .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(3)))
+            .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(3)), &registered())
             .unwrap()
     );
     assert_eq!(&bound_key(&store, "SN-1"), key(1).key_data());
+    // The losers left no audit row: only the winner's change is recorded.
+    assert_eq!(store.recent_audit(10).unwrap().len(), 1);
     assert!(
         store
-            .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(1)))
+            .put_binding_if(&binding("SN-1", 2, DAY), Some(&key(1)), &registered())
             .unwrap()
     );
+    assert_eq!(store.recent_audit(10).unwrap().len(), 2);
     assert_eq!(&bound_key(&store, "SN-1"), key(2).key_data());
 
     // An expired binding counts as none.
@@ -104,12 +116,12 @@ fn compare_and_set_refuses_a_changed_binding() {
     store.put_binding(&old).unwrap();
     assert!(
         !store
-            .put_binding_if(&binding("SN-2", 2, DAY), Some(&key(1)))
+            .put_binding_if(&binding("SN-2", 2, DAY), Some(&key(1)), &registered())
             .unwrap()
     );
     assert!(
         store
-            .put_binding_if(&binding("SN-2", 2, DAY), None)
+            .put_binding_if(&binding("SN-2", 2, DAY), None, &registered())
             .unwrap()
     );
 }
@@ -246,7 +258,7 @@ fn a_serial_is_one_device_whatever_its_case() {
     // Another key under another spelling is a conflict, not a second device.
     assert!(
         !store
-            .put_binding_if(&binding("sn-1", 2, DAY), None)
+            .put_binding_if(&binding("sn-1", 2, DAY), None, &registered())
             .unwrap()
     );
     assert_eq!(&bound_key(&store, "SN-1"), key(1).key_data());
