@@ -23,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # A Debian package install may start the system sshd; the tests never use it.
 
-# ssh-audit grades the jump host's algorithms (tests/tests/hardening.rs); PyPI has the
+# ssh-audit grades the jump host's algorithms (tests/tests/hardening_ssh.rs); PyPI has the
 # current release (Debian's is years older and does not know ML-KEM).
 if ! python3 -c 'import ssh_audit' 2>/dev/null; then
   python3 -m pip install --quiet ssh-audit 2>/dev/null \

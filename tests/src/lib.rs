@@ -237,6 +237,20 @@ pub fn keygen(path: &Path) -> String {
         .to_string()
 }
 
+/// Bytes (a program's output) as text, invalid UTF-8 replaced.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A policy with engineer `alice` (public key line `alice`) allowed from 127.0.0.0/8,
+/// serials `SN-*`, and `extra` appended.
+pub fn alice_policy(extra: &str, alice: &str) -> String {
+    format!(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n\n{extra}"
+    )
+}
+
 /// Stock `ssh` with options that keep it from asking questions or reading ~/.ssh.
 pub fn ssh(args: &[&str]) -> Command {
     let mut cmd = Command::new("ssh");

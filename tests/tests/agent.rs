@@ -2,13 +2,13 @@
 //! OpenSSH as the customer's sshd and as the engineer's `ssh` hopping in with the derived key.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, wait_until, write_client_config,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, text, wait_until, write_client_config,
     write_derived_key,
 };
 
@@ -116,10 +116,6 @@ fn cli(config: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `assist-client enable`; returns (code, until).
@@ -452,7 +448,8 @@ fn kill_9_mid_transfer_loses_no_record_and_leaves_no_key_line() {
     drop(upload);
     // The hop was on disk before the engineer got the channel; the restart closed it.
     assert_eq!(
-        w.jump.sql("SELECT serial, engineer, interrupted, ended_at IS NOT NULL FROM hops"),
+        w.jump
+            .sql("SELECT serial, engineer, interrupted, ended_at IS NOT NULL FROM hops"),
         format!("{SERIAL}|alice|1|1\n")
     );
     assert!(
@@ -477,7 +474,8 @@ fn kill_9_mid_transfer_loses_no_record_and_leaves_no_key_line() {
     assert!(upload.cut());
     drop(upload);
     wait_until(SHORT, "the second upload's hop to be recorded", || {
-        w.jump.sql("SELECT count(*) FROM hops WHERE ended_at IS NOT NULL AND interrupted = 0")
+        w.jump
+            .sql("SELECT count(*) FROM hops WHERE ended_at IS NOT NULL AND interrupted = 0")
             .trim()
             == "2"
     });

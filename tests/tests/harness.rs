@@ -10,16 +10,39 @@ fn stock_sshd_runs_a_command_for_an_authorized_key() {
     let public = keygen(&key);
     std::fs::write(&sshd.authorized_keys, format!("{public}\n")).unwrap();
     let port = sshd.addr.port().to_string();
-    let out = ssh(&["-i", key.to_str().unwrap(), "-p", &port, "root@127.0.0.1", "echo", "hello"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh failed: {}\n{}", String::from_utf8_lossy(&out.stderr), sshd.log());
+    let out = ssh(&[
+        "-i",
+        key.to_str().unwrap(),
+        "-p",
+        &port,
+        "root@127.0.0.1",
+        "echo",
+        "hello",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
     let stranger = dir.path().join("s");
     keygen(&stranger);
-    let out = ssh(&["-i", stranger.to_str().unwrap(), "-p", &port, "root@127.0.0.1", "true"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a key not in authorized_keys must be refused");
+    let out = ssh(&[
+        "-i",
+        stranger.to_str().unwrap(),
+        "-p",
+        &port,
+        "root@127.0.0.1",
+        "true",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a key not in authorized_keys must be refused"
+    );
 }

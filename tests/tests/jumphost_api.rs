@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assist_e2e::{Jumphost, bin, http, keygen, try_http, wait_until};
@@ -131,8 +131,14 @@ fn kill_9_during_a_registration_burst_loses_no_acknowledged_one() {
         audited.len()
     );
     for serial in &acked {
-        assert!(stored.contains(serial), "{serial} acknowledged but not stored");
-        assert!(audited.contains(serial), "{serial} acknowledged but not audited");
+        assert!(
+            stored.contains(serial),
+            "{serial} acknowledged but not stored"
+        );
+        assert!(
+            audited.contains(serial),
+            "{serial} acknowledged but not audited"
+        );
     }
     assert_eq!(jump.sql("PRAGMA integrity_check").trim(), "ok");
     // The restarted jump host serves them: a renewal of an acknowledged one is a 200.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use assist_e2e::{Jumphost, Proc, Sshd, keygen, random_file, sha256_file, wait_until};
+use assist_e2e::{Jumphost, Proc, Sshd, keygen, random_file, sha256_file, text, wait_until};
 
 const SHORT: Duration = Duration::from_secs(30);
 
@@ -186,10 +186,6 @@ impl World {
     fn jump_log(&self) -> String {
         self.jump.proc.stderr()
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use assist_e2e::{Jumphost, Proc, Sshd, bin, keygen, random_file, sha256_file, ssh};
+use assist_e2e::{Jumphost, Proc, Sshd, bin, keygen, random_file, sha256_file, ssh, text};
 
 const SHORT: Duration = Duration::from_secs(30);
 
@@ -148,10 +148,6 @@ fn derived_public(serial: &str, code: &str) -> String {
     let code = assist_proto::OneTimeCode::parse(code).unwrap();
     let key = assist_proto::derive_key(serial, &code).unwrap();
     key.public_key().to_openssh().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
