@@ -147,7 +147,10 @@ where
             .map_err(|_| {
                 ApiError::Request(
                     StatusCode::REQUEST_TIMEOUT,
-                    format!("request body not received within {} s", BODY_TIMEOUT.as_secs()),
+                    format!(
+                        "request body not received within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
                 )
             })?
             .map_err(|rejection| {
@@ -408,19 +411,67 @@ mod tests {
         let cases: Vec<(&str, &str, Option<&str>, String, u16)> = vec![
             ("POST", "/api/enable", json, "{\"minutes\": 0}".into(), 400),
             ("POST", "/api/enable", json, "{\"minutes\": -1}".into(), 422),
-            ("POST", "/api/enable", json, "{\"minutes\": 1.5}".into(), 422),
-            ("POST", "/api/enable", json, "{\"minutes\": \"5\"}".into(), 422),
-            ("POST", "/api/enable", json, "{\"minutes\": 1e400}".into(), 400),
-            ("POST", "/api/enable", json, "{\"minutes\": 18446744073709551616}".into(), 422),
-            ("POST", "/api/enable", json, "{\"minutes\": 5, \"until\": 0}".into(), 422),
-            ("POST", "/api/enable", json, "{\"minutes\": 5, \"minutes\": 9}".into(), 422),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": 1.5}".into(),
+                422,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": \"5\"}".into(),
+                422,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": 1e400}".into(),
+                400,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": 18446744073709551616}".into(),
+                422,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": 5, \"until\": 0}".into(),
+                422,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\": 5, \"minutes\": 9}".into(),
+                422,
+            ),
             ("POST", "/api/enable", json, "[5]".into(), 422),
             ("POST", "/api/enable", json, "null".into(), 422),
             ("POST", "/api/enable", json, "{\"minutes\": 5".into(), 400),
             ("POST", "/api/enable", json, "".into(), 400),
             ("POST", "/api/enable", json, "\u{feff}{}".into(), 400),
-            ("POST", "/api/enable", json, "{\"minutes\":5}\u{0}".into(), 400),
-            ("POST", "/api/enable", json, "'; DROP TABLE x; --".into(), 400),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "{\"minutes\":5}\u{0}".into(),
+                400,
+            ),
+            (
+                "POST",
+                "/api/enable",
+                json,
+                "'; DROP TABLE x; --".into(),
+                400,
+            ),
             ("POST", "/api/enable", json, deep, 400),
             ("POST", "/api/enable", json, huge, 413),
             ("POST", "/api/enable", None, "{\"minutes\": 5}".into(), 415),

@@ -98,8 +98,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let written =
-                tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&body)).await;
+            let written = tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&body)).await;
             if !matches!(written, Ok(Ok(()))) {
                 tracing::debug!("a status reader went away before the answer");
             }
@@ -120,9 +119,7 @@ fn snapshot(relay: &Relay, uptime: Duration) -> Snapshot {
             .map(|(serial, ports)| Device { serial, ports })
             .collect(),
         hops: relay.hops.snapshot(),
-        sources: relay
-            .penalties
-            .snapshot(policy.penalties(), Instant::now()),
+        sources: relay.penalties.snapshot(policy.penalties(), Instant::now()),
     }
 }
 

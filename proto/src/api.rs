@@ -21,7 +21,11 @@ pub struct RegisterRequest {
 
 /// The message a rotation proof signs: binds the serial to the new key.
 pub fn rotation_message(serial: &str, new_public_key: &str) -> Vec<u8> {
-    format!("{ROTATION_NAMESPACE}\n{serial}\n{}\n", new_public_key.trim()).into_bytes()
+    format!(
+        "{ROTATION_NAMESPACE}\n{serial}\n{}\n",
+        new_public_key.trim()
+    )
+    .into_bytes()
 }
 
 /// Successful answer of `POST /v1/register` (201 for a new binding, 200 for a renewal).

@@ -94,18 +94,33 @@ mod tests {
         for typed in ["7k3qm2xpd9", "7K3QM 2XPD9", " 7k3qm - 2xpd9 "] {
             assert_eq!(OneTimeCode::parse(typed).unwrap(), want, "{typed}");
         }
-        assert_eq!(OneTimeCode::parse("OIL00-11111").unwrap().normalized(), b"0110011111");
+        assert_eq!(
+            OneTimeCode::parse("OIL00-11111").unwrap().normalized(),
+            b"0110011111"
+        );
         assert_eq!(want.to_string(), "7K3QM-2XPD9");
     }
 
     #[test]
     fn refuses_malformed_codes() {
         assert_eq!(OneTimeCode::parse("7K3QM-2XPD"), Err(CodeError::Length(9)));
-        assert_eq!(OneTimeCode::parse("7K3QM-2XPD99"), Err(CodeError::Length(11)));
+        assert_eq!(
+            OneTimeCode::parse("7K3QM-2XPD99"),
+            Err(CodeError::Length(11))
+        );
         assert_eq!(OneTimeCode::parse(""), Err(CodeError::Length(0)));
-        assert_eq!(OneTimeCode::parse("7K3QM-2XPDU"), Err(CodeError::Symbol('U')));
-        assert_eq!(OneTimeCode::parse("7K3QM_2XPD9"), Err(CodeError::Symbol('_')));
-        assert_eq!(OneTimeCode::parse("7K3QM-2XPDé"), Err(CodeError::Symbol('é')));
+        assert_eq!(
+            OneTimeCode::parse("7K3QM-2XPDU"),
+            Err(CodeError::Symbol('U'))
+        );
+        assert_eq!(
+            OneTimeCode::parse("7K3QM_2XPD9"),
+            Err(CodeError::Symbol('_'))
+        );
+        assert_eq!(
+            OneTimeCode::parse("7K3QM-2XPDé"),
+            Err(CodeError::Symbol('é'))
+        );
     }
 
     #[test]

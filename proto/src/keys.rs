@@ -19,6 +19,9 @@ mod tests {
 
     #[test]
     fn keys_differ() {
-        assert_ne!(generate_ed25519().public_key(), generate_ed25519().public_key());
+        assert_ne!(
+            generate_ed25519().public_key(),
+            generate_ed25519().public_key()
+        );
     }
 }

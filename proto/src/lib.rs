@@ -5,8 +5,8 @@
 pub mod api;
 pub mod backoff;
 pub mod code;
-pub mod keys;
 pub mod derive;
+pub mod keys;
 pub mod limits;
 pub mod logging;
 pub mod name;
@@ -14,6 +14,6 @@ pub mod secret;
 pub mod ssh;
 
 pub use code::{CodeError, OneTimeCode};
-pub use derive::{derive_key, DeriveError};
-pub use name::{validate_name, NameError};
+pub use derive::{DeriveError, derive_key};
+pub use name::{NameError, validate_name};
 pub use secret::Secret;

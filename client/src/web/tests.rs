@@ -280,7 +280,10 @@ async fn hostile_page_bodies_are_refused_with_json_errors() {
         assert_eq!(status.as_u16(), want, "{path} {body}: {text}");
         assert!(headers.get(header::SET_COOKIE).is_none(), "{path} {body}");
         let error: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+        assert!(
+            error["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{text}"
+        );
     }
     assert_eq!(std::fs::read_to_string(keys).unwrap(), STALE);
 }

@@ -31,7 +31,10 @@ pub struct LiveHops(Mutex<HashMap<i64, LiveHop>>);
 
 impl LiveHops {
     fn insert(&self, id: i64, hop: LiveHop) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id, hop);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, hop);
     }
 
     fn remove(&self, id: i64) {
