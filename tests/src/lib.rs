@@ -52,7 +52,27 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // cargo sets these for the test process. Passed on, they differ from what the outer
+    // `cargo test` saw, and ring's build script watches them (rerun-if-env-changed): ring,
+    // russh and everything above would rebuild on every test run, twice.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || matches!(
+                    k,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+        }) {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd
         .args([
             "build",
             "--quiet",
