@@ -158,18 +158,22 @@ impl ServerCertVerifier for PinVerifier {
 pub fn describe_tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(error);
     while let Some(e) = current {
-        // tokio-rustls wraps the rustls error in an io::Error, whose `source()` skips it.
-        let found = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = found {
+        if let Some(tls) = as_rustls(e) {
             return Some(describe(tls));
         }
         current = e.source();
     }
     None
+}
+
+/// The rustls error that `e` is or wraps: tokio-rustls puts it in an io::Error, and
+/// hyper-rustls wraps that in another; `Display` shows through, but `source()` skips them.
+fn as_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    as_rustls(inner)
 }
 
 fn describe(error: &rustls::Error) -> String {
@@ -236,9 +240,10 @@ mod tests {
                 CertFingerprint::of_der(&pinned)
             )
         );
-        // The same words come out of an io::Error wrapping, as tokio-rustls delivers it.
+        // The same words come out of the io::Errors tokio-rustls and hyper-rustls wrap it in.
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
-        assert_eq!(describe_tls_failure(&io).as_deref(), Some(message.as_str()));
+        let twice = std::io::Error::other(io);
+        assert_eq!(describe_tls_failure(&twice).as_deref(), Some(message.as_str()));
     }
 
     #[test]
