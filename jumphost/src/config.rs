@@ -5,7 +5,7 @@
 //! against the folder holding the config file, so a config works from any working directory.
 //!
 //! Without `[api_tls]` the registration API speaks plain HTTP, as the contract's four-key
-//! configs expect; [`JumphostConfig::plain_api_warning`] says when that is risky.
+//! configs expect; [`plain_api_warning`] says when that is risky.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -147,15 +147,9 @@ impl JumphostConfig {
     }
 }
 
-impl JumphostConfig {
-    /// The warning to shout at start when the API would carry device keys and serials in
-    /// clear over a network: no TLS and a listen address other than loopback.
-    pub fn plain_api_warning(&self) -> Option<String> {
-        plain_api_warning(self.api_listen, self.api_tls.is_some())
-    }
-}
-
-fn plain_api_warning(api_listen: SocketAddr, tls: bool) -> Option<String> {
+/// The warning to shout at start when the API would carry device keys and serials in clear
+/// over a network: no TLS and a listen address other than loopback.
+pub fn plain_api_warning(api_listen: SocketAddr, tls: bool) -> Option<String> {
     let ip = match api_listen.ip() {
         IpAddr::V6(v6) => v6.to_canonical(),
         v4 => v4,

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::JumphostConfig;
+use crate::config::{self, JumphostConfig};
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::ssh::{self, Limits, Relay, hostkey};
 use crate::store::{SqliteStore, Store};
@@ -94,7 +94,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    if let Some(warning) = config.plain_api_warning() {
+    if let Some(warning) = config::plain_api_warning(api_addr, config.api_tls.is_some()) {
         // Loud on purpose: on stderr even when RUST_LOG hides warnings, and in the log.
         eprintln!("WARNING: {warning}");
         tracing::warn!("{warning}");
