@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use assist_proto::cert_fingerprint::CertFingerprint;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::config::ApiTls;
 
@@ -66,7 +66,22 @@ pub fn load(tls: &ApiTls, data_dir: &Path, api_listen: SocketAddr) -> anyhow::Re
             if !cert.exists() {
                 create_self_signed(&cert, &key, &subject_alt_names(api_listen, names))?;
             }
-            read_pair(&cert, "api_tls.self_signed", &key, "api_tls.self_signed")
+            let pair = read_pair(&cert, "api_tls.self_signed", &key, "api_tls.self_signed")?;
+            let missing = names_not_covered(&pair.chain[0], names);
+            if !missing.is_empty() {
+                // Not made anew on its own: that would change the fingerprint agents pin.
+                let warning = format!(
+                    "api_tls.names {} are not in {}, which was made before they were \
+                     configured; delete it and {} and restart to make a new certificate \
+                     (its fingerprint changes)",
+                    missing.join(", "),
+                    cert.display(),
+                    key.display()
+                );
+                eprintln!("WARNING: {warning}");
+                tracing::warn!("{warning}");
+            }
+            Ok(pair)
         }
     }
 }
@@ -98,6 +113,21 @@ fn read_pair(
         key_path.display()
     );
     Ok(ApiCert { chain, key, files })
+}
+
+/// The configured names the certificate is not valid for.
+fn names_not_covered(leaf: &CertificateDer<'_>, names: &[String]) -> Vec<String> {
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return names.to_vec();
+    };
+    names
+        .iter()
+        .filter(|name| {
+            ServerName::try_from(name.as_str())
+                .map_or(true, |n| cert.verify_is_valid_for_subject_name(&n).is_err())
+        })
+        .cloned()
+        .collect()
 }
 
 /// localhost and the loopback addresses (so a local health check verifies), the listen
@@ -184,6 +214,29 @@ mod tests {
         assert_eq!(mode(SELF_SIGNED_KEY_FILE), 0o600);
         assert_eq!(mode(SELF_SIGNED_CERT_FILE), 0o644);
         first.server_config().unwrap();
+    }
+
+    #[test]
+    fn names_added_after_the_certificate_was_made_are_found_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ApiTls::SelfSigned {
+            names: vec!["jump.example.com".into(), "203.0.113.7".into()],
+        };
+        let made = load(&tls, dir.path(), listen()).unwrap();
+        let leaf = &made.chain[0];
+        let now = ["jump.example.com", "203.0.113.7", "localhost", "::1"].map(String::from);
+        assert!(names_not_covered(leaf, &now).is_empty());
+        let later = ["jump.example.com", "new.example.com", "198.51.100.1"].map(String::from);
+        assert_eq!(
+            names_not_covered(leaf, &later),
+            ["new.example.com", "198.51.100.1"]
+        );
+        // Loading with the new names keeps the old certificate (and its fingerprint).
+        let grown = ApiTls::SelfSigned {
+            names: later.to_vec(),
+        };
+        let again = load(&grown, dir.path(), listen()).unwrap();
+        assert_eq!(again.fingerprint(), made.fingerprint());
     }
 
     #[test]
