@@ -243,7 +243,10 @@ mod tests {
         // The same words come out of the io::Errors tokio-rustls and hyper-rustls wrap it in.
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
         let twice = std::io::Error::other(io);
-        assert_eq!(describe_tls_failure(&twice).as_deref(), Some(message.as_str()));
+        assert_eq!(
+            describe_tls_failure(&twice).as_deref(),
+            Some(message.as_str())
+        );
     }
 
     #[test]
