@@ -13,6 +13,8 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+# The API TLS test makes a CA and a certificate and checks fingerprints (tests/tests/tls.rs).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The web page test drives a real browser (tests/tests/web.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

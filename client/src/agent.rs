@@ -120,7 +120,13 @@ impl Agent {
         }
         let mut guard = self.window.lock().await;
         let public = keys::public_line(&self.device_key)?;
-        let reg = register::register(&self.config.api_url, &self.config.serial, &public).await?;
+        let reg = register::register(
+            &self.config.api_url,
+            &self.config.api_trust,
+            &self.config.serial,
+            &public,
+        )
+        .await?;
         let max_secs = reg.max_assistance_secs;
         if max_secs == 0 {
             return Err(AgentError::NoWindowAllowed);

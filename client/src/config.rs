@@ -1,6 +1,8 @@
 //! `client.toml`: what the agent reads at start, parsed strictly and validated with errors
 //! that name the file and the key.
 
+use crate::api_tls::{self, ApiTrust};
+use assist_proto::cert_fingerprint::CertFingerprint;
 use assist_proto::limits::{HTTP_SERVICE_PORT, SSH_SERVICE_PORT};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -51,6 +53,13 @@ struct RawConfig {
     /// first use.
     #[serde(default)]
     jumphost_fingerprint: Option<String>,
+    /// Optional PEM file of the CA (or the self-signed certificate) to trust for an
+    /// `https://` api_url instead of the system's CAs.
+    #[serde(default)]
+    api_ca_file: Option<PathBuf>,
+    /// Optional `sha256:…` of the API's certificate, as the jump host prints it.
+    #[serde(default)]
+    api_fingerprint: Option<String>,
 }
 
 /// One reverse-forwarded service: the virtual port asked of the jump host and the local
@@ -76,6 +85,8 @@ pub struct Config {
     pub authorized_keys: Option<PathBuf>,
     pub services: Vec<Service>,
     pub jumphost_fingerprint: Option<String>,
+    /// How an `https://` api_url is verified; unused for `http://`.
+    pub api_trust: ApiTrust,
 }
 
 impl Config {
@@ -85,7 +96,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        // Checked at start rather than at the first `enable`, when nobody reads the log.
+        if let ApiTrust::CaFile(file) = &config.api_trust {
+            api_tls::read_ca_file(file).map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "api_ca_file".to_owned(),
+                message,
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses `text` as if read from `path`; relative paths are taken from `path`'s folder.
@@ -129,6 +149,8 @@ impl Config {
                 format!("{fp:?} must look like SHA256:… (as `ssh-keygen -lf` prints)"),
             ));
         }
+        let api_trust = api_trust(&raw, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|(key, message)| invalid(key, message))?;
         let mut services = Vec::new();
         for (name, target) in &raw.services {
             let key = format!("services.{name}");
@@ -174,6 +196,7 @@ impl Config {
             authorized_keys: raw.authorized_keys.map(|p| base.join(p)),
             services,
             jumphost_fingerprint: raw.jumphost_fingerprint,
+            api_trust,
         })
     }
 
@@ -191,6 +214,40 @@ impl Config {
 
     pub fn web_addr_path(&self) -> PathBuf {
         self.data_dir.join(WEB_ADDR_FILE)
+    }
+}
+
+/// `api_ca_file` / `api_fingerprint`: at most one, and only for an `https://` api_url.
+fn api_trust(raw: &RawConfig, base: &Path) -> Result<ApiTrust, (&'static str, String)> {
+    let https = raw.api_url.starts_with("https://");
+    match (&raw.api_ca_file, &raw.api_fingerprint) {
+        (Some(_), Some(_)) => Err((
+            "api_fingerprint",
+            "set api_fingerprint (pin one certificate) or api_ca_file (trust a CA), not both"
+                .to_owned(),
+        )),
+        (Some(_), None) | (None, Some(_)) if !https => {
+            let key = if raw.api_ca_file.is_some() {
+                "api_ca_file"
+            } else {
+                "api_fingerprint"
+            };
+            Err((
+                key,
+                format!(
+                    "only applies to an https:// api_url, and api_url is {:?}",
+                    raw.api_url
+                ),
+            ))
+        }
+        (Some(file), None) if file.as_os_str().is_empty() => {
+            Err(("api_ca_file", "must not be empty".to_owned()))
+        }
+        (Some(file), None) => Ok(ApiTrust::CaFile(base.join(file))),
+        (None, Some(fp)) => CertFingerprint::parse(fp)
+            .map(ApiTrust::Fingerprint)
+            .map_err(|e| ("api_fingerprint", e.to_string())),
+        (None, None) => Ok(ApiTrust::SystemRoots),
     }
 }
 
@@ -300,6 +357,108 @@ http = "127.0.0.1:80"
                 .to_string()
                 .contains("services")
         );
+    }
+
+    const FP: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn https(extra: &str) -> String {
+        GOOD.replace("http://jump", "https://jump").replace(
+            "target_user = \"root\"",
+            &format!("target_user = \"root\"\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn api_trust_keys_are_read() {
+        assert_eq!(parse(&https("")).unwrap().api_trust, ApiTrust::SystemRoots);
+        assert_eq!(parse(GOOD).unwrap().api_trust, ApiTrust::SystemRoots);
+        let c = parse(&https("api_ca_file = \"ca.pem\"")).unwrap();
+        assert_eq!(
+            c.api_trust,
+            ApiTrust::CaFile(PathBuf::from("/etc/assist/ca.pem"))
+        );
+        let c = parse(&https(&format!("api_fingerprint = \"{FP}\""))).unwrap();
+        assert_eq!(
+            c.api_trust,
+            ApiTrust::Fingerprint(CertFingerprint::parse(FP).unwrap())
+        );
+        let colons = FP[7..]
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let c = parse(&https(&format!("api_fingerprint = \"{colons}\""))).unwrap();
+        assert_eq!(
+            c.api_trust,
+            ApiTrust::Fingerprint(CertFingerprint::parse(FP).unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_api_trust_keys_are_named() {
+        let both = https(&format!(
+            "api_ca_file = \"ca.pem\"\napi_fingerprint = \"{FP}\""
+        ));
+        let cases = [
+            (both, "api_fingerprint", "not both"),
+            (
+                GOOD.replace(
+                    "target_user = \"root\"",
+                    "target_user = \"root\"\napi_ca_file = \"ca.pem\"",
+                ),
+                "api_ca_file",
+                "https://",
+            ),
+            (
+                GOOD.replace(
+                    "target_user = \"root\"",
+                    &format!("target_user = \"root\"\napi_fingerprint = \"{FP}\""),
+                ),
+                "api_fingerprint",
+                "https://",
+            ),
+            (
+                https("api_fingerprint = \"sha256:abc\""),
+                "api_fingerprint",
+                "64 hex digits",
+            ),
+            (
+                https("api_fingerprint = \"SHA256:tLKN6HA4MRIIEKQx/ZzJlkCmIU+D1o5VD4tNOkF+fns\""),
+                "api_fingerprint",
+                "64 hex digits",
+            ),
+            (https("api_ca_file = \"\""), "api_ca_file", "empty"),
+        ];
+        for (text, key, words) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+            assert!(err.contains(words), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.toml");
+        std::fs::write(&file, https("api_ca_file = \"ca.pem\"")).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("key `api_ca_file`"), "{err}");
+        assert!(
+            err.contains(&dir.path().join("ca.pem").display().to_string()),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.api_trust, ApiTrust::CaFile(dir.path().join("ca.pem")));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api_tls;
 pub mod authorized_keys;
 pub mod commands;
 pub mod config;

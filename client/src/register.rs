@@ -1,5 +1,7 @@
-//! Registration (or renewal) of the device key with the jump host's `POST /v1/register`.
+//! Registration (or renewal) of the device key with the jump host's `POST /v1/register`,
+//! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP.
 
+use crate::api_tls::{self, ApiTrust};
 use assist_proto::api::{ErrorBody, RegisterRequest, RegisterResponse};
 use std::time::Duration;
 
@@ -20,41 +22,52 @@ pub enum RegisterError {
     NotAllowed { serial: String, message: String },
     #[error("the jump host refused the registration with HTTP {status}: {message}")]
     Refused { status: u16, message: String },
+    #[error("TLS with the jump host API at {url} failed: {message}")]
+    Tls { url: String, message: String },
     #[error("cannot reach the jump host API at {url}: {message}; check api_url and the network")]
     Unreachable { url: String, message: String },
     #[error("the jump host API at {url} answered something unexpected: {message}")]
     BadAnswer { url: String, message: String },
 }
 
-/// Registers `public_key` for `serial` at `api_url` (without trailing slash).
+/// Registers `public_key` for `serial` at `api_url` (without trailing slash); an
+/// `https://` URL is verified according to `trust`.
 pub async fn register(
     api_url: &str,
+    trust: &ApiTrust,
     serial: &str,
     public_key: &str,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
-    let client = reqwest::Client::builder()
-        .timeout(REGISTER_TIMEOUT)
-        .build()
-        .map_err(|e| RegisterError::Unreachable {
+    let mut builder = reqwest::Client::builder().timeout(REGISTER_TIMEOUT);
+    if url.starts_with("https://") {
+        let tls = api_tls::client_config(trust).map_err(|message| RegisterError::Tls {
             url: url.clone(),
-            message: e.to_string(),
+            message,
         })?;
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let client = builder.build().map_err(|e| RegisterError::Unreachable {
+        url: url.clone(),
+        message: e.to_string(),
+    })?;
     let request = RegisterRequest {
         serial: serial.to_owned(),
         public_key: public_key.to_owned(),
         rotation_proof: None,
     };
-    let response =
-        client
-            .post(&url)
-            .json(&request)
-            .send()
-            .await
-            .map_err(|e| RegisterError::Unreachable {
+    let response = client.post(&url).json(&request).send().await.map_err(|e| {
+        match api_tls::describe_tls_failure(&e) {
+            Some(message) => RegisterError::Tls {
+                url: url.clone(),
+                message,
+            },
+            None => RegisterError::Unreachable {
                 url: url.clone(),
                 message: error_chain(&e),
-            })?;
+            },
+        }
+    })?;
     let status = response.status().as_u16();
     let body = response
         .text()

@@ -17,19 +17,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use assist_proto::api::{
     ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
 };
-use assist_proto::limits::MAX_API_BODY;
+use assist_proto::limits::{self, MAX_API_BODY};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use russh::keys::ssh_key::SshSig;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
+use self::tls::TlsListener;
 use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
+
+pub mod cert;
+pub mod tls;
 
 /// Time a client gets to send its whole request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -195,16 +200,36 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on an already-bound listener until `shutdown` fires.
+/// Serves the API on an already-bound listener until `shutdown` fires: HTTPS with `tls`,
+/// plain HTTP without.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Some(config) => {
+            let listener = TlsListener::new(
+                listener,
+                config,
+                limits::TLS_HANDSHAKE_TIMEOUT,
+                limits::MAX_TLS_HANDSHAKES,
+            );
+            // axum provides `ConnectInfo<SocketAddr>` (which the rate limit and the audit
+            // read) for its own TcpListener and for any listener wrapped by `tap_io`; the
+            // tap itself does nothing.
+            axum::serve(listener.tap_io(|_| {}), app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
 }
 
 /// Takes a token from the source's bucket before the body is even read; an empty bucket

@@ -3,8 +3,11 @@
 //! The four contract keys (`ssh_listen`, `api_listen`, `data_dir`, `policies_dir`) are
 //! required; everything else is optional with a named default. Relative paths are resolved
 //! against the folder holding the config file, so a config works from any working directory.
+//!
+//! Without `[api_tls]` the registration API speaks plain HTTP, as the contract's four-key
+//! configs expect; [`plain_api_warning`] says when that is risky.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +27,76 @@ pub struct JumphostConfig {
     /// Unauthenticated SSH connections held at once before new ones are dropped.
     #[serde(default = "default_max_startups")]
     pub max_startups: usize,
+    /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
+    #[serde(default)]
+    pub api_tls: Option<ApiTls>,
+}
+
+/// Where the API's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "RawApiTls")]
+pub enum ApiTls {
+    /// PEM files made elsewhere (an ACME client, the company CA): the chain, leaf first,
+    /// and its private key.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A certificate the jump host makes on first start in `data_dir` and reuses; `names`
+    /// are extra subject alternative names (DNS names or IP addresses) besides the API's
+    /// listen address and localhost.
+    SelfSigned { names: Vec<String> },
+}
+
+/// `[api_tls]` as written; [`ApiTls`] is the checked form.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
+    names: Option<Vec<String>>,
+}
+
+impl TryFrom<RawApiTls> for ApiTls {
+    type Error = String;
+
+    fn try_from(raw: RawApiTls) -> Result<Self, String> {
+        match (raw.self_signed, raw.cert, raw.key) {
+            (true, None, None) => {
+                let names = raw.names.unwrap_or_default();
+                for name in &names {
+                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        return Err(format!(
+                            "key api_tls.names: {name:?} is not a DNS name or an IP address"
+                        ));
+                    }
+                }
+                Ok(ApiTls::SelfSigned { names })
+            }
+            (true, _, _) => Err("key api_tls.self_signed: set either self_signed = true or \
+                                 cert and key, not both"
+                .into()),
+            (false, Some(cert), Some(key)) => {
+                if raw.names.is_some() {
+                    return Err("key api_tls.names: only used with self_signed = true; the \
+                                names of a certificate file are in the file"
+                        .into());
+                }
+                if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
+                    return Err("key api_tls.cert/api_tls.key: must not be empty".into());
+                }
+                Ok(ApiTls::Files { cert, key })
+            }
+            (false, Some(_), None) => Err("key api_tls.key: required with api_tls.cert (the \
+                                           certificate's private key, PEM)"
+                .into()),
+            (false, None, Some(_)) => Err("key api_tls.cert: required with api_tls.key (the \
+                                           certificate chain, PEM)"
+                .into()),
+            (false, None, None) => Err("key api_tls: set cert and key (PEM files), or \
+                                        self_signed = true; remove [api_tls] for plain HTTP"
+                .into()),
+        }
+    }
 }
 
 fn default_login_grace() -> Duration {
@@ -50,6 +123,10 @@ impl JumphostConfig {
         config.validate()?;
         config.data_dir = resolve(base, &config.data_dir);
         config.policies_dir = resolve(base, &config.policies_dir);
+        if let Some(ApiTls::Files { cert, key }) = &mut config.api_tls {
+            *cert = resolve(base, cert);
+            *key = resolve(base, key);
+        }
         Ok(config)
     }
 
@@ -68,6 +145,22 @@ impl JumphostConfig {
         }
         Ok(())
     }
+}
+
+/// The warning to shout at start when the API would carry device keys and serials in clear
+/// over a network: no TLS and a listen address other than loopback.
+pub fn plain_api_warning(api_listen: SocketAddr, tls: bool) -> Option<String> {
+    let ip = match api_listen.ip() {
+        IpAddr::V6(v6) => v6.to_canonical(),
+        v4 => v4,
+    };
+    (!tls && !ip.is_loopback()).then(|| {
+        format!(
+            "registration API on {api_listen} without TLS: device keys and serials travel in \
+             clear and can be tampered with; set [api_tls] in the config (self_signed = true, \
+             or cert and key)"
+        )
+    })
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
@@ -170,9 +263,102 @@ policies_dir = "/etc/assist/policies"
     }
 
     #[test]
+    fn api_tls_self_signed_and_files_are_read() {
+        let text = format!(
+            "{FOUR_KEYS}[api_tls]\nself_signed = true\nnames = [\"jump.example.com\", \"203.0.113.7\"]\n"
+        );
+        let config = JumphostConfig::parse(&text, Path::new("/x")).unwrap();
+        assert_eq!(
+            config.api_tls,
+            Some(ApiTls::SelfSigned {
+                names: vec!["jump.example.com".into(), "203.0.113.7".into()]
+            })
+        );
+        let text = format!("{FOUR_KEYS}[api_tls]\ncert = \"tls/api.crt\"\nkey = \"/k.pem\"\n");
+        let config = JumphostConfig::parse(&text, Path::new("/x")).unwrap();
+        assert_eq!(
+            config.api_tls,
+            Some(ApiTls::Files {
+                cert: PathBuf::from("/x/tls/api.crt"),
+                key: PathBuf::from("/k.pem"),
+            })
+        );
+        let config = JumphostConfig::parse(FOUR_KEYS, Path::new("/x")).unwrap();
+        assert_eq!(config.api_tls, None);
+    }
+
+    #[test]
+    fn bad_api_tls_tables_name_the_key_and_line() {
+        let cases = [
+            (
+                "self_signed = true\ncert = \"c\"\nkey = \"k\"",
+                "api_tls.self_signed",
+            ),
+            ("cert = \"c\"", "api_tls.key"),
+            ("key = \"k\"", "api_tls.cert"),
+            ("", "set cert and key"),
+            ("self_signed = false", "set cert and key"),
+            (
+                "cert = \"c\"\nkey = \"k\"\nnames = [\"a\"]",
+                "api_tls.names",
+            ),
+            (
+                "self_signed = true\nnames = [\"not a name\"]",
+                "api_tls.names",
+            ),
+            ("self_signed = \"yes\"", "expected a boolean"),
+            ("sel_signed = true", "sel_signed"),
+        ];
+        for (table, want) in cases {
+            let text = format!("{FOUR_KEYS}[api_tls]\n{table}\n");
+            let err = format!(
+                "{:#}",
+                JumphostConfig::parse(&text, Path::new("")).unwrap_err()
+            );
+            assert!(err.contains(want), "{table:?}: {err}");
+            assert!(err.contains("line "), "{table:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_loud_only_off_loopback() {
+        for addr in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+            "127.0.0.2:0",
+        ] {
+            assert_eq!(
+                plain_api_warning(addr.parse().unwrap(), false),
+                None,
+                "{addr}"
+            );
+        }
+        for addr in [
+            "0.0.0.0:8080",
+            "[::]:0",
+            "192.0.2.1:443",
+            "[2001:db8::1]:8080",
+        ] {
+            let warning = plain_api_warning(addr.parse().unwrap(), false).unwrap();
+            assert!(warning.contains("without TLS"), "{warning}");
+            assert!(warning.contains("[api_tls]"), "{warning}");
+            assert_eq!(
+                plain_api_warning(addr.parse().unwrap(), true),
+                None,
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jumphost.toml");
         let config = JumphostConfig::load(&path).unwrap();
         assert!(config.policies_dir.ends_with("policies"), "{config:?}");
+        assert!(
+            matches!(config.api_tls, Some(ApiTls::SelfSigned { .. })),
+            "{config:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::api::{self, ApiState};
-use crate::config::JumphostConfig;
+use crate::config::{self, JumphostConfig};
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::ssh::{self, Limits, Relay, hostkey};
 use crate::store::{SqliteStore, Store};
@@ -56,6 +56,13 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let policy = PolicyHandle::new(policy);
     let host_key = hostkey::load_or_create(&config.data_dir)?;
     let fingerprint = hostkey::fingerprint(&host_key);
+    let api_cert = config
+        .api_tls
+        .as_ref()
+        .map(|tls| api::cert::load(tls, &config.data_dir, config.api_listen))
+        .transpose()?;
+    let api_cert_fingerprint = api_cert.as_ref().and_then(|c| c.fingerprint());
+    let api_tls = api_cert.map(|c| c.server_config()).transpose()?;
 
     let ssh_listener = TcpListener::bind(config.ssh_listen)
         .await
@@ -94,8 +101,10 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&relay),
         shutdown.clone(),
     ));
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
     let api_task = tokio::spawn(api::serve(
         api_listener,
+        api_tls,
         ApiState {
             store: Arc::clone(&store),
             policy,
@@ -104,12 +113,19 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    print_ready(&[
-        format!("host key fingerprint: {fingerprint}"),
-        format!("ssh listening on {ssh_addr}"),
-        format!("api listening on http://{api_addr}"),
-    ])?;
-    tracing::info!(%ssh_addr, %api_addr, %fingerprint, "jump host ready");
+    if let Some(warning) = config::plain_api_warning(api_addr, config.api_tls.is_some()) {
+        // Loud on purpose: on stderr even when RUST_LOG hides warnings, and in the log.
+        eprintln!("WARNING: {warning}");
+        tracing::warn!("{warning}");
+    }
+    let mut ready = vec![format!("host key fingerprint: {fingerprint}")];
+    if let Some(api_fp) = &api_cert_fingerprint {
+        ready.push(format!("api tls certificate fingerprint: {api_fp}"));
+    }
+    ready.push(format!("ssh listening on {ssh_addr}"));
+    ready.push(format!("api listening on {scheme}://{api_addr}"));
+    print_ready(&ready)?;
+    tracing::info!(%ssh_addr, %api_addr, %fingerprint, api_scheme = scheme, "jump host ready");
 
     // The SSH server only stops on its own after a fatal error; then the process exits
     // rather than serving the API alone.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod cert_fingerprint;
 pub mod code;
 pub mod derive;
 pub mod keys;

@@ -28,3 +28,7 @@ pub const DEFAULT_ASSISTANCE_MINUTES: u64 = 60;
 pub const SSH_SERVICE_PORT: u32 = 22;
 /// Virtual port of the `http` service.
 pub const HTTP_SERVICE_PORT: u32 = 80;
+/// Time a client of the registration API gets to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes of the registration API in progress at once; more wait in the backlog.
+pub const MAX_TLS_HANDSHAKES: usize = 256;

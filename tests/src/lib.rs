@@ -52,7 +52,27 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // cargo sets these for the test process. Passed on, they differ from what the outer
+    // `cargo test` saw, and ring's build script watches them (rerun-if-env-changed): ring,
+    // russh and everything above would rebuild on every test run, twice.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || matches!(
+                    k,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+        }) {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd
         .args([
             "build",
             "--quiet",
@@ -370,18 +390,42 @@ pub struct Jumphost {
     pub policies_dir: PathBuf,
     pub ssh_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// `http://ADDR`, or `https://ADDR` with `[api_tls]`, as the jump host printed it.
+    pub api_url: String,
     pub host_key_fingerprint: String,
+    /// The printed `sha256:…` of the API's TLS certificate, with `[api_tls]`.
+    pub api_tls_fingerprint: Option<String>,
+    /// Lines appended to the four contract keys of jumphost.toml (kept across restarts).
+    extra_config: String,
 }
 
 impl Jumphost {
     /// Starts a jump host on free loopback ports with `policy_toml` as its only policy file.
     pub fn start(dir: &Path, policy_toml: &str) -> Jumphost {
+        Self::start_configured(dir, policy_toml, "127.0.0.1:0", "")
+    }
+
+    /// As [`Jumphost::start`], with the API on `api_listen` and `extra_config` (such as an
+    /// `[api_tls]` table) after the four contract keys of jumphost.toml.
+    pub fn start_configured(
+        dir: &Path,
+        policy_toml: &str,
+        api_listen: &str,
+        extra_config: &str,
+    ) -> Jumphost {
         let dir = dir.join("jumphost");
         let data_dir = dir.join("data");
         let policies_dir = dir.join("policies");
         fs::create_dir_all(&policies_dir).expect("create policies dir");
         fs::write(policies_dir.join("test.toml"), policy_toml).expect("write policy");
-        Self::start_with(&dir, &data_dir, &policies_dir, "127.0.0.1:0", "127.0.0.1:0")
+        Self::start_with(
+            &dir,
+            &data_dir,
+            &policies_dir,
+            "127.0.0.1:0",
+            api_listen,
+            extra_config,
+        )
     }
 
     fn start_with(
@@ -390,13 +434,14 @@ impl Jumphost {
         policies_dir: &Path,
         ssh_listen: &str,
         api_listen: &str,
+        extra_config: &str,
     ) -> Jumphost {
         let config = dir.join("jumphost.toml");
         fs::write(
             &config,
             format!(
                 "ssh_listen = \"{ssh_listen}\"\napi_listen = \"{api_listen}\"\n\
-                 data_dir = \"{}\"\npolicies_dir = \"{}\"\n",
+                 data_dir = \"{}\"\npolicies_dir = \"{}\"\n{extra_config}",
                 data_dir.display(),
                 policies_dir.display()
             ),
@@ -407,9 +452,16 @@ impl Jumphost {
         cmd.env("RUST_LOG", "info,assist_jumphost=debug");
         let mut proc = Proc::spawn(cmd, "jumphost");
         let host_key_fingerprint = proc.wait_line("host key fingerprint:", READY_TIMEOUT);
+        let api_tls_fingerprint = extra_config
+            .contains("[api_tls]")
+            .then(|| proc.wait_line("api tls certificate fingerprint:", READY_TIMEOUT));
         let ssh_addr = parse_addr(&proc.wait_line("ssh listening on", READY_TIMEOUT));
-        let api = proc.wait_line("api listening on", READY_TIMEOUT);
-        let api_addr = parse_addr(api.trim_start_matches("http://"));
+        let api_url = proc.wait_line("api listening on", READY_TIMEOUT);
+        let api_addr = parse_addr(
+            api_url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://"),
+        );
         Jumphost {
             proc,
             dir: dir.to_path_buf(),
@@ -418,7 +470,10 @@ impl Jumphost {
             policies_dir: policies_dir.to_path_buf(),
             ssh_addr,
             api_addr,
+            api_url,
             host_key_fingerprint,
+            api_tls_fingerprint,
+            extra_config: extra_config.to_string(),
         }
     }
 
@@ -436,7 +491,15 @@ impl Jumphost {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        *self = Self::start_with(&self.dir, &self.data_dir, &self.policies_dir, &ssh, &api);
+        let extra = std::mem::take(&mut self.extra_config);
+        *self = Self::start_with(
+            &self.dir,
+            &self.data_dir,
+            &self.policies_dir,
+            &ssh,
+            &api,
+            &extra,
+        );
     }
 
     /// `POST /v1/register` with `{serial, public_key}`.
@@ -611,11 +674,11 @@ pub fn write_client_config(folder: &Path, serial: &str, jump: &Jumphost, sshd: &
     fs::write(
         &config,
         format!(
-            "serial = \"{serial}\"\njumphost = \"{}\"\napi_url = \"http://{}\"\n\
+            "serial = \"{serial}\"\njumphost = \"{}\"\napi_url = \"{}\"\n\
              data_dir = \"data\"\nweb_listen = \"127.0.0.1:0\"\ntarget_user = \"root\"\n\
              authorized_keys = \"{}\"\n\n[services]\nssh = \"{}\"\n",
             jump.ssh_addr,
-            jump.api_addr,
+            jump.api_url,
             sshd.authorized_keys.display(),
             sshd.addr
         ),
