@@ -7,7 +7,8 @@ use crate::register::RegisterError;
 use crate::state::Status;
 use crate::web::constant_time_eq;
 use assist_proto::Secret;
-use axum::body::Bytes;
+use assist_proto::body::read_json;
+use assist_proto::limits::BODY_TIMEOUT;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -16,7 +17,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Body of `POST /api/enable`.
@@ -56,8 +56,6 @@ pub struct ApiErrorBody {
 
 /// Largest request body the local API reads: its bodies are a few dozen bytes.
 pub const MAX_BODY: usize = 16 * 1024;
-/// Time a client gets to send its whole request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the API, mapped to status codes. The messages are meant for the machine's owner
 /// (who holds the token), so they say what happened and what to do.
@@ -128,65 +126,10 @@ where
                 "send the body as JSON with Content-Type: application/json".into(),
             ));
         }
-        let too_large = || {
-            ApiError::Request(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            )
-        };
-        let announced = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(too_large());
-        }
-        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state));
-        let bytes = read
+        read_json(req, state, MAX_BODY, BODY_TIMEOUT)
             .await
-            .map_err(|_| {
-                ApiError::Request(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "request body not received within {} s",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                )
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    ApiError::Request(StatusCode::BAD_REQUEST, rejection.body_text())
-                }
-            })?;
-        // serde would take `[5]` for a struct; only an object is a request.
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::Request(
-                StatusCode::BAD_REQUEST,
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::Request(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid request: the body must be a JSON object".into(),
-            ));
-        }
-        // From the bytes, not the value: a value keeps only the last of duplicate keys.
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Data => ApiError::Request(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("invalid request: {e}"),
-                ),
-                Category::Syntax | Category::Eof | Category::Io => ApiError::Request(
-                    StatusCode::BAD_REQUEST,
-                    format!("request body is not valid JSON: {e}"),
-                ),
-            }
-        })
+            .map(ApiJson)
+            .map_err(|e| ApiError::Request(e.status(), e.to_string()))
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use assist_proto::api::{
     ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
 };
-use assist_proto::limits::{self, MAX_API_BODY};
+use assist_proto::body::{BodyError, read_json};
+use assist_proto::limits::{self, BODY_TIMEOUT, MAX_API_BODY};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,8 +37,6 @@ use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 pub mod cert;
 pub mod tls;
 
-/// Time a client gets to send its whole request body.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest public key line accepted: an ed25519 line is ~100 bytes plus its comment.
 const MAX_KEY_LINE: usize = 4096;
 /// Longest audit outcome text stored for one request.
@@ -141,46 +140,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // An announced size over the limit is refused before waiting for a byte of it.
-        let announced = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > MAX_API_BODY as u64) {
-            return Err(ApiError::TooLarge);
-        }
-        // A client trickling (or never sending) its body must not hold a task forever.
-        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::Bytes::from_request(req, state));
-        let bytes = read
+        read_json(req, state, MAX_API_BODY, BODY_TIMEOUT)
             .await
-            .map_err(|_| ApiError::Timeout)?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge
-                } else {
-                    ApiError::Malformed(rejection.body_text())
-                }
-            })?;
-        // serde would take `["SN-1", "ssh-ed25519 …"]` for a struct; only an object is a
-        // request.
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Malformed(format!("request body is not valid JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(ApiError::Invalid(
-                "invalid request: the body must be a JSON object".into(),
-            ));
-        }
-        // From the bytes, not the value: a value keeps only the last of duplicate keys.
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Data => ApiError::Invalid(format!("invalid request: {e}")),
-                Category::Syntax | Category::Eof | Category::Io => {
-                    ApiError::Malformed(format!("request body is not valid JSON: {e}"))
-                }
-            }
-        })
+            .map(ApiJson)
+            .map_err(|e| match e {
+                BodyError::TooLarge(_) => ApiError::TooLarge,
+                BodyError::Timeout(_) => ApiError::Timeout,
+                BodyError::Malformed(m) => ApiError::Malformed(m),
+                BodyError::Invalid(m) => ApiError::Invalid(m),
+            })
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod backoff;
+#[cfg(feature = "axum")]
+pub mod body;
 pub mod cert_fingerprint;
 pub mod code;
 pub mod derive;

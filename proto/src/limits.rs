@@ -4,6 +4,8 @@ use std::time::Duration;
 
 /// Largest request body the registration API reads.
 pub const MAX_API_BODY: usize = 64 * 1024;
+/// Time an HTTP client gets to send its whole request body (both servers).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an unauthenticated SSH connection may take to log in (OpenSSH's LoginGraceTime).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Unauthenticated SSH connections held at once before new ones are dropped (MaxStartups).
