@@ -338,3 +338,13 @@ fn texts_merge_like_the_folder_they_came_from() {
     .to_string();
     assert!(err.contains("a.toml") && err.contains("b.toml"), "{err}");
 }
+
+/// Found by the `policy` fuzz target: a broken table header gave a two-line error.
+#[test]
+fn every_error_is_one_line_naming_the_file() {
+    let err = Policy::from_toml(Path::new("00.toml"), "[se]asirl\nallow = [\"SN-[\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains('\n'), "{err:?}");
+    assert!(err.starts_with("00.toml: line 1, column 5: "), "{err}");
+}
