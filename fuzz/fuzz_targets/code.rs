@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(&shown[5..6], "-");
             assert_eq!(OneTimeCode::parse(&shown).as_ref(), Ok(&code));
             // Lowercase typing is the same code.
-            assert_eq!(OneTimeCode::parse(&shown.to_lowercase()).as_ref(), Ok(&code));
+            assert_eq!(
+                OneTimeCode::parse(&shown.to_lowercase()).as_ref(),
+                Ok(&code)
+            );
         }
         Err(CodeError::Length(n)) => {
             assert_ne!(n, CODE_LEN);
@@ -33,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
             // The error shows the character as it was typed.
             assert!(input.contains(c), "{c:?} not in the input");
             let upper = c.to_ascii_uppercase();
-            assert!(!(upper.is_ascii() && CROCKFORD.contains(&(upper as u8))), "{c:?}");
+            assert!(
+                !(upper.is_ascii() && CROCKFORD.contains(&(upper as u8))),
+                "{c:?}"
+            );
         }
     }
 });

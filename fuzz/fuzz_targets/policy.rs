@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!message.trim().is_empty());
             assert!(!message.contains('\n'), "not one line: {message:?}");
             assert!(
-                names.iter().any(|n| message.contains(&*n.to_string_lossy())),
+                names
+                    .iter()
+                    .any(|n| message.contains(&*n.to_string_lossy())),
                 "names no file: {message}"
             );
         }

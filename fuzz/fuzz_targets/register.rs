@@ -149,7 +149,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(stored, bound, "rebound without proof");
         }
     } else {
-        assert!(!answer.contains(&b'\n'), "error is not one line: {answer:?}");
+        assert!(
+            !answer.contains(&b'\n'),
+            "error is not one line: {answer:?}"
+        );
         let object = json.as_object().expect("error is a JSON object");
         assert_eq!(object.len(), 1, "{json}");
         let message = object["error"].as_str().expect("error is a string");

@@ -157,10 +157,17 @@ policies_dir = "/etc/assist/policies"
     fn toml_errors_are_one_line() {
         let text = "[se]asirl\n";
         let err = toml::from_str::<toml::Value>(text).unwrap_err();
-        assert!(err.message().contains('\n'), "toml changed: {:?}", err.message());
+        assert!(
+            err.message().contains('\n'),
+            "toml changed: {:?}",
+            err.message()
+        );
         let line = one_line_toml_error(&err, text);
         assert!(!line.contains('\n'), "{line:?}");
-        assert!(line.starts_with("line 1, column 5: invalid table header; "), "{line}");
+        assert!(
+            line.starts_with("line 1, column 5: invalid table header; "),
+            "{line}"
+        );
     }
 
     #[test]

@@ -318,7 +318,10 @@ fn penalties_section_is_optional_checked_and_set_once() {
 #[test]
 fn texts_merge_like_the_folder_they_came_from() {
     let files = [
-        ("a.toml", "[serials]\nallow = [\"SN-*\"]\n[keys]\nclient_key_ttl = \"1d\"\n"),
+        (
+            "a.toml",
+            "[serials]\nallow = [\"SN-*\"]\n[keys]\nclient_key_ttl = \"1d\"\n",
+        ),
         ("b.toml", "[serials]\nallow = [\"LAB-*\"]\n"),
     ];
     let dir = folder(&files);
