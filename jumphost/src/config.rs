@@ -174,12 +174,20 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
 /// `line L, column C: message` — toml's own rendering spans several lines with a code excerpt,
 /// which reads badly in a log line.
 pub(crate) fn one_line_toml_error(err: &toml::de::Error, text: &str) -> String {
+    // The bare message may span lines too ("invalid table header\nexpected newline, `#`").
+    let message = err
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     match err.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
-            format!("line {line}, column {col}: {}", err.message())
+            format!("line {line}, column {col}: {message}")
         }
-        None => err.message().to_string(),
+        None => message,
     }
 }
 
@@ -234,6 +242,25 @@ policies_dir = "/etc/assist/policies"
         assert!(err.contains("jumphost.toml"), "{err}");
         assert!(err.contains("sssh_port"), "{err}");
         assert!(err.contains("line 6"), "{err}");
+    }
+
+    /// Found by the `policy` fuzz target: toml's message for a broken table header has two
+    /// lines, and a policy error must stay one log line.
+    #[test]
+    fn toml_errors_are_one_line() {
+        let text = "[se]asirl\n";
+        let err = toml::from_str::<toml::Value>(text).unwrap_err();
+        assert!(
+            err.message().contains('\n'),
+            "toml changed: {:?}",
+            err.message()
+        );
+        let line = one_line_toml_error(&err, text);
+        assert!(!line.contains('\n'), "{line:?}");
+        assert!(
+            line.starts_with("line 1, column 5: invalid table header; "),
+            "{line}"
+        );
     }
 
     #[test]

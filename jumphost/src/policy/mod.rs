@@ -86,23 +86,32 @@ impl Policy {
     /// Reads and merges every `*.toml` in `dir` (names starting with `.` are skipped, as
     /// editors leave lock and backup files there).
     pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
-        let files = policy_files(dir)?;
-        let mut merger = parse::Merger::default();
-        for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+        let mut texts = Vec::new();
+        for file in policy_files(dir)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read {
                 file: file.clone(),
                 source,
             })?;
-            merger.add(file, &text)?;
+            texts.push((file, text));
+        }
+        Policy::from_texts(texts.iter().map(|(f, t)| (f.as_path(), t.as_str())))
+    }
+
+    /// Parses and merges policy documents in the order given, as [`Policy::load_dir`] does
+    /// with the files of a folder; each path names its text in errors. Touches no disk.
+    pub fn from_texts<'a>(
+        files: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<Policy, PolicyError> {
+        let mut merger = parse::Merger::default();
+        for (file, text) in files {
+            merger.add(file, text)?;
         }
         Ok(merger.finish())
     }
 
     /// Parses one policy document; `origin` names it in errors. Handy for tests and tools.
     pub fn from_toml(origin: &Path, text: &str) -> Result<Policy, PolicyError> {
-        let mut merger = parse::Merger::default();
-        merger.add(origin, text)?;
-        Ok(merger.finish())
+        Policy::from_texts([(origin, text)])
     }
 
     /// Per-source throttling of logins and registrations (`[penalties]`).

@@ -314,3 +314,40 @@ fn penalties_section_is_optional_checked_and_set_once() {
         "{err}"
     );
 }
+
+#[test]
+fn texts_merge_like_the_folder_they_came_from() {
+    let files = [
+        (
+            "a.toml",
+            "[serials]\nallow = [\"SN-*\"]\n[keys]\nclient_key_ttl = \"1d\"\n",
+        ),
+        ("b.toml", "[serials]\nallow = [\"LAB-*\"]\n"),
+    ];
+    let dir = folder(&files);
+    let from_dir = Policy::load_dir(dir.path()).unwrap();
+    let from_texts =
+        Policy::from_texts(files.iter().map(|(name, text)| (Path::new(*name), *text))).unwrap();
+    assert_eq!(
+        from_texts.serial_patterns().collect::<Vec<_>>(),
+        from_dir.serial_patterns().collect::<Vec<_>>()
+    );
+    assert_eq!(from_texts.client_key_ttl(), from_dir.client_key_ttl());
+    let err = Policy::from_texts([
+        (Path::new("a.toml"), "[keys]\nclient_key_ttl = \"1d\"\n"),
+        (Path::new("b.toml"), "[keys]\nclient_key_ttl = \"2d\"\n"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("a.toml") && err.contains("b.toml"), "{err}");
+}
+
+/// Found by the `policy` fuzz target: a broken table header gave a two-line error.
+#[test]
+fn every_error_is_one_line_naming_the_file() {
+    let err = Policy::from_toml(Path::new("00.toml"), "[se]asirl\nallow = [\"SN-[\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains('\n'), "{err:?}");
+    assert!(err.starts_with("00.toml: line 1, column 5: "), "{err}");
+}
