@@ -38,3 +38,10 @@ cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 # The benchmarks' smoke run: both chains (ours and stock OpenSSH) end to end with checksums,
 # small sizes; it fails on breakage only, never on timing.
 python3 bench/run.py --smoke --no-build
+# Formatting is part of the check, so a change that skipped rustfmt does not land.
+cargo fmt --all --check
+# Fuzzing on request: from cold, installing cargo-fuzz and building the instrumented targets
+# takes longer than everything above (docs/hardening.md, "Fuzzing").
+if [ "${FUZZ_SECONDS:-0}" -gt 0 ]; then
+  scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
