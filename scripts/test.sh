@@ -39,6 +39,7 @@ cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 # small sizes; it fails on breakage only, never on timing.
 python3 bench/run.py --smoke --no-build
 # Formatting is part of the check, so a change that skipped rustfmt does not land.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo fmt --all --check
 # Fuzzing on request: from cold, installing cargo-fuzz and building the instrumented targets
 # takes longer than everything above (docs/hardening.md, "Fuzzing").
