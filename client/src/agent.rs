@@ -7,7 +7,7 @@ use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
 use crate::register::{self, RegisterError};
 use crate::state::{Shared, Status, TunnelState};
-use crate::tunnel::Tunnel;
+use crate::tunnel::{Registration, Tunnel};
 use assist_proto::OneTimeCode;
 use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, SHUTDOWN_GRACE};
 use russh::keys::PrivateKey;
@@ -169,6 +169,11 @@ impl Agent {
             shared: self.shared.clone(),
             cancel: cancel.clone(),
             relays: relays.clone(),
+            registration: Registration {
+                api_url: self.config.api_url.clone(),
+                trust: self.config.api_trust.clone(),
+                public_key: public,
+            },
         };
         let task = tokio::spawn(supervise(
             self.clone(),

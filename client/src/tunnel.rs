@@ -1,8 +1,10 @@
 //! The reverse tunnel: an SSH session to the jump host as the serial, a `tcpip-forward` per
 //! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled.
 
+use crate::api_tls::ApiTrust;
 use crate::config::Service;
 use crate::pin::{HostKeyPin, PinError};
+use crate::register::RegisterError;
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -24,6 +26,18 @@ const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum FatalError {
     #[error(transparent)]
     HostKey(#[from] PinError),
+    /// The device key was refused and registering it again was refused too (the serial is
+    /// bound to another key, or no longer allowed).
+    #[error(transparent)]
+    Register(RegisterError),
+}
+
+/// Where and how the device key is registered, for renewing it when a login is refused.
+pub struct Registration {
+    pub api_url: String,
+    pub trust: ApiTrust,
+    /// The device key's public line.
+    pub public_key: String,
 }
 
 /// Everything a tunnel needs; one per enabled window.
@@ -38,6 +52,7 @@ pub struct Tunnel {
     pub cancel: CancellationToken,
     /// Relayed connections, so disable can wait for them to close.
     pub relays: TaskTracker,
+    pub registration: Registration,
 }
 
 enum Attempt {
@@ -45,6 +60,8 @@ enum Attempt {
     Lost(String),
     /// Could not connect or set up the forwards.
     Failed(String),
+    /// The jump host refused the device key (its binding expired or was reset).
+    Refused(String),
     Fatal(FatalError),
     Cancelled,
 }
@@ -71,6 +88,10 @@ impl Tunnel {
                     reason
                 }
                 Attempt::Failed(reason) => reason,
+                Attempt::Refused(reason) => match self.register_again().await {
+                    Ok(()) => reason,
+                    Err(e) => return Err(e),
+                },
             };
             failures = failures.saturating_add(1);
             let delay = backoff(failures);
@@ -80,6 +101,27 @@ impl Tunnel {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// After a refused login: registers the device key again (a renewal, or a new binding
+    /// after an admin's `serial reset`), so the next attempt can log in instead of adding
+    /// failed logins that count against this network's address. A refusal of the
+    /// registration itself ends the tunnel; an unreachable API is retried with the login.
+    async fn register_again(&self) -> Result<(), FatalError> {
+        let r = &self.registration;
+        match crate::register::register(&r.api_url, &r.trust, &self.serial, &r.public_key).await {
+            Ok(_) => {
+                tracing::info!("device key registered again after a refused login");
+                Ok(())
+            }
+            Err(e @ (RegisterError::BoundToOtherKey { .. } | RegisterError::NotAllowed { .. })) => {
+                Err(FatalError::Register(e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the device key again failed");
+                Ok(())
             }
         }
     }
@@ -105,11 +147,7 @@ impl Tunnel {
                 .await
                 .map_err(|e| format!("login to jump host failed: {e}"))?;
             if !auth.success() {
-                return Err(format!(
-                    "the jump host refused the device key for {} (registration expired or \
-                     reset? disable and enable again to register)",
-                    self.serial
-                ));
+                return Ok(None);
             }
             for s in self.services.iter() {
                 // Ask for the literal "localhost": the jump host echoes it back as
@@ -124,14 +162,21 @@ impl Tunnel {
                         )
                     })?;
             }
-            Ok(handle)
+            Ok(Some(handle))
         };
         let result = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, setup) => r,
             () = self.cancel.cancelled() => return Attempt::Cancelled,
         };
         let mut handle = match result {
-            Ok(Ok(handle)) => handle,
+            Ok(Ok(Some(handle))) => handle,
+            Ok(Ok(None)) => {
+                return Attempt::Refused(format!(
+                    "the jump host refused the device key for {} (registration expired or \
+                     reset); registering it again",
+                    self.serial
+                ));
+            }
             Ok(Err(reason)) => {
                 if let Some(e) = pin_error.lock().ok().and_then(|mut g| g.take()) {
                     return Attempt::Fatal(e.into());

@@ -500,3 +500,71 @@ fn kill_9_mid_transfer_loses_no_record_and_leaves_no_key_line() {
         "2"
     );
 }
+
+/// After an admin's `serial reset` the device key is unknown to the jump host: the agent's
+/// next login is refused once, it registers the key again and is back, without piling up
+/// failed logins against its address. If another device took the serial meanwhile, the
+/// window ends with the reason instead of retrying forever.
+#[test]
+fn a_refused_device_key_is_registered_again_once() {
+    let mut w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "30");
+    let derived = w.path("derived");
+    write_derived_key(&derived, SERIAL, &code);
+    wait_tunnel(&config, "connected");
+
+    let reset = |w: &World| {
+        let out = Command::new(bin("assist-jumphost"))
+            .args(["serial", "reset", SERIAL, "--config"])
+            .arg(&w.jump.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    // A reset leaves the live session alone; the restart makes the agent log in again.
+    reset(&w);
+    w.jump.restart();
+    wait_tunnel(&config, "connected");
+    let out = w.hop(&derived, "echo back");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        w.jump
+            .proc
+            .stderr()
+            .contains("has no registered, unexpired key"),
+        "{}",
+        w.jump.proc.stderr()
+    );
+    let registered = w.jump.sql(
+        "SELECT count(*) FROM audit_events WHERE kind = 'api.register' AND outcome LIKE 'registered %'",
+    );
+    assert_eq!(registered.trim(), "2", "first enable, then the agent's own");
+    let sources = w.jump.status()["sources"].clone();
+    assert!(
+        sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "counted" && s["failures"].as_u64() <= Some(1)),
+        "{sources}"
+    );
+
+    // Another device takes the serial while this one is away: no loop, the window ends.
+    reset(&w);
+    let other = keygen(&w.path("other"));
+    assert_eq!(w.jump.register(SERIAL, &other).0, 201);
+    w.jump.restart();
+    wait_until(SHORT, "the window to end", || {
+        status(&config)["enabled"] == false
+    });
+    let s = status(&config);
+    assert_eq!(s["tunnel"]["state"], "failed", "{s}");
+    let error = s["tunnel"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("bound to another device key") && error.contains("serial reset"),
+        "{s}"
+    );
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+}
