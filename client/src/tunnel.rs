@@ -88,10 +88,10 @@ impl Tunnel {
                     reason
                 }
                 Attempt::Failed(reason) => reason,
-                Attempt::Refused(reason) => match self.register_again().await {
-                    Ok(()) => reason,
-                    Err(e) => return Err(e),
-                },
+                Attempt::Refused(reason) => {
+                    self.register_again().await?;
+                    reason
+                }
             };
             failures = failures.saturating_add(1);
             let delay = backoff(failures);

@@ -241,13 +241,10 @@ fn hostile_registrations_are_refused_with_a_message_and_store_nothing() {
     assert_eq!(jump.register("SN-KEEP", &other).0, 409);
     assert_eq!(jump.register("SN-KEEP", &key).0, 200);
     assert_eq!(list(&jump.dir), files_before);
-    let db = jump.data_dir.join("assist.db");
-    let rows = Command::new("sqlite3")
-        .arg(&db)
-        .arg("SELECT serial FROM bindings ORDER BY serial")
-        .output()
-        .unwrap();
-    assert_eq!(text(&rows.stdout), "SN-1\nSN-KEEP\n");
+    assert_eq!(
+        jump.sql("SELECT serial FROM bindings ORDER BY serial"),
+        "SN-1\nSN-KEEP\n"
+    );
 }
 
 /// A 4xx with a JSON `{"error": …}` that is short, one line and free of control characters.

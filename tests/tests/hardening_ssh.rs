@@ -261,13 +261,8 @@ fn login_failures_escalate_to_a_ban_for_that_source_only() {
     let other = attempt(&jump, &good, "127.0.0.1");
     assert!(other.contains("Authenticated to"), "{other}");
 
-    let db = jump.data_dir.join("assist.db");
-    let audit = Command::new("sqlite3")
-        .arg(&db)
-        .arg("SELECT kind, source, outcome FROM audit_events WHERE kind = 'ssh.penalty'")
-        .output()
-        .unwrap();
-    let audit = text(&audit.stdout);
+    let audit =
+        jump.sql("SELECT kind, source, outcome FROM audit_events WHERE kind = 'ssh.penalty'");
     assert!(
         audit.contains("127.0.0.2") && audit.contains("banned for 1h"),
         "{audit}"

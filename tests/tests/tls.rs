@@ -73,11 +73,7 @@ fn register_body(serial: &str, key: &str) -> String {
 
 /// One row per stored binding, from the jump host's database.
 fn bound_serials(jump: &Jumphost) -> String {
-    let out = run(Command::new("sqlite3")
-        .arg(jump.data_dir.join("assist.db"))
-        .arg("SELECT serial FROM bindings ORDER BY serial"));
-    assert!(out.status.success(), "sqlite3: {}", text(&out.stderr));
-    text(&out.stdout)
+    jump.sql("SELECT serial FROM bindings ORDER BY serial")
 }
 
 /// client.toml with the contract keys plus `extra` (top-level keys).
@@ -191,10 +187,8 @@ fn self_signed_api_is_served_over_https_and_the_agent_verifies_it() {
     let (rc, status, body) = curl(&[], &plain, Some(&register_body("SN-PLAIN", &key)));
     assert_ne!(rc, 0, "{body}");
     assert_eq!(status, "000", "{body}");
-    let audit = run(Command::new("sqlite3")
-        .arg(jump.data_dir.join("assist.db"))
-        .arg("SELECT source FROM audit_events WHERE who = 'SN-CURL'"));
-    assert_eq!(text(&audit.stdout).trim(), "127.0.0.1");
+    let audit = jump.sql("SELECT source FROM audit_events WHERE who = 'SN-CURL'");
+    assert_eq!(audit.trim(), "127.0.0.1");
 
     // The agent pinning the printed fingerprint registers and opens its tunnel.
     let pinned = client_config(
@@ -255,14 +249,9 @@ fn self_signed_api_is_served_over_https_and_the_agent_verifies_it() {
     agent.terminate();
 
     assert_eq!(bound_serials(&jump), "SN-0001\nSN-0003\nSN-CURL\n");
-    let audit = run(Command::new("sqlite3")
-        .arg(jump.data_dir.join("assist.db"))
-        .arg("SELECT count(*) FROM audit_events WHERE who IN ('SN-0002', 'SN-0004', 'SN-PLAIN')"));
-    assert_eq!(
-        text(&audit.stdout).trim(),
-        "0",
-        "refused handshakes reach no handler"
-    );
+    let audit = jump
+        .sql("SELECT count(*) FROM audit_events WHERE who IN ('SN-0002', 'SN-0004', 'SN-PLAIN')");
+    assert_eq!(audit.trim(), "0", "refused handshakes reach no handler");
 
     // A client that connects and never says hello does not hold up shutdown, and the
     // certificate survives a restart.

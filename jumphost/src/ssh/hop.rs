@@ -1,7 +1,7 @@
 //! One engineer hop: open `forwarded-tcpip` on the device's session, answer the engineer's
 //! `direct-tcpip` with the outcome, relay, and record the hop in the store.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -25,9 +25,9 @@ pub struct LiveHop {
     pub since: u64,
 }
 
-/// The hops in progress, by their id in the store.
+/// The hops in progress, by their id in the store (ids grow, so the map is oldest first).
 #[derive(Debug, Default)]
-pub struct LiveHops(Mutex<HashMap<i64, LiveHop>>);
+pub struct LiveHops(Mutex<BTreeMap<i64, LiveHop>>);
 
 impl LiveHops {
     fn insert(&self, id: i64, hop: LiveHop) {
@@ -43,15 +43,8 @@ impl LiveHops {
 
     /// Every hop in progress, oldest first.
     pub fn snapshot(&self) -> Vec<LiveHop> {
-        let mut hops: Vec<(i64, LiveHop)> = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(id, hop)| (*id, hop.clone()))
-            .collect();
-        hops.sort_by_key(|(id, _)| *id);
-        hops.into_iter().map(|(_, hop)| hop).collect()
+        let hops = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        hops.values().cloned().collect()
     }
 }
 
