@@ -9,6 +9,8 @@ pub mod body;
 pub mod cert_fingerprint;
 pub mod code;
 pub mod derive;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod logging;

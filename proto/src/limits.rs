@@ -6,6 +6,13 @@ use std::time::Duration;
 pub const MAX_API_BODY: usize = 64 * 1024;
 /// Time an HTTP client gets to send its whole request body (both servers).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an HTTP client gets to send its request headers, counted from when the server starts
+/// waiting for them: at connect, and again after each answer on a kept-alive connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP connections served at once by one server; more wait in the kernel's backlog.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// HTTP connections one source address may hold at once; more are closed on arrival.
+pub const MAX_HTTP_CONNECTIONS_PER_SOURCE: usize = 32;
 /// How long an unauthenticated SSH connection may take to log in (OpenSSH's LoginGraceTime).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Unauthenticated SSH connections held at once before new ones are dropped (MaxStartups).
