@@ -170,15 +170,15 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// Serves `router` on an already-bound listener until `shutdown` is cancelled.
+/// Serves `router` on an already-bound listener until `shutdown` is cancelled, with the
+/// header deadline and connection limits of `assist_proto::http`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = assist_proto::http::HttpLimits::default();
+    assist_proto::http::serve(listener, router, limits, shutdown.cancelled_owned()).await
 }
 
 async fn require_token(

@@ -18,12 +18,12 @@ use assist_proto::api::{
     ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
 };
 use assist_proto::body::{BodyError, read_json};
+use assist_proto::http::HttpLimits;
 use assist_proto::limits::{self, BODY_TIMEOUT, MAX_API_BODY};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use russh::keys::ssh_key::SshSig;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
@@ -169,20 +169,18 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on an already-bound listener until `shutdown` fires: HTTPS with `tls`,
-/// plain HTTP without.
+/// plain HTTP without; either way with `assist_proto::http`'s header deadline and connection limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state);
+    let limits = HttpLimits::default();
+    let stop = shutdown.cancelled_owned();
     match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+        None => assist_proto::http::serve(listener, app, limits, stop).await,
         Some(config) => {
             let listener = TlsListener::new(
                 listener,
@@ -190,12 +188,7 @@ pub async fn serve(
                 limits::TLS_HANDSHAKE_TIMEOUT,
                 limits::MAX_TLS_HANDSHAKES,
             );
-            // axum provides `ConnectInfo<SocketAddr>` (which the rate limit and the audit
-            // read) for its own TcpListener and for any listener wrapped by `tap_io`; the
-            // tap itself does nothing.
-            axum::serve(listener.tap_io(|_| {}), app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            assist_proto::http::serve(listener, app, limits, stop).await
         }
     }
 }

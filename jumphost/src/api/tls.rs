@@ -1,4 +1,4 @@
-//! HTTPS for the registration API: a listener that hands axum finished TLS streams.
+//! HTTPS for the registration API: a listener that hands the serve loop finished TLS streams.
 //!
 //! Handshakes run in their own tasks, each with a deadline and at most a fixed number at
 //! once, so a client that connects and never sends a ClientHello holds neither the accept
@@ -63,7 +63,7 @@ impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
 
-    // Cancel-safe, as axum's graceful shutdown needs: both awaited operations are, and the
+    // Cancel-safe, as the serve loop's shutdown needs: both awaited operations are, and the
     // handshakes in flight live in `self`, not in this future.
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
