@@ -35,6 +35,7 @@ use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
 pub mod cert;
+pub mod live_cert;
 pub mod tls;
 
 /// Longest public key line accepted: an ed25519 line is ~100 bytes plus its comment.

@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
+use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
-use crate::config::{self, JumphostConfig};
+use crate::config::{self, ApiTls, JumphostConfig};
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::ssh::{self, Limits, Relay, hostkey};
 use crate::store::{SqliteStore, Store};
@@ -62,7 +63,13 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .map(|tls| api::cert::load(tls, &config.data_dir, config.api_listen))
         .transpose()?;
     let api_cert_fingerprint = api_cert.as_ref().and_then(|c| c.fingerprint());
-    let api_tls = api_cert.map(|c| c.server_config()).transpose()?;
+    let live_cert = api_cert
+        .map(|c| c.certified_key().map(|k| Arc::new(LiveCert::new(k))))
+        .transpose()?;
+    let api_tls = live_cert
+        .clone()
+        .map(api::cert::server_config)
+        .transpose()?;
 
     let ssh_listener = TcpListener::bind(config.ssh_listen)
         .await
@@ -89,6 +96,14 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         policy.clone(),
         shutdown.clone(),
     );
+    // Configured files are renewed elsewhere (ACME); a self-signed pair is the jump host's own.
+    let cert_reloader =
+        match (&config.api_tls, live_cert) {
+            (Some(ApiTls::Files { cert, key }), Some(live)) => Some(
+                api::live_cert::spawn_reloader(cert.clone(), key.clone(), live, shutdown.clone()),
+            ),
+            _ => None,
+        };
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         admin::socket_path(&config.data_dir),
@@ -155,6 +170,9 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let _ = watcher.await;
+    if let Some(reloader) = cert_reloader {
+        let _ = reloader.await;
+    }
     let _ = sweeper.await;
     let _ = admin_task.await;
     ssh_result.context("SSH server")?;

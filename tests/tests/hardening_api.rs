@@ -455,7 +455,9 @@ fn silent_connections_are_bounded_per_address_and_closed_at_the_header_deadline(
     runtime.block_on(async {
         let connect = |last: u8| async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
             socket.connect(api).await.unwrap()
         };
         // Read until the server closes; how long that took, or None if it did not in `wait`.
@@ -493,7 +495,11 @@ fn silent_connections_are_bounded_per_address_and_closed_at_the_header_deadline(
             .unwrap();
         let mut answer = [0u8; 64];
         let n = first.read(&mut answer).await.unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..n]);
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &answer[..n]
+        );
         // …and so is another address, while 127.0.0.3 holds all its places.
         let (status, _, body) = register_from(
             api,
@@ -504,7 +510,10 @@ fn silent_connections_are_bounded_per_address_and_closed_at_the_header_deadline(
         // The silent ones are closed at the deadline, not before.
         for silent in held {
             let closed = closed_within(SHORT)(silent).await;
-            assert!(closed.is_some(), "a silent connection was held past {SHORT:?}");
+            assert!(
+                closed.is_some(),
+                "a silent connection was held past {SHORT:?}"
+            );
         }
         let all_closed = opened.elapsed();
         assert!(

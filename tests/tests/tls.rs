@@ -379,8 +379,108 @@ fn configured_certificate_files_are_served() {
     wait_until(SHORT, "tunnel connected", || {
         tunnel_state(&config) == "connected"
     });
+
+    // Renewal, as an ACME client does it: a new key and certificate from the same CA,
+    // swapped in by rename while the jump host runs. Served from the next handshake on,
+    // without a signal, and the connected tunnel is not touched.
+    let issue = |name: &str| {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    };
+    let first = openssl_fingerprint(&tls.join("api.pem"));
+    assert_eq!(served_fingerprint(jump.api_addr), first);
+    issue("renewed");
+    let renewed = openssl_fingerprint(&tls.join("renewed.pem"));
+    fs::copy(tls.join("renewed.key"), tls.join("renewed.key.copy")).unwrap();
+    fs::rename(tls.join("renewed.key"), tls.join("api.key")).unwrap();
+    fs::rename(tls.join("renewed.pem"), tls.join("api.pem")).unwrap();
+    wait_until(SHORT, "the renewed certificate served", || {
+        served_fingerprint(jump.api_addr) == renewed
+    });
+    let (rc, status, body) = curl(
+        &["--cacert", ca.to_str().unwrap()],
+        &url,
+        Some(&register_body("SN-RENEWED", &key)),
+    );
+    assert_eq!((rc, status.as_str()), (0, "201"), "{body}");
+    assert_eq!(tunnel_state(&config), "connected");
+
+    // A broken renewal (a key that does not fit) is logged and changes nothing.
+    // (A poll between the two renames above may have reported one already.)
+    let refused = || {
+        jump.proc
+            .stderr()
+            .matches("api tls certificate not reloaded")
+            .count()
+    };
+    let refused_before = refused();
+    issue("stray");
+    fs::rename(tls.join("stray.key"), tls.join("api.key")).unwrap();
+    wait_until(SHORT, "the broken pair reported", || {
+        refused() > refused_before
+    });
+    assert_eq!(served_fingerprint(jump.api_addr), renewed);
+    // The right key back: picked up by the next poll. Then SIGHUP re-reads on demand.
+    fs::rename(tls.join("renewed.key.copy"), tls.join("api.key")).unwrap();
+    let reread = |trigger: &str| {
+        jump.proc
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("api tls certificate re-read; unchanged") && l.contains(trigger))
+            .count()
+    };
+    wait_until(SHORT, "the fitting key re-read", || {
+        reread("\"change\"") == 1
+    });
+    jump.proc.signal(1);
+    wait_until(SHORT, "a re-read on SIGHUP", || reread("\"SIGHUP\"") == 1);
+    assert_eq!(served_fingerprint(jump.api_addr), renewed);
     agent.terminate();
-    assert_eq!(bound_serials(&jump), "SN-0001\nSN-CURL\n");
+    assert_eq!(bound_serials(&jump), "SN-0001\nSN-CURL\nSN-RENEWED\n");
+}
+
+/// The fingerprint of the certificate the API serves now, as `openssl s_client` sees it.
+fn served_fingerprint(api: std::net::SocketAddr) -> String {
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        "openssl s_client -connect {api} -servername localhost </dev/null 2>/dev/null \
+         | openssl x509 -noout -fingerprint -sha256"
+    )));
+    let stdout = text(&out.stdout);
+    stdout
+        .trim()
+        .split_once('=')
+        .map(|(_, hex)| format!("sha256:{}", hex.replace(':', "").to_lowercase()))
+        .unwrap_or_default()
 }
 
 #[test]

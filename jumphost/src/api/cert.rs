@@ -12,7 +12,9 @@ use anyhow::Context;
 use assist_proto::cert_fingerprint::CertFingerprint;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
 
+use super::live_cert::LiveCert;
 use crate::config::ApiTls;
 
 /// The self-signed certificate (PEM) in `data_dir`.
@@ -34,24 +36,37 @@ impl ApiCert {
         self.chain.first().map(|leaf| CertFingerprint::of_der(leaf))
     }
 
-    /// A rustls server config on the ring provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
-    pub fn server_config(self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("choosing TLS versions")?
-            .with_no_client_auth()
-            .with_single_cert(self.chain, self.key)
-            .with_context(|| {
+    /// The chain and its key as rustls serves them; fails if the key does not fit the leaf.
+    pub fn certified_key(self) -> anyhow::Result<Arc<CertifiedKey>> {
+        let provider = rustls::crypto::ring::default_provider();
+        let certified =
+            CertifiedKey::from_der(self.chain, self.key, &provider).with_context(|| {
                 format!(
                     "{}: the private key does not fit the certificate, or is of a kind rustls \
-                     cannot use",
+                 cannot use",
                     self.files
                 )
             })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(Arc::new(certified))
     }
+
+    /// A server config that always serves this certificate.
+    pub fn server_config(self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        server_config(Arc::new(LiveCert::new(self.certified_key()?)))
+    }
+}
+
+/// A rustls server config on the ring provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN, serving
+/// whatever certificate `live` holds at each handshake.
+pub fn server_config(live: Arc<LiveCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(live);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Loads the configured files, or loads (creating on first start) the self-signed pair in
@@ -86,7 +101,7 @@ pub fn load(tls: &ApiTls, data_dir: &Path, api_listen: SocketAddr) -> anyhow::Re
     }
 }
 
-fn read_pair(
+pub(super) fn read_pair(
     cert: &Path,
     cert_key: &str,
     key_path: &Path,

@@ -1,0 +1,209 @@
+//! The API's certificate, replaced while serving: an ACME client renews the configured files
+//! every few weeks, and a restart just for that would drop every hop in progress.
+//!
+//! The files are checked every second (size and modification time, following symlinks as
+//! certbot's `live/` folder uses them) and re-read on SIGHUP; a new pair is served from the
+//! next handshake on. A pair that cannot be read, or whose key does not fit, is logged and
+//! the certificate in use kept, so a half-written renewal changes nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use assist_proto::cert_fingerprint::CertFingerprint;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+use super::cert::read_pair;
+
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The certificate handshakes get now.
+pub struct LiveCert(RwLock<Arc<CertifiedKey>>);
+
+impl LiveCert {
+    pub fn new(first: Arc<CertifiedKey>) -> Self {
+        Self(RwLock::new(first))
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn replace(&self, next: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+    }
+
+    /// SHA-256 of the leaf in use, as printed at start and pinned by agents.
+    pub fn fingerprint(&self) -> Option<CertFingerprint> {
+        self.current()
+            .cert
+            .first()
+            .map(|leaf| CertFingerprint::of_der(leaf))
+    }
+}
+
+impl fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveCert")
+            .field("fingerprint", &self.fingerprint().map(|fp| fp.to_string()))
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// Re-reads `cert` and `key` into `live` when either changes or on SIGHUP, until `shutdown`.
+pub fn spawn_reloader(
+    cert: PathBuf,
+    key: PathBuf,
+    live: Arc<LiveCert>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    // Taken now, as the policy watcher does: a change or a SIGHUP right after start must
+    // not be lost before the task first runs.
+    let mut seen = stamp(&cert, &key);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; the API certificate reloads only on change");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => false,
+                Some(()) = async { match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                } } => true,
+            };
+            let now = stamp(&cert, &key);
+            if !forced && now == seen {
+                continue;
+            }
+            // Remember what was tried, good or bad: a broken pair is reported once per
+            // change, not every second.
+            seen = now;
+            reload(&cert, &key, &live, if forced { "SIGHUP" } else { "change" });
+        }
+    })
+}
+
+/// Reads the pair and serves it if it is whole; says in the log what happened either way.
+pub fn reload(cert: &Path, key: &Path, live: &LiveCert, trigger: &'static str) {
+    let before = live
+        .fingerprint()
+        .map(|fp| fp.to_string())
+        .unwrap_or_default();
+    let next =
+        read_pair(cert, "api_tls.cert", key, "api_tls.key").and_then(|pair| pair.certified_key());
+    match next {
+        Ok(next) => {
+            live.replace(next);
+            let after = live
+                .fingerprint()
+                .map(|fp| fp.to_string())
+                .unwrap_or_default();
+            if after == before {
+                tracing::info!(trigger, fingerprint = %after, "api tls certificate re-read; unchanged");
+            } else {
+                tracing::info!(trigger, fingerprint = %after, previous = %before, "api tls certificate reloaded");
+            }
+        }
+        Err(err) => tracing::error!(
+            trigger,
+            error = format!("{err:#}"),
+            serving = %before,
+            "api tls certificate not reloaded; still serving the previous one"
+        ),
+    }
+}
+
+type Stamp = [Option<(u64, SystemTime)>; 2];
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let one = |path: &Path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.len(), meta.modified().ok()?))
+    };
+    [one(cert), one(key)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cert::load;
+    use crate::config::ApiTls;
+
+    /// A fresh self-signed pair in `dir` (made through the self-signed path, then used as
+    /// configured files).
+    fn pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let tls = ApiTls::SelfSigned { names: vec![] };
+        load(&tls, dir, "127.0.0.1:0".parse().unwrap()).unwrap();
+        (
+            dir.join(super::super::cert::SELF_SIGNED_CERT_FILE),
+            dir.join(super::super::cert::SELF_SIGNED_KEY_FILE),
+        )
+    }
+
+    fn live_from(cert: &Path, key: &Path) -> LiveCert {
+        let first = read_pair(cert, "c", key, "k")
+            .unwrap()
+            .certified_key()
+            .unwrap();
+        LiveCert::new(first)
+    }
+
+    #[test]
+    fn a_new_pair_is_served_and_a_broken_one_changes_nothing() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (cert_a, key_a) = pair(one.path());
+        let (cert_b, key_b) = pair(two.path());
+        let live = live_from(&cert_a, &key_a);
+        let first = live.fingerprint().unwrap();
+
+        // The renewal: both files replaced.
+        std::fs::copy(&cert_b, &cert_a).unwrap();
+        std::fs::copy(&key_b, &key_a).unwrap();
+        reload(&cert_a, &key_a, &live, "test");
+        let second = live.fingerprint().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(Some(second), live_from(&cert_b, &key_b).fingerprint());
+
+        // Half a renewal: a new certificate whose key has not been written yet.
+        let three = tempfile::tempdir().unwrap();
+        let (cert_c, _) = pair(three.path());
+        std::fs::copy(&cert_c, &cert_a).unwrap();
+        reload(&cert_a, &key_a, &live, "test");
+        assert_eq!(live.fingerprint().unwrap(), second);
+        // Garbage, and a missing file.
+        std::fs::write(&cert_a, "not a certificate").unwrap();
+        reload(&cert_a, &key_a, &live, "test");
+        std::fs::remove_file(&key_a).unwrap();
+        reload(&cert_a, &key_a, &live, "test");
+        assert_eq!(live.fingerprint().unwrap(), second);
+    }
+
+    #[test]
+    fn stamp_changes_with_either_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path());
+        let before = stamp(&cert, &key);
+        assert_eq!(before, stamp(&cert, &key));
+        std::fs::write(&key, "shorter").unwrap();
+        assert_ne!(before, stamp(&cert, &key));
+        std::fs::remove_file(&cert).unwrap();
+        assert_eq!(stamp(&cert, &key)[0], None);
+    }
+}
