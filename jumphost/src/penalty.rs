@@ -8,9 +8,11 @@
 //! sources costs memory once and never grows it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use assist_proto::per_source::source_key;
 
 /// Sources remembered at once by each map.
 pub const MAX_SOURCES: usize = 65_536;
@@ -48,16 +50,6 @@ impl Default for PenaltySettings {
     }
 }
 
-/// The key state is kept under: an IPv4 address, or the /64 of an IPv6 address.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let masked = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(masked))
-        }
-    }
-}
 
 /// What [`Penalties::record_failure`] decided, for the log and the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,14 +6,13 @@
 //! there is no bound on how many it holds. Here every connection must finish its request
 //! headers within `header_timeout` of the server starting to wait for them (idle
 //! keep-alive included), at most `max_connections` are served at once (more wait in the
-//! kernel's backlog), and one source address gets at most `max_per_source` of them (more
-//! are closed at once), so one host cannot take every slot. HTTP/2 is not offered: both
-//! APIs are a handful of small requests.
+//! kernel's backlog), and one source (an IPv4 address or IPv6 /64) gets at most
+//! `max_per_source` of them (more are closed at once), so one host cannot take every slot.
+//! HTTP/2 is not offered: both APIs are a handful of small requests.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -24,6 +23,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
+
+use crate::per_source::PerSource;
 
 /// How long and how many: see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,7 @@ where
     L: Listener<Addr = SocketAddr>,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let sources = Arc::new(Sources::default());
+    let sources = Arc::new(PerSource::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -75,7 +76,7 @@ where
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let Some(source) = Sources::enter(&sources, peer.ip(), limits.max_per_source) else {
+        let Some(source) = sources.enter(peer.ip(), limits.max_per_source) else {
             tracing::warn!(%peer, limit = limits.max_per_source, "too many HTTP connections from this address; closed");
             continue;
         };
@@ -118,47 +119,6 @@ where
     let _ = stop_tx.send(true);
     stop_tx.closed().await;
     Ok(())
-}
-
-/// Connections open per source address.
-#[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
-
-impl Sources {
-    fn enter(this: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceGuard> {
-        let mut open = this.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(ip).or_default();
-        if *count >= max.max(1) {
-            return None;
-        }
-        *count += 1;
-        Some(SourceGuard {
-            sources: Arc::clone(this),
-            ip,
-        })
-    }
-}
-
-/// One open connection of `ip`; dropping it gives the place back.
-struct SourceGuard {
-    sources: Arc<Sources>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut open = self
-            .sources
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod limits;
 pub mod logging;
 pub mod name;
+pub mod per_source;
 pub mod secret;
 pub mod ssh;
 
