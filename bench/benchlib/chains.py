@@ -223,7 +223,10 @@ class OurChain:
     def _write_jconfig(self, ssh, api):
         with open(self.jconfig, "w") as f:
             f.write(f'ssh_listen = "{ssh}"\napi_listen = "{api}"\n'
-                    f'data_dir = "{self.jdata}"\npolicies_dir = "{self.policies}"\n')
+                    f'data_dir = "{self.jdata}"\npolicies_dir = "{self.policies}"\n'
+                    # Every bench device comes from 127.0.0.1; stock sshd has no per-source
+                    # cap here either, only MaxStartups 256.
+                    'max_startups_per_source = 256\n')
 
     def _start_jump(self):
         env = dict(os.environ, RUST_LOG="warn")

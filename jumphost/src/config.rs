@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use assist_proto::limits;
 
+use crate::ssh::Limits;
+
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JumphostConfig {
@@ -27,6 +29,9 @@ pub struct JumphostConfig {
     /// Unauthenticated SSH connections held at once before new ones are dropped.
     #[serde(default = "default_max_startups")]
     pub max_startups: usize,
+    /// Unauthenticated SSH connections one source may hold at once; more are dropped.
+    #[serde(default = "default_max_startups_per_source")]
+    pub max_startups_per_source: usize,
     /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
     #[serde(default)]
     pub api_tls: Option<ApiTls>,
@@ -107,6 +112,10 @@ fn default_max_startups() -> usize {
     limits::MAX_STARTUPS
 }
 
+fn default_max_startups_per_source() -> usize {
+    limits::MAX_STARTUPS_PER_SOURCE
+}
+
 impl JumphostConfig {
     /// Reads and validates the file; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -130,6 +139,16 @@ impl JumphostConfig {
         Ok(config)
     }
 
+    /// The SSH server's limits as configured.
+    pub fn ssh_limits(&self) -> Limits {
+        Limits {
+            login_grace: self.login_grace,
+            max_startups: self.max_startups,
+            max_startups_per_source: self.max_startups_per_source,
+            ..Limits::default()
+        }
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("key data_dir: must not be empty");
@@ -142,6 +161,9 @@ impl JumphostConfig {
         }
         if self.max_startups == 0 {
             anyhow::bail!("key max_startups: must be at least 1");
+        }
+        if self.max_startups_per_source == 0 {
+            anyhow::bail!("key max_startups_per_source: must be at least 1");
         }
         Ok(())
     }
@@ -222,15 +244,26 @@ policies_dir = "/etc/assist/policies"
         assert_eq!(config.policies_dir, PathBuf::from("/etc/assist/policies"));
         assert_eq!(config.login_grace, limits::LOGIN_GRACE);
         assert_eq!(config.max_startups, limits::MAX_STARTUPS);
+        assert_eq!(
+            config.max_startups_per_source,
+            limits::MAX_STARTUPS_PER_SOURCE
+        );
     }
 
     #[test]
     fn optional_keys_are_read() {
-        let text = format!("{FOUR_KEYS}login_grace = \"5s\"\nmax_startups = 3\n");
+        let text = format!(
+            "{FOUR_KEYS}login_grace = \"5s\"\nmax_startups = 3\nmax_startups_per_source = 2\n"
+        );
         let config = JumphostConfig::parse(&text, Path::new("/x")).unwrap();
         assert_eq!(config.login_grace, Duration::from_secs(5));
         assert_eq!(config.max_startups, 3);
         assert_eq!(config.data_dir, PathBuf::from("/x/data"));
+        // What the SSH server gets (these keys were once read and then not used).
+        let limits = config.ssh_limits();
+        assert_eq!(limits.login_grace, Duration::from_secs(5));
+        assert_eq!(limits.max_startups, 3);
+        assert_eq!(limits.max_startups_per_source, 2);
     }
 
     #[test]
@@ -278,6 +311,14 @@ policies_dir = "/etc/assist/policies"
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_startups"), "{err}");
+        let zero = format!("{FOUR_KEYS}max_startups_per_source = 0");
+        let err = JumphostConfig::parse(&zero, Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key max_startups_per_source: must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,7 +50,6 @@ impl Default for PenaltySettings {
     }
 }
 
-
 /// What [`Penalties::record_failure`] decided, for the log and the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -16,7 +16,7 @@ use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
 use crate::config::{self, ApiTls, JumphostConfig};
 use crate::policy::{self, Policy, PolicyHandle};
-use crate::ssh::{self, Limits, Relay, hostkey};
+use crate::ssh::{self, Relay, hostkey};
 use crate::store::{SqliteStore, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
@@ -89,7 +89,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&store),
         policy.clone(),
         host_key,
-        Limits::default(),
+        config.ssh_limits(),
     ));
     let watcher = policy::spawn_watcher(
         config.policies_dir.clone(),

@@ -17,6 +17,9 @@ pub const MAX_HTTP_CONNECTIONS_PER_SOURCE: usize = 32;
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Unauthenticated SSH connections held at once before new ones are dropped (MaxStartups).
 pub const MAX_STARTUPS: usize = 256;
+/// Unauthenticated SSH connections one source (IPv4 address, IPv6 /64) may hold at once;
+/// more are dropped (OpenSSH's PerSourceMaxStartups), so one host cannot take every slot.
+pub const MAX_STARTUPS_PER_SOURCE: usize = 32;
 /// SSH keepalive interval used by the agent and the jump host.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Keepalives missed before a peer is considered gone.

@@ -56,7 +56,11 @@ pub struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut held = self.sources.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
@@ -89,7 +93,11 @@ mod tests {
         drop(b);
         drop(_c);
         assert_eq!(sources.held(ip("192.0.2.1")), 0);
-        assert_eq!(sources.0.lock().unwrap().len(), 1, "only the other source is kept");
+        assert_eq!(
+            sources.0.lock().unwrap().len(),
+            1,
+            "only the other source is kept"
+        );
     }
 
     #[test]

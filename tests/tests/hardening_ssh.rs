@@ -269,3 +269,96 @@ fn login_failures_escalate_to_a_ban_for_that_source_only() {
     );
     assert!(!audit.contains("127.0.0.1|"), "{audit}");
 }
+
+/// Connections that never log in, against the real jump host with `login_grace = "1s"` and
+/// `max_startups_per_source = 2` in jumphost.toml: a third from the same source is closed
+/// before the banner while another source is served, the silent ones are closed at the
+/// grace time, and each counts as a failed login (OpenSSH's grace-exceeded penalty).
+#[test]
+fn silent_ssh_connections_are_bounded_per_source_and_penalized_at_the_grace_time() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = keygen(&dir.path().join("alice"));
+    let penalties = "[penalties]\nfree_failures = 1\npenalty = \"1h\"\n";
+    let jump = Jumphost::start_configured(
+        dir.path(),
+        &alice_policy(penalties, &alice),
+        "127.0.0.1:0",
+        "login_grace = \"1s\"\nmax_startups_per_source = 2\n",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let connect = |last: u8| {
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+                .unwrap();
+            let stream = socket.connect(jump.ssh_addr).await.unwrap();
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(SHORT)).unwrap();
+            stream
+        })
+    };
+    // Reads what the server sends until it closes; panics if it keeps the connection open.
+    let until_closed = |mut stream: TcpStream| {
+        let mut got = Vec::new();
+        match stream.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("still open or failed: {e}"),
+        }
+        got
+    };
+    let banner = |stream: &mut TcpStream| {
+        let mut first = [0u8; 8];
+        stream.read_exact(&mut first).unwrap();
+        first
+    };
+
+    let started = std::time::Instant::now();
+    let mut one = connect(3);
+    let mut two = connect(3);
+    assert_eq!(&banner(&mut one), b"SSH-2.0-");
+    assert_eq!(&banner(&mut two), b"SSH-2.0-");
+    // Both hold their source's places: the third is closed without a banner…
+    assert!(until_closed(connect(3)).is_empty());
+    // …while another source gets one.
+    let mut other = connect(4);
+    assert_eq!(&banner(&mut other), b"SSH-2.0-");
+    wait_until(SHORT, "the per-source refusal logged", || {
+        jump.proc
+            .stderr()
+            .contains("too many unauthenticated connections from this source")
+    });
+
+    // The grace time from jumphost.toml applies (it was parsed but not used before).
+    until_closed(one);
+    until_closed(two);
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(20),
+        "{closed_after:?}"
+    );
+    // Two grace-exceeded connections from .3 are two failed logins: penalized.
+    wait_until(SHORT, "127.0.0.3 penalized", || {
+        let status = jump.status();
+        status["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["source"] == "127.0.0.3" && s["state"] == "penalized" && s["failures"] == 2)
+    });
+    assert!(until_closed(connect(3)).is_empty(), "penalized: no banner");
+    let audit = jump
+        .sql("SELECT outcome FROM audit_events WHERE kind = 'ssh.auth' AND source = '127.0.0.3'");
+    assert_eq!(
+        audit
+            .matches("refused: no SSH banner within the login grace time")
+            .count(),
+        2,
+        "{audit}"
+    );
+    until_closed(other);
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod handler;
 pub mod hop;
 pub mod hostkey;
+mod killable;
 pub mod routes;
 pub mod server;
 pub mod splice;
@@ -36,6 +37,8 @@ pub struct Limits {
     pub login_grace: Duration,
     /// Unauthenticated connections held at once (OpenSSH's MaxStartups).
     pub max_startups: usize,
+    /// Unauthenticated connections one source may hold at once (PerSourceMaxStartups).
+    pub max_startups_per_source: usize,
     /// Time a device gets to accept a `forwarded-tcpip` open for an engineer.
     pub open_timeout: Duration,
 }
@@ -45,6 +48,7 @@ impl Default for Limits {
         Self {
             login_grace: limits::LOGIN_GRACE,
             max_startups: limits::MAX_STARTUPS,
+            max_startups_per_source: limits::MAX_STARTUPS_PER_SOURCE,
             open_timeout: Duration::from_secs(30),
         }
     }

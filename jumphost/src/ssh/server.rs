@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use assist_proto::per_source::{PerSource, SourceSlot};
 use russh::keys::PublicKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -16,6 +17,7 @@ use tracing::Instrument;
 use super::Relay;
 use super::auth::{self, Identity};
 use super::handler::ConnHandler;
+use super::killable::Killable;
 use super::routes::SessionId;
 
 /// How long a disconnected session gets to wind down before its task stops waiting.
@@ -31,6 +33,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let startups = Arc::new(Semaphore::new(relay.limits.max_startups));
+    let per_source = Arc::new(PerSource::default());
     let next_id = AtomicU64::new(1);
     loop {
         let (stream, peer) = tokio::select! {
@@ -63,6 +66,14 @@ pub async fn serve(
             tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
             continue;
         }
+        let Some(slot) = per_source.enter(peer.ip(), relay.limits.max_startups_per_source) else {
+            tracing::warn!(
+                %peer,
+                limit = relay.limits.max_startups_per_source,
+                "too many unauthenticated connections from this source; closed"
+            );
+            continue;
+        };
         let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
             tracing::warn!(%peer, "too many unauthenticated connections; closed");
             continue;
@@ -77,7 +88,10 @@ pub async fn serve(
             stream,
             peer,
             id,
-            permit,
+            Startup {
+                _global: permit,
+                _source: slot,
+            },
             shutdown.clone(),
             span.clone(),
         );
@@ -90,7 +104,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     id: SessionId,
-    permit: OwnedSemaphorePermit,
+    startup: Startup,
     shutdown: CancellationToken,
     span: tracing::Span,
 ) {
@@ -110,6 +124,8 @@ async fn connection(
         Arc::clone(&failure.refused),
         span,
     );
+    let kill = CancellationToken::new();
+    let stream = Killable::new(stream, kill.clone());
     let started = tokio::time::timeout_at(
         deadline,
         russh::server::run_stream(Arc::clone(&relay.config), stream, handler),
@@ -118,7 +134,12 @@ async fn connection(
     let mut session = match started {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
-        Err(_) => return tracing::info!("no SSH banner within the login grace time"),
+        Err(_) => {
+            failure.count();
+            tracing::info!("no SSH banner within the login grace time");
+            let outcome = "refused: no SSH banner within the login grace time";
+            return relay.audit("ssh.auth", None, peer.ip(), outcome.into());
+        }
     };
     let handle = session.handle();
     let identity = tokio::select! {
@@ -133,15 +154,18 @@ async fn connection(
             }
         },
         _ = tokio::time::sleep_until(deadline) => {
+            // Counted like a refused login (OpenSSH's PerSourcePenalties grace-exceeded):
+            // holding unauthenticated slots is how one host would lock everyone out.
+            failure.count();
             tracing::info!("login grace time expired; disconnecting");
             relay.audit("ssh.auth", None, peer.ip(), "refused: login grace time expired".into());
-            return disconnect(&handle, session, "login grace time expired").await;
+            return disconnect(&handle, session, &kill, "login grace time expired").await;
         }
         _ = shutdown.cancelled() => {
-            return disconnect(&handle, session, "jump host shutting down").await;
+            return disconnect(&handle, session, &kill, "jump host shutting down").await;
         }
     };
-    drop(permit);
+    drop(startup);
     failure.logged_in = true;
 
     let expiry = async {
@@ -169,10 +193,10 @@ async fn connection(
                 peer.ip(),
                 "ended: device key expired".into(),
             );
-            disconnect(&handle, session, "device key expired; register again").await;
+            disconnect(&handle, session, &kill, "device key expired; register again").await;
         }
         _ = shutdown.cancelled() => {
-            disconnect(&handle, session, "jump host shutting down").await;
+            disconnect(&handle, session, &kill, "jump host shutting down").await;
         }
     }
     if let Identity::Device { serial, .. } = &identity
@@ -185,11 +209,25 @@ async fn connection(
 
 /// Counts the connection as a failed login when it ends (on any path) without a login
 /// after at least one refused attempt; a client merely offering a few keys is not one.
+/// What an unauthenticated connection holds until it logs in: a place among
+/// `max_startups`, and one among its source's `max_startups_per_source`.
+struct Startup {
+    _global: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
 struct FailureGuard {
     relay: Arc<Relay>,
     peer: SocketAddr,
     refused: Arc<AtomicBool>,
     logged_in: bool,
+}
+
+impl FailureGuard {
+    /// Counts this connection as a failed login when it ends without one.
+    fn count(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for FailureGuard {
@@ -223,13 +261,15 @@ async fn key_expiry(relay: &Relay, serial: &str, key: &PublicKey, mut expires_at
     }
 }
 
+/// Asks the peer to go with `why`; a session that has not ended within `CLOSE_WAIT` (one
+/// still in key exchange ignores the request) has its socket closed under it.
 async fn disconnect(
     handle: &russh::server::Handle,
-    session: russh::server::RunningSession<ConnHandler>,
+    mut session: russh::server::RunningSession<ConnHandler>,
+    kill: &CancellationToken,
     why: &str,
 ) {
-    // Bounded as a whole: a session whose loop is stuck cannot even take the message.
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+    let polite = tokio::time::timeout(CLOSE_WAIT, async {
         let _ = handle
             .disconnect(
                 russh::Disconnect::ByApplication,
@@ -237,7 +277,12 @@ async fn disconnect(
                 String::new(),
             )
             .await;
-        let _ = session.await;
+        let _ = (&mut session).await;
     })
     .await;
+    if polite.is_err() {
+        tracing::debug!("session did not end on request; closing its socket");
+        kill.cancel();
+        let _ = tokio::time::timeout(CLOSE_WAIT, session).await;
+    }
 }

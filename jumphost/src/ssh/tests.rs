@@ -25,6 +25,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
     store: Arc<dyn Store>,
+    relay: Arc<Relay>,
     shutdown: CancellationToken,
 }
 
@@ -47,11 +48,12 @@ async fn start(limits: Limits) -> Fixture {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(serve(listener, relay, shutdown.clone()));
+    tokio::spawn(serve(listener, Arc::clone(&relay), shutdown.clone()));
     Fixture {
         _dir: dir,
         addr,
         store,
+        relay,
         shutdown,
     }
 }
@@ -227,6 +229,94 @@ async fn unauthenticated_connections_are_capped() {
         .expect("closed at once");
     assert_eq!(n.unwrap_or(0), 0);
     assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_unauthenticated_slot() {
+    let f = start(Limits {
+        max_startups: 8,
+        max_startups_per_source: 2,
+        ..Limits::default()
+    })
+    .await;
+    let connect = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+            .unwrap();
+        socket.connect(f.addr).await.unwrap()
+    };
+    let banner = |mut stream: TcpStream| async move {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut byte = [0u8; 8];
+            if stream.read_exact(&mut byte).await.is_ok() {
+                buf.extend_from_slice(&byte);
+            }
+        })
+        .await;
+        (stream, buf)
+    };
+    let (_one, got) = banner(connect(3).await).await;
+    assert_eq!(got, b"SSH-2.0-");
+    let (two, got) = banner(connect(3).await).await;
+    assert_eq!(got, b"SSH-2.0-");
+    let (_, got) = banner(connect(3).await).await;
+    assert!(got.is_empty(), "a third from 127.0.0.3 got {got:?}");
+    let (_other, got) = banner(connect(4).await).await;
+    assert_eq!(got, b"SSH-2.0-", "another source is served");
+    // A place given back is a place again (the server sees the close a moment later).
+    drop(two);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_again, got) = banner(connect(3).await).await;
+        if got == b"SSH-2.0-" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_logs_in_counts_as_a_failed_login() {
+    let f = start(Limits {
+        login_grace: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    // One sends nothing; one sends its banner and then nothing.
+    for hello in [&b""[..], b"SSH-2.0-silent\r\n"] {
+        let mut stream = TcpStream::connect(f.addr).await.unwrap();
+        stream.write_all(hello).await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink))
+            .await
+            .expect("closed at the grace time")
+            .ok();
+    }
+    let failures = || {
+        let policy = f.relay.policy.current();
+        f.relay
+            .penalties
+            .snapshot(policy.penalties(), std::time::Instant::now())
+            .iter()
+            .find(|s| s.source.to_string() == "127.0.0.1")
+            .map_or(0, |s| s.failures)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while failures() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} failures",
+            failures()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failures(), 2);
 }
 
 #[tokio::test]
