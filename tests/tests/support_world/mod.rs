@@ -1,0 +1,154 @@
+//! The world of the `support-cli` end-to-end tests (support.rs, support_stock.rs): the
+//! real jump host, device tunnels held by stock `ssh -R`, a stock sshd as the customer's
+//! machine, and the CLI as the engineer.
+// Shared by two test binaries, each of which uses part of it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assist_e2e::{Jumphost, Proc, Sshd, bin, keygen, ssh};
+
+pub const SHORT: Duration = Duration::from_secs(30);
+
+/// A jump host with engineers `eng0..engN`, a customer sshd, and device tunnels to it.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub jump: Jumphost,
+    pub sshd: Sshd,
+    pub devices: Vec<Proc>,
+}
+
+impl World {
+    pub fn start(engineers: usize) -> World {
+        Self::start_with(engineers, "127.0.0.1/32")
+    }
+
+    /// Engineers are allowed from `support_cidr` only.
+    pub fn start_with(engineers: usize, support_cidr: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut policy = format!(
+            "[allowlist]\nsupport_cidrs = [\"{support_cidr}\"]\nclient_cidrs = []\n\n\
+             [serials]\nallow = [\"SN-*\"]\n\n[keys]\nclient_key_ttl = \"30d\"\n\
+             max_assistance = \"8h\"\n"
+        );
+        for i in 0..engineers {
+            let public = keygen(&dir.path().join(format!("eng{i}")));
+            policy.push_str(&format!(
+                "\n[[support]]\nname = \"eng{i}\"\npublic_key = \"{public}\"\n"
+            ));
+        }
+        let sshd = Sshd::start(dir.path());
+        let jump = Jumphost::start(dir.path(), &policy);
+        World {
+            dir,
+            jump,
+            sshd,
+            devices: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Registers `serial`, holds its tunnel with stock ssh, and authorizes a fresh code on
+    /// the customer's sshd as the agent would; returns the code.
+    pub fn device(&mut self, serial: &str) -> String {
+        let key = self.path(&format!("dev-{serial}"));
+        let (status, body) = self.jump.register(serial, &keygen(&key));
+        assert_eq!(status, 201, "register {serial}: {body}");
+        let before = self.routes_added(serial);
+        let forward = format!("22:{}", self.sshd.addr);
+        let login = format!("{serial}@127.0.0.1");
+        let port = self.jump.ssh_port();
+        let cmd = ssh(&[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &forward,
+            "-p",
+            &port,
+            "-i",
+            key.to_str().unwrap(),
+            &login,
+        ]);
+        let mut device = Proc::spawn(cmd, &format!("device {serial}"));
+        let deadline = Instant::now() + SHORT;
+        while self.routes_added(serial) == before {
+            assert!(
+                device.is_running(),
+                "device {serial} exited: {}",
+                device.stderr()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no route for {serial}; device: {}\njump host: {}",
+                device.stderr(),
+                self.jump.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.devices.push(device);
+        let code = assist_proto::OneTimeCode::generate().to_string();
+        let public = derived_public(serial, &code);
+        let mut keys = fs::read_to_string(&self.sshd.authorized_keys).unwrap();
+        keys.push_str(&format!("{public}\n"));
+        fs::write(&self.sshd.authorized_keys, keys).unwrap();
+        code
+    }
+
+    pub fn routes_added(&self, serial: &str) -> usize {
+        // The span field may be logged quoted or not.
+        let plain = format!("identity={serial} ");
+        let quoted = format!("identity=\"{serial}\"");
+        let log = self.jump.proc.stderr();
+        log.lines()
+            .filter(|l| l.contains("route added") && (l.contains(&plain) || l.contains(&quoted)))
+            .count()
+    }
+
+    /// `support-cli` as engineer `eng{i}` with everything pinned to this world.
+    pub fn cli(&self, engineer: usize, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("support-cli"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            // Through the environment, so a test can override them with flags.
+            .env("ASSIST_JUMPHOST", self.jump.ssh_addr.to_string())
+            .env("ASSIST_IDENTITY", self.path(&format!("eng{engineer}")))
+            .arg("--engineer")
+            .arg(format!("eng{engineer}"))
+            .arg("--known-hosts")
+            .arg(self.known_hosts(engineer))
+            .args(args);
+        c
+    }
+
+    pub fn known_hosts(&self, engineer: usize) -> PathBuf {
+        self.path(&format!("home-eng{engineer}/.ssh/known_hosts"))
+    }
+
+    /// `support-cli connect SERIAL --code CODE -- CMD…` with `stdin` fed in.
+    pub fn connect(
+        &self,
+        engineer: usize,
+        serial: &str,
+        code: &str,
+        cmd: &[&str],
+        stdin: Stdio,
+    ) -> Output {
+        let mut args = vec!["connect", serial, "--code", code, "--"];
+        args.extend_from_slice(cmd);
+        self.cli(engineer, &args).stdin(stdin).output().unwrap()
+    }
+}
+
+pub fn derived_public(serial: &str, code: &str) -> String {
+    let code = assist_proto::OneTimeCode::parse(code).unwrap();
+    let key = assist_proto::derive_key(serial, &code).unwrap();
+    key.public_key().to_openssh().unwrap()
+}
