@@ -77,7 +77,7 @@ where
             accepted = listener.accept() => accepted,
         };
         let Some(source) = sources.enter(peer.ip(), limits.max_per_source) else {
-            tracing::warn!(%peer, limit = limits.max_per_source, "too many HTTP connections from this address; closed");
+            tracing::warn!(%peer, limit = limits.max_per_source, "too many HTTP connections from this source; closed");
             continue;
         };
         let router = router.clone();
