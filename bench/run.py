@@ -55,6 +55,8 @@ def parse_args():
     p.add_argument("--skip", action="append", default=[], choices=FIGURES,
                    help="leave a figure out (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    p.add_argument("--note", default="2 shared CPUs; expect noise of tens of percent on the "
+                   "timings", help="what to say about the run's conditions in RESULTS.md")
     p.add_argument("--perf", action="store_true",
                    help="also profile our chain with perf (one download, one upload)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
@@ -119,8 +121,7 @@ def main():
               "command": " ".join(["python3 bench/run.py"] + [
                   a for a in ("--smoke", "--perf", "--only-openssh") if getattr(
                       args, a[2:].replace("-", "_"))]),
-              "note": "2 shared CPUs; other engineers were compiling during the run, so "
-                      "expect noise of tens of percent on the timings"}
+              "note": args.note}
     ok = False
     try:
         keys = SimpleNamespace()
