@@ -351,14 +351,18 @@ fn silent_ssh_connections_are_bounded_per_source_and_penalized_at_the_grace_time
             .any(|s| s["source"] == "127.0.0.3" && s["state"] == "penalized" && s["failures"] == 2)
     });
     assert!(until_closed(connect(3)).is_empty(), "penalized: no banner");
-    let audit = jump
-        .sql("SELECT outcome FROM audit_events WHERE kind = 'ssh.auth' AND source = '127.0.0.3'");
-    assert_eq!(
-        audit
+    // Audit rows are written off the connection's task (each a synced commit): wait for them.
+    let audited = || {
+        jump.sql(
+            "SELECT outcome FROM audit_events WHERE kind = 'ssh.auth' AND source = '127.0.0.3'",
+        )
+    };
+    wait_until(SHORT, "two grace-time refusals audited", || {
+        audited()
             .matches("refused: no SSH banner within the login grace time")
-            .count(),
-        2,
-        "{audit}"
-    );
+            .count()
+            == 2
+    });
+    assert_eq!(audited().lines().count(), 2, "{}", audited());
     until_closed(other);
 }
