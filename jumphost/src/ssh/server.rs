@@ -207,8 +207,6 @@ async fn connection(
     tracing::info!("connection closed");
 }
 
-/// Counts the connection as a failed login when it ends (on any path) without a login
-/// after at least one refused attempt; a client merely offering a few keys is not one.
 /// What an unauthenticated connection holds until it logs in: a place among
 /// `max_startups`, and one among its source's `max_startups_per_source`.
 struct Startup {
@@ -216,6 +214,9 @@ struct Startup {
     _source: SourceSlot,
 }
 
+/// Counts the connection as a failed login when it ends (on any path) without a login
+/// after at least one refused attempt, or after `count` (the grace time ran out); a client
+/// merely offering a few keys is not one.
 struct FailureGuard {
     relay: Arc<Relay>,
     peer: SocketAddr,
