@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod penalty;
 pub mod policy;
+pub mod reload;
 pub mod serve;
 pub mod ssh;
 pub mod store;

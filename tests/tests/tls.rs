@@ -304,43 +304,47 @@ fn configured_certificate_files_are_served() {
         ]
         .concat(),
     );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "api.key",
-                "-out",
-                "api.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
     fs::write(
         tls.join("ext.cnf"),
         "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "api.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "api.pem",
-    ]);
+    // A key and a certificate for localhost from that CA, as NAME.key and NAME.pem.
+    let issue = |name: &str| {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    };
+    issue("api");
 
     let sshd = Sshd::start(dir.path());
     // Relative paths are taken from jumphost.toml's folder.
@@ -383,40 +387,6 @@ fn configured_certificate_files_are_served() {
     // Renewal, as an ACME client does it: a new key and certificate from the same CA,
     // swapped in by rename while the jump host runs. Served from the next handshake on,
     // without a signal, and the connected tunnel is not touched.
-    let issue = |name: &str| {
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    "/CN=localhost",
-                ],
-            ]
-            .concat(),
-        );
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            &format!("{name}.pem"),
-        ]);
-    };
     let first = openssl_fingerprint(&tls.join("api.pem"));
     assert_eq!(served_fingerprint(jump.api_addr), first);
     issue("renewed");

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use assist_proto::cert_fingerprint::CertFingerprint;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -17,8 +17,6 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use super::cert::read_pair;
-
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The certificate handshakes get now.
 pub struct LiveCert(RwLock<Arc<CertifiedKey>>);
@@ -66,38 +64,16 @@ pub fn spawn_reloader(
     live: Arc<LiveCert>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    // Taken now, as the policy watcher does: a change or a SIGHUP right after start must
-    // not be lost before the task first runs.
-    let mut seen = stamp(&cert, &key);
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGHUP; the API certificate reloads only on change");
-            None
-        }
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => false,
-                Some(()) = async { match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                } } => true,
-            };
-            let now = stamp(&cert, &key);
-            if !forced && now == seen {
-                continue;
-            }
-            // Remember what was tried, good or bad: a broken pair is reported once per
-            // change, not every second.
-            seen = now;
-            reload(&cert, &key, &live, if forced { "SIGHUP" } else { "change" });
-        }
-    })
+    let (stamp_cert, stamp_key) = (cert.clone(), key.clone());
+    crate::reload::spawn_on_change(
+        "API certificate",
+        move || stamp(&stamp_cert, &stamp_key),
+        move |trigger| {
+            reload(&cert, &key, &live, trigger);
+            std::future::ready(())
+        },
+        shutdown,
+    )
 }
 
 /// Reads the pair and serves it if it is whole; says in the log what happened either way.

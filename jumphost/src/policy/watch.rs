@@ -1,20 +1,16 @@
 //! The policy in force and the watcher that reloads it on change or SIGHUP.
 //!
-//! Polling a fingerprint of the folder (names, sizes, mtimes) every second is simpler and
-//! more portable than inotify, and works on bind-mounted or network folders where file events
-//! do not arrive. A bad edit is logged with the file and key, and the last good policy stays.
+//! The stamp is a fingerprint of the folder (names, sizes, mtimes; see `crate::reload`). A
+//! bad edit is logged with the file and key, and the last good policy stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Policy;
-
-/// How often the watcher looks at the policy folder.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The policy in force, swapped atomically by the watcher.
 #[derive(Clone)]
@@ -67,39 +63,16 @@ pub fn spawn_watcher(
     handle: PolicyHandle,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    // Both taken now, not in the task: an edit made right after this call must not be
-    // mistaken for the starting state, and a SIGHUP sent once the caller reports ready must
-    // not hit the default action (terminate) before the handler exists.
-    let mut seen = fingerprint(&dir);
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGHUP; policy reloads only on change");
-            None
-        }
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => false,
-                Some(()) = async { match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                } } => true,
-            };
-            let now = fingerprint(&dir);
-            if !forced && now == seen {
-                continue;
-            }
-            // Remember what we tried, good or bad, so a broken file is reported once per
-            // edit rather than every second.
-            seen = now;
-            reload(&dir, &handle, if forced { "SIGHUP" } else { "change" }).await;
-        }
-    })
+    let stamp_dir = dir.clone();
+    crate::reload::spawn_on_change(
+        "policy",
+        move || fingerprint(&stamp_dir),
+        move |trigger| {
+            let (dir, handle) = (dir.clone(), handle.clone());
+            async move { reload(&dir, &handle, trigger).await }
+        },
+        shutdown,
+    )
 }
 
 async fn reload(dir: &Path, handle: &PolicyHandle, trigger: &'static str) {
@@ -151,6 +124,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const GOOD: &str = "[serials]\nallow = [\"SN-*\"]\n";
 
