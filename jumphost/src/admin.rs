@@ -1,5 +1,6 @@
 //! `assist-jumphost status`: what the running jump host holds in memory (devices online,
-//! hops in progress, penalized sources), asked over a Unix socket in `data_dir`.
+//! hops in progress, penalized sources, a policy edit or certificate renewal that did not
+//! load, the API certificate served), asked over a Unix socket in `data_dir`.
 //!
 //! The socket (`data_dir/admin.sock`, mode 0600 in the 0700 data folder) answers every
 //! connection with one JSON snapshot and closes; it reads nothing from the client, so there
@@ -17,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::live_cert::{CertState, LiveCert};
 use crate::penalty::SourceState;
 use crate::ssh::Relay;
 use crate::ssh::hop::LiveHop;
@@ -35,6 +37,13 @@ pub struct Snapshot {
     pub hops: Vec<LiveHop>,
     /// Sources with remembered login failures, blocked ones first.
     pub sources: Vec<SourceState>,
+    /// Why the latest policy reload failed, while the folder stays broken (the last good
+    /// policy is in force).
+    #[serde(default)]
+    pub policy_error: Option<String>,
+    /// The registration API's certificate, with `[api_tls]`.
+    #[serde(default)]
+    pub api_tls: Option<CertState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +84,7 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     relay: Arc<Relay>,
+    api_cert: Option<Arc<LiveCert>>,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
@@ -89,7 +99,7 @@ pub async fn serve(
                 }
             },
         };
-        let snapshot = snapshot(&relay, started.elapsed());
+        let snapshot = snapshot(&relay, api_cert.as_deref(), started.elapsed());
         tokio::spawn(async move {
             let body = match serde_json::to_vec(&snapshot) {
                 Ok(body) => body,
@@ -107,7 +117,7 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
-fn snapshot(relay: &Relay, uptime: Duration) -> Snapshot {
+fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Snapshot {
     let policy = relay.policy.current();
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -120,6 +130,8 @@ fn snapshot(relay: &Relay, uptime: Duration) -> Snapshot {
             .collect(),
         hops: relay.hops.snapshot(),
         sources: relay.penalties.snapshot(policy.penalties(), Instant::now()),
+        policy_error: relay.policy.last_reload_error(),
+        api_tls: api_cert.map(LiveCert::state),
     }
 }
 
@@ -181,6 +193,22 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             humantime::format_duration(age)
         );
     }
+    if let Some(error) = &s.policy_error {
+        out += &format!(
+            "policy: the latest edit was NOT loaded, the last good policy is in force: {error}\n"
+        );
+    }
+    if let Some(tls) = &s.api_tls {
+        let age = Duration::from_secs(now_secs.saturating_sub(tls.since));
+        out += &format!(
+            "api tls certificate: {} (loaded {} ago)\n",
+            tls.fingerprint,
+            humantime::format_duration(age)
+        );
+        if let Some(error) = &tls.reload_error {
+            out += &format!("  the latest renewal was NOT loaded: {error}\n");
+        }
+    }
     out += &format!("sources with failed logins: {}\n", s.sources.len());
     for p in &s.sources {
         let left = if p.blocked_secs > 0 {
@@ -227,6 +255,12 @@ mod tests {
                 blocked_secs: 600,
                 state: "banned".into(),
             }],
+            policy_error: Some("p.toml line 2: bad".into()),
+            api_tls: Some(CertState {
+                fingerprint: "sha256:ab".into(),
+                since: 1_030,
+                reload_error: Some("key does not fit".into()),
+            }),
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_090);
         let text = render(&s, now);
@@ -239,6 +273,14 @@ mod tests {
         );
         assert!(
             text.contains("192.0.2.7") && text.contains("12 failed logins, banned, 10m left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("policy: the latest edit was NOT loaded, the last good policy is in force: p.toml line 2: bad"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api tls certificate: sha256:ab (loaded 1m ago)\n  the latest renewal was NOT loaded: key does not fit"),
             "{text}"
         );
     }

@@ -98,7 +98,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     );
     // Configured files are renewed elsewhere (ACME); a self-signed pair is the jump host's own.
     let cert_reloader =
-        match (&config.api_tls, live_cert) {
+        match (&config.api_tls, live_cert.clone()) {
             (Some(ApiTls::Files { cert, key }), Some(live)) => Some(
                 api::live_cert::spawn_reloader(cert.clone(), key.clone(), live, shutdown.clone()),
             ),
@@ -108,6 +108,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         admin_socket,
         admin::socket_path(&config.data_dir),
         Arc::clone(&relay),
+        live_cert.clone(),
         shutdown.clone(),
     ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));

@@ -355,6 +355,13 @@ fn bad_policy_edit_keeps_the_last_good_policy_and_a_good_edit_is_picked_up() {
         "the old pattern still holds"
     );
     assert_eq!(jump.register("LAB-1", &keys[1]).0, 403);
+    // `status` says the edit is not in force, and why.
+    let status = jump.status();
+    let error = status["policy_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("test.toml") && error.contains("deny"),
+        "{status}"
+    );
 
     fs::write(&policy_file, "[serials]\nallow = [\"LAB-*\"]\n").unwrap();
     wait_until(SHORT, "the good edit to take effect", || {
@@ -363,6 +370,7 @@ fn bad_policy_edit_keeps_the_last_good_policy_and_a_good_edit_is_picked_up() {
     });
     assert_eq!(jump.register("SN-2", &keys[2]).0, 403);
     assert!(jump.proc.stderr().contains("policy reloaded"));
+    assert!(jump.status()["policy_error"].is_null());
 }
 
 #[test]

@@ -420,6 +420,17 @@ fn configured_certificate_files_are_served() {
         refused() > refused_before
     });
     assert_eq!(served_fingerprint(jump.api_addr), renewed);
+    // The operator sees it in status: the certificate still served, and why the new one is not.
+    let status = jump.status();
+    assert_eq!(
+        status["api_tls"]["fingerprint"],
+        renewed.as_str(),
+        "{status}"
+    );
+    let error = status["api_tls"]["reload_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("does not fit the certificate"), "{status}");
     // The right key back: picked up by the next poll. Then SIGHUP re-reads on demand.
     fs::rename(tls.join("renewed.key.copy"), tls.join("api.key")).unwrap();
     let reread = |trigger: &str| {
@@ -435,6 +446,7 @@ fn configured_certificate_files_are_served() {
     jump.proc.signal(1);
     wait_until(SHORT, "a re-read on SIGHUP", || reread("\"SIGHUP\"") == 1);
     assert_eq!(served_fingerprint(jump.api_addr), renewed);
+    assert!(jump.status()["api_tls"]["reload_error"].is_null());
     agent.terminate();
     assert_eq!(bound_serials(&jump), "SN-0001\nSN-CURL\nSN-RENEWED\n");
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use assist_proto::cert_fingerprint::CertFingerprint;
@@ -18,20 +18,44 @@ use tokio_util::sync::CancellationToken;
 
 use super::cert::read_pair;
 
-/// The certificate handshakes get now.
-pub struct LiveCert(RwLock<Arc<CertifiedKey>>);
+/// The certificate handshakes get now, since when, and why the latest reload failed.
+pub struct LiveCert {
+    current: RwLock<(Arc<CertifiedKey>, SystemTime)>,
+    error: Mutex<Option<String>>,
+}
+
+/// What `assist-jumphost status` shows of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertState {
+    /// `sha256:…` of the leaf served.
+    pub fingerprint: String,
+    /// When it was loaded (Unix seconds): at start, or by the latest good reload.
+    pub since: u64,
+    /// Why the latest reload failed (the certificate above is still served); none once a
+    /// reload works again.
+    pub reload_error: Option<String>,
+}
 
 impl LiveCert {
     pub fn new(first: Arc<CertifiedKey>) -> Self {
-        Self(RwLock::new(first))
+        Self {
+            current: RwLock::new((first, SystemTime::now())),
+            error: Mutex::new(None),
+        }
     }
 
     pub fn current(&self) -> Arc<CertifiedKey> {
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&current.0)
     }
 
     fn replace(&self, next: Arc<CertifiedKey>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (next, SystemTime::now());
+        self.set_error(None);
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = error;
     }
 
     /// SHA-256 of the leaf in use, as printed at start and pinned by agents.
@@ -40,6 +64,28 @@ impl LiveCert {
             .cert
             .first()
             .map(|leaf| CertFingerprint::of_der(leaf))
+    }
+
+    pub fn state(&self) -> CertState {
+        let since = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1;
+        CertState {
+            fingerprint: self
+                .fingerprint()
+                .map(|fp| fp.to_string())
+                .unwrap_or_default(),
+            since: since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            reload_error: self
+                .error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 }
 
@@ -97,12 +143,17 @@ pub fn reload(cert: &Path, key: &Path, live: &LiveCert, trigger: &'static str) {
                 tracing::info!(trigger, fingerprint = %after, previous = %before, "api tls certificate reloaded");
             }
         }
-        Err(err) => tracing::error!(
-            trigger,
-            error = format!("{err:#}"),
-            serving = %before,
-            "api tls certificate not reloaded; still serving the previous one"
-        ),
+        Err(err) => {
+            // State first, then the log line: whoever reads the log can ask status at once.
+            let error = format!("{err:#}");
+            live.set_error(Some(error.clone()));
+            tracing::error!(
+                trigger,
+                error,
+                serving = %before,
+                "api tls certificate not reloaded; still serving the previous one"
+            );
+        }
     }
 }
 
@@ -163,12 +214,21 @@ mod tests {
         std::fs::copy(&cert_c, &cert_a).unwrap();
         reload(&cert_a, &key_a, &live, "test");
         assert_eq!(live.fingerprint().unwrap(), second);
+        let state = live.state();
+        assert_eq!(state.fingerprint, second.to_string());
+        let error = state.reload_error.unwrap();
+        assert!(error.contains("does not fit the certificate"), "{error}");
         // Garbage, and a missing file.
         std::fs::write(&cert_a, "not a certificate").unwrap();
         reload(&cert_a, &key_a, &live, "test");
         std::fs::remove_file(&key_a).unwrap();
         reload(&cert_a, &key_a, &live, "test");
         assert_eq!(live.fingerprint().unwrap(), second);
+        // A good pair again clears the error.
+        std::fs::copy(&cert_b, &cert_a).unwrap();
+        std::fs::copy(&key_b, &key_a).unwrap();
+        reload(&cert_a, &key_a, &live, "test");
+        assert_eq!(live.state().reload_error, None);
     }
 
     #[test]

@@ -79,22 +79,21 @@ async fn reload(dir: &Path, handle: &PolicyHandle, trigger: &'static str) {
     let load_dir = dir.to_path_buf();
     match tokio::task::spawn_blocking(move || Policy::load_dir(&load_dir)).await {
         Ok(Ok(policy)) => {
-            tracing::info!(
-                dir = %dir.display(),
-                trigger,
-                files = policy.files().len(),
-                engineers = policy.engineers().count(),
-                serial_patterns = policy.serial_patterns().count(),
-                "policy reloaded"
-            );
-            for warning in policy.warnings() {
+            let files = policy.files().len();
+            let engineers = policy.engineers().count();
+            let serial_patterns = policy.serial_patterns().count();
+            let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
+            // In force before it is logged, as for a failure below.
+            handle.replace(policy);
+            tracing::info!(dir = %dir.display(), trigger, files, engineers, serial_patterns, "policy reloaded");
+            for warning in warnings {
                 tracing::warn!(dir = %dir.display(), "{warning}");
             }
-            handle.replace(policy);
         }
         Ok(Err(err)) => {
-            tracing::error!(dir = %dir.display(), trigger, error = %err, "policy not reloaded; keeping the last good policy");
+            // State first, then the log line: whoever reads the log can ask status at once.
             handle.set_last_error(Some(err.to_string()));
+            tracing::error!(dir = %dir.display(), trigger, error = %err, "policy not reloaded; keeping the last good policy");
         }
         Err(err) => {
             tracing::error!(dir = %dir.display(), error = %err, "policy reload task failed; keeping the last good policy");
