@@ -629,6 +629,55 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A TCP connection to `to` from `127.0.0.{last}`, so a test can play several sources on
+/// loopback (std cannot bind before connecting; a one-off Tokio socket does). Blocking.
+pub fn connect_from(last: u8, to: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime for one connect");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, last], 0)))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.{last}: {e}"));
+        let stream = socket
+            .connect(to)
+            .await
+            .unwrap_or_else(|e| panic!("connect from 127.0.0.{last} to {to}: {e}"));
+        stream.into_std().expect("a std stream")
+    });
+    stream.set_nonblocking(false).expect("blocking mode");
+    stream
+}
+
+/// Reads until the peer closes (EOF or reset) and returns what it sent; panics if the
+/// connection is still open after `within`.
+pub fn until_closed(mut stream: TcpStream, within: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the peer kept the connection open for {within:?} (sent {got:?})"
+        );
+        stream.set_read_timeout(Some(left)).expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading until closed: {e}"),
+        }
+    }
+}
+
 /// SHA-256 of a file or of bytes, as lowercase hex, via `sha256sum`.
 pub fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum")

@@ -9,11 +9,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, alice_policy, bin, http, keygen, ssh, text, wait_until,
-    write_client_config, write_derived_key,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, alice_policy, bin, connect_from, http, keygen, ssh, text,
+    until_closed, wait_until, write_client_config, write_derived_key,
 };
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -443,7 +443,6 @@ fn the_code_and_the_derived_key_never_reach_logs_or_the_store() {
 /// closed at the 10 s header deadline (the stock `axum::serve` held them forever).
 #[test]
 fn silent_connections_are_bounded_per_address_and_closed_at_the_header_deadline() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const PER_SOURCE: usize = assist_proto::limits::MAX_HTTP_CONNECTIONS_PER_SOURCE;
     const DEADLINE: Duration = assist_proto::limits::HEADER_TIMEOUT;
 
@@ -451,74 +450,41 @@ fn silent_connections_are_bounded_per_address_and_closed_at_the_header_deadline(
     let alice = keygen(&dir.path().join("alice"));
     let jump = Jumphost::start(dir.path(), &alice_policy("", &alice));
     let api = jump.api_addr;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let connect = |last: u8| async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(SocketAddr::from(([127, 0, 0, last], 0)))
-                .unwrap();
-            socket.connect(api).await.unwrap()
-        };
-        // Read until the server closes; how long that took, or None if it did not in `wait`.
-        let closed_within = |wait: Duration| {
-            move |mut stream: tokio::net::TcpStream| async move {
-                let started = std::time::Instant::now();
-                let mut buf = [0u8; 256];
-                loop {
-                    match tokio::time::timeout(wait, stream.read(&mut buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-                        Ok(Ok(_)) => continue,
-                        Err(_) => return None,
-                    }
-                }
-            }
-        };
-        let opened = std::time::Instant::now();
-        let mut held = Vec::new();
-        for _ in 0..PER_SOURCE + 8 {
-            held.push(connect(3).await);
-        }
-        // The server accepts in order: the ones past the limit are closed without a byte.
-        for extra in held.split_off(PER_SOURCE) {
-            let waited = closed_within(SHORT)(extra).await;
-            assert!(
-                waited.is_some_and(|w| w < Duration::from_secs(5)),
-                "{waited:?}"
-            );
-        }
-        // The first of the held ones is served…
-        let mut first = held.remove(0);
-        first
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = [0u8; 64];
-        let n = first.read(&mut answer).await.unwrap();
-        assert!(
-            answer[..n].starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            &answer[..n]
-        );
-        // …and so is another address, while 127.0.0.3 holds all its places.
-        let (status, _, body) = register_from(
-            api,
-            "127.0.0.4",
-            &register_body("SN-SLOW", &keygen(&dir.path().join("dev"))),
-        );
-        assert_eq!(status, 201, "{body}");
-        // The silent ones are closed at the deadline, not before.
-        for silent in held {
-            let closed = closed_within(SHORT)(silent).await;
-            assert!(
-                closed.is_some(),
-                "a silent connection was held past {SHORT:?}"
-            );
-        }
-        let all_closed = opened.elapsed();
-        assert!(
-            all_closed >= DEADLINE - Duration::from_secs(1) && all_closed < DEADLINE * 3,
-            "{all_closed:?}"
-        );
-    });
+    let opened = Instant::now();
+    let mut held: Vec<TcpStream> = (0..PER_SOURCE + 8).map(|_| connect_from(3, api)).collect();
+    // The server accepts in order: the ones past the limit are closed without a byte.
+    for extra in held.split_off(PER_SOURCE) {
+        let started = Instant::now();
+        assert!(until_closed(extra, SHORT).is_empty());
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+    // The first of the held ones is served…
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let n = first.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..n]
+    );
+    // …and so is another address, while 127.0.0.3 holds all its places.
+    let (status, _, body) = register_from(
+        api,
+        "127.0.0.4",
+        &register_body("SN-SLOW", &keygen(&dir.path().join("dev"))),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The silent ones are closed at the deadline, not before (a panic if held past SHORT).
+    for silent in held {
+        until_closed(silent, SHORT);
+    }
+    let all_closed = opened.elapsed();
+    assert!(
+        all_closed >= DEADLINE - Duration::from_secs(1) && all_closed < DEADLINE * 3,
+        "{all_closed:?}"
+    );
 }

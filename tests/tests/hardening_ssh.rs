@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use assist_e2e::{Jumphost, alice_policy, bin, keygen, text, wait_until};
+use assist_e2e::{
+    Jumphost, alice_policy, bin, connect_from, keygen, text, until_closed, wait_until,
+};
 
 const SHORT: Duration = Duration::from_secs(30);
 const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
@@ -287,32 +289,11 @@ fn silent_ssh_connections_are_bounded_per_source_and_penalized_at_the_grace_time
         "127.0.0.1:0",
         "login_grace = \"1s\"\nmax_startups_per_source = 2\n",
     );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let connect = |last: u8| {
-        runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
-                .unwrap();
-            let stream = socket.connect(jump.ssh_addr).await.unwrap();
-            let stream = stream.into_std().unwrap();
-            stream.set_nonblocking(false).unwrap();
-            stream.set_read_timeout(Some(SHORT)).unwrap();
-            stream
-        })
-    };
-    // Reads what the server sends until it closes; panics if it keeps the connection open.
-    let until_closed = |mut stream: TcpStream| {
-        let mut got = Vec::new();
-        match stream.read_to_end(&mut got) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("still open or failed: {e}"),
-        }
-        got
-    };
+    let connect = |last: u8| connect_from(last, jump.ssh_addr);
+    let until_closed = |stream: TcpStream| until_closed(stream, SHORT);
     let banner = |stream: &mut TcpStream| {
         let mut first = [0u8; 8];
+        stream.set_read_timeout(Some(SHORT)).unwrap();
         stream.read_exact(&mut first).unwrap();
         first
     };
