@@ -62,7 +62,6 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .as_ref()
         .map(|tls| api::cert::load(tls, &config.data_dir, config.api_listen))
         .transpose()?;
-    let api_cert_fingerprint = api_cert.as_ref().and_then(|c| c.fingerprint());
     let live_cert = api_cert
         .map(|c| c.certified_key().map(|k| Arc::new(LiveCert::new(k))))
         .transpose()?;
@@ -135,7 +134,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let mut ready = vec![format!("host key fingerprint: {fingerprint}")];
-    if let Some(api_fp) = &api_cert_fingerprint {
+    if let Some(api_fp) = live_cert.as_ref().and_then(|c| c.fingerprint()) {
         ready.push(format!("api tls certificate fingerprint: {api_fp}"));
     }
     ready.push(format!("ssh listening on {ssh_addr}"));

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use assist_proto::cert_fingerprint::CertFingerprint;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
@@ -31,8 +30,10 @@ pub struct ApiCert {
 }
 
 impl ApiCert {
-    /// What the jump host prints and agents pin: SHA-256 of the leaf certificate.
-    pub fn fingerprint(&self) -> Option<CertFingerprint> {
+    /// SHA-256 of the leaf, as [`LiveCert::fingerprint`] gives it for the one served.
+    #[cfg(test)]
+    pub fn fingerprint(&self) -> Option<assist_proto::cert_fingerprint::CertFingerprint> {
+        use assist_proto::cert_fingerprint::CertFingerprint;
         self.chain.first().map(|leaf| CertFingerprint::of_der(leaf))
     }
 
