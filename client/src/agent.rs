@@ -36,6 +36,8 @@ pub enum AgentError {
     NoWindowAllowed,
     #[error("cannot derive the one-time key: {0}")]
     Derive(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// What enable hands back to the owner (over the authenticated local API only).
@@ -120,13 +122,28 @@ impl Agent {
         }
         let mut guard = self.window.lock().await;
         let public = keys::public_line(&self.device_key)?;
-        let reg = register::register(
+        let secret = self.config.enrollment_secret()?;
+        let registered = register::register(
             &self.config.api_url,
             &self.config.api_trust,
             &self.config.serial,
             &public,
+            secret.as_ref(),
         )
-        .await?;
+        .await;
+        let reg = match registered {
+            Ok(reg) => reg,
+            Err(e) => {
+                // With no window open, status and the page say why enabling did not work.
+                if guard.1.is_none() {
+                    self.shared.set_tunnel(
+                        crate::state::TunnelState::Disabled,
+                        Some(format!("enabling failed: {e}")),
+                    );
+                }
+                return Err(e.into());
+            }
+        };
         let max_secs = reg.max_assistance_secs;
         if max_secs == 0 {
             return Err(AgentError::NoWindowAllowed);
@@ -173,6 +190,7 @@ impl Agent {
                 api_url: self.config.api_url.clone(),
                 trust: self.config.api_trust.clone(),
                 public_key: public,
+                enrollment_secret: secret,
             },
         };
         let task = tokio::spawn(supervise(

@@ -2,6 +2,7 @@
 //! that name the file and the key.
 
 use crate::api_tls::{self, ApiTrust};
+use assist_proto::Secret;
 use assist_proto::cert_fingerprint::CertFingerprint;
 use assist_proto::limits::{HTTP_SERVICE_PORT, SSH_SERVICE_PORT};
 use serde::Deserialize;
@@ -60,6 +61,21 @@ struct RawConfig {
     /// Optional `sha256:…` of the API's certificate, as the jump host prints it.
     #[serde(default)]
     api_fingerprint: Option<String>,
+    /// Optional: the serial's enrollment secret (`assist-jumphost serial secret`), needed
+    /// where the jump host has an `enrollment_key`.
+    #[serde(default)]
+    enrollment_secret: Option<String>,
+    /// Optional, instead of `enrollment_secret`: a file holding it (0600).
+    #[serde(default)]
+    enrollment_secret_file: Option<PathBuf>,
+}
+
+/// Where the serial's enrollment secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollmentSecret {
+    Inline(Secret),
+    /// Read when needed, so a secret installed later is picked up without a restart.
+    File(PathBuf),
 }
 
 /// One reverse-forwarded service: the virtual port asked of the jump host and the local
@@ -87,6 +103,8 @@ pub struct Config {
     pub jumphost_fingerprint: Option<String>,
     /// How an `https://` api_url is verified; unused for `http://`.
     pub api_trust: ApiTrust,
+    /// The serial's enrollment secret, if configured.
+    pub enrollment: Option<EnrollmentSecret>,
 }
 
 impl Config {
@@ -98,6 +116,7 @@ impl Config {
         })?;
         let config = Self::parse(path, &text)?;
         // Checked at start rather than at the first `enable`, when nobody reads the log.
+        config.enrollment_secret()?;
         if let ApiTrust::CaFile(file) = &config.api_trust {
             api_tls::read_ca_file(file).map_err(|message| ConfigError::Invalid {
                 path: path.to_owned(),
@@ -185,6 +204,26 @@ impl Config {
             ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let enrollment = match (raw.enrollment_secret, raw.enrollment_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "enrollment_secret_file",
+                    "set enrollment_secret or enrollment_secret_file, not both".to_owned(),
+                ));
+            }
+            (Some(text), None) => {
+                check_secret(&text).map_err(|m| invalid("enrollment_secret", m))?;
+                Some(EnrollmentSecret::Inline(Secret::new(text.trim())))
+            }
+            (None, Some(file)) if file.as_os_str().is_empty() => {
+                return Err(invalid(
+                    "enrollment_secret_file",
+                    "must not be empty".to_owned(),
+                ));
+            }
+            (None, Some(file)) => Some(EnrollmentSecret::File(base.join(file))),
+            (None, None) => None,
+        };
         Ok(Config {
             path: path.to_owned(),
             serial: raw.serial,
@@ -197,7 +236,40 @@ impl Config {
             services,
             jumphost_fingerprint: raw.jumphost_fingerprint,
             api_trust,
+            enrollment,
         })
+    }
+
+    /// The serial's enrollment secret, read from its file if it comes from one (which must
+    /// not be readable by others).
+    pub fn enrollment_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let file = match &self.enrollment {
+            None => return Ok(None),
+            Some(EnrollmentSecret::Inline(secret)) => return Ok(Some(secret.clone())),
+            Some(EnrollmentSecret::File(file)) => file,
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: "enrollment_secret_file".to_owned(),
+            message,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(file)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(format!(
+                "{} may be read by others (mode {mode:o}); run `chmod 600 {}`",
+                file.display(),
+                file.display()
+            )));
+        }
+        let text = Secret::new(
+            std::fs::read_to_string(file)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?,
+        );
+        check_secret(text.expose()).map_err(|m| invalid(format!("{}: {m}", file.display())))?;
+        Ok(Some(Secret::new(text.expose().trim())))
     }
 
     pub fn device_key_path(&self) -> PathBuf {
@@ -258,6 +330,13 @@ fn service_port(name: &str) -> Option<u32> {
         "http" => Some(HTTP_SERVICE_PORT),
         n => n.parse::<u16>().ok().filter(|p| *p != 0).map(u32::from),
     }
+}
+
+/// An enrollment secret is what `assist-jumphost serial secret` prints: 64 hex digits.
+fn check_secret(text: &str) -> Result<(), String> {
+    assist_proto::enroll::parse_hex_key(text)
+        .map(|_| ())
+        .map_err(|e| format!("the secret {e} (as `assist-jumphost serial secret` prints it)"))
 }
 
 /// Splits `host:port` (IPv6 in brackets) when both parts are present and the port is a number.
@@ -327,6 +406,59 @@ http = "127.0.0.1:80"
                 .iter()
                 .any(|s| s.port == 22 && s.target == "127.0.0.1:2222")
         );
+    }
+
+    #[test]
+    fn an_enrollment_secret_comes_inline_or_from_a_private_file() {
+        let secret = "0e8625406c4997564857ecc5e2562d800b421c01d25aac1990b0b9866c195167";
+        let c = parse(&GOOD.replace(
+            "target_user = \"root\"",
+            &format!("target_user = \"root\"\nenrollment_secret = \"{secret}\""),
+        ))
+        .unwrap();
+        assert_eq!(c.enrollment_secret().unwrap().unwrap().expose(), secret);
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "the secret reached Debug"
+        );
+        assert_eq!(parse(GOOD).unwrap().enrollment_secret().unwrap(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = GOOD.replace(
+            "target_user = \"root\"",
+            &format!(
+                "target_user = \"root\"\nenrollment_secret_file = \"{}\"",
+                file.display()
+            ),
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.enrollment_secret().unwrap().unwrap().expose(), secret);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = c.enrollment_secret().unwrap_err().to_string();
+        assert!(
+            err.contains("enrollment_secret_file") && err.contains("chmod 600"),
+            "{err}"
+        );
+
+        for (extra, key) in [
+            ("enrollment_secret = \"abc\"", "enrollment_secret"),
+            (
+                &format!("enrollment_secret = \"{secret}\"\nenrollment_secret_file = \"x\"")[..],
+                "enrollment_secret_file",
+            ),
+        ] {
+            let err = parse(&GOOD.replace(
+                "target_user = \"root\"",
+                &format!("target_user = \"root\"\n{extra}"),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

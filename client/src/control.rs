@@ -90,6 +90,7 @@ impl IntoResponse for ApiError {
                         StatusCode::CONFLICT
                     }
                     AgentError::Register(RegisterError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
+                    AgentError::Register(RegisterError::Enrollment { .. }) => StatusCode::FORBIDDEN,
                     AgentError::Register(_) => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };

@@ -2,7 +2,8 @@
 //! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP.
 
 use crate::api_tls::{self, ApiTrust};
-use assist_proto::api::{ErrorBody, RegisterRequest, RegisterResponse};
+use assist_proto::Secret;
+use assist_proto::api::{EnrollmentProof, ErrorBody, RegisterRequest, RegisterResponse};
 use std::time::Duration;
 
 /// How long a registration call may take before the agent gives up.
@@ -20,6 +21,12 @@ pub enum RegisterError {
          add it to [serials] allow"
     )]
     NotAllowed { serial: String, message: String },
+    #[error(
+        "the jump host requires this device's enrollment secret to register serial {serial} \
+         ({message}); set enrollment_secret or enrollment_secret_file in client.toml to the \
+         secret the vendor shipped with this device"
+    )]
+    Enrollment { serial: String, message: String },
     #[error("the jump host refused the registration with HTTP {status}: {message}")]
     Refused { status: u16, message: String },
     #[error("TLS with the jump host API at {url} failed: {message}")]
@@ -31,12 +38,14 @@ pub enum RegisterError {
 }
 
 /// Registers `public_key` for `serial` at `api_url` (without trailing slash); an
-/// `https://` URL is verified according to `trust`.
+/// `https://` URL is verified according to `trust`. With the serial's enrollment `secret`,
+/// the request carries a proof of it made now.
 pub async fn register(
     api_url: &str,
     trust: &ApiTrust,
     serial: &str,
     public_key: &str,
+    secret: Option<&Secret>,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
     let mut builder = reqwest::Client::builder().timeout(REGISTER_TIMEOUT);
@@ -51,10 +60,27 @@ pub async fn register(
         url: url.clone(),
         message: e.to_string(),
     })?;
+    let enrollment = match secret {
+        None => None,
+        Some(secret) => {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let mac = assist_proto::enroll::proof(secret, serial, public_key, at).map_err(|e| {
+                RegisterError::Enrollment {
+                    serial: serial.to_owned(),
+                    message: format!("the configured secret {e}"),
+                }
+            })?;
+            Some(EnrollmentProof { at, mac })
+        }
+    };
     let request = RegisterRequest {
         serial: serial.to_owned(),
         public_key: public_key.to_owned(),
         rotation_proof: None,
+        enrollment,
     };
     let response = client.post(&url).json(&request).send().await.map_err(|e| {
         match api_tls::describe_tls_failure(&e) {
@@ -88,6 +114,7 @@ pub async fn register(
     let serial = serial.to_owned();
     Err(match status {
         409 => RegisterError::BoundToOtherKey { serial, message },
+        401 => RegisterError::Enrollment { serial, message },
         403 => RegisterError::NotAllowed { serial, message },
         status => RegisterError::Refused { status, message },
     })

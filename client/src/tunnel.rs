@@ -38,6 +38,8 @@ pub struct Registration {
     pub trust: ApiTrust,
     /// The device key's public line.
     pub public_key: String,
+    /// The serial's enrollment secret, for a registration that binds anew (after a reset).
+    pub enrollment_secret: Option<assist_proto::Secret>,
 }
 
 /// Everything a tunnel needs; one per enabled window.
@@ -111,14 +113,24 @@ impl Tunnel {
     /// registration itself ends the tunnel; an unreachable API is retried with the login.
     async fn register_again(&self) -> Result<(), FatalError> {
         let r = &self.registration;
-        match crate::register::register(&r.api_url, &r.trust, &self.serial, &r.public_key).await {
+        let registered = crate::register::register(
+            &r.api_url,
+            &r.trust,
+            &self.serial,
+            &r.public_key,
+            r.enrollment_secret.as_ref(),
+        )
+        .await;
+        match registered {
             Ok(_) => {
                 tracing::info!("device key registered again after a refused login");
                 Ok(())
             }
-            Err(e @ (RegisterError::BoundToOtherKey { .. } | RegisterError::NotAllowed { .. })) => {
-                Err(FatalError::Register(e))
-            }
+            Err(
+                e @ (RegisterError::BoundToOtherKey { .. }
+                | RegisterError::NotAllowed { .. }
+                | RegisterError::Enrollment { .. }),
+            ) => Err(FatalError::Register(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "registering the device key again failed");
                 Ok(())

@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         store: store.clone(),
         policy: f.policy.clone(),
         limiter: Default::default(),
+        enrollment: None,
     });
 
     let path = ["/v1/register", "/v1/register", "/healthz", "/v1/nope"][usize::from(control & 3)];

@@ -1,12 +1,13 @@
-//! `assist-jumphost status`: what the running jump host holds in memory (devices online,
-//! hops in progress, penalized sources, a policy edit or certificate renewal that did not
-//! load, the API certificate served), asked over a Unix socket in `data_dir`.
+//! The running jump host's admin socket (`data_dir/admin.sock`, mode 0600 in the 0700 data
+//! folder, so only the jump host's own user reaches it).
 //!
-//! The socket (`data_dir/admin.sock`, mode 0600 in the 0700 data folder) answers every
-//! connection with one JSON snapshot and closes; it reads nothing from the client, so there
-//! is nothing to parse and nothing a caller can change through it.
+//! A caller writes one JSON [`Request`] line and reads one JSON answer: `status` gets what
+//! the jump host holds in memory (devices online, hops in progress, penalized sources, a
+//! policy edit or certificate renewal that did not load, the API certificate served);
+//! `reset_serial` forgets a device key *and* ends the device's live session at once, which
+//! a change to the database alone could not do.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +26,35 @@ use crate::ssh::hop::LiveHop;
 
 /// File name of the socket inside `data_dir`.
 pub const SOCKET_FILE: &str = "admin.sock";
-/// How long `status` waits for the answer.
+/// How long a caller waits for the answer, and the socket for the request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request line read.
+const MAX_REQUEST: u64 = 4096;
+
+/// What a caller asks, one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    ResetSerial { serial: String },
+}
+
+/// The answer to [`Request::ResetSerial`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetAnswer {
+    /// `None`: the serial had no binding, nothing changed.
+    pub removed: Option<RemovedBinding>,
+    /// Live sessions of the device that were ended.
+    pub sessions_ended: usize,
+    /// Why nothing could be done (a store failure), if so.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedBinding {
+    pub fingerprint: String,
+    pub was_expired: bool,
+}
 
 /// What `status` shows; `--json` prints it as is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +107,7 @@ pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers status requests until `shutdown` fires, then removes the socket file.
+/// Answers requests until `shutdown` fires, then removes the socket file.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
@@ -89,7 +117,7 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     loop {
-        let mut stream = tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -99,22 +127,85 @@ pub async fn serve(
                 }
             },
         };
-        let snapshot = snapshot(&relay, api_cert.as_deref(), started.elapsed());
+        let (relay, api_cert) = (Arc::clone(&relay), api_cert.clone());
         tokio::spawn(async move {
-            let body = match serde_json::to_vec(&snapshot) {
-                Ok(body) => body,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not encode the status");
-                    return;
-                }
-            };
-            let written = tokio::time::timeout(ANSWER_TIMEOUT, stream.write_all(&body)).await;
-            if !matches!(written, Ok(Ok(()))) {
-                tracing::debug!("a status reader went away before the answer");
+            let answered = tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                answer(stream, &relay, api_cert.as_deref(), started),
+            )
+            .await;
+            match answered {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "admin request not answered"),
+                Err(_) => tracing::debug!("admin request timed out"),
             }
         });
     }
     let _ = std::fs::remove_file(&path);
+}
+
+async fn answer(
+    stream: tokio::net::UnixStream,
+    relay: &Arc<Relay>,
+    api_cert: Option<&LiveCert>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
+        .read_line(&mut line)
+        .await
+        .context("reading the request")?;
+    let body = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Status) => serde_json::to_vec(&snapshot(relay, api_cert, started.elapsed()))?,
+        Ok(Request::ResetSerial { serial }) => serde_json::to_vec(&reset(relay, serial).await)?,
+        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
+    };
+    write.write_all(&body).await.context("writing the answer")?;
+    Ok(())
+}
+
+/// Forgets the serial's key and ends its device's live session.
+async fn reset(relay: &Arc<Relay>, serial: String) -> ResetAnswer {
+    if let Err(e) = assist_proto::validate_name(&serial) {
+        return ResetAnswer {
+            removed: None,
+            sessions_ended: 0,
+            error: Some(format!("serial {serial:?} {e}")),
+        };
+    }
+    let store = Arc::clone(&relay.store);
+    let owned = serial.clone();
+    let done =
+        tokio::task::spawn_blocking(move || crate::store::reset_serial_audited(&*store, &owned))
+            .await;
+    let removed = match done {
+        Ok(Ok(removed)) => removed,
+        Ok(Err(e)) => return reset_failed(e.to_string()),
+        Err(e) => return reset_failed(e.to_string()),
+    };
+    // Even without a binding (swept already), a session still open on that serial goes.
+    let sessions_ended = relay.revoke_device(
+        &serial,
+        "the jump host admin reset this serial; register again",
+    );
+    ResetAnswer {
+        removed: removed.map(|b| RemovedBinding {
+            fingerprint: b.fingerprint(),
+            was_expired: b.is_expired(SystemTime::now()),
+        }),
+        sessions_ended,
+        error: None,
+    }
+}
+
+fn reset_failed(error: String) -> ResetAnswer {
+    tracing::error!(%error, "serial reset failed");
+    ResetAnswer {
+        removed: None,
+        sessions_ended: 0,
+        error: Some(error),
+    }
 }
 
 fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Snapshot {
@@ -135,26 +226,65 @@ fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Sna
     }
 }
 
+/// Why [`ask`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// No jump host listens on the socket (none runs with this `data_dir`).
+    #[error(
+        "the jump host does not answer on {} — is `assist-jumphost serve` running with this \
+         config (and are you allowed to read its data_dir)?",
+        path.display()
+    )]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// Sends `request` to the jump host running with `data_dir` and returns its answer.
+pub fn ask<T: serde::de::DeserializeOwned>(
+    data_dir: &Path,
+    request: &Request,
+) -> Result<T, AskError> {
+    let path = socket_path(data_dir);
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| AskError::NotRunning {
+            path: path.clone(),
+            source,
+        })?;
+    let asked = (|| -> anyhow::Result<T> {
+        stream
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .context("setting a read timeout")?;
+        let mut line = serde_json::to_vec(request).context("encoding the request")?;
+        line.push(b'\n');
+        stream
+            .write_all(&line)
+            .with_context(|| format!("writing to {}", path.display()))?;
+        let mut body = Vec::new();
+        stream
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading the answer from {}", path.display()))?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "the answer on {} is not what was asked for: {}",
+                path.display(),
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            )
+        })
+    })();
+    Ok(asked?)
+}
+
 /// `assist-jumphost status --config FILE [--json]`.
 pub fn status_command(config: &Path, json: bool) -> anyhow::Result<()> {
     let config = crate::config::JumphostConfig::load(config)?;
-    let path = socket_path(&config.data_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
-        format!(
-            "the jump host does not answer on {} — is `assist-jumphost serve` running with \
-             this config (and are you allowed to read its data_dir)?",
-            path.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .context("setting a read timeout")?;
-    let mut body = Vec::new();
-    stream
-        .read_to_end(&mut body)
-        .with_context(|| format!("reading the status from {}", path.display()))?;
-    let snapshot: Snapshot = serde_json::from_slice(&body)
-        .with_context(|| format!("the answer on {} is not a status", path.display()))?;
+    let snapshot: Snapshot = ask(&config.data_dir, &Request::Status)?;
     if json {
         println!(
             "{}",

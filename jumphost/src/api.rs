@@ -6,6 +6,11 @@
 //! key, so a captured proof cannot bind any other key. Without the old key, an admin runs
 //! `assist-jumphost serial reset SERIAL`.
 //!
+//! With an `enrollment_key`, a registration that would create a binding (none yet, expired,
+//! or after a reset) must carry an `enrollment` proof of the serial's secret
+//! (`assist_proto::enroll`); a missing or wrong one is 401. Renewals by the bound key and
+//! signed rotations need none.
+//!
 //! Nothing is stored on any error, and every registration and refusal is audited with the
 //! source address. Bodies are parsed here rather than by axum's `Json`, so every error,
 //! malformed JSON included, is an [`ErrorBody`] with a message a device log can show.
@@ -30,6 +35,7 @@ use russh::keys::{Algorithm, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
 use self::tls::TlsListener;
+use crate::enroll::EnrollmentKey;
 use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
@@ -49,6 +55,8 @@ pub struct ApiState {
     pub policy: PolicyHandle,
     /// Registrations per source address (`[penalties] register_*`).
     pub limiter: Arc<RateLimiter>,
+    /// With `enrollment_key`: a new binding needs a proof of the serial's secret.
+    pub enrollment: Option<Arc<EnrollmentKey>>,
 }
 
 /// Every way a request can fail; the variant decides the status code.
@@ -60,6 +68,9 @@ pub enum ApiError {
     /// JSON of the wrong shape, or a value that breaks a rule (422).
     #[error("{0}")]
     Invalid(String),
+    /// Enrollment is required and the proof is missing or wrong (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// Policy says no (403).
     #[error("{0}")]
     Forbidden(String),
@@ -91,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -360,12 +372,65 @@ async fn register_checked(
         expires_at,
     };
     let store = state.store.clone();
+    let enrollment = state.enrollment.clone();
     let what = tokio::task::spawn_blocking(move || {
-        bind(&*store, &binding, &req.public_key, proof.as_ref(), source)
+        let proofs = Proofs {
+            rotation: proof.as_ref(),
+            enrollment: enrollment
+                .as_deref()
+                .map(|key| (key, req.enrollment.as_ref())),
+        };
+        bind(&*store, &binding, &req.public_key, proofs, source, now)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("registration task failed: {e}")))??;
     Ok((what, response))
+}
+
+/// What a registration proves besides holding the new key.
+struct Proofs<'a> {
+    /// Possession of the key bound now, to replace it.
+    rotation: Option<&'a SshSig>,
+    /// With an enrollment key: the serial's secret, to create a binding.
+    enrollment: Option<(
+        &'a EnrollmentKey,
+        Option<&'a assist_proto::api::EnrollmentProof>,
+    )>,
+}
+
+/// Checks the enrollment proof of a registration that would create `serial`'s binding.
+fn check_enrollment(
+    key: &EnrollmentKey,
+    proof: Option<&assist_proto::api::EnrollmentProof>,
+    serial: &str,
+    new_key_line: &str,
+    now: SystemTime,
+) -> Result<(), ApiError> {
+    let Some(proof) = proof else {
+        return Err(ApiError::Unauthorized(format!(
+            "enrollment required: serial {serial} has no binding, and this jump host binds a \
+             new serial only with a proof of its enrollment secret (set enrollment_secret or \
+             enrollment_secret_file in the device's client.toml)"
+        )));
+    };
+    let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let skew = now_secs.abs_diff(proof.at);
+    if skew > limits::ENROLLMENT_SKEW.as_secs() {
+        return Err(ApiError::Unauthorized(format!(
+            "enrollment proof refused: it was made at {} but the jump host's clock says {} \
+             ({skew} s apart, at most {} s allowed); set the device's clock",
+            proof.at,
+            now_secs,
+            limits::ENROLLMENT_SKEW.as_secs()
+        )));
+    }
+    key.verify(serial, new_key_line, proof.at, &proof.mac)
+        .map_err(|e| {
+            ApiError::Unauthorized(format!(
+                "enrollment proof is wrong for serial {serial}: it {e}; check the device's \
+                 enrollment_secret"
+            ))
+        })
 }
 
 /// Decides new / renewal / rotation / conflict against the current binding and stores with a
@@ -374,13 +439,20 @@ fn bind(
     store: &dyn Store,
     binding: &DeviceBinding,
     new_key_line: &str,
-    proof: Option<&SshSig>,
+    proofs: Proofs<'_>,
     source: IpAddr,
+    now: SystemTime,
 ) -> Result<Registered, ApiError> {
     let serial = &binding.serial;
     let current = store.binding(serial)?;
+    let proof = proofs.rotation;
     let what = match &current {
-        None => Registered::New,
+        None => {
+            if let Some((key, proof)) = proofs.enrollment {
+                check_enrollment(key, proof, serial, new_key_line, now)?;
+            }
+            Registered::New
+        }
         Some(cur) if cur.public_key.key_data() == binding.public_key.key_data() => {
             Registered::Renewed
         }

@@ -32,6 +32,14 @@ pub struct JumphostConfig {
     /// Unauthenticated SSH connections one source may hold at once; more are dropped.
     #[serde(default = "default_max_startups_per_source")]
     pub max_startups_per_source: usize,
+    /// Reverse forwards one device session may hold; more are refused.
+    #[serde(default = "default_max_forwards_per_device")]
+    pub max_forwards_per_device: usize,
+    /// File of the key that enrollment secrets are derived from (made on first start, 0600).
+    /// Set: the first registration of a serial must prove its secret. Absent: any serial
+    /// can be claimed by whoever registers it first.
+    #[serde(default)]
+    pub enrollment_key: Option<PathBuf>,
     /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
     #[serde(default)]
     pub api_tls: Option<ApiTls>,
@@ -116,6 +124,10 @@ fn default_max_startups_per_source() -> usize {
     limits::MAX_STARTUPS_PER_SOURCE
 }
 
+fn default_max_forwards_per_device() -> usize {
+    limits::MAX_FORWARDS_PER_DEVICE
+}
+
 impl JumphostConfig {
     /// Reads and validates the file; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -132,6 +144,9 @@ impl JumphostConfig {
         config.validate()?;
         config.data_dir = resolve(base, &config.data_dir);
         config.policies_dir = resolve(base, &config.policies_dir);
+        if let Some(file) = &mut config.enrollment_key {
+            *file = resolve(base, file);
+        }
         if let Some(ApiTls::Files { cert, key }) = &mut config.api_tls {
             *cert = resolve(base, cert);
             *key = resolve(base, key);
@@ -145,6 +160,7 @@ impl JumphostConfig {
             login_grace: self.login_grace,
             max_startups: self.max_startups,
             max_startups_per_source: self.max_startups_per_source,
+            max_forwards_per_device: self.max_forwards_per_device,
             ..Limits::default()
         }
     }
@@ -165,9 +181,24 @@ impl JumphostConfig {
         if self.max_startups_per_source == 0 {
             anyhow::bail!("key max_startups_per_source: must be at least 1");
         }
+        if self.max_forwards_per_device == 0 {
+            anyhow::bail!("key max_forwards_per_device: must be at least 1");
+        }
+        if self
+            .enrollment_key
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            anyhow::bail!("key enrollment_key: must not be empty (a file path)");
+        }
         Ok(())
     }
 }
+
+/// Said at every start without `enrollment_key`.
+pub const NO_ENROLLMENT_WARNING: &str = "no enrollment_key: any serial the policy allows can \
+    be claimed by whoever registers it first; set enrollment_key = \"FILE\" in the config and \
+    ship each device its `assist-jumphost serial secret`";
 
 /// The warning to shout at start when the API would carry device keys and serials in clear
 /// over a network: no TLS and a listen address other than loopback.
@@ -253,9 +284,19 @@ policies_dir = "/etc/assist/policies"
     #[test]
     fn optional_keys_are_read() {
         let text = format!(
-            "{FOUR_KEYS}login_grace = \"5s\"\nmax_startups = 3\nmax_startups_per_source = 2\n"
+            "{FOUR_KEYS}login_grace = \"5s\"\nmax_startups = 3\nmax_startups_per_source = 2\n\
+             max_forwards_per_device = 4\nenrollment_key = \"enroll.key\"\n"
         );
         let config = JumphostConfig::parse(&text, Path::new("/x")).unwrap();
+        assert_eq!(config.enrollment_key, Some(PathBuf::from("/x/enroll.key")));
+        assert_eq!(config.ssh_limits().max_forwards_per_device, 4);
+        assert_eq!(
+            JumphostConfig::parse(FOUR_KEYS, Path::new("/x"))
+                .unwrap()
+                .ssh_limits()
+                .max_forwards_per_device,
+            limits::MAX_FORWARDS_PER_DEVICE
+        );
         assert_eq!(config.login_grace, Duration::from_secs(5));
         assert_eq!(config.max_startups, 3);
         assert_eq!(config.data_dir, PathBuf::from("/x/data"));

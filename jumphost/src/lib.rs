@@ -4,9 +4,12 @@
 
 pub mod admin;
 pub mod api;
+pub mod commands;
 pub mod config;
+pub mod enroll;
 pub mod penalty;
 pub mod policy;
+pub mod private_dir;
 pub mod reload;
 pub mod serve;
 pub mod ssh;

@@ -53,12 +53,23 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum SerialCommand {
-    /// Forget the key bound to a serial so a replaced device can register again.
+    /// Forget the key bound to a serial so a replaced device can register again. With a jump
+    /// host running on this config, the device's live session is ended at once too.
     Reset {
         /// Path of jumphost.toml.
         #[arg(long)]
         config: PathBuf,
         /// The serial to reset.
+        serial: String,
+    },
+    /// Print the serial's enrollment secret as "secret: <S>": ship it with that device (its
+    /// client.toml `enrollment_secret`). Needs `enrollment_key` in jumphost.toml; the same
+    /// key always gives the same secret, so a licensing system can compute them offline.
+    Secret {
+        /// Path of jumphost.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// The serial.
         serial: String,
     },
 }
@@ -73,7 +84,10 @@ fn main() -> Result<()> {
             assist_jumphost::policy::check_command(&policies)
         }
         Command::Serial(SerialCommand::Reset { config, serial }) => {
-            assist_jumphost::store::reset_command(&config, &serial)
+            assist_jumphost::commands::reset_command(&config, &serial)
+        }
+        Command::Serial(SerialCommand::Secret { config, serial }) => {
+            assist_jumphost::commands::secret_command(&config, &serial)
         }
     }
 }

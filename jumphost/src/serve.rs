@@ -15,9 +15,10 @@ use crate::admin;
 use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
 use crate::config::{self, ApiTls, JumphostConfig};
+use crate::enroll::EnrollmentKey;
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
-use crate::store::{SqliteStore, Store};
+use crate::store::{AuditQueue, SqliteStore, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -34,8 +35,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = JumphostConfig::load(config_path)
         .with_context(|| format!("loading config {}", config_path.display()))?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Private whether or not it existed: it holds the host key, the audit trail, the admin
+    // socket and the enrollment key.
+    crate::private_dir::ensure(&config.data_dir)?;
     // First: a second process on this data_dir stops here, before it could mark the
     // first one's open hops as interrupted.
     let admin_socket = admin::bind(&config.data_dir)?;
@@ -56,6 +58,12 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
     let policy = PolicyHandle::new(policy);
     let host_key = hostkey::load_or_create(&config.data_dir)?;
+    let enrollment = config
+        .enrollment_key
+        .as_deref()
+        .map(EnrollmentKey::load_or_create)
+        .transpose()?
+        .map(Arc::new);
     let fingerprint = hostkey::fingerprint(&host_key);
     let api_cert = config
         .api_tls
@@ -84,12 +92,15 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .context("reading the API address")?;
 
     let shutdown = CancellationToken::new();
+    let audit = AuditQueue::start(Arc::clone(&store)).context("starting the audit writer")?;
     let relay = Arc::new(Relay::new(
         Arc::clone(&store),
+        audit.clone(),
         policy.clone(),
         host_key,
         config.ssh_limits(),
     ));
+    let rechecks = ssh::revoke::spawn_policy_rechecks(Arc::clone(&relay), shutdown.clone());
     let watcher = policy::spawn_watcher(
         config.policies_dir.clone(),
         policy.clone(),
@@ -124,11 +135,18 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
             store: Arc::clone(&store),
             policy,
             limiter: Default::default(),
+            enrollment: enrollment.clone(),
         },
         shutdown.clone(),
     ));
 
-    if let Some(warning) = config::plain_api_warning(api_addr, config.api_tls.is_some()) {
+    let warnings = [
+        config::plain_api_warning(api_addr, config.api_tls.is_some()),
+        enrollment
+            .is_none()
+            .then(|| config::NO_ENROLLMENT_WARNING.to_owned()),
+    ];
+    for warning in warnings.into_iter().flatten() {
         // Loud on purpose: on stderr even when RUST_LOG hides warnings, and in the log.
         eprintln!("WARNING: {warning}");
         tracing::warn!("{warning}");
@@ -170,6 +188,8 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let _ = watcher.await;
+    let _ = rechecks.await;
+    audit.flush().await;
     if let Some(reloader) = cert_reloader {
         let _ = reloader.await;
     }

@@ -17,6 +17,19 @@ pub struct RegisterRequest {
     /// writes) by the old key over [`rotation_message`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_proof: Option<String>,
+    /// Proof of the serial's enrollment secret, needed to create a binding when the jump
+    /// host has an `enrollment_key` (see [`crate::enroll`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<EnrollmentProof>,
+}
+
+/// `{"at": UNIX_SECONDS, "mac": HEX}`: [`crate::enroll::proof`] of the serial's secret over
+/// the serial, the public key and `at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentProof {
+    pub at: u64,
+    pub mac: String,
 }
 
 /// The message a rotation proof signs: binds the serial to the new key.

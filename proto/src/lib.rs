@@ -9,6 +9,7 @@ pub mod body;
 pub mod cert_fingerprint;
 pub mod code;
 pub mod derive;
+pub mod enroll;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod keys;

@@ -20,6 +20,14 @@ pub const MAX_STARTUPS: usize = 256;
 /// Unauthenticated SSH connections one source (IPv4 address, IPv6 /64) may hold at once;
 /// more are dropped (OpenSSH's PerSourceMaxStartups), so one host cannot take every slot.
 pub const MAX_STARTUPS_PER_SOURCE: usize = 32;
+/// Reverse forwards one device session may hold (`max_forwards_per_device`).
+pub const MAX_FORWARDS_PER_DEVICE: usize = 16;
+/// Audit events waiting to be written; past this, refusals are counted instead of queued.
+pub const AUDIT_QUEUE: usize = 4096;
+/// Audit events written in one commit.
+pub const AUDIT_BATCH: usize = 256;
+/// How far an enrollment proof's time may be from the jump host's clock.
+pub const ENROLLMENT_SKEW: Duration = Duration::from_secs(300);
 /// SSH keepalive interval used by the agent and the jump host.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Keepalives missed before a peer is considered gone.

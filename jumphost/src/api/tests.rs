@@ -13,6 +13,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use tower::ServiceExt;
 
 use super::*;
+use crate::enroll::EnrollmentKey;
 use crate::policy::Policy;
 use crate::store::SqliteStore;
 
@@ -32,6 +33,7 @@ fn api() -> Api {
         store: store.clone(),
         policy: PolicyHandle::new(policy),
         limiter: Default::default(),
+        enrollment: None,
     });
     Api { store, router }
 }
@@ -60,6 +62,40 @@ fn body(serial: &str, public_key: &str, rotation_proof: Option<String>) -> Strin
         serial: serial.into(),
         public_key: public_key.into(),
         rotation_proof,
+        enrollment: None,
+    })
+    .unwrap()
+}
+
+/// The API with an enrollment key (every byte `7`).
+fn enrolling_api() -> Api {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let policy = Policy::from_toml(Path::new("test.toml"), POLICY).unwrap();
+    let router = router(ApiState {
+        store: store.clone(),
+        policy: PolicyHandle::new(policy),
+        limiter: Default::default(),
+        enrollment: Some(Arc::new(EnrollmentKey::for_test(7))),
+    });
+    Api { store, router }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A registration with an enrollment proof made from `secret` at `at`.
+fn enrolled_body(serial: &str, public_key: &str, secret: &str, at: u64) -> String {
+    let secret = assist_proto::Secret::new(secret);
+    let mac = assist_proto::enroll::proof(&secret, serial, public_key, at).unwrap();
+    serde_json::to_string(&RegisterRequest {
+        serial: serial.into(),
+        public_key: public_key.into(),
+        rotation_proof: None,
+        enrollment: Some(assist_proto::api::EnrollmentProof { at, mac }),
     })
     .unwrap()
 }
@@ -358,7 +394,21 @@ impl Store for BrokenStore {
             "disk I/O error at /secret/path/assist.db".into(),
         ))
     }
+    fn binding_including_expired(&self, _: &str) -> Result<Option<DeviceBinding>, StoreError> {
+        Err(StoreError("nope".into()))
+    }
     fn put_binding(&self, _: &DeviceBinding) -> Result<(), StoreError> {
+        Err(StoreError("nope".into()))
+    }
+    fn put_binding_if(
+        &self,
+        _: &DeviceBinding,
+        _: Option<&PublicKey>,
+        _: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError("nope".into()))
+    }
+    fn record_batch(&self, _: &[AuditEvent]) -> Result<(), StoreError> {
         Err(StoreError("nope".into()))
     }
     fn reset_serial(&self, _: &str) -> Result<bool, StoreError> {
@@ -390,6 +440,7 @@ async fn store_failure_is_500_without_details() {
             store: Arc::new(BrokenStore),
             policy: PolicyHandle::new(policy),
             limiter: Default::default(),
+            enrollment: None,
         }),
     };
     let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;
@@ -408,4 +459,69 @@ async fn a_body_that_is_not_an_object_is_422_and_stores_nothing() {
         assert!(Api::error(&text).contains("JSON object"), "{text}");
     }
     assert!(api.bound_key("SN-1").is_none());
+}
+
+#[tokio::test]
+async fn with_an_enrollment_key_a_new_serial_needs_its_secrets_proof() {
+    let api = enrolling_api();
+    let secret = EnrollmentKey::for_test(7).secret("SN-1");
+    let secret = secret.expose();
+    let now = now_secs();
+
+    // No proof, a proof from another serial's secret, one made for another key, a stale one:
+    // 401 with what to do, nothing stored, each audited.
+    let other = EnrollmentKey::for_test(7).secret("SN-2");
+    let stale = now - assist_proto::limits::ENROLLMENT_SKEW.as_secs() - 5;
+    let cases = [
+        (body("SN-1", &key_line(1), None), "enrollment required"),
+        (
+            enrolled_body("SN-1", &key_line(1), other.expose(), now),
+            "enrollment proof is wrong",
+        ),
+        (
+            enrolled_body("SN-1", &key_line(1), secret, now).replace(
+                &key_line(1).split_whitespace().nth(1).unwrap().to_string(),
+                key_line(2).split_whitespace().nth(1).unwrap(),
+            ),
+            "enrollment proof is wrong",
+        ),
+        (
+            enrolled_body("SN-1", &key_line(1), secret, stale),
+            "set the device's clock",
+        ),
+    ];
+    for (request, want) in cases {
+        let (status, text) = api.register(request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{want}: {text}");
+        assert!(Api::error(&text).contains(want), "{want}: {text}");
+        assert!(api.bound_key("SN-1").is_none(), "{want}: stored anyway");
+        assert!(
+            api.last_audit().outcome.starts_with("refused 401"),
+            "{}",
+            api.last_audit().outcome
+        );
+    }
+
+    // The right proof binds; the bound key renews with no proof; a rotation needs none.
+    let (status, text) = api
+        .register(enrolled_body("SN-1", &key_line(1), secret, now))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let new = key_line(2);
+    let (status, text) = api
+        .register(body("SN-1", &new, Some(proof(1, "SN-1", &new))))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    // A squatter with no secret still cannot take a bound serial.
+    let (status, _) = api.register(body("SN-1", &key_line(3), None)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn without_an_enrollment_key_a_proof_is_not_needed() {
+    let api = api();
+    let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
 }

@@ -10,7 +10,13 @@
 //! - `client_cidrs` empty: devices may connect from anywhere (they still need a registered key);
 //! - `[serials] allow` empty: no serial may register;
 //! - `client_key_ttl` 30 days, `max_assistance` 8 hours ([`assist_proto::limits`]);
-//! - `[penalties]` (optional, one file only): [`PenaltySettings::default`].
+//! - `[penalties]` (optional, one file only): [`PenaltySettings::default`];
+//! - `[[support]] serials` / `[[support_ca]] serials` absent: that engineer key or CA may
+//!   reach every serial; present: only serials matching one of its glob patterns.
+//!
+//! An engineer logs in either with a key listed in a `[[support]]` entry, or with an OpenSSH
+//! user certificate signed by a `[[support_ca]]` key whose principals include the engineer
+//! name. The scope that applies is the one of the entry (or CA) that let the engineer in.
 
 mod parse;
 mod watch;
@@ -53,13 +59,77 @@ pub enum PolicyError {
     },
 }
 
+/// Which serials an engineer key or a CA's certificates may reach.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    /// `None`: every serial (`serials` absent).
+    patterns: Option<Vec<glob::Pattern>>,
+}
+
+impl Scope {
+    /// Every serial.
+    pub fn all() -> Self {
+        Self { patterns: None }
+    }
+
+    pub(crate) fn only(patterns: Vec<glob::Pattern>) -> Self {
+        Self {
+            patterns: Some(patterns),
+        }
+    }
+
+    /// Whether `serial` (as the device authenticated with it) is inside the scope.
+    pub fn covers(&self, serial: &str) -> bool {
+        match &self.patterns {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(serial)),
+        }
+    }
+
+    /// The union of two scopes, for one key listed twice.
+    fn widen(&mut self, other: &Scope) {
+        match (&mut self.patterns, &other.patterns) {
+            (Some(mine), Some(theirs)) => mine.extend(theirs.iter().cloned()),
+            (mine, _) => *mine = None,
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.patterns {
+            None => write!(f, "every serial"),
+            Some(p) if p.is_empty() => write!(f, "no serial"),
+            Some(p) => {
+                let list: Vec<&str> = p.iter().map(glob::Pattern::as_str).collect();
+                write!(f, "serials {}", list.join(", "))
+            }
+        }
+    }
+}
+
+/// One key of a `[[support]]` entry with the serials it may reach.
+#[derive(Debug, Clone)]
+struct EngineerKey {
+    key: PublicKey,
+    scope: Scope,
+}
+
+/// A `[[support_ca]]`: an OpenSSH user CA whose certificates log engineers in.
+#[derive(Debug, Clone)]
+pub struct SupportCa {
+    pub key: PublicKey,
+    pub scope: Scope,
+}
+
 /// The merged policy in force.
 #[derive(Debug, Clone)]
 pub struct Policy {
     files: Vec<PathBuf>,
     support_cidrs: Vec<IpNet>,
     client_cidrs: Vec<IpNet>,
-    engineers: BTreeMap<String, Vec<PublicKey>>,
+    engineers: BTreeMap<String, Vec<EngineerKey>>,
+    support_cas: Vec<SupportCa>,
     serial_patterns: Vec<glob::Pattern>,
     client_key_ttl: Duration,
     max_assistance: Duration,
@@ -74,6 +144,7 @@ impl Default for Policy {
             support_cidrs: Vec::new(),
             client_cidrs: Vec::new(),
             engineers: BTreeMap::new(),
+            support_cas: Vec::new(),
             serial_patterns: Vec::new(),
             client_key_ttl: assist_proto::limits::DEFAULT_CLIENT_KEY_TTL,
             max_assistance: assist_proto::limits::DEFAULT_MAX_ASSISTANCE,
@@ -130,16 +201,28 @@ impl Policy {
         self.client_cidrs.is_empty() || self.client_cidrs.iter().any(|net| net.contains(&ip))
     }
 
-    /// The keys policy lists for this engineer name (empty if unknown).
-    pub fn engineer_keys(&self, name: &str) -> Vec<PublicKey> {
-        self.engineers.get(name).cloned().unwrap_or_default()
+    /// Whether a `[[support]]` entry names this engineer (with any key).
+    pub fn is_engineer(&self, name: &str) -> bool {
+        self.engineers.contains_key(name)
     }
 
-    /// Whether `key` is one of the keys listed for engineer `name`.
-    pub fn engineer_key_allowed(&self, name: &str, key: &PublicKey) -> bool {
+    /// The scope of `key` if it is listed for engineer `name`.
+    pub fn engineer_key(&self, name: &str, key: &PublicKey) -> Option<&Scope> {
         self.engineers
-            .get(name)
-            .is_some_and(|keys| keys.iter().any(|k| k.key_data() == key.key_data()))
+            .get(name)?
+            .iter()
+            .find(|k| k.key.key_data() == key.key_data())
+            .map(|k| &k.scope)
+    }
+
+    /// The `[[support_ca]]` with this signing key, if it is listed.
+    pub fn support_ca(&self, key: &russh::keys::ssh_key::public::KeyData) -> Option<&SupportCa> {
+        self.support_cas.iter().find(|ca| ca.key.key_data() == key)
+    }
+
+    /// Whether any `[[support_ca]]` is listed (certificate logins are possible at all).
+    pub fn has_support_cas(&self) -> bool {
+        !self.support_cas.is_empty()
     }
 
     /// Whether a serial matches one of the `[serials] allow` patterns (its format is checked
@@ -192,8 +275,25 @@ impl Policy {
                 .collect()
         };
         let engineers: Vec<String> = self
-            .engineers()
-            .map(|(name, n)| format!("{name} ({n} key{})", if n == 1 { "" } else { "s" }))
+            .engineers
+            .iter()
+            .map(|(name, keys)| {
+                let n = keys.len();
+                let mut scope = Scope::only(Vec::new());
+                keys.iter().for_each(|k| scope.widen(&k.scope));
+                format!("{name} ({n} key{}, {scope})", if n == 1 { "" } else { "s" })
+            })
+            .collect();
+        let cas: Vec<String> = self
+            .support_cas
+            .iter()
+            .map(|ca| {
+                format!(
+                    "{} ({})",
+                    ca.key.fingerprint(russh::keys::HashAlg::Sha256),
+                    ca.scope
+                )
+            })
             .collect();
         let nets = |nets: &[IpNet], empty: &str| -> String {
             if nets.is_empty() {
@@ -218,6 +318,12 @@ impl Policy {
             "engineers ({}): {}",
             engineers.len(),
             or_none(&engineers.join(", "))
+        );
+        let _ = writeln!(
+            out,
+            "engineer certificate CAs ({}): {}",
+            cas.len(),
+            or_none(&cas.join(", "))
         );
         let _ = writeln!(
             out,
@@ -246,8 +352,8 @@ impl Policy {
         if self.support_cidrs.is_empty() {
             warnings.push("[allowlist] support_cidrs is empty: no engineer can connect");
         }
-        if self.engineers.is_empty() {
-            warnings.push("no [[support]] engineers: nobody can hop to a device");
+        if self.engineers.is_empty() && self.support_cas.is_empty() {
+            warnings.push("no [[support]] engineers or [[support_ca]]: nobody can hop to a device");
         }
         if self.serial_patterns.is_empty() {
             warnings.push("[serials] allow is empty: no device can register");

@@ -8,7 +8,7 @@ use russh::keys::PublicKey;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Policy, PolicyError};
+use super::{EngineerKey, Policy, PolicyError, Scope, SupportCa};
 use crate::config::{line_col, one_line_toml_error};
 
 /// What one file may contain; every section optional.
@@ -18,6 +18,8 @@ struct PolicyFile {
     allowlist: Option<Allowlist>,
     #[serde(default)]
     support: Vec<Support>,
+    #[serde(default)]
+    support_ca: Vec<SupportCaEntry>,
     serials: Option<Serials>,
     keys: Option<Keys>,
     penalties: Option<Penalties>,
@@ -37,6 +39,15 @@ struct Allowlist {
 struct Support {
     name: Spanned<String>,
     public_key: Spanned<String>,
+    serials: Option<Vec<Spanned<String>>>,
+}
+
+/// `[[support_ca]]`: an OpenSSH user CA (`ssh-keygen -s`) trusted to name engineers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupportCaEntry {
+    public_key: Spanned<String>,
+    serials: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +125,25 @@ impl Merger {
             }
         }
 
+        // `serials` of an entry: absent is every serial, a list is only those patterns.
+        let scope =
+            |what: &str, values: Option<Vec<Spanned<String>>>| -> Result<Scope, PolicyError> {
+                let Some(values) = values else {
+                    return Ok(Scope::all());
+                };
+                let mut patterns = Vec::new();
+                for value in values {
+                    let pattern = parse_pattern(value.get_ref()).map_err(|e| {
+                        at(
+                            value.span(),
+                            format!("{what} serials: {:?} {e}", value.get_ref()),
+                        )
+                    })?;
+                    patterns.push(pattern);
+                }
+                Ok(Scope::only(patterns))
+            };
+
         for entry in doc.support {
             let name = entry.name.get_ref();
             assist_proto::validate_name(name)
@@ -126,9 +156,29 @@ impl Merger {
                     ),
                 )
             })?;
+            let scope = scope(&format!("[[support]] {name:?}"), entry.serials)?;
             let keys = policy.engineers.entry(name.clone()).or_default();
-            if !keys.iter().any(|k| k.key_data() == key.key_data()) {
-                keys.push(key);
+            match keys.iter_mut().find(|k| k.key.key_data() == key.key_data()) {
+                Some(listed) => listed.scope.widen(&scope),
+                None => keys.push(EngineerKey { key, scope }),
+            }
+        }
+
+        for entry in doc.support_ca {
+            let key = PublicKey::from_openssh(entry.public_key.get_ref().trim()).map_err(|e| {
+                at(
+                    entry.public_key.span(),
+                    format!("[[support_ca]] public_key: not an OpenSSH public key line ({e})"),
+                )
+            })?;
+            let scope = scope("[[support_ca]]", entry.serials)?;
+            match policy
+                .support_cas
+                .iter_mut()
+                .find(|ca| ca.key.key_data() == key.key_data())
+            {
+                Some(listed) => listed.scope.widen(&scope),
+                None => policy.support_cas.push(SupportCa { key, scope }),
             }
         }
 

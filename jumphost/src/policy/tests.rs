@@ -74,11 +74,14 @@ fn files_merge_in_name_order() {
     assert!(policy.client_from_allowed(ip("198.51.100.9")));
     assert!(!policy.client_from_allowed(ip("203.0.113.1")));
 
-    assert_eq!(policy.engineer_keys("alice").len(), 2);
-    assert!(policy.engineer_keys("bob").is_empty());
+    assert_eq!(
+        policy.engineers().find(|(n, _)| *n == "alice").unwrap().1,
+        2
+    );
+    assert!(!policy.is_engineer("bob"));
     let k2 = PublicKey::from_openssh(&alice2).unwrap();
-    assert!(policy.engineer_key_allowed("alice", &k2));
-    assert!(!policy.engineer_key_allowed("bob", &k2));
+    assert!(policy.engineer_key("alice", &k2).is_some());
+    assert!(policy.engineer_key("bob", &k2).is_none());
 
     assert!(policy.serial_allowed("SN-0001"));
     assert!(policy.serial_allowed("LAB-12"));
@@ -90,7 +93,7 @@ fn files_merge_in_name_order() {
         assist_proto::limits::DEFAULT_MAX_ASSISTANCE
     );
     assert!(
-        policy.summary().contains("alice (2 keys)"),
+        policy.summary().contains("alice (2 keys, every serial)"),
         "{}",
         policy.summary()
     );
@@ -270,7 +273,7 @@ fn shipped_example_policies_parse() {
     let policy = Policy::load_dir(&dir).unwrap();
     assert!(policy.files().len() >= 4);
     assert!(policy.engineer_from_allowed(ip("127.0.0.1")));
-    assert!(!policy.engineer_keys("alice").is_empty());
+    assert!(policy.is_engineer("alice"));
     assert!(policy.serial_allowed("SN-0001"));
     assert!(!policy.serial_allowed("XX-0001"));
     assert_eq!(policy.client_key_ttl(), Duration::from_secs(30 * 86400));
@@ -350,4 +353,96 @@ fn every_error_is_one_line_naming_the_file() {
         .to_string();
     assert!(!err.contains('\n'), "{err:?}");
     assert!(err.starts_with("00.toml: line 1, column 5: "), "{err}");
+}
+
+#[test]
+fn engineer_scopes_limit_serials_per_key_and_widen_when_listed_twice() {
+    let a1 = key_line(1, "alice@laptop");
+    let a2 = key_line(2, "alice@desk");
+    let text = format!(
+        "[[support]]\nname = \"alice\"\npublic_key = \"{a1}\"\nserials = [\"SN-EU-*\"]\n\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{a2}\"\n\n\
+         [[support]]\nname = \"bob\"\npublic_key = \"{a1}\"\nserials = []\n"
+    );
+    let policy = Policy::from_toml(Path::new("p.toml"), &text).unwrap();
+    let k1 = PublicKey::from_openssh(&a1).unwrap();
+    let k2 = PublicKey::from_openssh(&a2).unwrap();
+    let scope = policy.engineer_key("alice", &k1).unwrap();
+    assert!(scope.covers("SN-EU-1") && !scope.covers("SN-US-1"));
+    assert_eq!(scope.to_string(), "serials SN-EU-*");
+    let scope = policy.engineer_key("alice", &k2).unwrap();
+    assert!(scope.covers("SN-US-1"), "no serials: every serial");
+    assert!(!policy.engineer_key("bob", &k1).unwrap().covers("SN-EU-1"));
+
+    // The same key in a second file widens its scope rather than replacing it.
+    let more =
+        format!("[[support]]\nname = \"alice\"\npublic_key = \"{a1}\"\nserials = [\"LAB-*\"]\n");
+    let policy = Policy::from_texts([
+        (Path::new("a.toml"), text.as_str()),
+        (Path::new("b.toml"), more.as_str()),
+    ])
+    .unwrap();
+    let scope = policy.engineer_key("alice", &k1).unwrap();
+    assert!(scope.covers("SN-EU-1") && scope.covers("LAB-9") && !scope.covers("SN-US-1"));
+    assert!(
+        policy.summary().contains("alice (2 keys, every serial)"),
+        "{}",
+        policy.summary()
+    );
+}
+
+#[test]
+fn support_cas_are_read_with_their_scope_and_bad_ones_named() {
+    let ca = key_line(9, "vendor-ca");
+    let text = format!("[[support_ca]]\npublic_key = \"{ca}\"\nserials = [\"SN-*\"]\n");
+    let policy = Policy::from_toml(Path::new("ca.toml"), &text).unwrap();
+    assert!(policy.has_support_cas());
+    let key = PublicKey::from_openssh(&ca).unwrap();
+    let listed = policy.support_ca(key.key_data()).unwrap();
+    assert!(listed.scope.covers("SN-1") && !listed.scope.covers("LAB-1"));
+    let other = PublicKey::from_openssh(&key_line(8, "")).unwrap();
+    assert!(policy.support_ca(other.key_data()).is_none());
+    assert!(
+        policy
+            .summary()
+            .contains("engineer certificate CAs (1): SHA256:"),
+        "{}",
+        policy.summary()
+    );
+    assert!(
+        policy
+            .warnings()
+            .iter()
+            .all(|w| !w.contains("nobody can hop")),
+        "a CA is enough"
+    );
+
+    let err = load_err(&[(
+        "ca.toml",
+        "[[support_ca]]\npublic_key = \"ssh-ed25519 AAAA\"\n",
+    )]);
+    assert!(
+        err.contains("ca.toml")
+            && err.contains("line 2")
+            && err.contains("[[support_ca]] public_key"),
+        "{err}"
+    );
+    let err = load_err(&[(
+        "ca.toml",
+        &format!("[[support_ca]]\npublic_key = \"{ca}\"\nserials = [\"\"]\n"),
+    )]);
+    assert!(
+        err.contains("line 3") && err.contains("[[support_ca]] serials"),
+        "{err}"
+    );
+    let err = load_err(&[(
+        "ca.toml",
+        &format!("[[support_ca]]\npublic_key = \"{ca}\"\nprincipals = [\"x\"]\n"),
+    )]);
+    assert!(err.contains("principals"), "{err}");
+    let err = load_err(&[(
+        "s.toml",
+        &format!("[[support]]\nname = \"alice\"\npublic_key = \"{ca}\"\nserials = [\"[\"]\n"),
+    )]);
+    assert!(err.contains("[[support]] \"alice\" serials"), "{err}");
 }

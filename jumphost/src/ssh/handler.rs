@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use russh::keys::PublicKey;
+use russh::keys::{Certificate, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
@@ -21,6 +21,8 @@ use super::routes::SessionId;
 const CONNECT_FAILED: u32 = 2;
 /// SSH reason code "administratively prohibited" with our own description.
 const PROHIBITED: u32 = 1;
+/// Longest address string a device may give in `tcpip-forward` (a DNS name's limit).
+const MAX_FORWARD_ADDRESS: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -87,16 +89,37 @@ impl ConnHandler {
             Some(id) => Ok(id),
             None => auth::check(&policy, &self.relay.store, self.peer.ip(), user, key, now).await,
         };
-        result.inspect_err(|refusal| {
-            self.refused.store(true, Ordering::Relaxed);
-            tracing::warn!(parent: &self.span, user, reason = %refusal.reason, "login refused");
-            self.relay.audit(
-                "ssh.auth",
-                Some(user),
-                self.peer.ip(),
-                format!("refused: {}", refusal.reason),
-            );
-        })
+        result.map_err(|refusal| self.refused(user, refusal))
+    }
+
+    /// Records a refused login attempt (logged and audited, never the key itself).
+    fn refused(&self, user: &str, refusal: Refusal) -> Refusal {
+        self.refused.store(true, Ordering::Relaxed);
+        tracing::warn!(parent: &self.span, user, reason = %refusal.reason, "login refused");
+        self.relay.audit(
+            "ssh.auth",
+            Some(user),
+            self.peer.ip(),
+            format!("refused: {}", refusal.reason),
+        );
+        refusal
+    }
+
+    /// Records a login (logged and audited with how the peer proved who it is).
+    fn logged_in(&mut self, user: &str, id: Identity) {
+        self.span.record("identity", id.name());
+        let via = match &id {
+            Identity::Engineer(engineer) => format!(" with {}", engineer.via()),
+            Identity::Device { .. } => String::new(),
+        };
+        tracing::info!(parent: &self.span, role = id.role(), user, via, "logged in");
+        self.relay.audit(
+            "ssh.auth",
+            Some(user),
+            self.peer.ip(),
+            format!("accepted {}{via}", id.role()),
+        );
+        self.identity = Some(id);
     }
 
     /// Turns a refusal into the russh answer: a plain reject lets the client try another
@@ -141,9 +164,56 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        // russh offers a certificate's bare key here and tells which it was only once the
+        // signature is in: with CAs in the policy, a key that is not listed may be a
+        // certificate's, so the decision waits for `auth_publickey` /
+        // `auth_openssh_certificate`, which refuse (and count) what does not pass.
+        let policy = self.relay.policy.current();
+        if policy.has_support_cas() {
+            let probe = auth::check(
+                &policy,
+                &self.relay.store,
+                self.peer.ip(),
+                user,
+                offer.public_key,
+                SystemTime::now(),
+            )
+            .await;
+            return match probe {
+                Ok(id) => {
+                    self.offered = Some((user.to_owned(), offer.public_key.clone(), id));
+                    Ok(Auth::Accept)
+                }
+                Err(refusal) if refusal.fatal => Self::answer(Err(self.refused(user, refusal))),
+                Err(_) => Ok(Auth::Accept),
+            };
+        }
         let result = self.check(user, offer.public_key).await.map(|id| {
             self.offered = Some((user.to_owned(), offer.public_key.clone(), id));
         });
+        Self::answer(result)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let policy = self.relay.policy.current();
+        let result = auth::check_certificate(
+            &policy,
+            self.peer.ip(),
+            user,
+            certificate,
+            SystemTime::now(),
+        );
+        let result = match result {
+            Ok(id) => {
+                self.logged_in(user, id);
+                Ok(())
+            }
+            Err(refusal) => Err(self.refused(user, refusal)),
+        };
         Self::answer(result)
     }
 
@@ -152,17 +222,10 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let result = self.check(user, key.public_key).await.map(|id| {
-            self.span.record("identity", id.name());
-            tracing::info!(parent: &self.span, role = id.role(), user, "logged in");
-            self.relay.audit(
-                "ssh.auth",
-                Some(user),
-                self.peer.ip(),
-                format!("accepted {}", id.role()),
-            );
-            self.identity = Some(id);
-        });
+        let result = self
+            .check(user, key.public_key)
+            .await
+            .map(|id| self.logged_in(user, id));
         Self::answer(result)
     }
 
@@ -202,7 +265,7 @@ impl russh::server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let what = format!("direct-tcpip to {host_to_connect}:{port_to_connect}");
-        let Some(Identity::Engineer { name }) = &self.identity else {
+        let Some(Identity::Engineer(engineer)) = &self.identity else {
             self.refuse_channel(
                 &what,
                 reply,
@@ -218,10 +281,23 @@ impl russh::server::Handler for ConnHandler {
             self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
             return Ok(());
         };
+        // Asked of the policy in force now, not the one at login: a revoked engineer or a
+        // narrowed scope takes effect at the next open.
+        let policy = self.relay.policy.current();
+        if let Err(reason) = auth::hop_allowed(
+            &policy,
+            engineer,
+            self.peer.ip(),
+            &route.serial,
+            SystemTime::now(),
+        ) {
+            self.refuse_channel(&what, reply, PROHIBITED, reason);
+            return Ok(());
+        }
         let span = tracing::info_span!(parent: &self.span, "hop", serial = %route.serial, port = port_to_connect);
         let hop = hop::Hop {
             relay: Arc::clone(&self.relay),
-            engineer: name.clone(),
+            engineer: engineer.clone(),
             source: self.peer,
             serial: route.serial.clone(),
             port: port_to_connect,
@@ -306,10 +382,18 @@ impl russh::server::Handler for ConnHandler {
                 });
             }
         }
+        if address.len() > MAX_FORWARD_ADDRESS {
+            tracing::warn!(parent: &self.span, bytes = address.len(), "route refused: address string too long");
+            self.refuse_request(&format!(
+                "tcpip-forward with an address of more than {MAX_FORWARD_ADDRESS} bytes"
+            ));
+            return Ok(false);
+        }
+        let limit = self.relay.limits.max_forwards_per_device;
         match self
             .relay
             .routes
-            .add(serial, self.session_id, address, *port)
+            .add(serial, self.session_id, address, *port, limit)
         {
             Ok(assigned) => {
                 tracing::info!(parent: &self.span, address, requested = *port, port = assigned, "route added");

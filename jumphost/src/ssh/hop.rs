@@ -1,5 +1,6 @@
 //! One engineer hop: open `forwarded-tcpip` on the device's session, answer the engineer's
-//! `direct-tcpip` with the outcome, relay, and record the hop in the store.
+//! `direct-tcpip` with the outcome, relay until either side ends or the policy no longer
+//! allows it, and record the hop in the store.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +11,8 @@ use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 
 use super::Relay;
+use super::auth::{self, Engineer};
+use super::revoke::Revoke;
 use super::routes::Route;
 use super::splice::{End, Transferred, splice};
 use crate::store::HopStart;
@@ -25,26 +28,58 @@ pub struct LiveHop {
     pub since: u64,
 }
 
+/// A hop in progress with what it is checked against at a policy reload.
+struct HopEntry {
+    shown: LiveHop,
+    engineer: Engineer,
+    stop: Arc<Revoke>,
+}
+
+/// What a recheck of [`LiveHops::revoke_where`] sees of one hop.
+pub struct HopView<'a> {
+    pub engineer: &'a Engineer,
+    pub source: SocketAddr,
+    pub serial: &'a str,
+}
+
 /// The hops in progress, by their id in the store (ids grow, so the map is oldest first).
-#[derive(Debug, Default)]
-pub struct LiveHops(Mutex<BTreeMap<i64, LiveHop>>);
+#[derive(Default)]
+pub struct LiveHops(Mutex<BTreeMap<i64, HopEntry>>);
 
 impl LiveHops {
-    fn insert(&self, id: i64, hop: LiveHop) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, hop);
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, HopEntry>> {
+        // Every update is a single insert or remove, so a poisoned map is still consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, id: i64, entry: HopEntry) {
+        self.lock().insert(id, entry);
     }
 
     fn remove(&self, id: i64) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.lock().remove(&id);
     }
 
     /// Every hop in progress, oldest first.
     pub fn snapshot(&self) -> Vec<LiveHop> {
-        let hops = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        hops.values().cloned().collect()
+        self.lock().values().map(|h| h.shown.clone()).collect()
+    }
+
+    /// Stops every hop for which `why` gives a reason; returns how many.
+    pub fn revoke_where(&self, mut why: impl FnMut(HopView<'_>) -> Option<String>) -> usize {
+        let mut ended = 0;
+        for hop in self.lock().values() {
+            let view = HopView {
+                engineer: &hop.engineer,
+                source: hop.shown.source,
+                serial: &hop.shown.serial,
+            };
+            if let Some(reason) = why(view) {
+                hop.stop.revoke(reason);
+                ended += 1;
+            }
+        }
+        ended
     }
 }
 
@@ -53,7 +88,7 @@ const CONNECT_FAILED: u32 = 2;
 
 pub struct Hop {
     pub relay: Arc<Relay>,
-    pub engineer: String,
+    pub engineer: Engineer,
     pub source: SocketAddr,
     pub serial: String,
     pub port: u32,
@@ -93,24 +128,47 @@ impl Hop {
                 .await;
         };
         reply.accept().await;
-        tracing::info!(engineer = %self.engineer, source = %self.source, "hop started");
+        tracing::info!(engineer = %self.engineer.name, source = %self.source, "hop started");
+        let stop = Revoke::new();
         self.relay.hops.insert(
             hop_id,
-            LiveHop {
+            HopEntry {
+                shown: LiveHop {
+                    engineer: self.engineer.name.clone(),
+                    source: self.source,
+                    serial: self.serial.clone(),
+                    port: self.port,
+                    since: started_at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                },
                 engineer: self.engineer.clone(),
-                source: self.source,
-                serial: self.serial.clone(),
-                port: self.port,
-                since: started_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                stop: Arc::clone(&stop),
             },
         );
-        let moved = splice(End::new(engineer), End::new(device)).await;
+        // A reload between the check at open and the entry above found no entry to stop.
+        let policy = self.relay.policy.current();
+        let now = SystemTime::now();
+        if let Err(why) =
+            auth::hop_allowed(&policy, &self.engineer, self.source.ip(), &self.serial, now)
+        {
+            stop.revoke(why);
+        }
+        let moved = splice(End::new(engineer), End::new(device), stop.token()).await;
         self.relay.hops.remove(hop_id);
+        if stop.token().is_cancelled() {
+            let why = stop.revoked().await;
+            tracing::warn!(engineer = %self.engineer.name, reason = %why, "hop closed: no longer allowed");
+            self.relay.audit(
+                "ssh.hop",
+                Some(&self.engineer.name),
+                self.source.ip(),
+                format!("closed {}:{}: {why}", self.serial, self.port),
+            );
+        }
         tracing::info!(
-            bytes_to_device = moved.a_to_b,
-            bytes_from_device = moved.b_to_a,
+            bytes_to_device = moved.to_device,
+            bytes_from_device = moved.from_device,
             secs = started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             "hop ended"
         );
@@ -122,7 +180,7 @@ impl Hop {
         tracing::warn!(%reason, "hop failed");
         self.relay.audit(
             "ssh.hop",
-            Some(&self.engineer),
+            Some(&self.engineer.name),
             self.source.ip(),
             format!("failed: {reason}"),
         );
@@ -136,7 +194,7 @@ impl Hop {
 
     async fn record_start(&self, started_at: SystemTime) -> Option<i64> {
         let start = HopStart {
-            engineer: self.engineer.clone(),
+            engineer: self.engineer.name.clone(),
             source: self.source,
             serial: self.serial.clone(),
             port: self.port,
@@ -159,7 +217,7 @@ impl Hop {
     async fn record_end(&self, id: i64, moved: Transferred) {
         let store = Arc::clone(&self.relay.store);
         let done = tokio::task::spawn_blocking(move || {
-            store.hop_ended(id, SystemTime::now(), moved.a_to_b, moved.b_to_a)
+            store.hop_ended(id, SystemTime::now(), moved.to_device, moved.from_device)
         })
         .await;
         match done {

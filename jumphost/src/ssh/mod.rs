@@ -3,13 +3,15 @@
 //! `server` accepts TCP connections and runs one task per connection, `handler` is the thin
 //! russh handler deciding who may do what, `auth` checks identities against policy and
 //! store, `routes` maps `(serial, port)` to device sessions, `hop` and `splice` relay one
-//! engineer channel to one device channel, `hostkey` keeps the jump host's own key.
+//! engineer channel to one device channel, `revoke` ends sessions and hops that a policy
+//! reload or a serial reset no longer allows, `hostkey` keeps the jump host's own key.
 
 pub mod auth;
 pub mod handler;
 pub mod hop;
 pub mod hostkey;
 mod killable;
+pub mod revoke;
 pub mod routes;
 pub mod server;
 pub mod splice;
@@ -26,7 +28,7 @@ use russh::{MethodKind, MethodSet, Preferred, cipher};
 use tokio_util::task::TaskTracker;
 
 use crate::policy::PolicyHandle;
-use crate::store::{AuditEvent, Store};
+use crate::store::{AuditEvent, AuditQueue, Store};
 
 pub use server::serve;
 
@@ -41,6 +43,8 @@ pub struct Limits {
     pub max_startups_per_source: usize,
     /// Time a device gets to accept a `forwarded-tcpip` open for an engineer.
     pub open_timeout: Duration,
+    /// Reverse forwards one device session may hold.
+    pub max_forwards_per_device: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_startups: limits::MAX_STARTUPS,
             max_startups_per_source: limits::MAX_STARTUPS_PER_SOURCE,
             open_timeout: Duration::from_secs(30),
+            max_forwards_per_device: limits::MAX_FORWARDS_PER_DEVICE,
         }
     }
 }
@@ -67,16 +72,23 @@ pub struct Relay {
     pub penalties: crate::penalty::Penalties,
     /// Hops in progress.
     pub hops: hop::LiveHops,
+    /// Logged-in sessions, rechecked at every policy reload.
+    pub sessions: Arc<revoke::Sessions>,
+    /// The audit trail's writer: events are queued and committed in batches.
+    pub audit: AuditQueue,
 }
 
 impl Relay {
     pub fn new(
         store: Arc<dyn Store>,
+        audit: AuditQueue,
         policy: PolicyHandle,
         host_key: PrivateKey,
         limits: Limits,
     ) -> Self {
         Self {
+            audit,
+            sessions: Arc::default(),
             store,
             policy,
             routes: routes::RouteTable::default(),
@@ -106,19 +118,13 @@ impl Relay {
         }
     }
 
-    /// Records an audit event without holding up the caller; a store failure is logged.
+    /// Records an audit event without holding up the caller (see [`AuditQueue`]).
     pub fn audit(&self, kind: &'static str, who: Option<&str>, source: IpAddr, outcome: String) {
-        let event = AuditEvent {
+        self.audit.push(AuditEvent {
             kind,
             who: who.map(str::to_owned),
             source,
             outcome,
-        };
-        let store = Arc::clone(&self.store);
-        self.tasks.spawn_blocking(move || {
-            if let Err(e) = store.record(&event) {
-                tracing::error!(error = %e, kind = event.kind, "could not record audit event");
-            }
         });
     }
 }

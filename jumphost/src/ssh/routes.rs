@@ -27,6 +27,8 @@ pub enum RouteError {
     BadPort(u32),
     #[error("no free virtual port left")]
     Exhausted,
+    #[error("this device already holds {0} forwards, the most allowed (max_forwards_per_device)")]
+    TooMany(usize),
 }
 
 /// Where an engineer's `direct-tcpip` to `(serial, port)` goes.
@@ -90,14 +92,16 @@ impl<H: Clone> RouteTable<H> {
         old.filter(|o| o.session != session).map(|o| o.handle)
     }
 
-    /// Adds a virtual forward; port 0 assigns the lowest free port from
-    /// [`FIRST_ASSIGNED_PORT`]. Returns the port in force.
+    /// Adds a virtual forward, at most `limit` per session; port 0 assigns the lowest free
+    /// port from [`FIRST_ASSIGNED_PORT`] (a search of at most `limit + 1` ports, so the
+    /// lock is held for a bounded time). Returns the port in force.
     pub fn add(
         &self,
         serial: &str,
         session: SessionId,
         address: &str,
         port: u32,
+        limit: usize,
     ) -> Result<u32, RouteError> {
         if port > MAX_PORT {
             return Err(RouteError::BadPort(port));
@@ -107,6 +111,9 @@ impl<H: Clone> RouteTable<H> {
             .get_mut(&key(serial))
             .filter(|o| o.session == session)
             .ok_or_else(|| RouteError::NotOwner(serial.to_owned()))?;
+        if owner.ports.len() >= limit && !owner.ports.contains_key(&port) {
+            return Err(RouteError::TooMany(owner.ports.len()));
+        }
         let port = if port == 0 {
             (FIRST_ASSIGNED_PORT..=MAX_PORT)
                 .find(|p| !owner.ports.contains_key(p))
@@ -167,15 +174,6 @@ impl<H: Clone> RouteTable<H> {
         live.sort();
         live
     }
-
-    /// Number of serials with a live session (for logs and tests).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -186,8 +184,8 @@ mod tests {
     fn explicit_ports_route_to_the_owner_with_the_address_asked() {
         let t = RouteTable::default();
         assert!(t.claim("SN-1", 1, "h1").is_none());
-        assert_eq!(t.add("SN-1", 1, "localhost", 22), Ok(22));
-        assert_eq!(t.add("SN-1", 1, "127.0.0.1", 80), Ok(80));
+        assert_eq!(t.add("SN-1", 1, "localhost", 22, 16), Ok(22));
+        assert_eq!(t.add("SN-1", 1, "127.0.0.1", 80, 16), Ok(80));
         let r = t.lookup("SN-1", 22).unwrap();
         assert_eq!(
             (r.session, r.handle, r.address.as_str()),
@@ -202,7 +200,7 @@ mod tests {
     fn serials_match_without_regard_to_case() {
         let t = RouteTable::default();
         t.claim("SN-1", 1, ());
-        t.add("SN-1", 1, "", 22).unwrap();
+        t.add("SN-1", 1, "", 22, 16).unwrap();
         assert_eq!(t.lookup("sn-1", 22).unwrap().serial, "SN-1");
         assert!(t.cancel("Sn-1", 1, 22));
         assert!(t.release("sn-1", 1));
@@ -213,19 +211,19 @@ mod tests {
         let t = RouteTable::default();
         t.claim("SN-1", 1, ());
         t.claim("SN-2", 2, ());
-        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT));
-        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT + 1));
-        assert_eq!(t.add("SN-2", 2, "", 0), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 0, 16), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 0, 16), Ok(FIRST_ASSIGNED_PORT + 1));
+        assert_eq!(t.add("SN-2", 2, "", 0, 16), Ok(FIRST_ASSIGNED_PORT));
         // An explicit request inside the assigned range is honoured, and skipped later.
         assert_eq!(
-            t.add("SN-1", 1, "", FIRST_ASSIGNED_PORT + 2),
+            t.add("SN-1", 1, "", FIRST_ASSIGNED_PORT + 2, 16),
             Ok(FIRST_ASSIGNED_PORT + 2)
         );
-        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT + 3));
+        assert_eq!(t.add("SN-1", 1, "", 0, 16), Ok(FIRST_ASSIGNED_PORT + 3));
         assert!(t.cancel("SN-1", 1, FIRST_ASSIGNED_PORT));
-        assert_eq!(t.add("SN-1", 1, "", 0), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 0, 16), Ok(FIRST_ASSIGNED_PORT));
         assert_eq!(
-            t.add("SN-1", 1, "", MAX_PORT + 1),
+            t.add("SN-1", 1, "", MAX_PORT + 1, 16),
             Err(RouteError::BadPort(MAX_PORT + 1))
         );
     }
@@ -234,7 +232,7 @@ mod tests {
     fn reconnect_replaces_old_routes_at_once() {
         let t = RouteTable::default();
         t.claim("SN-1", 1, "old");
-        t.add("SN-1", 1, "localhost", 22).unwrap();
+        t.add("SN-1", 1, "localhost", 22, 16).unwrap();
         assert_eq!(t.claim("SN-1", 2, "new"), Some("old"));
         assert!(
             t.lookup("SN-1", 22).is_none(),
@@ -242,10 +240,10 @@ mod tests {
         );
         // The old session can no longer add or cancel anything.
         assert_eq!(
-            t.add("SN-1", 1, "localhost", 22),
+            t.add("SN-1", 1, "localhost", 22, 16),
             Err(RouteError::NotOwner("SN-1".into()))
         );
-        t.add("SN-1", 2, "localhost", 22).unwrap();
+        t.add("SN-1", 2, "localhost", 22, 16).unwrap();
         assert!(!t.cancel("SN-1", 1, 22));
         assert_eq!(t.lookup("SN-1", 22).unwrap().handle, "new");
     }
@@ -255,7 +253,7 @@ mod tests {
         let t = RouteTable::default();
         t.claim("SN-1", 1, ());
         t.claim("SN-1", 2, ());
-        t.add("SN-1", 2, "", 22).unwrap();
+        t.add("SN-1", 2, "", 22, 16).unwrap();
         assert!(
             !t.release("SN-1", 1),
             "a replaced session must not remove the new routes"
@@ -263,7 +261,7 @@ mod tests {
         assert!(t.lookup("SN-1", 22).is_some());
         assert!(t.release("SN-1", 2));
         assert!(t.lookup("SN-1", 22).is_none());
-        assert!(t.is_empty());
+        assert!(t.snapshot().is_empty());
         assert!(!t.release("SN-1", 2));
     }
 
@@ -271,12 +269,26 @@ mod tests {
     fn cancel_removes_one_forward() {
         let t = RouteTable::default();
         t.claim("SN-1", 1, ());
-        t.add("SN-1", 1, "", 22).unwrap();
-        t.add("SN-1", 1, "", 80).unwrap();
+        t.add("SN-1", 1, "", 22, 16).unwrap();
+        t.add("SN-1", 1, "", 80, 16).unwrap();
         assert!(t.cancel("SN-1", 1, 22));
         assert!(!t.cancel("SN-1", 1, 22));
         assert!(t.lookup("SN-1", 22).is_none());
         assert!(t.lookup("SN-1", 80).is_some());
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn a_device_holds_at_most_its_limit_of_forwards() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, ());
+        assert_eq!(t.add("SN-1", 1, "", 22, 2), Ok(22));
+        assert_eq!(t.add("SN-1", 1, "", 0, 2), Ok(FIRST_ASSIGNED_PORT));
+        assert_eq!(t.add("SN-1", 1, "", 80, 2), Err(RouteError::TooMany(2)));
+        assert_eq!(t.add("SN-1", 1, "", 0, 2), Err(RouteError::TooMany(2)));
+        // Asking again for a port it holds is not a new forward.
+        assert_eq!(t.add("SN-1", 1, "localhost", 22, 2), Ok(22));
+        assert!(t.cancel("SN-1", 1, 22));
+        assert_eq!(t.add("SN-1", 1, "", 80, 2), Ok(80));
     }
 }

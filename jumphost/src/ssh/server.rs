@@ -1,5 +1,7 @@
 //! The accept loop and the life of one connection: source address check before the
-//! handshake, login grace and MaxStartups-style cap, device key expiry, route cleanup.
+//! handshake, login grace and MaxStartups-style cap, then the session until it ends, its
+//! device key or engineer certificate expires, or the policy no longer allows it; route
+//! cleanup.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use super::Relay;
 use super::auth::{self, Identity};
 use super::handler::ConnHandler;
 use super::killable::Killable;
+use super::revoke;
 use super::routes::SessionId;
 
 /// How long a disconnected session gets to wind down before its task stops waiting.
@@ -167,6 +170,13 @@ async fn connection(
     };
     drop(startup);
     failure.logged_in = true;
+    let (_registered, revoke) = relay.sessions.register(id, identity.clone(), peer);
+    // A reload between the login and the registration above found nothing to stop.
+    if let Err(why) =
+        revoke::session_allowed(&relay.policy.current(), &identity, peer, SystemTime::now())
+    {
+        revoke.revoke(why);
+    }
 
     let expiry = async {
         match &identity {
@@ -174,8 +184,17 @@ async fn connection(
                 serial,
                 expires_at,
                 key,
-            } => key_expiry(&relay, serial, key, *expires_at).await,
-            Identity::Engineer { .. } => std::future::pending().await,
+            } => {
+                key_expiry(&relay, serial, key, *expires_at).await;
+                "device key expired; register again"
+            }
+            Identity::Engineer(engineer) => match engineer.valid_before() {
+                Some(at) => {
+                    tokio::time::sleep(auth::until(at)).await;
+                    "engineer certificate expired"
+                }
+                None => std::future::pending().await,
+            },
         }
     };
     tokio::select! {
@@ -185,15 +204,25 @@ async fn connection(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
-        _ = expiry => {
-            tracing::info!("device key expired; ending the session");
+        why = expiry => {
+            tracing::info!(why, "ending the session");
             relay.audit(
                 "ssh.session",
                 Some(identity.name()),
                 peer.ip(),
-                "ended: device key expired".into(),
+                format!("ended: {why}"),
             );
-            disconnect(&handle, session, &kill, "device key expired; register again").await;
+            disconnect(&handle, session, &kill, why).await;
+        }
+        why = revoke.revoked() => {
+            tracing::warn!(reason = %why, "no longer allowed; ending the session");
+            relay.audit(
+                "ssh.session",
+                Some(identity.name()),
+                peer.ip(),
+                format!("ended: no longer allowed: {why}"),
+            );
+            disconnect(&handle, session, &kill, &format!("no longer allowed: {why}")).await;
         }
         _ = shutdown.cancelled() => {
             disconnect(&handle, session, &kill, "jump host shutting down").await;

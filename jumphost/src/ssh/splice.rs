@@ -34,11 +34,12 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing a channel may take; a wedged session may not take the message at all.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes moved in each direction.
+/// Bytes moved in each direction, in the hop's words: the first end given to [`splice`] is
+/// the engineer's, the second the device's.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
-    pub a_to_b: u64,
-    pub b_to_a: u64,
+    pub to_device: u64,
+    pub from_device: u64,
 }
 
 /// One channel of a splice: its read half and the write half used to send to it.
@@ -55,18 +56,23 @@ impl End {
 }
 
 /// Runs until one side has closed and everything it sent was passed on (or a session went
-/// away), then closes both.
-pub async fn splice(mut a: End, mut b: End) -> Transferred {
+/// away, or `stop` is cancelled), then closes both.
+pub async fn splice(
+    mut engineer: End,
+    mut device: End,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Transferred {
     let mut moved = Transferred::default();
     // The direction whose source closed first ends the splice; the other one is cancelled
     // because its destination has just closed and can receive nothing more.
     tokio::select! {
-        _ = direction(&mut a.read, &b.write, &mut moved.a_to_b) => {},
-        _ = direction(&mut b.read, &a.write, &mut moved.b_to_a) => {},
+        _ = direction(&mut engineer.read, &device.write, &mut moved.to_device) => {},
+        _ = direction(&mut device.read, &engineer.write, &mut moved.from_device) => {},
+        () = stop.cancelled() => {},
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = a.write.close().await;
-        let _ = b.write.close().await;
+        let _ = engineer.write.close().await;
+        let _ = device.write.close().await;
     })
     .await;
     moved

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Limits, Relay, serve};
 use crate::policy::{Policy, PolicyHandle};
-use crate::store::{DeviceBinding, SqliteStore, Store};
+use crate::store::{AuditQueue, DeviceBinding, SqliteStore, Store};
 
 fn key(seed: u8) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
@@ -25,34 +25,52 @@ struct Fixture {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
     store: Arc<dyn Store>,
+    sqlite: Arc<SqliteStore>,
     relay: Arc<Relay>,
     shutdown: CancellationToken,
 }
 
-async fn start(limits: Limits) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
+/// Engineer alice (key 1) from 127.0.0.1, serials `SN-*`, and `extra` (e.g. `serials` for
+/// alice's entry when it starts with that key).
+fn policy_text(alice_extra: &str, extra: &str) -> String {
     let engineer = key(1).public_key().to_openssh().unwrap();
-    std::fs::write(
-        policies.join("p.toml"),
-        format!(
-            "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\n[serials]\nallow = [\"SN-*\"]\n\
-             [[support]]\nname = \"alice\"\npublic_key = \"{engineer}\"\n"
-        ),
+    format!(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\n[serials]\nallow = [\"SN-*\"]\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{engineer}\"\n{alice_extra}\n{extra}"
     )
-    .unwrap();
-    let policy = PolicyHandle::new(Policy::load_dir(&policies).unwrap());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let relay = Arc::new(Relay::new(Arc::clone(&store), policy, key(9), limits));
+}
+
+fn parse_policy(text: &str) -> Policy {
+    Policy::from_toml(std::path::Path::new("p.toml"), text).unwrap()
+}
+
+async fn start(limits: Limits) -> Fixture {
+    start_with(limits, &policy_text("", "")).await
+}
+
+async fn start_with(limits: Limits, policy: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = PolicyHandle::new(parse_policy(policy));
+    let sqlite = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = sqlite.clone();
+    let audit = AuditQueue::start(Arc::clone(&store)).unwrap();
+    let relay = Arc::new(Relay::new(
+        Arc::clone(&store),
+        audit,
+        policy,
+        key(9),
+        limits,
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(serve(listener, Arc::clone(&relay), shutdown.clone()));
+    super::revoke::spawn_policy_rechecks(Arc::clone(&relay), shutdown.clone());
     Fixture {
         _dir: dir,
         addr,
         store,
+        sqlite,
         relay,
         shutdown,
     }
@@ -341,4 +359,283 @@ async fn a_device_session_ends_at_key_expiry_unless_the_key_was_renewed() {
     // The renewed one passed the same deadline and still answers.
     assert!(renewed.tcpip_forward("", 22).await.is_ok());
     assert!(!renewed.is_closed());
+}
+
+/// Waits (with a deadline) until `closed` says so.
+async fn until(what: &str, mut closed: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !closed() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A device SN-1 (key 2) holding port 22, and a hop of alice's to it whose device end is
+/// handed back.
+async fn device_and_hop(
+    f: &Fixture,
+) -> (
+    client::Handle<Client>,
+    client::Handle<Client>,
+    russh::Channel<client::Msg>,
+    russh::Channel<client::Msg>,
+) {
+    register(&f.store, "SN-1", &key(2), Duration::from_secs(3600));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (device, ok) = login(f.addr, "SN-1", key(2), Some(tx)).await;
+    assert!(ok);
+    device.tcpip_forward("localhost", 22).await.unwrap();
+    let (engineer, ok) = login(f.addr, "alice", key(1), None).await;
+    assert!(ok);
+    let hop = engineer
+        .channel_open_direct_tcpip("SN-1", 22, "127.0.0.1", 5555)
+        .await
+        .unwrap();
+    let (at_device, _, _) = rx.recv().await.unwrap();
+    (device, engineer, hop, at_device)
+}
+
+/// Reads the channel until it closes; true if it did within the deadline.
+async fn closes(mut channel: russh::Channel<client::Msg>) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = channel.wait().await {
+            if matches!(msg, russh::ChannelMsg::Close) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn removing_an_engineer_ends_his_session_and_open_hop_at_the_reload() {
+    let f = start(Limits::default()).await;
+    let (device, engineer, hop, at_device) = device_and_hop(&f).await;
+    assert_eq!(f.relay.hops.snapshot().len(), 1);
+
+    f.relay.policy.replace(parse_policy(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.1/32\"]\n[serials]\nallow = [\"SN-*\"]\n",
+    ));
+    until("engineer session closed", || engineer.is_closed()).await;
+    assert!(closes(hop).await, "the engineer's hop channel stays open");
+    assert!(
+        closes(at_device).await,
+        "the device end of the hop stays open"
+    );
+    until("hop gone from status", || {
+        f.relay.hops.snapshot().is_empty()
+    })
+    .await;
+    assert!(!device.is_closed(), "the device is still allowed");
+    // The trail says why (the connection's task writes it as the session ends).
+    let mut ended = Vec::new();
+    for _ in 0..500 {
+        f.relay.audit.flush().await;
+        ended = f.sqlite.recent_audit(50).unwrap();
+        ended.retain(|r| r.kind == "ssh.session" && r.who.as_deref() == Some("alice"));
+        if !ended.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        ended.iter().any(|r| r.outcome
+            == "ended: no longer allowed: the key of engineer alice is no longer in the policy"),
+        "{ended:?}"
+    );
+    // Nor can the removed engineer come back.
+    assert!(!login(f.addr, "alice", key(1), None).await.1);
+}
+
+#[tokio::test]
+async fn a_narrowed_scope_closes_the_hop_but_keeps_the_session() {
+    let f = start(Limits::default()).await;
+    let (_device, engineer, hop, _at_device) = device_and_hop(&f).await;
+    f.relay
+        .policy
+        .replace(parse_policy(&policy_text("serials = [\"SN-EU-*\"]", "")));
+    assert!(
+        closes(hop).await,
+        "the hop outside the new scope stays open"
+    );
+    assert!(
+        !engineer.is_closed(),
+        "the engineer may still reach SN-EU-*"
+    );
+    // A new hop to the same device is refused at open, with the policy now in force.
+    let refused = engineer
+        .channel_open_direct_tcpip("SN-1", 22, "127.0.0.1", 5556)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::AdministrativelyProhibited
+            ))
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hop_outside_the_engineers_scope_is_refused_at_open() {
+    let f = start_with(
+        Limits::default(),
+        &policy_text("serials = [\"SN-EU-*\"]", ""),
+    )
+    .await;
+    register(&f.store, "SN-1", &key(2), Duration::from_secs(3600));
+    let (device, ok) = login(f.addr, "SN-1", key(2), None).await;
+    assert!(ok);
+    device.tcpip_forward("localhost", 22).await.unwrap();
+    let (engineer, ok) = login(f.addr, "alice", key(1), None).await;
+    assert!(ok);
+    let refused = engineer
+        .channel_open_direct_tcpip("SN-1", 22, "127.0.0.1", 5555)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(f.relay.hops.snapshot().is_empty());
+}
+
+#[tokio::test]
+async fn a_serial_no_longer_allowed_ends_the_devices_session() {
+    let f = start(Limits::default()).await;
+    let (device, engineer, hop, _at_device) = device_and_hop(&f).await;
+    f.relay.policy.replace(parse_policy(
+        &policy_text("", "").replace("allow = [\"SN-*\"]", "allow = [\"LAB-*\"]"),
+    ));
+    until("device session closed", || device.is_closed()).await;
+    assert!(
+        closes(hop).await,
+        "the hop to the removed device stays open"
+    );
+    assert!(!engineer.is_closed());
+    until("routes released", || f.relay.routes.snapshot().is_empty()).await;
+}
+
+#[tokio::test]
+async fn forwards_per_device_and_address_length_are_capped() {
+    let f = start(Limits {
+        max_forwards_per_device: 2,
+        ..Limits::default()
+    })
+    .await;
+    register(&f.store, "SN-1", &key(2), Duration::from_secs(3600));
+    let (device, ok) = login(f.addr, "SN-1", key(2), None).await;
+    assert!(ok);
+    assert!(device.tcpip_forward("localhost", 22).await.is_ok());
+    assert!(device.tcpip_forward("localhost", 0).await.is_ok());
+    assert!(device.tcpip_forward("localhost", 80).await.is_err());
+    assert!(device.cancel_tcpip_forward("localhost", 22).await.is_ok());
+    assert!(device.tcpip_forward(&"a".repeat(256), 80).await.is_err());
+    assert!(device.tcpip_forward(&"a".repeat(255), 80).await.is_ok());
+}
+
+/// A store whose every commit takes as long as a slow disk's sync.
+struct SlowStore(SqliteStore);
+
+const SLOW_COMMIT: Duration = Duration::from_millis(20);
+
+impl Store for SlowStore {
+    fn binding(&self, serial: &str) -> Result<Option<DeviceBinding>, crate::store::StoreError> {
+        self.0.binding(serial)
+    }
+    fn binding_including_expired(
+        &self,
+        serial: &str,
+    ) -> Result<Option<DeviceBinding>, crate::store::StoreError> {
+        self.0.binding_including_expired(serial)
+    }
+    fn put_binding(&self, b: &DeviceBinding) -> Result<(), crate::store::StoreError> {
+        self.0.put_binding(b)
+    }
+    fn put_binding_if(
+        &self,
+        b: &DeviceBinding,
+        expected: Option<&russh::keys::PublicKey>,
+        audit: &crate::store::AuditEvent,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.0.put_binding_if(b, expected, audit)
+    }
+    fn reset_serial(&self, serial: &str) -> Result<bool, crate::store::StoreError> {
+        self.0.reset_serial(serial)
+    }
+    fn sweep_expired(&self, now: SystemTime) -> Result<usize, crate::store::StoreError> {
+        self.0.sweep_expired(now)
+    }
+    fn record(&self, event: &crate::store::AuditEvent) -> Result<(), crate::store::StoreError> {
+        // The lock is held through the "sync", as SQLite holds its own through fsync.
+        let _held = self.0.hold_for_test();
+        std::thread::sleep(SLOW_COMMIT);
+        drop(_held);
+        self.0.record(event)
+    }
+    fn record_batch(
+        &self,
+        events: &[crate::store::AuditEvent],
+    ) -> Result<(), crate::store::StoreError> {
+        let held = self.0.hold_for_test();
+        std::thread::sleep(SLOW_COMMIT);
+        drop(held);
+        self.0.record_batch(events)
+    }
+    fn hop_started(&self, hop: &crate::store::HopStart) -> Result<i64, crate::store::StoreError> {
+        self.0.hop_started(hop)
+    }
+    fn hop_ended(
+        &self,
+        id: i64,
+        at: SystemTime,
+        a: u64,
+        b: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        self.0.hop_ended(id, at, a, b)
+    }
+    fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, crate::store::StoreError> {
+        self.0.close_interrupted_hops(now)
+    }
+}
+
+/// A flood of refused logins must not hold up a device's login behind their audit rows:
+/// with one synced commit per refusal (20 ms each here), 2,000 of them queue 40 s of
+/// commits in front of the store lock the device's binding is read under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_does_not_stall_a_device_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SlowStore(SqliteStore::open(dir.path()).unwrap()));
+    let audit = AuditQueue::start(Arc::clone(&store)).unwrap();
+    let policy = PolicyHandle::new(parse_policy(&policy_text("", "")));
+    let relay = Arc::new(Relay::new(
+        Arc::clone(&store),
+        audit,
+        policy,
+        key(9),
+        Limits::default(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(listener, Arc::clone(&relay), shutdown.clone()));
+    register(&store, "SN-1", &key(2), Duration::from_secs(3600));
+
+    let source = std::net::IpAddr::from([127, 0, 0, 9]);
+    for n in 0..2000 {
+        relay.audit(
+            "ssh.auth",
+            Some(&format!("x{n}")),
+            source,
+            "refused: flood".into(),
+        );
+    }
+    let started = std::time::Instant::now();
+    let (_device, ok) = login(addr, "SN-1", key(2), None).await;
+    let took = started.elapsed();
+    assert!(ok);
+    assert!(
+        took < Duration::from_secs(2),
+        "the device's login took {took:?} behind the flood"
+    );
+    relay.audit.flush().await;
+    shutdown.cancel();
 }

@@ -136,6 +136,8 @@ impl SqliteStore {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         create_private_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        // SQLite gives its -wal and -shm files the database file's mode.
+        private_file(&path)?;
         let conn = Connection::open(&path)
             .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
         Self::from_connection(conn)
@@ -171,12 +173,10 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The serial's binding even if expired (for admin commands).
-    pub fn binding_including_expired(
-        &self,
-        serial: &str,
-    ) -> Result<Option<DeviceBinding>, StoreError> {
-        read_binding(&self.conn(), serial, None)
+    /// Holds the connection's lock until the guard drops, so a test can make the store slow.
+    #[cfg(test)]
+    pub fn hold_for_test(&self) -> MutexGuard<'_, Connection> {
+        self.conn()
     }
 
     /// The newest `limit` audit events, newest first.
@@ -238,6 +238,21 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| StoreError(format!("creating data folder {}: {e}", dir.display())))
+}
+
+/// Creates `path` as 0600 if missing, or makes it 0600: the trail names engineers, serials
+/// and addresses.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| StoreError(format!("making {} private: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(fail)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -334,6 +349,10 @@ impl Store for SqliteStore {
         read_binding(&self.conn(), serial, Some(SystemTime::now()))
     }
 
+    fn binding_including_expired(&self, serial: &str) -> Result<Option<DeviceBinding>, StoreError> {
+        read_binding(&self.conn(), serial, None)
+    }
+
     fn put_binding(&self, binding: &DeviceBinding) -> Result<(), StoreError> {
         write_binding(&self.conn(), binding)
     }
@@ -374,6 +393,15 @@ impl Store for SqliteStore {
 
     fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
         insert_audit(&self.conn(), event)
+    }
+
+    fn record_batch(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("starting audit batch"))?;
+        for event in events {
+            insert_audit(&tx, event)?;
+        }
+        tx.commit().map_err(err("committing audit batch"))
     }
 
     fn hop_started(&self, hop: &HopStart) -> Result<i64, StoreError> {
