@@ -191,7 +191,7 @@ async fn authenticate_engineer(
     let default_file = match identity {
         IdentitySource::File(path) => {
             let key = crate::key::load_identity(path, progress)?;
-            return match authenticate_key(handle, engineer, key)
+            return match authenticate_file_key(handle, engineer, path, key)
                 .await
                 .map_err(auth_err)?
             {
@@ -221,7 +221,7 @@ async fn authenticate_engineer(
     }
     if default_file.exists() {
         let key = crate::key::load_identity(default_file, progress)?;
-        if authenticate_key(handle, engineer, key)
+        if authenticate_file_key(handle, engineer, default_file, key)
             .await
             .map_err(auth_err)?
         {
@@ -251,6 +251,44 @@ async fn rsa_hash(handle: &Handle<Client>, key: &PublicKey) -> Option<russh::key
     } else {
         None
     }
+}
+
+/// The OpenSSH certificate that goes with the key file `key` (`KEY-cert.pub`, as `ssh`
+/// looks for it), if there is one.
+pub fn certificate_beside(key: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut name = key.file_name()?.to_os_string();
+    name.push("-cert.pub");
+    let cert = key.with_file_name(name);
+    cert.exists().then_some(cert)
+}
+
+/// Logs in with a key file's certificate when one lies beside it (a CA-signed, short-lived
+/// identity), then with the bare key, as `ssh` offers both.
+async fn authenticate_file_key(
+    handle: &mut Handle<Client>,
+    user: &str,
+    path: &std::path::Path,
+    key: PrivateKey,
+) -> Result<bool, russh::Error> {
+    if let Some(cert_path) = certificate_beside(path) {
+        match russh::keys::load_openssh_certificate(&cert_path) {
+            Ok(cert) => {
+                let key = Arc::new(key.clone());
+                if handle
+                    .authenticate_openssh_cert(user, key, cert)
+                    .await?
+                    .success()
+                {
+                    return Ok(true);
+                }
+                tracing::debug!(cert = %cert_path.display(), "certificate refused; trying the key");
+            }
+            Err(e) => {
+                tracing::warn!(cert = %cert_path.display(), error = %e, "certificate not readable; trying the key");
+            }
+        }
+    }
+    authenticate_key(handle, user, key).await
 }
 
 async fn authenticate_key<H: client::Handler>(

@@ -45,7 +45,8 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     engineer: Option<String>,
     /// Your SSH private key [env: ASSIST_IDENTITY; default: the ssh-agent's keys, then
-    /// ~/.ssh/id_ed25519].
+    /// ~/.ssh/id_ed25519]. A certificate beside it (FILE-cert.pub, as `ssh-keygen -s`
+    /// writes it) is offered first, for jump hosts that trust your organisation's SSH CA.
     #[arg(long, global = true, value_name = "FILE")]
     identity: Option<PathBuf>,
     /// Host keys seen so far, OpenSSH format [env: ASSIST_KNOWN_HOSTS, default:

@@ -35,6 +35,11 @@ impl World {
 
     /// As [`World::start`], with `extra_policy` appended to the policy file.
     fn start_with(extra_policy: &str) -> World {
+        Self::start_configured(extra_policy, "")
+    }
+
+    /// As [`World::start_with`], with `jumphost_extra` after jumphost.toml's contract keys.
+    fn start_configured(extra_policy: &str, jumphost_extra: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let alice = keygen(&dir.path().join("alice"));
         let sshd = Sshd::start(dir.path());
@@ -47,7 +52,7 @@ impl World {
             "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
              [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n\n{extra_policy}"
         );
-        let jump = Jumphost::start(dir.path(), &policy);
+        let jump = Jumphost::start_configured(dir.path(), &policy, "127.0.0.1:0", jumphost_extra);
         World {
             dir,
             jump,
@@ -567,4 +572,133 @@ fn a_refused_device_key_is_registered_again_once() {
         "{s}"
     );
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+}
+
+/// Sets `line` among the top-level keys of a client.toml (before its `[services]` table).
+fn set_client_key(config: &Path, line: &str) {
+    let text = fs::read_to_string(config).unwrap();
+    let (top, services) = text.split_once("\n[services]").unwrap();
+    let kept: Vec<&str> = top
+        .lines()
+        .filter(|l| !l.starts_with(line.split('=').next().unwrap()))
+        .collect();
+    fs::write(
+        config,
+        format!("{}\n{line}\n\n[services]{services}", kept.join("\n")),
+    )
+    .unwrap();
+}
+
+#[test]
+fn with_an_enrollment_key_only_the_device_holding_its_serials_secret_registers() {
+    let w = World::start_configured("", "enrollment_key = \"enroll.key\"\n");
+    assert!(
+        !w.jump.proc.stderr().contains("no enrollment_key"),
+        "warned although the key is set"
+    );
+    let key = fs::read_to_string(w.jump.dir.join("enroll.key")).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(w.jump.dir.join("enroll.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // A squatter with curl and no secret: 401 saying what is missing, nothing bound.
+    let squatter = keygen(&w.path("squatter"));
+    let body = serde_json::json!({ "serial": SERIAL, "public_key": squatter }).to_string();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
+        .arg(&body)
+        .arg(format!("{}/v1/register", w.jump.api_url))
+        .output()
+        .unwrap();
+    let answer = text(&out.stdout);
+    assert!(answer.ends_with("\n401"), "{answer}");
+    assert!(answer.contains("enrollment required"), "{answer}");
+    assert_eq!(w.jump.sql("SELECT COUNT(*) FROM bindings").trim(), "0");
+
+    // The vendor's secret for the serial.
+    let out = Command::new(bin("assist-jumphost"))
+        .args(["serial", "secret", SERIAL, "--config"])
+        .arg(&w.jump.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = text(&out.stdout)
+        .strip_prefix("secret: ")
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(secret.len(), 64, "{secret}");
+
+    // An agent with another serial's secret: enable fails in words, shows no code, changes
+    // nothing; status says why.
+    let config = w.client_config("agent");
+    set_client_key(
+        &config,
+        &format!("enrollment_secret = \"{}\"", "0".repeat(64)),
+    );
+    let mut agent = start_agent(&config, "agent");
+    let out = cli(&config, &["enable", "--minutes", "5"]);
+    assert!(!out.status.success(), "enabled with a wrong secret");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!said.contains("code:"), "{said}");
+    assert!(said.contains("enrollment secret"), "{said}");
+    assert!(said.contains("enrollment proof is wrong"), "{said}");
+    let s = status(&config);
+    let why = s["tunnel"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("enrollment proof is wrong"), "{s}");
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    assert_eq!(w.jump.sql("SELECT COUNT(*) FROM bindings").trim(), "0");
+    agent.terminate();
+
+    // The right secret from a 0600 file: enable works and the engineer gets in.
+    let file = w.path("agent/enrollment-secret");
+    fs::write(&file, format!("{secret}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let text_now = fs::read_to_string(&config).unwrap();
+    let without: Vec<&str> = text_now
+        .lines()
+        .filter(|l| !l.starts_with("enrollment_secret"))
+        .collect();
+    fs::write(&config, without.join("\n") + "\n").unwrap();
+    set_client_key(
+        &config,
+        &format!("enrollment_secret_file = \"{}\"", file.display()),
+    );
+    let agent = start_agent(&config, "agent again");
+    let (code, _) = enable(&config, "5");
+    wait_tunnel(&config, "connected");
+    assert_eq!(w.jump.sql("SELECT COUNT(*) FROM bindings").trim(), "1");
+    let derived = w.path("derived");
+    write_derived_key(&derived, SERIAL, &code);
+    let out = w.hop(&derived, "echo enrolled");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "enrolled");
+    for (who, log) in [
+        ("jump host", w.jump.proc.stderr()),
+        ("agent", agent.stderr()),
+    ] {
+        assert!(
+            !log.contains(&secret),
+            "the enrollment secret reached the {who}'s log"
+        );
+    }
 }
