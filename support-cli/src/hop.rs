@@ -29,11 +29,24 @@ impl From<russh::Error> for HandlerError {
     }
 }
 
-/// Checks the host key against known_hosts and notices when the connection ends.
+/// How long a refused open waits for the refusal's description, which russh hands the
+/// handler just after it fails the open.
+const REFUSAL_WAIT: Duration = Duration::from_millis(500);
+
+/// Checks the host key against known_hosts, keeps the jump host's words for refused
+/// channels, and notices when the connection ends.
 pub struct Client {
     pin: Pin,
     progress: Progress,
     closed: CancellationToken,
+    refusals: tokio::sync::watch::Sender<Refusal>,
+}
+
+/// The latest channel refusal's description; `seq` counts refusals.
+#[derive(Debug, Clone, Default)]
+pub struct Refusal {
+    seq: u64,
+    description: String,
 }
 
 impl client::Handler for Client {
@@ -54,6 +67,28 @@ impl client::Handler for Client {
         }
     }
 
+    async fn channel_open_failure(
+        &mut self,
+        _channel: russh::ChannelId,
+        _reason: ChannelOpenFailure,
+        description: &str,
+        _language: &str,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        // The jump host's sentence (no longer allowed, outside the engineer's serials, …),
+        // which russh does not put in the error the open returns.
+        let description: String = description
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(400)
+            .collect();
+        self.refusals.send_modify(|r| {
+            r.seq += 1;
+            r.description = description;
+        });
+        Ok(())
+    }
+
     async fn disconnected(
         &mut self,
         reason: client::DisconnectReason<Self::Error>,
@@ -71,6 +106,7 @@ pub struct Jump {
     handle: Handle<Client>,
     /// Cancelled when the jump host connection ends.
     pub closed: CancellationToken,
+    refusals: tokio::sync::watch::Receiver<Refusal>,
 }
 
 /// Where to log in and with what.
@@ -104,7 +140,9 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     let _ = tcp.set_nodelay(true);
 
     let closed = CancellationToken::new();
+    let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
     let client = Client {
+        refusals: refusals_tx,
         pin: Pin {
             path: login.known_hosts.to_path_buf(),
             name: known_hosts::host_name(&addr.host, addr.port),
@@ -121,7 +159,11 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
 
     progress.stage(format!("logging in to the jump host as {}", login.engineer));
     match authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await {
-        Ok(()) => Ok(Jump { handle, closed }),
+        Ok(()) => Ok(Jump {
+            handle,
+            closed,
+            refusals,
+        }),
         // A jump host that refuses the address for engineers hangs up during the login
         // rather than just rejecting the key; that reads as a refusal here unless we look.
         Err(HopError::EngineerRefused { .. } | HopError::JumpClosed)
@@ -314,26 +356,46 @@ impl Jump {
         originator: std::net::SocketAddr,
     ) -> Result<Channel<Msg>, HopError> {
         let (ip, oport) = (originator.ip().to_string(), u32::from(originator.port()));
-        self.handle
+        let seen = self.refusals.borrow().seq;
+        let opened = self
+            .handle
             .channel_open_direct_tcpip(serial, port, ip, oport)
-            .await
-            .map_err(|e| match e {
-                russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
-                    HopError::DeviceNotConnected {
-                        serial: serial.to_string(),
-                    }
-                }
-                russh::Error::ChannelOpenFailure(reason) => HopError::ChannelRefused {
+            .await;
+        let refused = match &opened {
+            Err(russh::Error::ChannelOpenFailure(code)) => Some(code.clone()),
+            _ => None,
+        };
+        let description = match refused {
+            Some(_) => self.refusal_after(seen).await,
+            None => None,
+        };
+        opened.map_err(|e| match e {
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
+                HopError::DeviceNotConnected {
                     serial: serial.to_string(),
-                    port,
-                    reason: format!("{reason:?}"),
-                },
-                e if is_closed(&e) => HopError::JumpLost,
-                cause => HopError::Ssh {
-                    what: format!("opening {serial}:{port}"),
-                    cause,
-                },
-            })
+                }
+            }
+            russh::Error::ChannelOpenFailure(reason) => HopError::ChannelRefused {
+                serial: serial.to_string(),
+                port,
+                reason: description.unwrap_or_else(|| format!("{reason:?}")),
+            },
+            e if is_closed(&e) => HopError::JumpLost,
+            cause => HopError::Ssh {
+                what: format!("opening {serial}:{port}"),
+                cause,
+            },
+        })
+    }
+
+    /// The description of the first refusal after the `seen`-th, if it arrives in time.
+    async fn refusal_after(&self, seen: u64) -> Option<String> {
+        let mut refusals = self.refusals.clone();
+        let arrived = tokio::time::timeout(REFUSAL_WAIT, refusals.wait_for(|r| r.seq > seen)).await;
+        match arrived {
+            Ok(Ok(r)) if !r.description.is_empty() => Some(r.description.clone()),
+            _ => None,
+        }
     }
 
     pub async fn disconnect(&self) {
@@ -366,6 +428,7 @@ pub async fn connect_device(
         },
         progress: progress.clone(),
         closed: CancellationToken::new(),
+        refusals: tokio::sync::watch::channel(Refusal::default()).0,
     };
     let closed = || HopError::DeviceClosed {
         serial: serial.to_string(),

@@ -135,6 +135,24 @@ fn a_scope_narrowed_while_hopping_closes_that_hop_and_refuses_the_next() {
         "{err}"
     );
     wait_audit(&w, "ssh.channel", "alice", "may not reach serial SN-0001");
+
+    // support-cli prints the jump host's reason too, not just a refusal code.
+    let out = Command::new(bin("support-cli"))
+        .args(["--jumphost", &w.jump.ssh_addr.to_string(), "--engineer", "alice"])
+        .arg("--identity")
+        .arg(w.path("alice"))
+        .arg("--known-hosts")
+        .arg(w.path("known_hosts"))
+        .args(["connect", "SN-0001", "--code", "7K3QM-2XPD9", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("engineer alice may not reach serial SN-0001 (allowed: serials SN-EU-*)"),
+        "{err}"
+    );
 }
 
 #[test]
