@@ -139,11 +139,14 @@ impl Config {
             message,
         };
         assist_proto::validate_name(&raw.serial).map_err(|e| invalid("serial", e.to_string()))?;
-        if split_host_port(&raw.jumphost).is_none() {
+        if raw.jumphost.starts_with("ws://") || raw.jumphost.starts_with("wss://") {
+            assist_proto::ws::WsUrl::parse(&raw.jumphost).map_err(|e| invalid("jumphost", e))?;
+        } else if split_host_port(&raw.jumphost).is_none() {
             return Err(invalid(
                 "jumphost",
                 format!(
-                    "{:?} is not HOST:PORT (like jump.example.com:2222)",
+                    "{:?} is not HOST:PORT (like jump.example.com:2222) or a wss:// URL \
+                     (like wss://jump.example.com/v1/ssh)",
                     raw.jumphost
                 ),
             ));

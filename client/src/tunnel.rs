@@ -150,9 +150,26 @@ impl Tunnel {
         };
         let config = assist_proto::ssh::client_config();
         let setup = async {
-            let mut handle = client::connect(config, self.jumphost.as_str(), handler)
-                .await
-                .map_err(|e| format!("cannot connect to jump host {}: {e}", self.jumphost))?;
+            let mut handle = match assist_proto::ws::WsUrl::parse(&self.jumphost) {
+                // SSH inside a WebSocket on the jump host's API port, verified as the API is.
+                Ok(url) => {
+                    let tls = match url.tls {
+                        true => Some(Arc::new(crate::api_tls::client_config(
+                            &self.registration.trust,
+                        )?)),
+                        false => None,
+                    };
+                    let io = assist_proto::ws::connect(&url, tls, CONNECT_TIMEOUT).await?;
+                    client::connect_stream(config, io, handler)
+                        .await
+                        .map_err(|e| {
+                            format!("SSH with the jump host at {} failed: {e}", url.url())
+                        })?
+                }
+                Err(_) => client::connect(config, self.jumphost.as_str(), handler)
+                    .await
+                    .map_err(|e| format!("cannot connect to jump host {}: {e}", self.jumphost))?,
+            };
             let key = PrivateKeyWithHashAlg::new(self.device_key.clone(), None);
             let auth = handle
                 .authenticate_publickey(self.serial.as_str(), key)

@@ -84,6 +84,8 @@ fuzz_target!(|data: &[u8]| {
         policy: f.policy.clone(),
         limiter: Default::default(),
         enrollment: None,
+        ssh: None,
+        trusted_proxies: Vec::new(),
     });
 
     let path = ["/v1/register", "/v1/register", "/healthz", "/v1/nope"][usize::from(control & 3)];

@@ -42,6 +42,7 @@ use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
 pub mod cert;
 pub mod live_cert;
+pub mod ssh_ws;
 pub mod tls;
 
 /// Longest public key line accepted: an ed25519 line is ~100 bytes plus its comment.
@@ -57,6 +58,10 @@ pub struct ApiState {
     pub limiter: Arc<RateLimiter>,
     /// With `enrollment_key`: a new binding needs a proof of the serial's secret.
     pub enrollment: Option<Arc<EnrollmentKey>>,
+    /// `GET /v1/ssh`, when the SSH relay runs in this process.
+    pub ssh: Option<ssh_ws::SshOverWs>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Every way a request can fail; the variant decides the status code.
@@ -174,6 +179,7 @@ pub fn router(state: ApiState) -> Router {
                 rate_limit,
             )),
         )
+        .route(assist_proto::ws::SSH_PATH, get(ssh_ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -214,6 +220,7 @@ async fn rate_limit(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let peer = ssh_ws::client_address(peer, req.headers(), &state.trusted_proxies);
     let policy = state.policy.current();
     match state
         .limiter
@@ -252,8 +259,10 @@ impl Registered {
 async fn register(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: Result<ApiJson<RegisterRequest>, ApiError>,
 ) -> Response {
+    let peer = ssh_ws::client_address(peer, &headers, &state.trusted_proxies);
     let (who, result) = match body {
         Ok(ApiJson(req)) => {
             // Only a well-formed serial goes to the audit trail's `who`; anything else could be

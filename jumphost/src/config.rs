@@ -40,6 +40,10 @@ pub struct JumphostConfig {
     /// can be claimed by whoever registers it first.
     #[serde(default)]
     pub enrollment_key: Option<PathBuf>,
+    /// Reverse proxies (CIDRs) in front of the API whose `X-Forwarded-For` gives the
+    /// client's address for allowlists, penalties and audit. Absent: none is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
     #[serde(default)]
     pub api_tls: Option<ApiTls>,

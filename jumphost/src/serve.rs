@@ -136,6 +136,11 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
             policy,
             limiter: Default::default(),
             enrollment: enrollment.clone(),
+            ssh: Some(api::ssh_ws::SshOverWs {
+                relay: Arc::clone(&relay),
+                shutdown: shutdown.clone(),
+            }),
+            trusted_proxies: config.trusted_proxies.clone(),
         },
         shutdown.clone(),
     ));

@@ -95,7 +95,11 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(MAX_READ_BUFFER);
-            let connection = builder.serve_connection(TokioIo::new(io), service);
+            // Upgrades hand a WebSocket (the jump host's `/v1/ssh`) its connection; once
+            // handed over it no longer counts among the HTTP connections.
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(connection);
             let mut stopping = false;
             loop {

@@ -19,6 +19,8 @@ pub mod name;
 pub mod per_source;
 pub mod secret;
 pub mod ssh;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use code::{CodeError, OneTimeCode};
 pub use derive::{DeriveError, derive_key};

@@ -33,15 +33,27 @@ pub struct Flags {
     pub known_hosts: Option<PathBuf>,
 }
 
-/// A jump host address: `HOST:PORT`, `HOST` (port 22) or `[V6]:PORT`.
+/// A jump host address: `HOST:PORT`, `HOST` (port 22) or `[V6]:PORT`; or the jump host's
+/// SSH-over-WebSocket URL, `wss://HOST[:PORT][/v1/ssh]` (`ws://` on loopback tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpAddr {
     pub host: String,
     pub port: u16,
+    /// Set for a `ws://`/`wss://` address: SSH travels inside a WebSocket.
+    pub ws: Option<assist_proto::ws::WsUrl>,
 }
 
 impl JumpAddr {
     pub fn parse(s: &str) -> Result<Self, UsageError> {
+        if s.starts_with("ws://") || s.starts_with("wss://") {
+            let url = assist_proto::ws::WsUrl::parse(s)
+                .map_err(|e| UsageError(format!("--jumphost {e}")))?;
+            return Ok(Self {
+                host: url.host.clone(),
+                port: url.port,
+                ws: Some(url),
+            });
+        }
         let bad = || {
             UsageError(format!(
                 "--jumphost {s:?} is not HOST:PORT (like jump.example.com:2222)"
@@ -70,12 +82,16 @@ impl JumpAddr {
         Ok(Self {
             host: host.to_string(),
             port,
+            ws: None,
         })
     }
 }
 
 impl fmt::Display for JumpAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(url) = &self.ws {
+            return f.write_str(&url.url());
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -308,6 +324,10 @@ mod tests {
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 2222));
         assert_eq!(v6.to_string(), "[::1]:2222");
         assert_eq!(JumpAddr::parse("::1").unwrap().host, "::1");
+        let ws = JumpAddr::parse("wss://jump.example.com").unwrap();
+        assert_eq!((ws.host.as_str(), ws.port), ("jump.example.com", 443));
+        assert_eq!(ws.to_string(), "wss://jump.example.com:443/v1/ssh");
+        assert!(JumpAddr::parse("ws://:1").is_err());
         for bad in ["", ":22", "j:0", "j:x", "j:70000", "[::1]x", "a b:1"] {
             assert!(JumpAddr::parse(bad).is_err(), "{bad}");
         }

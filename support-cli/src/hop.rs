@@ -14,6 +14,20 @@ use crate::error::HopError;
 use crate::known_hosts::{self, Accepted, Pin};
 use crate::progress::Progress;
 
+/// TLS for a `wss://` jump host: the system's CA certificates, as a browser would.
+fn system_tls() -> Result<rustls::ClientConfig, std::io::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// How long the TCP connection to the jump host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Errors a handler can stop a connection with.
@@ -121,24 +135,6 @@ pub struct JumpLogin<'a> {
 pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<Jump, HopError> {
     let addr = login.addr;
     progress.stage(format!("connecting to the jump host {addr}"));
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((addr.host.as_str(), addr.port)),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "timed out",
-        ))
-    })
-    .map_err(|cause| HopError::Unreachable {
-        addr: addr.to_string(),
-        cause,
-    })?;
-    // Interactive keystrokes must not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-
     let closed = CancellationToken::new();
     let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
     let client = Client {
@@ -151,11 +147,52 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         progress: progress.clone(),
         closed: closed.clone(),
     };
-    let mut handle = client::connect_stream(assist_proto::ssh::client_config(), tcp, client)
-        .await
-        .map_err(|e| {
-            handshake_error(e, HopError::JumpClosed, "SSH handshake with the jump host")
-        })?;
+    let handshake =
+        |e| handshake_error(e, HopError::JumpClosed, "SSH handshake with the jump host");
+    let mut handle = match &addr.ws {
+        Some(url) => {
+            let tls = match url.tls {
+                true => Some(Arc::new(system_tls().map_err(|cause| {
+                    HopError::Unreachable {
+                        addr: addr.to_string(),
+                        cause,
+                    }
+                })?)),
+                false => None,
+            };
+            let io = assist_proto::ws::connect(url, tls, CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| HopError::Unreachable {
+                    addr: addr.to_string(),
+                    cause: std::io::Error::other(e),
+                })?;
+            client::connect_stream(assist_proto::ssh::client_config(), io, client)
+                .await
+                .map_err(handshake)?
+        }
+        None => {
+            let tcp = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect((addr.host.as_str(), addr.port)),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                ))
+            })
+            .map_err(|cause| HopError::Unreachable {
+                addr: addr.to_string(),
+                cause,
+            })?;
+            // Interactive keystrokes must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+            client::connect_stream(assist_proto::ssh::client_config(), tcp, client)
+                .await
+                .map_err(handshake)?
+        }
+    };
 
     progress.stage(format!("logging in to the jump host as {}", login.engineer));
     match authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await {

@@ -10,6 +10,7 @@ mod hop;
 mod key;
 mod known_hosts;
 mod progress;
+mod stdio;
 mod terminal;
 
 use clap::{Parser, Subcommand};
@@ -95,6 +96,14 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         listen: String,
     },
+    /// Relay one connection to SERIAL[:PORT] (port 22 when absent) on stdin/stdout: a
+    /// ProxyCommand for stock ssh, over any jump host address support-cli takes
+    /// (`ssh -o ProxyCommand='support-cli --jumphost wss://jump/v1/ssh stdio %h' root@SN-1`).
+    Stdio {
+        /// SERIAL or SERIAL:PORT.
+        #[arg(value_name = "SERIAL[:PORT]")]
+        target: String,
+    },
     /// Write the key derived from a code as an OpenSSH private key file (mode 0600).
     ///
     /// Prints the public key and its fingerprint. Use the file with stock OpenSSH:
@@ -173,6 +182,7 @@ async fn run(cli: Cli, progress: &progress::Progress) -> anyhow::Result<i32> {
             };
             forward::run(&settings, args, progress).await
         }
+        Command::Stdio { target } => stdio::run(&settings, &target, progress).await,
         Command::Key {
             serial,
             code,

@@ -702,3 +702,80 @@ fn with_an_enrollment_key_only_the_device_holding_its_serials_secret_registers()
         );
     }
 }
+
+/// `support-cli` as engineer alice of the world, with its own known_hosts.
+fn support_cli(w: &World, jumphost: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("support-cli"));
+    cmd.args(["--jumphost", jumphost, "--engineer", "alice", "--identity"])
+        .arg(w.path("alice"))
+        .arg("--known-hosts")
+        .arg(w.path("engineer_known_hosts"))
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn the_tunnel_and_the_engineer_travel_inside_a_websocket_on_the_api_port() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let ws = format!("ws://{}/v1/ssh", w.jump.api_addr);
+    set_client_key(&config, &format!("jumphost = \"{ws}\""));
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+    let devices = w.jump.status()["devices"].clone();
+    assert_eq!(devices[0]["serial"], SERIAL, "{devices}");
+
+    // support-cli over the same WebSocket endpoint, end to end into the customer's sshd.
+    let out = support_cli(
+        &w,
+        &ws,
+        &[
+            "connect", SERIAL, "--code", &code, "--", "echo", "over", "ws",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "over ws");
+
+    // Stock ssh with support-cli as its ProxyCommand, also over the WebSocket.
+    let derived = w.path("derived");
+    write_derived_key(&derived, SERIAL, &code);
+    let proxy = format!(
+        "ProxyCommand={} --jumphost {ws} --engineer alice --identity {} --known-hosts {} stdio %h",
+        bin("support-cli").display(),
+        w.path("alice").display(),
+        w.path("engineer_known_hosts").display()
+    );
+    let out = ssh(&[
+        "-o",
+        &proxy,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        derived.to_str().unwrap(),
+        &format!("root@{SERIAL}"),
+        "echo stock ssh via stdio",
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "stock ssh via stdio");
+
+    // The jump host audits the WebSocket logins like the others, with the real source.
+    let rows = w.jump.sql(
+        "SELECT source FROM audit_events WHERE kind = 'ssh.auth' AND outcome LIKE 'accepted%'",
+    );
+    assert!(
+        rows.lines().count() >= 3 && rows.lines().all(|l| l == "127.0.0.1"),
+        "{rows}"
+    );
+
+    // A plain HTTP GET of the endpoint is told what it is.
+    let (status, body) = assist_e2e::http(w.jump.api_addr, "GET", "/v1/ssh", &[], b"");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("SSH over WebSocket"), "{body}");
+}

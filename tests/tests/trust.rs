@@ -138,7 +138,12 @@ fn a_scope_narrowed_while_hopping_closes_that_hop_and_refuses_the_next() {
 
     // support-cli prints the jump host's reason too, not just a refusal code.
     let out = Command::new(bin("support-cli"))
-        .args(["--jumphost", &w.jump.ssh_addr.to_string(), "--engineer", "alice"])
+        .args([
+            "--jumphost",
+            &w.jump.ssh_addr.to_string(),
+            "--engineer",
+            "alice",
+        ])
         .arg("--identity")
         .arg(w.path("alice"))
         .arg("--known-hosts")

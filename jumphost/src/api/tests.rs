@@ -34,6 +34,8 @@ fn api() -> Api {
         policy: PolicyHandle::new(policy),
         limiter: Default::default(),
         enrollment: None,
+        ssh: None,
+        trusted_proxies: Vec::new(),
     });
     Api { store, router }
 }
@@ -76,6 +78,8 @@ fn enrolling_api() -> Api {
         policy: PolicyHandle::new(policy),
         limiter: Default::default(),
         enrollment: Some(Arc::new(EnrollmentKey::for_test(7))),
+        ssh: None,
+        trusted_proxies: Vec::new(),
     });
     Api { store, router }
 }
@@ -441,6 +445,8 @@ async fn store_failure_is_500_without_details() {
             policy: PolicyHandle::new(policy),
             limiter: Default::default(),
             enrollment: None,
+            ssh: None,
+            trusted_proxies: Vec::new(),
         }),
     };
     let (status, text) = api.register(body("SN-1", &key_line(1), None)).await;

@@ -76,6 +76,12 @@ pub struct Relay {
     pub sessions: Arc<revoke::Sessions>,
     /// The audit trail's writer: events are queued and committed in batches.
     pub audit: AuditQueue,
+    /// Unauthenticated connections held (MaxStartups), whichever way they came.
+    pub startups: Arc<tokio::sync::Semaphore>,
+    /// Unauthenticated connections held per source.
+    pub startups_per_source: Arc<assist_proto::per_source::PerSource>,
+    /// Ids of sessions, unique in this process.
+    pub next_session: std::sync::atomic::AtomicU64,
 }
 
 impl Relay {
@@ -88,6 +94,9 @@ impl Relay {
     ) -> Self {
         Self {
             audit,
+            startups: Arc::new(tokio::sync::Semaphore::new(limits.max_startups)),
+            startups_per_source: Arc::default(),
+            next_session: std::sync::atomic::AtomicU64::new(1),
             sessions: Arc::default(),
             store,
             policy,

@@ -5,13 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use assist_proto::per_source::{PerSource, SourceSlot};
+use assist_proto::per_source::SourceSlot;
 use russh::keys::PublicKey;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -35,9 +35,6 @@ pub async fn serve(
     relay: Arc<Relay>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let startups = Arc::new(Semaphore::new(relay.limits.max_startups));
-    let per_source = Arc::new(PerSource::default());
-    let next_id = AtomicU64::new(1);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -50,67 +47,96 @@ pub async fn serve(
                 }
             },
         };
-        if !auth::address_usable(&relay.policy.current(), peer.ip()) {
-            tracing::warn!(%peer, "connection from a disallowed address closed");
-            relay.audit(
-                "ssh.address",
-                None,
-                peer.ip(),
-                "refused: address not in support_cidrs or client_cidrs".into(),
-            );
-            continue;
-        }
-        if let Some(left) = relay
-            .penalties
-            .blocked(peer.ip(), std::time::Instant::now())
-        {
-            // Not audited: a penalized source reconnecting in a loop would flood the trail;
-            // the start of the penalty was audited.
-            tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
-            continue;
-        }
-        let Some(slot) = per_source.enter(peer.ip(), relay.limits.max_startups_per_source) else {
-            tracing::warn!(
-                %peer,
-                limit = relay.limits.max_startups_per_source,
-                "too many unauthenticated connections from this source; closed"
-            );
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&startups).try_acquire_owned() else {
-            tracing::warn!(%peer, "too many unauthenticated connections; closed");
+        let Some(startup) = admit(&relay, peer) else {
             continue;
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("conn", %peer, id, identity = tracing::field::Empty);
-        let conn = connection(
-            Arc::clone(&relay),
-            stream,
-            peer,
-            id,
-            Startup {
-                _global: permit,
-                _source: slot,
-            },
-            shutdown.clone(),
-            span.clone(),
-        );
-        relay.tasks.spawn(conn.instrument(span));
+        spawn_connection(&relay, stream, peer, startup, &shutdown);
     }
 }
 
-async fn connection(
+/// The checks every new connection passes before its handshake, whichever way it came
+/// (TCP, or a WebSocket on the API port): an address some role may use, not penalized, and
+/// a place among the unauthenticated connections of its source and of all. Refusals are
+/// logged here; the caller just closes.
+pub fn admit(relay: &Relay, peer: SocketAddr) -> Option<Startup> {
+    if !auth::address_usable(&relay.policy.current(), peer.ip()) {
+        tracing::warn!(%peer, "connection from a disallowed address closed");
+        relay.audit(
+            "ssh.address",
+            None,
+            peer.ip(),
+            "refused: address not in support_cidrs or client_cidrs".into(),
+        );
+        return None;
+    }
+    if let Some(left) = relay
+        .penalties
+        .blocked(peer.ip(), std::time::Instant::now())
+    {
+        // Not audited: a penalized source reconnecting in a loop would flood the trail;
+        // the start of the penalty was audited.
+        tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
+        return None;
+    }
+    let Some(slot) = relay
+        .startups_per_source
+        .enter(peer.ip(), relay.limits.max_startups_per_source)
+    else {
+        tracing::warn!(
+            %peer,
+            limit = relay.limits.max_startups_per_source,
+            "too many unauthenticated connections from this source; closed"
+        );
+        return None;
+    };
+    let Ok(permit) = Arc::clone(&relay.startups).try_acquire_owned() else {
+        tracing::warn!(%peer, "too many unauthenticated connections; closed");
+        return None;
+    };
+    Some(Startup {
+        _global: permit,
+        _source: slot,
+    })
+}
+
+/// Runs one admitted connection in its own tracked task, whatever carries its bytes.
+pub fn spawn_connection<S>(
+    relay: &Arc<Relay>,
+    stream: S,
+    peer: SocketAddr,
+    startup: Startup,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let id = relay.next_session.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", %peer, id, identity = tracing::field::Empty);
+    let conn = connection(
+        Arc::clone(relay),
+        stream,
+        peer,
+        id,
+        startup,
+        shutdown.clone(),
+        span.clone(),
+    );
+    relay.tasks.spawn(conn.instrument(span));
+}
+
+async fn connection<S>(
     relay: Arc<Relay>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     id: SessionId,
     startup: Startup,
     shutdown: CancellationToken,
     span: tracing::Span,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let deadline = Instant::now() + relay.limits.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
     let mut failure = FailureGuard {
@@ -238,7 +264,7 @@ async fn connection(
 
 /// What an unauthenticated connection holds until it logs in: a place among
 /// `max_startups`, and one among its source's `max_startups_per_source`.
-struct Startup {
+pub struct Startup {
     _global: OwnedSemaphorePermit,
     _source: SourceSlot,
 }

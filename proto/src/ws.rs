@@ -1,0 +1,272 @@
+//! SSH inside a WebSocket (`GET /v1/ssh` on the jump host's API port), so one HTTPS port
+//! carries registration and tunnels and HTTP proxies and reverse proxies pass it.
+//!
+//! Each binary message carries bytes of the SSH stream; message boundaries mean nothing.
+//! [`bridge`] turns a WebSocket into an ordinary byte stream for russh, on either end.
+
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// The path of the SSH service on the jump host's API listener.
+pub const SSH_PATH: &str = "/v1/ssh";
+/// Bytes buffered each way between the WebSocket and russh.
+const PIPE: usize = 256 * 1024;
+/// Largest binary message sent: one SSH packet of russh's maximum plus framing fits.
+const CHUNK: usize = 64 * 1024;
+
+/// What a received message means for the byte stream.
+pub enum Payload {
+    Data(Bytes),
+    /// The peer closed the WebSocket.
+    Close,
+    /// Ping, pong or text: nothing for the stream (pings are answered by the library).
+    Skip,
+}
+
+/// Relays between `ws` and the returned stream until either side ends; `binary` makes a
+/// message from bytes and `payload` reads one, so both tungstenite's and axum's message
+/// types fit.
+pub fn bridge<M, S, E>(ws: S, binary: fn(Bytes) -> M, payload: fn(M) -> Payload) -> DuplexStream
+where
+    M: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    S: Stream<Item = Result<M, E>> + Sink<M> + Send + 'static,
+    <S as Sink<M>>::Error: std::fmt::Display,
+{
+    let (ours, theirs) = tokio::io::duplex(PIPE);
+    tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.split();
+        let (mut read, mut write) = tokio::io::split(ours);
+        let outbound = async {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if let Err(e) = sink.send(binary(Bytes::copy_from_slice(&buf[..n]))).await {
+                    tracing::debug!(error = %e, "websocket send failed");
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        };
+        let inbound = async {
+            while let Some(message) = stream.next().await {
+                match message.map(payload) {
+                    Ok(Payload::Data(data)) => {
+                        if write.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Payload::Skip) => {}
+                    Ok(Payload::Close) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "websocket receive failed");
+                        break;
+                    }
+                }
+            }
+            let _ = write.shutdown().await;
+        };
+        // Either direction ending ends the stream: SSH cannot go on half-closed.
+        tokio::select! {
+            () = outbound => {},
+            () = inbound => {},
+        }
+    });
+    theirs
+}
+
+/// [`bridge`] for a tokio-tungstenite WebSocket (the clients' end).
+pub fn bridge_tungstenite<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> DuplexStream
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    bridge(ws, Message::Binary, |m| match m {
+        Message::Binary(data) => Payload::Data(data),
+        Message::Close(_) => Payload::Close,
+        _ => Payload::Skip,
+    })
+}
+
+/// A `ws://` or `wss://` URL of the SSH service, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl WsUrl {
+    /// `ws://HOST[:PORT][/PATH]` or `wss://…`; the path defaults to [`SSH_PATH`], the port
+    /// to 80 / 443.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            return Err(format!("{s:?} is not a ws:// or wss:// URL"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, SSH_PATH),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() || host.contains(['@', ' ']) {
+            return Err(format!("{s:?}: no host name"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{s:?}: {p:?} is not a port"))?,
+        };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: if path == "/" {
+                SSH_PATH.to_owned()
+            } else {
+                path.to_owned()
+            },
+        })
+    }
+
+    /// The URL again, for the handshake request and messages.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}{}", self.port, self.path)
+    }
+}
+
+/// Runs the client handshake on an already connected (and, for `wss://`, TLS) `stream`.
+pub async fn client_handshake<S>(url: &WsUrl, stream: S) -> Result<DuplexStream, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (ws, _response) = tokio_tungstenite::client_async(url.url(), stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(response) => format!(
+                "{} answered HTTP {} instead of a WebSocket (is the path {} right, and does \
+                 a proxy in front pass WebSocket upgrades?)",
+                url.url(),
+                response.status(),
+                url.path
+            ),
+            e => format!("WebSocket handshake with {} failed: {e}", url.url()),
+        })?;
+    Ok(bridge_tungstenite(ws))
+}
+
+/// Opens the SSH service at `url`: TCP to its host and port, TLS with `tls` for `wss://`,
+/// then the WebSocket handshake. The stream returned carries the SSH bytes.
+pub async fn connect(
+    url: &WsUrl,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    timeout: std::time::Duration,
+) -> Result<DuplexStream, String> {
+    let opened = tokio::time::timeout(timeout, async {
+        let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
+        let _ = tcp.set_nodelay(true);
+        if !url.tls {
+            return client_handshake(url, tcp).await;
+        }
+        let config = tls.ok_or_else(|| format!("{}: no TLS settings given", url.url()))?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| format!("{}: {e}", url.url()))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {} failed: {e}", url.url()))?;
+        client_handshake(url, stream).await
+    })
+    .await;
+    opened.unwrap_or_else(|_| Err(format!("timed out connecting to {}", url.url())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_default_ports_and_path() {
+        let u = WsUrl::parse("wss://jump.example.com").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "jump.example.com", 443, SSH_PATH)
+        );
+        let u = WsUrl::parse("ws://127.0.0.1:8080/v1/ssh").unwrap();
+        assert_eq!((u.tls, u.port), (false, 8080));
+        assert_eq!(u.url(), "ws://127.0.0.1:8080/v1/ssh");
+        let u = WsUrl::parse("wss://[::1]:8443/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 8443, SSH_PATH)
+        );
+        assert_eq!(u.url(), "wss://[::1]:8443/v1/ssh");
+        for bad in [
+            "http://x",
+            "ws://",
+            "ws://:80",
+            "ws://h:0",
+            "ws://h:x/",
+            "wss://u@h",
+        ] {
+            assert!(WsUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_a_real_websocket_both_ways() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut io = bridge_tungstenite(ws);
+            // Echo until EOF.
+            let mut got = Vec::new();
+            io.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let url = WsUrl::parse(&format!("ws://{addr}/v1/ssh")).unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut io = client_handshake(&url, tcp).await.unwrap();
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        io.write_all(&payload).await.unwrap();
+        io.shutdown().await.unwrap();
+        assert_eq!(server.await.unwrap(), payload);
+    }
+}
