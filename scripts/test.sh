@@ -18,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The web page test drives a real browser (tests/tests/web.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# The customer behind a forward proxy (tests/tests/agent.rs) goes through a real tinyproxy.
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -129,6 +129,7 @@ impl Agent {
             &self.config.serial,
             &public,
             secret.as_ref(),
+            self.config.proxy.as_ref(),
         )
         .await;
         let reg = match registered {
@@ -191,6 +192,7 @@ impl Agent {
                 trust: self.config.api_trust.clone(),
                 public_key: public,
                 enrollment_secret: secret,
+                proxy: self.config.proxy.clone(),
             },
         };
         let task = tokio::spawn(supervise(

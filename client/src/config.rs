@@ -68,6 +68,10 @@ struct RawConfig {
     /// Optional, instead of `enrollment_secret`: a file holding it (0600).
     #[serde(default)]
     enrollment_secret_file: Option<PathBuf>,
+    /// Optional `http://[USER:PASS@]HOST:PORT`: reach the jump host (API and tunnel)
+    /// through this HTTP proxy. Absent: `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY`.
+    #[serde(default)]
+    proxy: Option<String>,
 }
 
 /// Where the serial's enrollment secret comes from.
@@ -105,6 +109,8 @@ pub struct Config {
     pub api_trust: ApiTrust,
     /// The serial's enrollment secret, if configured.
     pub enrollment: Option<EnrollmentSecret>,
+    /// The configured HTTP proxy; `None`: the environment's, if any.
+    pub proxy: Option<assist_proto::proxy::Proxy>,
 }
 
 impl Config {
@@ -227,7 +233,14 @@ impl Config {
             (None, Some(file)) => Some(EnrollmentSecret::File(base.join(file))),
             (None, None) => None,
         };
+        let proxy = raw
+            .proxy
+            .as_deref()
+            .map(assist_proto::proxy::Proxy::parse)
+            .transpose()
+            .map_err(|e| invalid("proxy", e))?;
         Ok(Config {
+            proxy,
             path: path.to_owned(),
             serial: raw.serial,
             jumphost: raw.jumphost,
@@ -343,7 +356,7 @@ fn check_secret(text: &str) -> Result<(), String> {
 }
 
 /// Splits `host:port` (IPv6 in brackets) when both parts are present and the port is a number.
-fn split_host_port(s: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
     (!host.is_empty()).then_some((host, port))

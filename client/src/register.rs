@@ -27,6 +27,10 @@ pub enum RegisterError {
          secret the vendor shipped with this device"
     )]
     Enrollment { serial: String, message: String },
+    #[error(
+        "the proxy refused: authentication required or wrong ({message}); check the user and password in the proxy URL"
+    )]
+    ProxyAuth { message: String },
     #[error("the jump host refused the registration with HTTP {status}: {message}")]
     Refused { status: u16, message: String },
     #[error("TLS with the jump host API at {url} failed: {message}")]
@@ -46,9 +50,20 @@ pub async fn register(
     serial: &str,
     public_key: &str,
     secret: Option<&Secret>,
+    proxy: Option<&assist_proto::proxy::Proxy>,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
+    // Without a configured proxy reqwest reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY itself.
     let mut builder = reqwest::Client::builder().timeout(REGISTER_TIMEOUT);
+    if let Some(proxy) = proxy {
+        let proxy = reqwest::Proxy::all(proxy.url_with_credentials().expose()).map_err(|e| {
+            RegisterError::Unreachable {
+                url: url.clone(),
+                message: format!("the proxy {proxy}: {e}"),
+            }
+        })?;
+        builder = builder.proxy(proxy);
+    }
     if url.starts_with("https://") {
         let tls = api_tls::client_config(trust).map_err(|message| RegisterError::Tls {
             url: url.clone(),
@@ -95,22 +110,33 @@ pub async fn register(
         }
     })?;
     let status = response.status().as_u16();
-    let body = response
-        .text()
-        .await
-        .map_err(|e| RegisterError::Unreachable {
-            url: url.clone(),
-            message: error_chain(&e),
-        })?;
+    let body = match response.text().await {
+        Ok(body) => body,
+        // A proxy refusing us may hang up before its body: the status says enough.
+        Err(_) if status == 401 || status == 407 => String::new(),
+        Err(e) => {
+            return Err(RegisterError::Unreachable {
+                url: url.clone(),
+                message: error_chain(&e),
+            });
+        }
+    };
     if status == 200 || status == 201 {
         return serde_json::from_str(&body).map_err(|e| RegisterError::BadAnswer {
             url,
             message: e.to_string(),
         });
     }
-    let message = serde_json::from_str::<ErrorBody>(&body)
+    let from_jumphost = serde_json::from_str::<ErrorBody>(&body).ok();
+    // A proxy on the way answers in its own words (HTML), not with the API's JSON.
+    if status == 407 || (status == 401 && from_jumphost.is_none()) {
+        return Err(RegisterError::ProxyAuth {
+            message: format!("HTTP {status} from the proxy on the way to {url}"),
+        });
+    }
+    let message = from_jumphost
         .map(|b| b.error)
-        .unwrap_or_else(|_| body.chars().take(200).collect());
+        .unwrap_or_else(|| body.chars().take(200).collect());
     let serial = serial.to_owned();
     Err(match status {
         409 => RegisterError::BoundToOtherKey { serial, message },

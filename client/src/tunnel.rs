@@ -40,6 +40,8 @@ pub struct Registration {
     pub public_key: String,
     /// The serial's enrollment secret, for a registration that binds anew (after a reset).
     pub enrollment_secret: Option<assist_proto::Secret>,
+    /// The configured HTTP proxy; `None`: the environment's, if any.
+    pub proxy: Option<assist_proto::proxy::Proxy>,
 }
 
 /// Everything a tunnel needs; one per enabled window.
@@ -119,6 +121,7 @@ impl Tunnel {
             &self.serial,
             &r.public_key,
             r.enrollment_secret.as_ref(),
+            r.proxy.as_ref(),
         )
         .await;
         match registered {
@@ -136,6 +139,15 @@ impl Tunnel {
                 Ok(())
             }
         }
+    }
+
+    /// The proxy to the jump host at `host`: the configured one, else the environment's.
+    fn proxy_for(&self, host: &str) -> Result<Option<assist_proto::proxy::Proxy>, String> {
+        if let Some(proxy) = &self.registration.proxy {
+            return Ok(Some(proxy.clone()));
+        }
+        let env = |k: &str| std::env::var(k).ok();
+        assist_proto::proxy::Proxy::from_env(host, &env).transpose()
     }
 
     async fn attempt(&self) -> Attempt {
@@ -159,16 +171,27 @@ impl Tunnel {
                         )?)),
                         false => None,
                     };
-                    let io = assist_proto::ws::connect(&url, tls, CONNECT_TIMEOUT).await?;
+                    let proxy = self.proxy_for(&url.host)?;
+                    let io = assist_proto::ws::connect(&url, tls, proxy.as_ref(), CONNECT_TIMEOUT)
+                        .await?;
                     client::connect_stream(config, io, handler)
                         .await
                         .map_err(|e| {
                             format!("SSH with the jump host at {} failed: {e}", url.url())
                         })?
                 }
-                Err(_) => client::connect(config, self.jumphost.as_str(), handler)
-                    .await
-                    .map_err(|e| format!("cannot connect to jump host {}: {e}", self.jumphost))?,
+                Err(_) => {
+                    let (host, port) = crate::config::split_host_port(&self.jumphost)
+                        .ok_or_else(|| format!("{:?} is not HOST:PORT", self.jumphost))?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let proxy = self.proxy_for(host)?;
+                    let tcp = assist_proto::proxy::tcp_connect(host, port, proxy.as_ref()).await?;
+                    client::connect_stream(config, tcp, handler)
+                        .await
+                        .map_err(|e| {
+                            format!("cannot connect to jump host {}: {e}", self.jumphost)
+                        })?
+                }
             };
             let key = PrivateKeyWithHashAlg::new(self.device_key.clone(), None);
             let auth = handle

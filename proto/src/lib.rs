@@ -17,6 +17,8 @@ pub mod limits;
 pub mod logging;
 pub mod name;
 pub mod per_source;
+#[cfg(feature = "ws")]
+pub mod proxy;
 pub mod secret;
 pub mod ssh;
 #[cfg(feature = "ws")]

@@ -188,18 +188,16 @@ where
     Ok(bridge_tungstenite(ws))
 }
 
-/// Opens the SSH service at `url`: TCP to its host and port, TLS with `tls` for `wss://`,
+/// Opens the SSH service at `url`: TCP to its host and port (through `proxy`), TLS with `tls` for `wss://`,
 /// then the WebSocket handshake. The stream returned carries the SSH bytes.
 pub async fn connect(
     url: &WsUrl,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    proxy: Option<&crate::proxy::Proxy>,
     timeout: std::time::Duration,
 ) -> Result<DuplexStream, String> {
     let opened = tokio::time::timeout(timeout, async {
-        let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::proxy::tcp_connect(&url.host, url.port, proxy).await?;
         if !url.tls {
             return client_handshake(url, tcp).await;
         }

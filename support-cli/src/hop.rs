@@ -6,7 +6,6 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{Channel, ChannelOpenFailure};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdentitySource, JumpAddr};
@@ -149,6 +148,13 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     };
     let handshake =
         |e| handshake_error(e, HopError::JumpClosed, "SSH handshake with the jump host");
+    let env = |k: &str| std::env::var(k).ok();
+    let proxy = assist_proto::proxy::Proxy::from_env(&addr.host, &env)
+        .transpose()
+        .map_err(|e| HopError::Unreachable {
+            addr: addr.to_string(),
+            cause: std::io::Error::other(e),
+        })?;
     let mut handle = match &addr.ws {
         Some(url) => {
             let tls = match url.tls {
@@ -160,7 +166,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
                 })?)),
                 false => None,
             };
-            let io = assist_proto::ws::connect(url, tls, CONNECT_TIMEOUT)
+            let io = assist_proto::ws::connect(url, tls, proxy.as_ref(), CONNECT_TIMEOUT)
                 .await
                 .map_err(|e| HopError::Unreachable {
                     addr: addr.to_string(),
@@ -173,18 +179,13 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         None => {
             let tcp = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                TcpStream::connect((addr.host.as_str(), addr.port)),
+                assist_proto::proxy::tcp_connect(&addr.host, addr.port, proxy.as_ref()),
             )
             .await
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "timed out",
-                ))
-            })
-            .map_err(|cause| HopError::Unreachable {
+            .unwrap_or_else(|_| Err("timed out".to_owned()))
+            .map_err(|e| HopError::Unreachable {
                 addr: addr.to_string(),
-                cause,
+                cause: std::io::Error::other(e),
             })?;
             // Interactive keystrokes must not wait for Nagle.
             let _ = tcp.set_nodelay(true);

@@ -4,6 +4,8 @@
 //! Nothing here sleeps to wait for readiness: a program is ready when it says so on stdout,
 //! anything else is polled with a deadline.
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -35,11 +35,12 @@ impl World {
 
     /// As [`World::start`], with `extra_policy` appended to the policy file.
     fn start_with(extra_policy: &str) -> World {
-        Self::start_configured(extra_policy, "")
+        Self::start_configured(extra_policy, "", "[]")
     }
 
-    /// As [`World::start_with`], with `jumphost_extra` after jumphost.toml's contract keys.
-    fn start_configured(extra_policy: &str, jumphost_extra: &str) -> World {
+    /// As [`World::start_with`], with `jumphost_extra` after jumphost.toml's contract keys
+    /// and devices admitted only from `client_cidrs`.
+    fn start_configured(extra_policy: &str, jumphost_extra: &str, client_cidrs: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let alice = keygen(&dir.path().join("alice"));
         let sshd = Sshd::start(dir.path());
@@ -49,7 +50,8 @@ impl World {
                 .into_bytes();
         fs::write(&sshd.authorized_keys, &original_keys).unwrap();
         let policy = format!(
-            "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+            "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\nclient_cidrs = {client_cidrs}\n\n\
+             [serials]\nallow = [\"SN-*\"]\n\n\
              [[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n\n{extra_policy}"
         );
         let jump = Jumphost::start_configured(dir.path(), &policy, "127.0.0.1:0", jumphost_extra);
@@ -591,7 +593,7 @@ fn set_client_key(config: &Path, line: &str) {
 
 #[test]
 fn with_an_enrollment_key_only_the_device_holding_its_serials_secret_registers() {
-    let w = World::start_configured("", "enrollment_key = \"enroll.key\"\n");
+    let w = World::start_configured("", "enrollment_key = \"enroll.key\"\n", "[]");
     assert!(
         !w.jump.proc.stderr().contains("no enrollment_key"),
         "warned although the key is set"
@@ -778,4 +780,80 @@ fn the_tunnel_and_the_engineer_travel_inside_a_websocket_on_the_api_port() {
     let (status, body) = assist_e2e::http(w.jump.api_addr, "GET", "/v1/ssh", &[], b"");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("SSH over WebSocket"), "{body}");
+}
+
+#[test]
+fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
+    use assist_e2e::proxy::Tinyproxy;
+    // Devices are admitted only from 127.0.0.2, the proxy's outgoing address: a direct
+    // connection from 127.0.0.1 is refused, so a working tunnel went through the proxy.
+    let w = World::start_configured("", "", r#"["127.0.0.2/32"]"#);
+    let proxy = Tinyproxy::start(w.dir.path(), "127.0.0.2", Some(("cust", "pr0xy-pass")));
+
+    // One device (one data_dir, one device key) tried three ways, one agent at a time.
+    let shared = w.path("device-data");
+    let config_for = |name: &str| {
+        let config = w.client_config(name);
+        set_client_key(&config, &format!("data_dir = \"{}\"", shared.display()));
+        config
+    };
+
+    // Without the proxy the agent cannot get in.
+    let direct = config_for("direct");
+    let direct_agent = start_agent(&direct, "direct agent");
+    let _ = enable(&direct, "5");
+    wait_until(SHORT, "the direct tunnel refused", || {
+        let s = status(&direct);
+        s["tunnel"]["state"] != "connected"
+            && s["tunnel"]["last_error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty())
+    });
+    let _ = cli(&direct, &["disable"]);
+    drop(direct_agent);
+
+    // Raw SSH and then SSH over WebSocket, both through the proxy with Basic auth.
+    let url = format!("http://cust:pr0xy%2Dpass@{}", proxy.addr);
+    for (name, jumphost) in [
+        ("raw", w.jump.ssh_addr.to_string()),
+        ("ws", format!("ws://{}/v1/ssh", w.jump.api_addr)),
+    ] {
+        let config = config_for(name);
+        set_client_key(&config, &format!("jumphost = \"{jumphost}\""));
+        set_client_key(&config, &format!("proxy = \"{url}\""));
+        let agent = start_agent(&config, name);
+        let (code, _) = enable(&config, "5");
+        wait_tunnel(&config, "connected");
+        let derived = w.path(&format!("derived-{name}"));
+        write_derived_key(&derived, SERIAL, &code);
+        let out = w.hop(&derived, "echo helped");
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "helped", "{name}");
+        let _ = cli(&config, &["disable"]);
+        drop(agent);
+    }
+    // A wrong proxy password: enable says so in words and shows no code.
+    let config = config_for("badpass");
+    set_client_key(
+        &config,
+        &format!("proxy = \"http://cust:n0tit@{}\"", proxy.addr),
+    );
+    let _agent = start_agent(&config, "badpass");
+    let out = cli(&config, &["enable", "--minutes", "5"]);
+    assert!(!out.status.success());
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!said.contains("code:"), "{said}");
+    assert!(said.contains("the proxy refused: authentication"), "{said}");
+    let s = status(&config);
+    assert!(
+        s["tunnel"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the proxy refused"),
+        "{s}"
+    );
+    assert!(
+        !said.contains("n0tit"),
+        "the proxy password was shown: {said}"
+    );
 }

@@ -1,0 +1,371 @@
+//! Reaching the jump host through an HTTP proxy with `CONNECT` (Basic authentication when
+//! the proxy URL carries a user), as customer sites with no direct way out require.
+//!
+//! The proxy comes from configuration, else from `HTTPS_PROXY` / `https_proxy` /
+//! `ALL_PROXY` / `all_proxy`, with `NO_PROXY` / `no_proxy` naming hosts to reach directly,
+//! as curl reads them.
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::Secret;
+
+/// Longest proxy answer header read.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// An HTTP proxy: `http://[USER:PASS@]HOST:PORT`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    pub host: String,
+    pub port: u16,
+    /// `user:password` for Basic authentication.
+    credentials: Option<Secret>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// The proxy's address only: its password never reaches a message or a log.
+impl std::fmt::Display for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = match &self.credentials {
+            Some(c) => format!("{}@", c.expose().split(':').next().unwrap_or_default()),
+            None => String::new(),
+        };
+        write!(f, "http://{user}{}:{}", self.host, self.port)
+    }
+}
+
+impl Proxy {
+    /// Parses `http://[USER:PASS@]HOST[:PORT]` (port 8080 when absent; a bare `HOST:PORT`
+    /// is taken as http:// too, as curl does). User and password may be %-encoded.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = match s.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{scheme}:// proxies are not supported; use an http:// proxy URL"
+                ));
+            }
+            None => s,
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, hostport) = match rest.rsplit_once('@') {
+            Some((userinfo, hostport)) => {
+                let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                let decoded = format!("{}:{}", percent_decode(user)?, percent_decode(pass)?);
+                (Some(Secret::new(decoded)), hostport)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| "the proxy's port is not a number".to_owned())?,
+            ),
+            _ => (hostport, 8080),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err("the proxy URL has no host (like http://proxy.example.com:3128)".into());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            credentials,
+        })
+    }
+
+    /// The proxy URL with its credentials, for an HTTP client that takes one.
+    pub fn url_with_credentials(&self) -> Secret {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let userinfo = match &self.credentials {
+            Some(c) => {
+                let (user, pass) = c.expose().split_once(':').unwrap_or((c.expose(), ""));
+                format!("{}:{}@", percent_encode(user), percent_encode(pass))
+            }
+            None => String::new(),
+        };
+        Secret::new(format!("http://{userinfo}{host}:{}", self.port))
+    }
+
+    /// The proxy for reaching `target_host` as the environment says, if any.
+    pub fn from_env(
+        target_host: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Result<Self, String>> {
+        let url = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .find_map(|k| env(k).filter(|v| !v.trim().is_empty()))?;
+        let no_proxy = env("NO_PROXY")
+            .or_else(|| env("no_proxy"))
+            .unwrap_or_default();
+        if bypassed(target_host, &no_proxy) {
+            return None;
+        }
+        Some(
+            Self::parse(url.trim())
+                .map_err(|e| format!("the proxy {url:?} from the environment: {e}")),
+        )
+    }
+}
+
+/// Whether `NO_PROXY` names `host`: `*`, the host itself, or a domain it is under.
+fn bypassed(host: &str, no_proxy: &str) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    no_proxy
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            let entry = entry
+                .split(':')
+                .next()
+                .unwrap_or(entry)
+                .to_ascii_lowercase();
+            let domain = entry.trim_start_matches('.');
+            entry == "*" || host == domain || host.ends_with(&format!(".{domain}"))
+        })
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or("a bad %-escape in the proxy URL")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "a bad %-escape in the proxy URL")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the proxy URL's user or password is not UTF-8".into())
+}
+
+/// A TCP connection to `host:port`, through `proxy` when given.
+pub async fn tcp_connect(
+    host: &str,
+    port: u16,
+    proxy: Option<&Proxy>,
+) -> Result<TcpStream, String> {
+    let Some(proxy) = proxy else {
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        return Ok(tcp);
+    };
+    let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+        .await
+        .map_err(|e| format!("cannot reach the proxy at {proxy}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(credentials) = &proxy.credentials {
+        let token = base64::engine::general_purpose::STANDARD.encode(credentials.expose());
+        request.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    let request = Secret::new(request);
+    tcp.write_all(request.expose().as_bytes())
+        .await
+        .map_err(|e| format!("the proxy at {proxy} closed the connection: {e}"))?;
+    // Read the answer's header byte by byte, so nothing of the tunnel after it is taken.
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        if answer.len() >= MAX_ANSWER {
+            return Err(format!(
+                "the proxy at {proxy} sent an answer of more than {MAX_ANSWER} bytes"
+            ));
+        }
+        let mut byte = [0u8; 1];
+        match tcp.read(&mut byte).await {
+            Ok(0) => {
+                return Err(format!(
+                    "the proxy at {proxy} closed the connection without an answer to CONNECT {authority}"
+                ));
+            }
+            Ok(_) => answer.push(byte[0]),
+            Err(e) => return Err(format!("the proxy at {proxy}: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status_line = text.lines().next().unwrap_or_default();
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    match status {
+        "200" => Ok(tcp),
+        "407" => Err(format!(
+            "the proxy at {proxy} refused: 407 authentication required ({}); check the user and password in the proxy URL",
+            if proxy.credentials.is_some() {
+                "the credentials given were not accepted"
+            } else {
+                "none were given"
+            }
+        )),
+        // Some proxies (tinyproxy) answer wrong credentials with 401 rather than 407.
+        "401" => Err(format!(
+            "the proxy at {proxy} refused: 401 unauthorized: its user or password is wrong; check them in the proxy URL"
+        )),
+        _ => Err(format!(
+            "the proxy at {proxy} refused CONNECT {authority}: {}",
+            status_line.trim()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls_parse_and_never_show_the_password() {
+        let p = Proxy::parse("http://alice:s%40cret@proxy.example.com:3128/").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy.example.com", 3128));
+        assert_eq!(p.credentials.as_ref().unwrap().expose(), "alice:s@cret");
+        assert_eq!(p.to_string(), "http://alice@proxy.example.com:3128");
+        assert!(!format!("{p:?}").contains("cret"));
+        assert_eq!(
+            p.url_with_credentials().expose(),
+            "http://alice:s%40cret@proxy.example.com:3128"
+        );
+        assert_eq!(Proxy::parse("proxy:8888").unwrap().port, 8888);
+        assert_eq!(Proxy::parse("http://proxy").unwrap().port, 8080);
+        assert_eq!(Proxy::parse("http://[::1]:3128").unwrap().host, "::1");
+        for bad in [
+            "socks5://p:1080",
+            "http://:3128",
+            "http://p:x",
+            "http://u:%zz@p:1",
+        ] {
+            assert!(Proxy::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_environment_is_read_as_curl_does() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let e = env(&[
+            ("https_proxy", "http://p:1"),
+            ("NO_PROXY", "localhost, .internal,10.1.2.3"),
+        ]);
+        assert_eq!(
+            Proxy::from_env("jump.example.com", &e)
+                .unwrap()
+                .unwrap()
+                .port,
+            1
+        );
+        for direct in ["localhost", "a.internal", "internal", "10.1.2.3"] {
+            assert!(Proxy::from_env(direct, &e).is_none(), "{direct}");
+        }
+        let e = env(&[("ALL_PROXY", "http://p:2")]);
+        assert_eq!(Proxy::from_env("x", &e).unwrap().unwrap().port, 2);
+        assert!(Proxy::from_env("x", &env(&[])).is_none());
+        assert!(Proxy::from_env("x", &env(&[("HTTPS_PROXY", "p:2"), ("no_proxy", "*")])).is_none());
+    }
+
+    /// A one-shot proxy on loopback that answers CONNECT with `answer`, then echoes.
+    async fn fake_proxy(
+        answer: &'static str,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                tcp.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 5];
+            if tcp.read_exact(&mut buf).await.is_ok() {
+                tcp.write_all(&buf).await.unwrap();
+            }
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn connect_sends_basic_auth_and_reads_exactly_the_answer() {
+        let (addr, task) = fake_proxy("HTTP/1.1 200 Connection established\r\nX: y\r\n\r\n").await;
+        let proxy = Proxy::parse(&format!("http://u:p@{addr}")).unwrap();
+        let mut tcp = tcp_connect("jump.example.com", 443, Some(&proxy))
+            .await
+            .unwrap();
+        tcp.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tcp.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"hello");
+        let head = task.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT jump.example.com:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("Proxy-Authorization: Basic dTpw\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_are_said_in_words() {
+        let (addr, _task) = fake_proxy("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
+        let proxy = Proxy::parse(&format!("http://u:wrong@{addr}")).unwrap();
+        let err = tcp_connect("j", 1, Some(&proxy)).await.unwrap_err();
+        assert!(
+            err.contains("refused: 407 authentication required"),
+            "{err}"
+        );
+        assert!(!err.contains("wrong"), "the password leaked: {err}");
+        let (addr, _task) = fake_proxy("HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        let proxy = Proxy::parse(&addr.to_string()).unwrap();
+        let err = tcp_connect("j", 1, Some(&proxy)).await.unwrap_err();
+        assert!(
+            err.contains("refused CONNECT j:1: HTTP/1.1 403 Forbidden"),
+            "{err}"
+        );
+    }
+}
