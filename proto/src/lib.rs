@@ -17,6 +17,7 @@ pub mod limits;
 pub mod logging;
 pub mod name;
 pub mod per_source;
+pub mod private_file;
 pub mod secret;
 pub mod ssh;
 
