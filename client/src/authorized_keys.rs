@@ -252,8 +252,15 @@ pub fn marker(serial: &str) -> String {
 }
 
 /// The line to install: the key may only be used from loopback (where the tunnel lands),
-/// until `until` (sshd enforces it even if the agent dies), without agent or X11 forwarding.
-pub fn key_line(public_key: &str, serial: &str, until: OffsetDateTime) -> String {
+/// until `until` (sshd enforces it even if the agent dies), without agent or X11 forwarding,
+/// and may forward only to `permit_open` (the `HOST:PORT` of the services that ride inside
+/// the session; none: no port forwarding at all).
+pub fn key_line(
+    public_key: &str,
+    serial: &str,
+    until: OffsetDateTime,
+    permit_open: &[&str],
+) -> String {
     // Round up to the minute so sshd never expires the key before the window ends; the agent
     // removes the line at the exact end.
     let until = until.to_offset(time::UtcOffset::UTC);
@@ -262,8 +269,16 @@ pub fn key_line(public_key: &str, serial: &str, until: OffsetDateTime) -> String
     } else {
         until
     };
+    let forwarding = if permit_open.is_empty() {
+        ",no-port-forwarding".to_owned()
+    } else {
+        permit_open
+            .iter()
+            .map(|target| format!(",permitopen=\"{target}\""))
+            .collect()
+    };
     format!(
-        "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding {} {}",
+        "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding{forwarding} {} {}",
         until.year(),
         u8::from(until.month()),
         until.day(),
@@ -319,14 +334,27 @@ mod tests {
             "ssh-ed25519 AAAAkey",
             "SN-1",
             datetime!(2026-01-02 03:04:05 UTC),
+            &[],
         );
         assert_eq!(
             line,
             "expiry-time=\"202601020305Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,\
-             no-X11-forwarding ssh-ed25519 AAAAkey assist-client:SN-1"
+             no-X11-forwarding,no-port-forwarding ssh-ed25519 AAAAkey assist-client:SN-1"
         );
-        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC));
+        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC), &[]);
         assert!(exact.starts_with("expiry-time=\"202601020304Z\""));
+        let web = key_line(
+            "k",
+            "SN-1",
+            datetime!(2026-01-02 03:04:00 UTC),
+            &["127.0.0.1:80", "[::1]:8443"],
+        );
+        assert!(
+            web.contains(
+                "no-X11-forwarding,permitopen=\"127.0.0.1:80\",permitopen=\"[::1]:8443\" k "
+            ),
+            "{web}"
+        );
     }
 
     #[test]
@@ -336,7 +364,12 @@ mod tests {
         std::fs::create_dir(dir.path().join(".ssh")).unwrap();
         std::fs::write(&f.path, OTHER).unwrap();
         std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let line = key_line("ssh-ed25519 AAAAkey", "SN-1", OffsetDateTime::now_utc());
+        let line = key_line(
+            "ssh-ed25519 AAAAkey",
+            "SN-1",
+            OffsetDateTime::now_utc(),
+            &[],
+        );
 
         f.install("SN-1", &line).unwrap();
         let after = std::fs::read(&f.path).unwrap();
