@@ -171,15 +171,25 @@ document.addEventListener("DOMContentLoaded", () => {
       $("copied").textContent = "Select the code and copy it by hand.";
     }
   });
-  // An access key passed in the address fragment (never sent to a server) logs in once.
+  // An access key passed in the address fragment (never sent to a server) logs in once,
+  // before the first poll, so the login form never flashes up for a link that works.
   const m = location.hash.match(/^#token=([0-9a-f]+)$/);
+  let ready = Promise.resolve();
   if (m) {
     history.replaceState(null, "", "/");
-    fetch("/web/login", {
+    ready = fetch("/web/login", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: m[1] }),
-    }).then(poll);
+    }).then((r) => {
+      if (!r.ok) {
+        $("login-error").textContent =
+          "The access key in this link is no longer valid (the agent restarted): run " +
+          "`assist-client page` again or enter the key.";
+      }
+    }).catch(() => {});
   }
-  poll();
-  setInterval(poll, 1000);
+  ready.then(() => {
+    poll();
+    setInterval(poll, 1000);
+  });
 });

@@ -19,6 +19,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Whether the jump host carries `service` as a virtual port of its own: only ssh, whose
+/// stream is SSH already. Every other service rides inside the SSH session that the code
+/// authenticates (`support-cli forward --service http --code …`, a `direct-tcpip` channel to
+/// the customer's sshd that the key line's `permitopen` limits), so neither the jump host
+/// nor an engineer without the code can reach it.
+fn is_tunnelled(service: &crate::config::Service) -> bool {
+    service.port == assist_proto::limits::SSH_SERVICE_PORT
+}
+
 /// No window lasts longer than a year, whatever the policy says.
 const LONGEST_WINDOW_SECS: u64 = 366 * 24 * 3600;
 
@@ -85,6 +94,12 @@ impl Agent {
         let device_key = Arc::new(keys::load_or_create(&config.device_key_path())?);
         let account = Account::lookup(&config.target_user)?;
         let keys_file = KeysFile::new(&account, config.authorized_keys.clone());
+        if !config.services.iter().any(is_tunnelled) {
+            tracing::warn!(
+                "no ssh service configured: the other services travel inside the SSH session \
+                 and cannot be reached without it"
+            );
+        }
         let pin = HostKeyPin::new(
             config.pinned_host_key_path(),
             config.jumphost_fingerprint.clone(),
@@ -170,7 +185,14 @@ impl Agent {
             stop_window(old).await;
             self.set_until(None);
         }
-        let line = key_line(&derived_public, &self.config.serial, until);
+        let permit_open: Vec<&str> = self
+            .config
+            .services
+            .iter()
+            .filter(|s| !is_tunnelled(s))
+            .map(|s| s.target.as_str())
+            .collect();
+        let line = key_line(&derived_public, &self.config.serial, until, &permit_open);
         self.keys_file.install(&self.config.serial, &line)?;
 
         guard.0 += 1;
@@ -182,7 +204,14 @@ impl Agent {
             serial: self.config.serial.clone(),
             jumphost: self.config.jumphost.clone(),
             device_key: self.device_key.clone(),
-            services: Arc::new(self.config.services.clone()),
+            services: Arc::new(
+                self.config
+                    .services
+                    .iter()
+                    .filter(|s| is_tunnelled(s))
+                    .cloned()
+                    .collect(),
+            ),
             pin: self.pin.clone(),
             shared: self.shared.clone(),
             cancel: cancel.clone(),

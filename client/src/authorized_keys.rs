@@ -1,8 +1,10 @@
 //! Editing the target account's `authorized_keys`: add the temporary key line, remove it, and
 //! purge lines left by an earlier run. Every edit is atomic and leaves other lines byte for byte.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use assist_proto::private_file::{Existing, Folder, PrivateFileError, WriteOptions};
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
@@ -20,6 +22,30 @@ pub enum KeysFileError {
         action: &'static str,
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("cannot edit the key file of user {user}: {source}")]
+    Unsafe {
+        user: String,
+        source: PrivateFileError,
+    },
+    #[error(
+        "cannot edit the key file of user {user}: {path} belongs to uid {owner}, not to {user} \
+         (uid {uid}); refusing to touch it (give it to {user} or remove it)"
+    )]
+    NotOwned {
+        user: String,
+        uid: u32,
+        path: PathBuf,
+        owner: u32,
+    },
+    #[error(
+        "cannot edit the key file of user {user}: {path} can be written by others than its \
+         owner (mode {mode:o}); refusing to touch it (sshd would refuse it too)"
+    )]
+    Writable {
+        user: String,
+        path: PathBuf,
+        mode: u32,
     },
 }
 
@@ -62,10 +88,17 @@ fn parse_passwd(text: &str, name: &str) -> Option<Account> {
     })
 }
 
-/// The file to edit and who must own it if it has to be created.
+/// The file to edit and the account it belongs to.
+///
+/// The agent runs as root and the folder belongs to that account, so every step is made safe
+/// against what the account can plant there: the folder and the file are opened without
+/// following links and must belong to the account (or, in a root-owned folder, to root), the
+/// new content goes to a fresh random name owned by the account and is renamed over the file
+/// within the same folder descriptor (see [`assist_proto::private_file`]).
 #[derive(Debug, Clone)]
 pub struct KeysFile {
     pub path: PathBuf,
+    pub user: String,
     pub uid: u32,
     pub gid: u32,
 }
@@ -75,6 +108,7 @@ impl KeysFile {
     pub fn new(account: &Account, explicit: Option<PathBuf>) -> Self {
         Self {
             path: explicit.unwrap_or_else(|| account.home.join(".ssh/authorized_keys")),
+            user: account.name.clone(),
             uid: account.uid,
             gid: account.gid,
         }
@@ -82,110 +116,133 @@ impl KeysFile {
 
     /// Adds `line` (replacing any line of ours for the same serial).
     pub fn install(&self, serial: &str, line: &str) -> Result<(), KeysFileError> {
-        let old = self.read()?;
-        let (mut kept, _) = without_marker(old.as_deref().unwrap_or_default(), serial);
+        let folder = self.folder(true)?.ok_or_else(|| self.missing_folder())?;
+        let old = self.read(&folder)?;
+        let (mut kept, _) = without_marker(old.as_ref().map_or(&[][..], |o| &o.0), serial);
         if !kept.is_empty() && !kept.ends_with(b"\n") {
             kept.push(b'\n');
         }
         kept.extend_from_slice(line.as_bytes());
         kept.push(b'\n');
-        self.ensure_dir()?;
-        self.write_atomic(&kept, old.is_some())
+        self.write(&folder, &kept, old.as_ref().map(|o| &o.1))
     }
 
     /// Removes every line carrying our marker for `serial`; returns how many there were.
     pub fn remove(&self, serial: &str) -> Result<usize, KeysFileError> {
-        let Some(old) = self.read()? else {
+        let Some(folder) = self.folder(false)? else {
+            return Ok(0);
+        };
+        let Some((old, meta)) = self.read(&folder)? else {
             return Ok(0);
         };
         let (kept, removed) = without_marker(&old, serial);
         if removed > 0 {
-            self.write_atomic(&kept, true)?;
+            self.write(&folder, &kept, Some(&meta))?;
         }
         Ok(removed)
     }
 
-    fn io(
-        &self,
-        action: &'static str,
-        path: &Path,
-    ) -> impl FnOnce(std::io::Error) -> KeysFileError {
-        let path = path.to_owned();
-        move |source| KeysFileError::Io {
-            action,
-            path,
-            source,
+    fn unsafe_file(&self) -> impl FnOnce(PrivateFileError) -> KeysFileError {
+        let user = self.user.clone();
+        move |source| KeysFileError::Unsafe { user, source }
+    }
+
+    fn missing_folder(&self) -> KeysFileError {
+        KeysFileError::Io {
+            action: "cannot find the folder of",
+            path: self.path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
         }
     }
 
-    fn read(&self) -> Result<Option<Vec<u8>>, KeysFileError> {
-        match std::fs::read(&self.path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("cannot read", &self.path)(e)),
-        }
-    }
-
-    /// Creates the folder (like `~/.ssh`: 0700, owned by the account) when missing; sshd's
-    /// StrictModes refuses keys in a folder others can write.
-    fn ensure_dir(&self) -> Result<(), KeysFileError> {
-        let Some(dir) = self.path.parent() else {
-            return Ok(());
-        };
-        if dir.exists() {
-            return Ok(());
-        }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(self.io("cannot create", dir))?;
-        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
-            .map_err(self.io("cannot chown", dir))
-    }
-
-    /// Writes `content` to a temporary file next to the target, then renames it over, so sshd
-    /// never sees a half-written file. The existing file's mode and owner are kept.
-    fn write_atomic(&self, content: &[u8], existed: bool) -> Result<(), KeysFileError> {
-        let (mode, uid, gid) = if existed {
-            let meta = std::fs::metadata(&self.path).map_err(self.io("cannot stat", &self.path))?;
-            (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
-        } else {
-            (0o600, self.uid, self.gid)
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let name = self
-            .path
+    fn name(&self) -> &OsStr {
+        self.path
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.assist-client.{}", std::process::id()));
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(self.io("cannot create", &tmp))?;
-            f.write_all(content)
-                .map_err(self.io("cannot write", &tmp))?;
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .map_err(self.io("cannot chown", &tmp))?;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(self.io("cannot chmod", &tmp))?;
-            f.sync_all().map_err(self.io("cannot sync", &tmp))?;
-            std::fs::rename(&tmp, &self.path).map_err(self.io("cannot replace", &self.path))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            .unwrap_or(OsStr::new("authorized_keys"))
+    }
+
+    /// Opens the file's folder (like `~/.ssh`) without following a link, creating it (0700,
+    /// owned by the account; sshd's StrictModes refuses keys in a folder others can write)
+    /// when `create` is set and it is missing. `None`: missing and not created.
+    fn folder(&self, create: bool) -> Result<Option<Folder>, KeysFileError> {
+        let path = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let opened = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) if create => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                Folder::open(parent)
+                    .and_then(|p| p.create_folder(name, 0o700, Some((self.uid, self.gid))))
+            }
+            _ => Folder::open_no_follow(path),
+        };
+        let folder = match opened {
+            Ok(folder) => folder,
+            Err(e) if !create && e.is_not_found() => return Ok(None),
+            Err(e) => return Err(self.unsafe_file()(e)),
+        };
+        let meta = folder.metadata().map_err(self.unsafe_file())?;
+        if meta.uid() != self.uid && meta.uid() != 0 {
+            return Err(self.not_owned(path, meta.uid()));
         }
-        result?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        if meta.mode() & 0o022 != 0 {
+            return Err(KeysFileError::Writable {
+                user: self.user.clone(),
+                path: path.to_owned(),
+                mode: meta.mode() & 0o7777,
+            });
         }
-        Ok(())
+        Ok(Some(folder))
+    }
+
+    fn not_owned(&self, path: &Path, owner: u32) -> KeysFileError {
+        KeysFileError::NotOwned {
+            user: self.user.clone(),
+            uid: self.uid,
+            path: path.to_owned(),
+            owner,
+        }
+    }
+
+    /// The file's bytes and metadata, `None` if there is none. It must belong to the account,
+    /// or to root in a folder of root's (where the account cannot have planted it).
+    fn read(&self, folder: &Folder) -> Result<Option<(Vec<u8>, Metadata)>, KeysFileError> {
+        let Some((bytes, meta)) = folder.read(self.name()).map_err(self.unsafe_file())? else {
+            return Ok(None);
+        };
+        let folder_owner = folder.metadata().map_err(self.unsafe_file())?.uid();
+        let root_in_roots = meta.uid() == 0 && folder_owner == 0;
+        if meta.uid() != self.uid && !root_in_roots {
+            return Err(self.not_owned(&self.path, meta.uid()));
+        }
+        Ok(Some((bytes, meta)))
+    }
+
+    /// Replaces the file with `content`, keeping the old file's mode and owner (a new file:
+    /// 0600, the account's); sshd never sees a half-written file.
+    fn write(
+        &self,
+        folder: &Folder,
+        content: &[u8],
+        old: Option<&Metadata>,
+    ) -> Result<(), KeysFileError> {
+        let (mode, owner) = match old {
+            Some(meta) => (meta.mode() & 0o777, (meta.uid(), meta.gid())),
+            None => (0o600, (self.uid, self.gid)),
+        };
+        let options = WriteOptions {
+            mode,
+            owner: Some(owner),
+            existing: Existing::Replace,
+        };
+        folder
+            .write(self.name(), content, &options)
+            .map_err(self.unsafe_file())
     }
 }
 
@@ -195,8 +252,15 @@ pub fn marker(serial: &str) -> String {
 }
 
 /// The line to install: the key may only be used from loopback (where the tunnel lands),
-/// until `until` (sshd enforces it even if the agent dies), without agent or X11 forwarding.
-pub fn key_line(public_key: &str, serial: &str, until: OffsetDateTime) -> String {
+/// until `until` (sshd enforces it even if the agent dies), without agent or X11 forwarding,
+/// and may forward only to `permit_open` (the `HOST:PORT` of the services that ride inside
+/// the session; none: no port forwarding at all).
+pub fn key_line(
+    public_key: &str,
+    serial: &str,
+    until: OffsetDateTime,
+    permit_open: &[&str],
+) -> String {
     // Round up to the minute so sshd never expires the key before the window ends; the agent
     // removes the line at the exact end.
     let until = until.to_offset(time::UtcOffset::UTC);
@@ -205,8 +269,16 @@ pub fn key_line(public_key: &str, serial: &str, until: OffsetDateTime) -> String
     } else {
         until
     };
+    let forwarding = if permit_open.is_empty() {
+        ",no-port-forwarding".to_owned()
+    } else {
+        permit_open
+            .iter()
+            .map(|target| format!(",permitopen=\"{target}\""))
+            .collect()
+    };
     format!(
-        "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding {} {}",
+        "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding{forwarding} {} {}",
         until.year(),
         u8::from(until.month()),
         until.day(),
@@ -237,6 +309,7 @@ fn without_marker(content: &[u8], serial: &str) -> (Vec<u8>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use time::macros::datetime;
 
     const OTHER: &[u8] = b"# keep me\r\nssh-ed25519 AAAAother admin@host\n\n  command=\"x\" ssh-rsa AAAB assist-client:SN-0002\nno-newline-at-end";
@@ -244,6 +317,7 @@ mod tests {
     fn file(dir: &Path) -> KeysFile {
         KeysFile {
             path: dir.join(".ssh/authorized_keys"),
+            user: "tester".to_owned(),
             uid: nix_ids().0,
             gid: nix_ids().1,
         }
@@ -260,14 +334,27 @@ mod tests {
             "ssh-ed25519 AAAAkey",
             "SN-1",
             datetime!(2026-01-02 03:04:05 UTC),
+            &[],
         );
         assert_eq!(
             line,
             "expiry-time=\"202601020305Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,\
-             no-X11-forwarding ssh-ed25519 AAAAkey assist-client:SN-1"
+             no-X11-forwarding,no-port-forwarding ssh-ed25519 AAAAkey assist-client:SN-1"
         );
-        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC));
+        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC), &[]);
         assert!(exact.starts_with("expiry-time=\"202601020304Z\""));
+        let web = key_line(
+            "k",
+            "SN-1",
+            datetime!(2026-01-02 03:04:00 UTC),
+            &["127.0.0.1:80", "[::1]:8443"],
+        );
+        assert!(
+            web.contains(
+                "no-X11-forwarding,permitopen=\"127.0.0.1:80\",permitopen=\"[::1]:8443\" k "
+            ),
+            "{web}"
+        );
     }
 
     #[test]
@@ -277,7 +364,12 @@ mod tests {
         std::fs::create_dir(dir.path().join(".ssh")).unwrap();
         std::fs::write(&f.path, OTHER).unwrap();
         std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let line = key_line("ssh-ed25519 AAAAkey", "SN-1", OffsetDateTime::now_utc());
+        let line = key_line(
+            "ssh-ed25519 AAAAkey",
+            "SN-1",
+            OffsetDateTime::now_utc(),
+            &[],
+        );
 
         f.install("SN-1", &line).unwrap();
         let after = std::fs::read(&f.path).unwrap();
@@ -349,6 +441,129 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    /// A victim file outside the folder, with its content and mode, to check it is untouched.
+    fn victim(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let path = dir.join("victim");
+        std::fs::write(&path, b"precious\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        (path, b"precious\n".to_vec())
+    }
+
+    fn assert_untouched(path: &Path, content: &[u8]) {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.mode() & 0o777, 0o644);
+        assert_eq!((meta.uid(), meta.gid()), nix_ids());
+        assert_eq!(std::fs::read(path).unwrap(), content);
+    }
+
+    #[test]
+    fn a_linked_key_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (victim, content) = victim(dir.path());
+        let f = file(dir.path());
+        std::fs::create_dir(dir.path().join(".ssh")).unwrap();
+        std::os::unix::fs::symlink(&victim, &f.path).unwrap();
+        for err in [
+            f.install("SN-1", "ssh-ed25519 AAAAkey assist-client:SN-1")
+                .unwrap_err(),
+            f.remove("SN-1").unwrap_err(),
+        ] {
+            let text = err.to_string();
+            assert!(
+                text.starts_with("cannot edit the key file of user tester: ")
+                    && text.ends_with("authorized_keys is a symbolic link; refusing to follow it"),
+                "{text}"
+            );
+        }
+        assert_untouched(&victim, &content);
+        assert!(std::fs::symlink_metadata(&f.path).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn a_linked_ssh_folder_is_refused_and_the_other_folder_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let (victim, content) = victim(&elsewhere);
+        std::fs::rename(&victim, elsewhere.join("authorized_keys")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(".ssh")).unwrap();
+        let f = file(dir.path());
+        let err = f
+            .install("SN-1", "ssh-ed25519 AAAAkey assist-client:SN-1")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(".ssh is a symbolic link; refusing to follow it"),
+            "{err}"
+        );
+        assert!(f.remove("SN-1").is_err());
+        assert_untouched(&elsewhere.join("authorized_keys"), &content);
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_link_at_the_old_temporary_name_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (victim, content) = victim(dir.path());
+        let f = file(dir.path());
+        std::fs::create_dir(dir.path().join(".ssh")).unwrap();
+        let old_tmp = dir.path().join(format!(
+            ".ssh/.authorized_keys.assist-client.{}",
+            std::process::id()
+        ));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        f.install("SN-1", "ssh-ed25519 AAAAkey assist-client:SN-1")
+            .unwrap();
+        assert_untouched(&victim, &content);
+        assert!(std::fs::symlink_metadata(&old_tmp).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&f.path).unwrap(),
+            "ssh-ed25519 AAAAkey assist-client:SN-1\n"
+        );
+    }
+
+    #[test]
+    fn files_of_another_owner_and_folders_others_can_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path());
+        std::fs::create_dir(dir.path().join(".ssh")).unwrap();
+        std::fs::write(&f.path, b"ssh-ed25519 AAAAx assist-client:SN-1\n").unwrap();
+        if nix_ids().0 == 0 {
+            // Root runs the tests: plant a file of another account in the folder.
+            std::os::unix::fs::chown(&f.path, Some(4242), Some(4242)).unwrap();
+            let err = f.remove("SN-1").unwrap_err().to_string();
+            assert!(
+                err.contains("authorized_keys belongs to uid 4242, not to tester (uid 0)"),
+                "{err}"
+            );
+            std::os::unix::fs::chown(&f.path, Some(0), Some(0)).unwrap();
+        } else {
+            // Another account's view of this user's folder.
+            let mut other = file(dir.path());
+            other.uid = other.uid.wrapping_add(4242);
+            other.user = "other".to_owned();
+            let err = other.remove("SN-1").unwrap_err().to_string();
+            assert!(err.contains(".ssh belongs to uid"), "{err}");
+            assert!(err.contains("not to other"), "{err}");
+        }
+        let f = file(dir.path());
+        std::fs::set_permissions(
+            dir.path().join(".ssh"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let err = f.remove("SN-1").unwrap_err().to_string();
+        assert!(
+            err.contains("can be written by others than its owner (mode 777)"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f.path).unwrap(),
+            "ssh-ed25519 AAAAx assist-client:SN-1\n"
+        );
     }
 
     #[test]

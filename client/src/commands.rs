@@ -1,11 +1,14 @@
-//! `assist-client enable|disable|status`: talk to the running agent over its local API with
-//! the token it left in `data_dir`.
+//! `assist-client enable|disable|status|page`: talk to the running agent over its local API
+//! with the token it left in `data_dir`.
 
 use crate::agent::DisableReport;
 use crate::config::Config;
 use crate::control::{ApiErrorBody, EnableRequest, EnableResponse};
 use crate::state::{Status, TunnelState};
 use anyhow::{Context, bail};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -13,6 +16,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the agent listens and the token it accepts.
 struct AgentEndpoint {
     base: String,
+    addr: String,
     token: String,
     client: reqwest::Client,
 }
@@ -38,6 +42,7 @@ impl AgentEndpoint {
             .context("cannot set up an HTTP client")?;
         Ok(Self {
             base: format!("http://{}", addr.trim()),
+            addr: addr.trim().to_owned(),
             token: token.trim().to_owned(),
             client,
         })
@@ -159,5 +164,90 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         s.connections.active, s.connections.total
     );
     println!("device key: {}", s.device_fingerprint);
+    println!(
+        "web page: run `assist-client page --config {}` to open it logged in",
+        config.path.display()
+    );
     Ok(())
+}
+
+/// `assist-client page`: prints the page's address with the access key in its fragment and,
+/// in a desktop session, opens it in the desktop's browser.
+pub async fn page(config: &Config, open: bool) -> anyhow::Result<()> {
+    let agent = AgentEndpoint::find(config)?;
+    // A token left by an agent that is gone would print a link that does not log in.
+    let _: Status = agent
+        .call(agent.client.get(format!("{}/api/status", agent.base)))
+        .await?;
+    let addr: SocketAddr = agent.addr.parse().with_context(|| {
+        format!(
+            "{} holds {:?}, not an address",
+            config.web_addr_path().display(),
+            agent.addr
+        )
+    })?;
+    let url = page_url(addr, &agent.token);
+    println!("{url}");
+    let Some(opener) = open.then(desktop_opener).flatten() else {
+        eprintln!("open this address in a browser on this machine (it logs in by itself)");
+        return Ok(());
+    };
+    Command::new(&opener)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {}", opener.display()))?;
+    eprintln!("opened in the desktop's browser ({})", opener.display());
+    Ok(())
+}
+
+/// `http://ADDR/#token=T`; a page bound to a wildcard address is reached on loopback (the page
+/// answers only to localhost or an IP address).
+fn page_url(addr: SocketAddr, token: &str) -> String {
+    let host = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    format!("http://{host}/#token={token}")
+}
+
+/// `xdg-open` from `PATH` when a desktop session is there (`DISPLAY` or `WAYLAND_DISPLAY`).
+fn desktop_opener() -> Option<PathBuf> {
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !desktop {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("xdg-open"))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_url_carries_the_token_in_the_fragment_and_a_reachable_host() {
+        let url = |a: &str| page_url(a.parse().unwrap(), "ab12");
+        assert_eq!(url("127.0.0.1:7070"), "http://127.0.0.1:7070/#token=ab12");
+        assert_eq!(url("0.0.0.0:7070"), "http://127.0.0.1:7070/#token=ab12");
+        assert_eq!(url("[::]:7070"), "http://[::1]:7070/#token=ab12");
+        assert_eq!(url("192.0.2.7:80"), "http://192.0.2.7:80/#token=ab12");
+    }
 }

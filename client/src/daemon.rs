@@ -5,8 +5,9 @@ use crate::agent::Agent;
 use crate::config::Config;
 use crate::control;
 use anyhow::Context;
+use assist_proto::private_file::{self, Existing};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -66,23 +67,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Writes `text` to `path` readable by the owner only, replacing it atomically so a reader
-/// never sees half a token.
+/// Writes `text` and a newline to `path`, readable by the owner only and replaced atomically
+/// so a reader never sees half a token.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.with_context(|| format!("cannot write {}", path.display()))
+    private_file::write_private(path, format!("{text}\n").as_bytes(), Existing::Replace)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

@@ -1,10 +1,9 @@
 //! The device key: an ed25519 key made on first start, kept in OpenSSH format (mode 0600),
 //! with which the agent registers and logs in to the jump host.
 
+use assist_proto::private_file::{self, Existing, PrivateFileError};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,11 +18,8 @@ pub enum KeyError {
          one (the serial then needs `assist-jumphost serial reset` on the jump host)"
     )]
     Parse { path: String, message: String },
-    #[error("cannot write device key {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot write the device key: {0}")]
+    Write(#[source] PrivateFileError),
     #[error("cannot encode device key: {0}")]
     Encode(String),
 }
@@ -49,19 +45,8 @@ fn create(path: &Path) -> Result<PrivateKey, KeyError> {
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| KeyError::Encode(e.to_string()))?;
-    let write_err = |source| KeyError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    // create_new: two agents started at once must not overwrite each other's key.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(write_err)?;
-    file.write_all(text.as_bytes()).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
+    // Keep: two agents started at once must not overwrite each other's key.
+    private_file::write_private(path, text.as_bytes(), Existing::Keep).map_err(KeyError::Write)?;
     Ok(key)
 }
 

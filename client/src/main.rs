@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 /// Customer-side agent for remote assistance over reverse SSH.
+///
+/// The same can be done on the agent's local web page: `assist-client page --config FILE`
+/// prints its address with the access key and opens it in a desktop session.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -35,7 +38,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Show whether assistance is enabled and the tunnel's state.
+    /// Print the local web page's address with its access key (`http://…/#token=…`), which
+    /// logs a browser straight in, and open it with xdg-open when a desktop session is there
+    /// (DISPLAY or WAYLAND_DISPLAY set). Needs to read data_dir/control-token (root).
+    Page {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only print the address, never start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
+    /// Show whether assistance is enabled and the tunnel's state (and how to open the page).
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -66,5 +79,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Enable { config, minutes } => commands::enable(&load(&config)?, minutes).await,
         Command::Disable { config } => commands::disable(&load(&config)?).await,
         Command::Status { config, json } => commands::status(&load(&config)?, json).await,
+        Command::Page { config, no_open } => commands::page(&load(&config)?, !no_open).await,
     }
 }

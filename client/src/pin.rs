@@ -1,8 +1,9 @@
 //! Pinning of the jump host's host key: trust on first use (stored in `data_dir`), or a
 //! fingerprint fixed in the config. A changed key is refused with an error that says so.
 
+use assist_proto::private_file::{self, Existing};
 use russh::keys::{HashAlg, PublicKey};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PinError {
@@ -67,23 +68,19 @@ impl HostKeyPin {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let line = offered.to_openssh().map_err(|e| io(e.to_string()))?;
-                write_new(&self.file, &format!("{line}\n")).map_err(|e| io(e.to_string()))?;
+                // Keep: a pin that appeared meanwhile is not overwritten.
+                private_file::write_private(
+                    &self.file,
+                    format!("{line}\n").as_bytes(),
+                    Existing::Keep,
+                )
+                .map_err(|e| io(e.to_string()))?;
                 tracing::info!(fingerprint = %offered_fp, "pinned the jump host key on first use");
                 Ok(())
             }
             Err(e) => Err(io(e.to_string())),
         }
     }
-}
-
-fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod logging;
 pub mod name;
 pub mod per_source;
+pub mod private_file;
 #[cfg(feature = "ws")]
 pub mod proxy;
 pub mod secret;

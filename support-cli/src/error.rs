@@ -50,6 +50,18 @@ pub enum HopError {
     NoExitStatus,
     #[error("the jump host closed the session")]
     JumpLost,
+    #[error(
+        "the device {serial} refused to connect to {target} ({reason}): it forwards only to the \
+         services the customer configured; ask for the service's HOST:PORT in their \
+         [services] and pass --to HOST:PORT"
+    )]
+    ServiceRefused {
+        serial: String,
+        target: String,
+        reason: String,
+    },
+    #[error("the session with device {serial} ended (assistance was stopped or its window ended)")]
+    SessionEnded { serial: String },
     #[error("{what}: {cause}")]
     Ssh { what: String, cause: russh::Error },
 }

@@ -1,14 +1,18 @@
 //! `support-cli forward`: a local listener whose every connection is relayed to one service
-//! of a device, all over one jump host session.
+//! of a device, all over one jump host session: ssh straight to the device's virtual ssh
+//! port, every other service inside the SSH session that the code opens.
 
 use anyhow::Context;
+use assist_proto::OneTimeCode;
+use assist_proto::limits::SSH_SERVICE_PORT as SSH_PORT;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Settings;
 use crate::error::UsageError;
-use crate::hop::{self, Jump, JumpLogin};
+use crate::hop::{self, Device, Jump, JumpLogin};
 use crate::key;
 use crate::progress::Progress;
 
@@ -47,6 +51,76 @@ pub struct ForwardArgs {
     pub serial: String,
     pub service: String,
     pub listen: String,
+    /// The one-time code: needed for every service but ssh.
+    pub code: Option<String>,
+    pub user: String,
+    /// `HOST:PORT` of the service as the device reaches it; default `127.0.0.1:PORT`.
+    pub to: Option<String>,
+}
+
+/// Where a service other than ssh is reached on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u32,
+}
+
+/// Checks the flags before anything is sent: ssh goes straight through the jump host (its
+/// stream is SSH already), every other service needs the code and goes inside the session.
+pub fn plan(
+    service: &Service,
+    code: Option<&str>,
+    to: Option<&str>,
+) -> Result<Option<(OneTimeCode, Target)>, UsageError> {
+    if service.port == SSH_PORT {
+        if code.is_some() || to.is_some() {
+            return Err(UsageError(
+                "--service ssh takes no --code or --to: its stream is SSH already and goes \
+                 straight to the device's sshd"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(code) = code else {
+        return Err(UsageError(format!(
+            "--service {} travels inside the device's SSH session, which the code opens: pass \
+             --code CODE (the customer's one-time code)",
+            service.name
+        )));
+    };
+    let code = key::parse_code(code)?;
+    let target = match to {
+        None => Target {
+            host: "127.0.0.1".into(),
+            port: service.port,
+        },
+        Some(to) => {
+            let bad = || UsageError(format!("--to {to:?}: expected HOST:PORT"));
+            let (host, port) = to.rsplit_once(':').ok_or_else(bad)?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(bad)?;
+            if host.is_empty() {
+                return Err(bad());
+            }
+            Target {
+                host: host.trim_start_matches('[').trim_end_matches(']').into(),
+                port: u32::from(port),
+            }
+        }
+    };
+    Ok(Some((code, target)))
+}
+
+/// Where accepted connections go.
+enum Route {
+    /// Through the jump host to the device's virtual ssh port.
+    Jump { port: u32 },
+    /// Inside the SSH session the code opened, to `target` on the device.
+    Session { device: Device, target: Target },
 }
 
 pub async fn run(
@@ -56,6 +130,7 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     key::check_serial(&args.serial)?;
     let service = Service::parse(&args.service)?;
+    let inside = plan(&service, args.code.as_deref(), args.to.as_deref())?;
     let addr = settings.jump_addr()?;
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -70,18 +145,60 @@ pub async fn run(
         identity: &settings.identity,
         known_hosts: &settings.known_hosts,
     };
+    // Argon2 and the jump host login each take a good part of the startup; overlap them.
+    let (derivation, target) = match inside {
+        Some((code, target)) => {
+            let serial = args.serial.clone();
+            let task = tokio::spawn(async move { key::derive(&serial, code).await });
+            (Some(task), Some(target))
+        }
+        None => (None, None),
+    };
     let jump = Arc::new(hop::connect_jump(login, progress).await?);
+    let route = match (derivation, target) {
+        (Some(derivation), Some(target)) => {
+            progress.stage("deriving the key from the code");
+            let (device_key, took) = derivation.await.context("key derivation task")??;
+            progress.done(Some(format!("{} ms", took.as_millis())));
+            progress.stage(format!("reaching device {}", args.serial));
+            let origin = SocketAddr::from(([127, 0, 0, 1], 0));
+            let channel = jump.open(&args.serial, SSH_PORT, origin).await?;
+            let device = hop::connect_device(
+                channel,
+                &args.serial,
+                &args.user,
+                device_key,
+                &settings.known_hosts,
+                progress,
+            )
+            .await?;
+            Route::Session { device, target }
+        }
+        _ => Route::Jump { port: service.port },
+    };
+    let route = Arc::new(route);
     progress.done(None);
     progress.stop();
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "forwarding {local} -> {}:{}",
-        args.serial, service.name
-    )?;
+    match route.as_ref() {
+        Route::Jump { .. } => writeln!(
+            out,
+            "forwarding {local} -> {}:{}",
+            args.serial, service.name
+        )?,
+        Route::Session { target, .. } => writeln!(
+            out,
+            "forwarding {local} -> {}:{} (inside the SSH session, to {}:{} on the device)",
+            args.serial, service.name, target.host, target.port
+        )?,
+    }
     out.flush()?;
     drop(out);
 
+    let session_closed = match route.as_ref() {
+        Route::Session { device, .. } => device.closed.clone(),
+        Route::Jump { .. } => tokio_util::sync::CancellationToken::new(),
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("watching SIGTERM")?;
     loop {
@@ -90,6 +207,9 @@ pub async fn run(
             _ = terminate.recv() => break,
             _ = jump.closed.cancelled() => {
                 return Err(crate::error::HopError::JumpLost.into());
+            }
+            _ = session_closed.cancelled() => {
+                return Err(crate::error::HopError::SessionEnded { serial: args.serial }.into());
             }
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
@@ -101,25 +221,36 @@ pub async fn run(
                     }
                 };
                 let jump = jump.clone();
+                let route = route.clone();
                 let serial = args.serial.clone();
-                let port = service.port;
                 let progress = progress.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = relay(&jump, tcp, &serial, port).await {
-                        progress.note(&format!("connection from {peer}: {e}"));
+                    if let Err(e) = relay(&jump, &route, tcp, &serial).await {
+                        progress.note(&format!("connection from {peer}: {e:#}"));
                     }
                 });
             }
         }
     }
+    if let Route::Session { device, .. } = route.as_ref() {
+        let _ = device
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
     jump.disconnect().await;
     Ok(0)
 }
 
-async fn relay(jump: &Jump, mut tcp: TcpStream, serial: &str, port: u32) -> anyhow::Result<()> {
+async fn relay(jump: &Jump, route: &Route, mut tcp: TcpStream, serial: &str) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let peer = tcp.peer_addr().context("reading the peer address")?;
-    let channel = jump.open(serial, port, peer).await?;
+    let channel = match route {
+        Route::Jump { port } => jump.open(serial, *port, peer).await?,
+        Route::Session { device, target } => {
+            device.open(serial, &target.host, target.port, peer).await?
+        }
+    };
     let mut stream = channel.into_stream();
     let (up, down) = tokio::io::copy_bidirectional(&mut tcp, &mut stream)
         .await
@@ -141,5 +272,34 @@ mod tests {
         for bad in ["", "0", "70000", "https", "-1"] {
             assert!(Service::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_ssh_goes_without_the_code_and_targets_are_checked() {
+        let ssh = Service::parse("ssh").unwrap();
+        let http = Service::parse("http").unwrap();
+        assert!(plan(&ssh, None, None).unwrap().is_none());
+        assert!(plan(&ssh, Some("7K3QM-2XPD9"), None).is_err());
+        let err = plan(&http, None, None).unwrap_err().0;
+        assert!(err.contains("pass --code CODE"), "{err}");
+        let (_, target) = plan(&http, Some("7K3QM-2XPD9"), None).unwrap().unwrap();
+        assert_eq!(
+            target,
+            Target {
+                host: "127.0.0.1".into(),
+                port: 80
+            }
+        );
+        let (_, target) = plan(&http, Some("7K3QM-2XPD9"), Some("[::1]:8080"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("::1", 8080));
+        for bad in ["host", ":80", "h:0", "h:x"] {
+            assert!(
+                plan(&http, Some("7K3QM-2XPD9"), Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(plan(&http, Some("bad"), None).is_err());
     }
 }

@@ -447,6 +447,39 @@ impl Jump {
 /// An SSH session with the device, logged in.
 pub struct Device {
     pub handle: Handle<Client>,
+    /// Cancelled when the session with the device ends.
+    pub closed: CancellationToken,
+}
+
+impl Device {
+    /// Opens `direct-tcpip` to `host:port` as the device sees it, inside this session (the
+    /// device's sshd connects; its key line's `permitopen` decides what is allowed).
+    pub async fn open(
+        &self,
+        serial: &str,
+        host: &str,
+        port: u32,
+        originator: std::net::SocketAddr,
+    ) -> Result<Channel<Msg>, HopError> {
+        let (ip, oport) = (originator.ip().to_string(), u32::from(originator.port()));
+        self.handle
+            .channel_open_direct_tcpip(host, port, ip, oport)
+            .await
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(reason) => HopError::ServiceRefused {
+                    serial: serial.to_string(),
+                    target: format!("{host}:{port}"),
+                    reason: format!("{reason:?}"),
+                },
+                e if is_closed(&e) => HopError::SessionEnded {
+                    serial: serial.to_string(),
+                },
+                cause => HopError::Ssh {
+                    what: format!("opening {host}:{port} on {serial}"),
+                    cause,
+                },
+            })
+    }
 }
 
 /// Runs an SSH session to the device inside `channel` and logs in as `user` with `key`.
@@ -468,6 +501,7 @@ pub async fn connect_device(
         closed: CancellationToken::new(),
         refusals: tokio::sync::watch::channel(Refusal::default()).0,
     };
+    let session_closed = client.closed.clone();
     let closed = || HopError::DeviceClosed {
         serial: serial.to_string(),
     };
@@ -480,7 +514,10 @@ pub async fn connect_device(
     .map_err(|e| handshake_error(e, closed(), "SSH handshake with the device"))?;
     progress.stage(format!("logging in to {serial} as {user} with the code"));
     match authenticate_key(&mut handle, user, key).await {
-        Ok(true) => Ok(Device { handle }),
+        Ok(true) => Ok(Device {
+            handle,
+            closed: session_closed,
+        }),
         Ok(false) => Err(HopError::CodeRefused),
         Err(e) if is_closed(&e) => Err(closed()),
         Err(cause) => Err(HopError::Ssh {

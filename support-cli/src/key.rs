@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use assist_proto::OneTimeCode;
+use assist_proto::private_file::{self, Existing};
 use russh::keys::{HashAlg, PrivateKey};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -101,28 +101,20 @@ fn write_private_key(path: &Path, key: &PrivateKey, force: bool) -> anyhow::Resu
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .context("encoding the private key")?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if force {
-        options.create(true).truncate(true);
+    let existing = if force {
+        Existing::Replace
     } else {
-        options.create_new(true);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    // An overwritten file keeps its old mode unless told.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    file.write_all(pem.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+        Existing::Keep
+    };
+    private_file::write_private(path, pem.as_bytes(), existing)
+        .with_context(|| format!("cannot write the key file {}", path.display()))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn codes_and_serials_are_checked_before_use() {

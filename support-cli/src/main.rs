@@ -85,16 +85,29 @@ enum Command {
     },
     /// Relay local TCP connections to a service of the device (for stock ssh, a browser…).
     ///
-    /// Prints `forwarding ADDR -> SERIAL:SERVICE` once listening; runs until Ctrl-C.
+    /// ssh goes straight to the device's sshd (the stream is SSH already). Every other service
+    /// travels inside the device's SSH session, which the code opens: the jump host never
+    /// sees its bytes. Prints `forwarding ADDR -> SERIAL:SERVICE` once listening; runs until
+    /// Ctrl-C.
     Forward {
         /// The device's serial number.
         serial: String,
-        /// The device service: ssh, http, or a port number the agent forwards.
+        /// The device service: ssh, http, or a port number the customer configured.
         #[arg(long, value_name = "ssh|http|PORT")]
         service: String,
         /// Local address to listen on (port 0 picks a free one).
         #[arg(long, value_name = "ADDR:PORT")]
         listen: String,
+        /// The one-time code (every service but ssh).
+        #[arg(long)]
+        code: Option<String>,
+        /// Account to log in to on the device (every service but ssh).
+        #[arg(long, default_value = "root")]
+        user: String,
+        /// The service's address as the device reaches it, as the customer's [services]
+        /// names it (default 127.0.0.1:80 for http, 127.0.0.1:PORT for a port).
+        #[arg(long, value_name = "HOST:PORT")]
+        to: Option<String>,
     },
     /// Relay one connection to SERIAL[:PORT] (port 22 when absent) on stdin/stdout: a
     /// ProxyCommand for stock ssh, over any jump host address support-cli takes
@@ -174,11 +187,17 @@ async fn run(cli: Cli, progress: &progress::Progress) -> anyhow::Result<i32> {
             serial,
             service,
             listen,
+            code,
+            user,
+            to,
         } => {
             let args = forward::ForwardArgs {
                 serial,
                 service,
                 listen,
+                code,
+                user,
+                to,
             };
             forward::run(&settings, args, progress).await
         }

@@ -205,7 +205,9 @@ fn enable_hop_reconnect_and_disable() {
     assert!(!ours.contains('\n'), "one line added: {ours:?}");
     assert!(ours.starts_with("expiry-time=\"20"), "{ours}");
     assert!(
-        ours.contains("Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding "),
+        ours.contains(
+            "Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding,no-port-forwarding "
+        ),
         "{ours}"
     );
     assert!(ours.ends_with(&format!("{derived_pub} {MARKER}")), "{ours}");

@@ -224,3 +224,115 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     c.close().await.unwrap();
     agent.terminate();
 }
+
+/// `assist-client page` prints the page's address with the access key; opened as is, it logs a
+/// headless browser straight in (no form, the key gone from the address bar). In a desktop
+/// session it hands the address to `xdg-open` (a stand-in here that records it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_command_prints_a_url_that_logs_a_browser_straight_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_pub = keygen(&dir.path().join("alice"));
+    let sshd = Sshd::start(dir.path());
+    let policy = format!(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{alice_pub}\"\n"
+    );
+    let jump = Jumphost::start(dir.path(), &policy);
+    let folder = dir.path().join("client");
+    let config = write_client_config(&folder, SERIAL, &jump, &sshd);
+    let mut cmd = Command::new(bin("assist-client"));
+    cmd.arg("run").arg("--config").arg(&config);
+    let mut agent = Proc::spawn(cmd, "agent");
+    let web = agent.wait_line("web listening on http://", READY_TIMEOUT);
+    let token = fs::read_to_string(folder.join("data/control-token")).unwrap();
+
+    // A desktop session: DISPLAY set and an xdg-open on PATH.
+    let fake_bin = dir.path().join("bin");
+    fs::create_dir(&fake_bin).unwrap();
+    let opened = dir.path().join("opened");
+    let xdg_open = fake_bin.join("xdg-open");
+    fs::write(
+        &xdg_open,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" > {0}.part && mv {0}.part {0}\n",
+            opened.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&xdg_open, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", fake_bin.display(), std::env::var("PATH").unwrap());
+    let page = |desktop: bool| {
+        let mut cmd = Command::new(bin("assist-client"));
+        cmd.arg("page").arg("--config").arg(&config);
+        cmd.env("PATH", &path).env_remove("WAYLAND_DISPLAY");
+        if desktop {
+            cmd.env("DISPLAY", ":99");
+        } else {
+            cmd.env_remove("DISPLAY");
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "page: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (stdout, stderr) = page(true);
+    let url = format!("http://{web}/#token={}", token.trim());
+    assert_eq!(stdout, format!("{url}\n"));
+    assert!(
+        stderr.contains("opened in the desktop's browser"),
+        "{stderr}"
+    );
+    assist_e2e::wait_until(UI, "xdg-open to be run", || opened.exists());
+    assert_eq!(fs::read_to_string(&opened).unwrap(), format!("{url}\n"));
+
+    // Without a desktop it only prints, and says what to do with the address.
+    fs::remove_file(&opened).unwrap();
+    let (stdout, stderr) = page(false);
+    assert_eq!(stdout, format!("{url}\n"));
+    assert!(
+        stderr.contains("open this address in a browser"),
+        "{stderr}"
+    );
+    assert!(!opened.exists(), "xdg-open ran without a desktop");
+
+    // `status` points at the command.
+    let out = Command::new(bin("assist-client"))
+        .arg("status")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("web page: run `assist-client page --config"),
+        "{human}"
+    );
+
+    // The printed address logs a browser straight in.
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(port, profile.path()).await;
+    c.goto(stdout.trim()).await.unwrap();
+    wait_text(&c, "#state", "logged in", |t| t.contains("is OFF")).await;
+    let login = c.find(Locator::Css("#login")).await.unwrap();
+    assert!(
+        !login.is_displayed().await.unwrap(),
+        "the login form is shown"
+    );
+    let address = c.current_url().await.unwrap();
+    assert!(!address.as_str().contains("token"), "{address}");
+    // The session works for changes too: enable from the page, the code appears.
+    click(&c, "#enable").await;
+    wait_text(&c, "#code", "the code", |t| {
+        t.len() == 11 && t.as_bytes()[5] == b'-'
+    })
+    .await;
+    click(&c, "#stop").await;
+    wait_text(&c, "#state", "off after stop", |t| t.contains("is OFF")).await;
+
+    c.close().await.unwrap();
+    agent.terminate();
+}

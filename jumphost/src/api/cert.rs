@@ -3,12 +3,12 @@
 //! valid across restarts).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use assist_proto::private_file;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
@@ -185,20 +185,15 @@ fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Resu
     Ok(())
 }
 
-/// Writes through a temporary file created with `mode`, then renames: a crash leaves either
-/// no file or a whole one, and a key is never readable by others, even briefly.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("pem.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// A crash leaves either no file or a whole one, and a key is never readable by others,
+/// even briefly.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), private_file::PrivateFileError> {
+    let options = private_file::WriteOptions {
+        mode,
+        owner: None,
+        existing: private_file::Existing::Replace,
+    };
+    private_file::write(path, bytes, &options)
 }
 
 #[cfg(test)]

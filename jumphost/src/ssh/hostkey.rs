@@ -1,10 +1,10 @@
 //! The jump host's own ed25519 host key: created on first start in `data_dir` (mode 0600,
 //! OpenSSH format) and reused afterwards, so engineers' known_hosts entries stay valid.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
+use assist_proto::private_file::{self, Existing};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 
@@ -24,7 +24,8 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<PrivateKey> {
     let text = key
         .to_openssh(LineEnding::LF)
         .context("encoding the new host key")?;
-    write_private(&path, text.as_bytes())
+    // Keep: refuses to overwrite a key that appeared meanwhile.
+    private_file::write_private(&path, text.as_bytes(), Existing::Keep)
         .with_context(|| format!("writing host key {}", path.display()))?;
     tracing::info!(path = %path.display(), "created a new host key");
     Ok(key)
@@ -33,21 +34,6 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<PrivateKey> {
 /// The `SHA256:…` fingerprint printed at start.
 pub fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
-}
-
-/// Creates the file with mode 0600 from the start (never world-readable, even briefly) and
-/// refuses to overwrite one that appeared meanwhile.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]
