@@ -3,12 +3,12 @@
 //! (`assist_proto::enroll`). A key file that others may read is refused: whoever reads it
 //! can claim any serial.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Context;
 use assist_proto::enroll::{self, KEY_LEN};
+use assist_proto::private_file::{self, Existing};
 use zeroize::Zeroize;
 
 /// The enrollment key; `Debug` hides it and memory is wiped on drop.
@@ -29,36 +29,37 @@ impl Drop for EnrollmentKey {
 impl EnrollmentKey {
     /// The key in `path`, made there first (0600) if the file does not exist.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                let mut key = [0u8; KEY_LEN];
-                rand::fill(&mut key[..]);
-                let mut text = hex::encode(key);
-                text.push('\n');
-                let written = file
-                    .write_all(text.as_bytes())
-                    .and_then(|()| file.sync_all());
-                text.zeroize();
-                written
-                    .with_context(|| format!("writing the enrollment key {}", path.display()))?;
-                tracing::info!(file = %path.display(), "enrollment key created");
-                return Ok(Self(key));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("creating the enrollment key {}", path.display()));
-            }
-        }
-        let meta = std::fs::metadata(path)
+        let existing = private_file::read_no_follow(path)
             .with_context(|| format!("reading the enrollment key {}", path.display()))?;
-        let mode = meta.permissions().mode() & 0o777;
+        let Some(mut bytes) = existing else {
+            let mut key = [0u8; KEY_LEN];
+            rand::fill(&mut key[..]);
+            let mut text = hex::encode(key);
+            text.push('\n');
+            // Keep: two processes creating the key at once must not end up with two keys.
+            let written = private_file::write_private(path, text.as_bytes(), Existing::Keep);
+            text.zeroize();
+            match written {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "enrollment key created");
+                    return Ok(Self(key));
+                }
+                Err(private_file::PrivateFileError::Exists { .. }) => {
+                    return Self::load_or_create(path);
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("writing the enrollment key {}", path.display()));
+                }
+            }
+        };
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading the enrollment key {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
+            bytes.zeroize();
             anyhow::bail!(
                 "the enrollment key {} may be read by others (mode {mode:o}): whoever reads it \
                  can claim any serial; run `chmod 600 {}`",
@@ -66,10 +67,8 @@ impl EnrollmentKey {
                 path.display()
             );
         }
-        let mut text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the enrollment key {}", path.display()))?;
-        let key = enroll::parse_hex_key(&text);
-        text.zeroize();
+        let key = enroll::parse_hex_key(&String::from_utf8_lossy(&bytes));
+        bytes.zeroize();
         let key = key.with_context(|| {
             format!(
                 "the enrollment key {} {}",
