@@ -20,6 +20,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # The customer behind a forward proxy (tests/tests/agent.rs) goes through a real tinyproxy.
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+# The jump host behind a TLS-terminating reverse proxy (tests/tests/agent.rs) is a real nginx.
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

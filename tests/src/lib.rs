@@ -4,6 +4,7 @@
 //! Nothing here sleeps to wait for readiness: a program is ready when it says so on stdout,
 //! anything else is polled with a deadline.
 
+pub mod nginx;
 pub mod proxy;
 
 use std::collections::HashMap;

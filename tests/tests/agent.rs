@@ -859,3 +859,59 @@ fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
         "the proxy password was shown: {said}"
     );
 }
+
+#[test]
+fn behind_nginx_with_tls_the_agent_and_support_cli_use_one_https_port() {
+    use assist_e2e::nginx::Nginx;
+    let w = World::start_configured("", "trusted_proxies = [\"127.0.0.1/32\"]\n", "[]");
+    let nginx = Nginx::start(w.dir.path(), w.jump.api_addr);
+    let port = nginx.addr.port();
+
+    // The agent registers and holds its tunnel through nginx alone: https:// and wss://.
+    let config = w.client_config("agent");
+    set_client_key(
+        &config,
+        &format!("jumphost = \"wss://localhost:{port}/v1/ssh\""),
+    );
+    set_client_key(&config, &format!("api_url = \"https://localhost:{port}\""));
+    set_client_key(
+        &config,
+        &format!("api_ca_file = \"{}\"", nginx.cert.display()),
+    );
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "5");
+    wait_tunnel(&config, "connected");
+
+    // The engineer too, trusting the test CA the usual way (SSL_CERT_FILE).
+    let out = support_cli(
+        &w,
+        &format!("wss://localhost:{port}/v1/ssh"),
+        &[
+            "connect", SERIAL, "--code", &code, "--", "echo", "through", "nginx",
+        ],
+    )
+    .env("SSL_CERT_FILE", &nginx.cert)
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "through nginx");
+
+    let log = nginx.access_log();
+    assert!(log.contains("POST /v1/register"), "{log}");
+    assert!(log.contains("GET /v1/ssh HTTP/1.1\" 101"), "{log}");
+    // Without the CA, support-cli refuses the certificate rather than going on.
+    let out = support_cli(
+        &w,
+        &format!("wss://localhost:{port}/v1/ssh"),
+        &["connect", SERIAL, "--code", &code, "--", "true"],
+    )
+    .env("SSL_CERT_FILE", "/dev/null")
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("TLS with wss://localhost"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,121 @@
+//! A stock nginx (Debian's) terminating TLS on a free loopback port in front of the jump
+//! host's API, configured with the server block the README gives operators.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::Proc;
+
+pub struct Nginx {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    /// The CA (a self-signed certificate for `localhost` and 127.0.0.1) clients trust.
+    pub cert: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The README's nginx server block, between its `nginx-snippet` markers.
+pub fn readme_snippet() -> String {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("read README.md");
+    let (_, rest) = readme
+        .split_once("<!-- nginx-snippet -->")
+        .expect("README has the nginx snippet");
+    let (block, _) = rest
+        .split_once("<!-- /nginx-snippet -->")
+        .expect("snippet end");
+    let block = block.trim();
+    block
+        .strip_prefix("```nginx")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("a ```nginx block")
+        .to_owned()
+}
+
+impl Nginx {
+    /// Starts nginx proxying to `api` with a certificate it makes for localhost.
+    pub fn start(dir: &Path, api: SocketAddr) -> Nginx {
+        let dir = dir.join("nginx");
+        fs::create_dir_all(dir.join("tmp")).expect("create nginx dir");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            // A server certificate that is its own anchor: webpki refuses a CA as a leaf.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut last_error = String::new();
+        // nginx takes its port from its config only: take a free one, retry if taken.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let server = readme_snippet()
+                .replace("LISTEN", &addr.to_string())
+                .replace("API", &api.to_string())
+                .replace("CERT", &cert.display().to_string())
+                .replace("KEY", &key.display().to_string());
+            let d = dir.display();
+            let conf = format!(
+                "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n\
+                 proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  \
+                 uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{server}\n}}\n"
+            );
+            let conf_file = dir.join("nginx.conf");
+            fs::write(&conf_file, conf).expect("write nginx.conf");
+            let mut cmd = Command::new("nginx");
+            cmd.arg("-p").arg(&dir).arg("-c").arg(&conf_file);
+            let mut proc = Proc::spawn(cmd, "nginx");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && proc.is_running() {
+                if TcpStream::connect(addr).is_ok() {
+                    return Nginx {
+                        proc,
+                        addr,
+                        cert,
+                        dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            last_error = format!(
+                "{}{}",
+                proc.stderr(),
+                fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        panic!("nginx did not start (scripts/test.sh installs it): {last_error}");
+    }
+
+    /// nginx's access log (one line per request, the WebSocket upgrades among them).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
