@@ -54,6 +54,9 @@ def parse_args():
                    help="our chain's engineer: support-cli, or stock `ssh -J` with the derived key")
     p.add_argument("--skip", action="append", default=[], choices=FIGURES,
                    help="leave a figure out (repeatable)")
+    p.add_argument("--ws", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure our chain over SSH-in-WebSocket (throughput, idle "
+                        "memory per tunnel); default: on in full runs, off with --smoke")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
     p.add_argument("--note", default="2 shared CPUs; expect noise of tens of percent on the "
                    "timings", help="what to say about the run's conditions in RESULTS.md")
@@ -148,22 +151,28 @@ def main():
                                        "OpenSSH AES-GCM")
             closers.append(openssh_aes)
         ours = None
+        ours_ws = None
         if not args.only_openssh:
             ours = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer)
             closers.append(ours)
             chains.append(ours)
+            if args.ws if args.ws is not None else not args.smoke:
+                ours_ws = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer,
+                                   transport="ws")
+                closers.append(ours_ws)
         log(f"chains up: {', '.join(c.name for c in chains)}")
 
         # Integrity first: a chain that corrupts data makes every other figure moot.
         check = os.path.join(tmp, "check.bin")
         with open(check, "wb") as f:
             f.write(os.urandom(min(size, 8 << 20)))
-        for c in chains:
+        for c in chains + ([ours_ws] if ours_ws else []):
             figures.verify_integrity(c, check)
         log("integrity: checksums match both ways on every chain")
 
         if "throughput" not in args.skip:
-            result["throughput"] = figures.throughput(chains + [openssh_aes], target, random_file, size,
+            extra = [openssh_aes] + ([ours_ws] if ours_ws else [])
+            result["throughput"] = figures.throughput(chains + extra, target, random_file, size,
                                                       cfg["reps"], cfg["marker_mib"] << 20)
             openssh_aes.close()
         if args.perf and ours:
@@ -183,6 +192,9 @@ def main():
             t = time.monotonic()
             figures.register_all(ours, [f"BENCH-{i}" for i in range(n)], keys.device_pub)
             log(f"registered {n} serials in {time.monotonic() - t:.1f} s")
+            if ours_ws and "idle" not in args.skip:
+                figures.register_all(ours_ws, [f"BENCH-{i}" for i in range(cfg["idle_ours"][0])],
+                                     keys.device_pub)
         if "idle" not in args.skip:
             result["idle"] = {"OpenSSH": figures.idle(openssh, bins["bench-loadgen"],
                                                       keys.device, cfg["idle_openssh"],
@@ -191,6 +203,11 @@ def main():
                 result["idle"]["ours"] = figures.idle(ours, bins["bench-loadgen"], keys.device,
                                                       cfg["idle_ours"], logdir,
                                                       cfg["ramp_timeout"])
+            if ours_ws:
+                # One level: the WebSocket's cost per tunnel next to raw SSH's at that level.
+                result["idle"][ours_ws.name] = figures.idle(
+                    ours_ws, bins["bench-loadgen"], keys.device, cfg["idle_ours"][:1], logdir,
+                    cfg["ramp_timeout"])
         if "storm" not in args.skip:
             result["storm"] = {}
             if ours:

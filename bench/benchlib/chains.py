@@ -189,8 +189,16 @@ def port_free(port):
 class OurChain:
     name = "ours"
 
-    def __init__(self, tmp, target, keys, bins, logdir, device_mode="agent", engineer_mode="cli"):
-        self.dir = os.path.join(tmp, "ours")
+    def __init__(self, tmp, target, keys, bins, logdir, device_mode="agent", engineer_mode="cli",
+                 transport="ssh"):
+        # transport "ws": the agent, the engineer and the load generator reach the jump host
+        # with SSH inside a WebSocket on its API port (issue 13's cost figure).
+        self.transport = transport
+        self.serial = AGENT_SERIAL if transport == "ssh" else f"{AGENT_SERIAL}-WS"
+        if transport == "ws":
+            self.name = "ours (WebSocket)"
+            self.max_login_concurrency = 24
+        self.dir = os.path.join(tmp, "ours" if transport == "ssh" else "ours-ws")
         self.bins, self.logdir, self.keys = bins, logdir, keys
         self.engineer_mode = engineer_mode
         jdir = os.path.join(self.dir, "jumphost")
@@ -211,7 +219,7 @@ class OurChain:
         self._start_jump()
         # Later starts reuse the ports the first one got, as a restarted host would.
         self._write_jconfig(f"127.0.0.1:{self.ssh_port}", f"127.0.0.1:{self.api_port}")
-        self.jump_addr = ("127.0.0.1", self.ssh_port)
+        self.jump_addr = ("127.0.0.1", self.ssh_port if transport == "ssh" else self.api_port)
         self.known_hosts = os.path.join(self.dir, "engineer_known_hosts")
         self.device = None
         if device_mode == "agent":
@@ -242,7 +250,7 @@ class OurChain:
         os.makedirs(cdir, exist_ok=True)
         cfg = os.path.join(cdir, "client.toml")
         with open(cfg, "w") as f:
-            f.write(f'serial = "{AGENT_SERIAL}"\njumphost = "127.0.0.1:{self.ssh_port}"\n'
+            f.write(f'serial = "{self.serial}"\njumphost = "{self.jumphost()}"\n'
                     f'api_url = "{self.api_url}"\ndata_dir = "{cdir}/data"\n'
                     f'web_listen = "127.0.0.1:0"\ntarget_user = "root"\n'
                     f'authorized_keys = "{target.authorized_keys}"\n\n'
@@ -260,19 +268,19 @@ class OurChain:
     def _start_stock_device(self, target):
         """Stand-in device: stock `ssh -R 22:…` as the serial, with the derived key installed
         by hand (the agent's job), for when the agent is not usable."""
-        status, body = self.register(AGENT_SERIAL, self.keys.device_pub)
+        status, body = self.register(self.serial, self.keys.device_pub)
         if status not in (200, 201):
-            raise BenchError(f"register {AGENT_SERIAL}: {status} {body}")
+            raise BenchError(f"register {self.serial}: {status} {body}")
         self.code = "7K3QM-2XPD9"
         derived = os.path.join(self.dir, "derived_key")
-        run([self.bins["support-cli"], "key", AGENT_SERIAL, "--code", self.code, "--out", derived])
+        run([self.bins["support-cli"], "key", self.serial, "--code", self.code, "--out", derived])
         pub = run(["ssh-keygen", "-y", "-f", derived]).strip()
         with open(target.authorized_keys, "a") as f:
             f.write(f'from="127.0.0.1,::1" {pub} bench-derived\n')
         dev_cfg = ssh_config(os.path.join(self.dir, "device.ssh_config"), [self.keys.device])
         self.device = Proc(["ssh", "-F", dev_cfg, "-N", "-o", "ExitOnForwardFailure=yes",
                             "-R", f"22:127.0.0.1:{target.port}", "-p", str(self.ssh_port),
-                            f"{AGENT_SERIAL}@127.0.0.1"], "stock-device", self.logdir)
+                            f"{self.serial}@127.0.0.1"], "stock-device", self.logdir)
         self.derived = derived
 
     def _works(self):
@@ -282,15 +290,21 @@ class OurChain:
 
     def cmd(self, remote):
         if self.engineer_mode == "cli":
-            return [self.bins["support-cli"], "--jumphost", f"127.0.0.1:{self.ssh_port}",
+            return [self.bins["support-cli"], "--jumphost", self.jumphost(),
                     "--engineer", ENGINEER, "--identity", self.keys.engineer,
                     "--known-hosts", self.known_hosts,
-                    "connect", AGENT_SERIAL, "--code", self.code, "--", *remote]
+                    "connect", self.serial, "--code", self.code, "--", *remote]
         cfg = os.path.join(self.dir, "engineer.ssh_config")
         if not os.path.exists(cfg):
             ssh_config(cfg, [self.keys.engineer, self.derived])
         return ["ssh", "-F", cfg, "-J", f"{ENGINEER}@127.0.0.1:{self.ssh_port}",
-                f"root@{AGENT_SERIAL}", *remote]
+                f"root@{self.serial}", *remote]
+
+    def jumphost(self):
+        """The jump host address the agent and support-cli are given."""
+        if self.transport == "ws":
+            return f"ws://127.0.0.1:{self.api_port}/v1/ssh"
+        return f"127.0.0.1:{self.ssh_port}"
 
     def register(self, serial, public_key):
         return http_post_json(f"{self.api_url}/v1/register",
@@ -300,7 +314,8 @@ class OurChain:
         return {"jump host": tree_cpu_s(self.jump.pid), "device": tree_cpu_s(self.device.pid)}
 
     def loadgen_args(self):
-        return ["--user-prefix", "BENCH-", "--forward-port", "22"]
+        ws = ["--ws"] if self.transport == "ws" else []
+        return ["--user-prefix", "BENCH-", "--forward-port", "22", *ws]
 
     def restart(self):
         """SIGKILL and start again on the same ports and data (host key, registrations)."""

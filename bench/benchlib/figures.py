@@ -192,6 +192,9 @@ class Loadgen:
         self.events = []
         self.up = set()
         self.lock = threading.Lock()
+        # Over WebSocket every login is first an HTTP connection, of which the jump host
+        # lets one address hold 32 at a time.
+        concurrency = min(concurrency, getattr(chain, "max_login_concurrency", concurrency))
         argv = [loadgen, "tunnels", "--addr", f"{chain.jump_addr[0]}:{chain.jump_addr[1]}",
                 "--key", key, "--count", str(count), "--first", str(first),
                 "--concurrency", str(concurrency), *chain.loadgen_args()]

@@ -195,6 +195,22 @@ def targets(r):
                      f"{d['in_process_ms']:.0f} ms", b <= a + d["in_process_ms"]))
         rows.append(("derivation ≤ 250 ms", f"{d['in_process_ms']:.0f} ms",
                      d["in_process_ms"] <= 250))
+    ws = "ours (WebSocket)"
+    for d, label in (("up", "upload"), ("down", "download")):
+        a = t.get("ours", {}).get(d, {}).get("steady")
+        b = t.get(ws, {}).get(d, {}).get("steady")
+        if a and b:
+            rows.append((f"WebSocket {label} costs < 15% of raw SSH's throughput",
+                         f"{(1 - b / a) * 100:.1f}% ({b:.0f} vs {a:.0f} MB/s)", b / a > 0.85))
+    idle = r.get("idle") or {}
+    raw_levels = {lv["tunnels"]: lv for lv in idle.get("ours", {}).get("levels", [])}
+    for lv in idle.get(ws, {}).get("levels", []):
+        raw = raw_levels.get(lv["tunnels"])
+        if raw:
+            extra = lv["per_tunnel_kib"] - raw["per_tunnel_kib"]
+            rows.append((f"WebSocket idle tunnel < 8 KiB over raw SSH at {lv['tunnels']}",
+                         f"{extra:+.1f} KiB ({lv['per_tunnel_kib']:.1f} vs "
+                         f"{raw['per_tunnel_kib']:.1f})", extra < 8))
     if not rows:
         return []
     out = ["## Targets (issue 6)", "", "| target | this run | met |", "|---|---:|:---:|"]
@@ -234,7 +250,8 @@ def plot(r, path, allow_install):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     t = r.get("throughput") or {}
     labels = ["upload", "download"]
-    series = (("OpenSSH", "#888888"), ("OpenSSH AES-GCM", "#bbbbbb"), ("ours", "#2a7ab9"))
+    series = (("OpenSSH", "#888888"), ("OpenSSH AES-GCM", "#bbbbbb"), ("ours", "#2a7ab9"),
+              ("ours (WebSocket)", "#7fb3de"))
     series = [(n, c) for n, c in series if n in t]
     width = 0.8 / max(len(series), 1)
     top = 1.0
@@ -261,6 +278,10 @@ def plot(r, path, allow_install):
         names.append(f"ours\n{lv['tunnels']}")
         vals.append(lv["per_tunnel_kib"])
         colors.append("#2a7ab9")
+    for lv in idle.get("ours (WebSocket)", {}).get("levels", []):
+        names.append(f"ours ws\n{lv['tunnels']}")
+        vals.append(lv["per_tunnel_kib"])
+        colors.append("#7fb3de")
     ax2.bar(range(len(vals)), vals, color=colors)
     for x, v in enumerate(vals):
         ax2.text(x, v, f"{v:.0f} KiB", ha="center", va="bottom", fontsize=8)

@@ -88,6 +88,15 @@ pub enum ApiError {
         address: std::net::IpAddr,
         retry_after: std::time::Duration,
     },
+    /// An SSH connection over WebSocket from a penalized source (429).
+    #[error("{reason}")]
+    Penalized {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    /// Too many connections logging in at once (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// The body did not arrive in time (408).
     #[error("request body not received within {} s", BODY_TIMEOUT.as_secs())]
     Timeout,
@@ -110,7 +119,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany { .. } | ApiError::Penalized { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -135,7 +145,9 @@ impl IntoResponse for ApiError {
             error: self.to_string(),
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::TooMany { retry_after, .. } = &self {
+        if let ApiError::TooMany { retry_after, .. } | ApiError::Penalized { retry_after, .. } =
+            &self
+        {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(retry_after.as_secs().max(1)),

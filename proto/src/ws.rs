@@ -2,18 +2,24 @@
 //! carries registration and tunnels and HTTP proxies and reverse proxies pass it.
 //!
 //! Each binary message carries bytes of the SSH stream; message boundaries mean nothing.
-//! [`bridge`] turns a WebSocket into an ordinary byte stream for russh, on either end.
+//! [`WsIo`] reads and writes a WebSocket as an ordinary byte stream for russh, on either
+//! end, without a buffer or a task of its own: an idle tunnel holds only what the
+//! WebSocket library holds, which the two ends keep small ([`SERVER_BUFFER`]).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The path of the SSH service on the jump host's API listener.
 pub const SSH_PATH: &str = "/v1/ssh";
-/// Bytes buffered each way between the WebSocket and russh.
-const PIPE: usize = 256 * 1024;
 /// Largest binary message sent: one SSH packet of russh's maximum plus framing fits.
 const CHUNK: usize = 64 * 1024;
+/// The WebSocket library's read buffer on the jump host: per idle tunnel, so small.
+pub const SERVER_BUFFER: usize = 4 * 1024;
 
 /// What a received message means for the byte stream.
 pub enum Payload {
@@ -24,68 +30,111 @@ pub enum Payload {
     Skip,
 }
 
-/// Relays between `ws` and the returned stream until either side ends; `binary` makes a
-/// message from bytes and `payload` reads one, so both tungstenite's and axum's message
-/// types fit.
-pub fn bridge<M, S, E>(ws: S, binary: fn(Bytes) -> M, payload: fn(M) -> Payload) -> DuplexStream
-where
-    M: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-    S: Stream<Item = Result<M, E>> + Sink<M> + Send + 'static,
-    <S as Sink<M>>::Error: std::fmt::Display,
-{
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    tokio::spawn(async move {
-        let (mut sink, mut stream) = ws.split();
-        let (mut read, mut write) = tokio::io::split(ours);
-        let outbound = async {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = match read.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if let Err(e) = sink.send(binary(Bytes::copy_from_slice(&buf[..n]))).await {
-                    tracing::debug!(error = %e, "websocket send failed");
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        };
-        let inbound = async {
-            while let Some(message) = stream.next().await {
-                match message.map(payload) {
-                    Ok(Payload::Data(data)) => {
-                        if write.write_all(&data).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Payload::Skip) => {}
-                    Ok(Payload::Close) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "websocket receive failed");
-                        break;
-                    }
-                }
-            }
-            let _ = write.shutdown().await;
-        };
-        // Either direction ending ends the stream: SSH cannot go on half-closed.
-        tokio::select! {
-            () = outbound => {},
-            () = inbound => {},
-        }
-    });
-    theirs
+/// A WebSocket as a byte stream. `binary` makes a message from bytes and `payload` reads
+/// one, so both tungstenite's and axum's message types fit.
+pub struct WsIo<S, M> {
+    ws: S,
+    /// What is left of the last message read.
+    pending: Bytes,
+    closed: bool,
+    binary: fn(Bytes) -> M,
+    payload: fn(M) -> Payload,
 }
 
-/// [`bridge`] for a tokio-tungstenite WebSocket (the clients' end).
-pub fn bridge_tungstenite<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> DuplexStream
+impl<S, M> WsIo<S, M> {
+    pub fn new(ws: S, binary: fn(Bytes) -> M, payload: fn(M) -> Payload) -> Self {
+        Self {
+            ws,
+            pending: Bytes::new(),
+            closed: false,
+            binary,
+            payload,
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl<S, M, E> AsyncRead for WsIo<S, M>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Stream<Item = Result<M, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = buf.remaining().min(this.pending.len());
+                buf.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.closed {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                None => this.closed = true,
+                Some(Err(e)) => return Poll::Ready(Err(other(e))),
+                Some(Ok(message)) => match (this.payload)(message) {
+                    Payload::Data(data) => this.pending = data,
+                    Payload::Close => this.closed = true,
+                    Payload::Skip => {}
+                },
+            }
+        }
+    }
+}
+
+impl<S, M> AsyncWrite for WsIo<S, M>
+where
+    S: Sink<M> + Unpin,
+    <S as Sink<M>>::Error: std::fmt::Display,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(other)?;
+        let n = buf.len().min(CHUNK);
+        Pin::new(&mut this.ws)
+            .start_send((this.binary)(Bytes::copy_from_slice(&buf[..n])))
+            .map_err(other)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws)
+            .poll_flush(cx)
+            .map_err(other)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws)
+            .poll_close(cx)
+            .map_err(other)
+    }
+}
+
+/// A byte stream of any transport, for russh.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// [`WsIo`] over a tokio-tungstenite WebSocket (the clients' end).
+pub fn tungstenite_io<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+) -> WsIo<tokio_tungstenite::WebSocketStream<S>, tokio_tungstenite::tungstenite::Message>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Message;
-    bridge(ws, Message::Binary, |m| match m {
+    WsIo::new(ws, Message::Binary, |m| match m {
         Message::Binary(data) => Payload::Data(data),
         Message::Close(_) => Payload::Close,
         _ => Payload::Skip,
@@ -169,7 +218,7 @@ impl WsUrl {
 }
 
 /// Runs the client handshake on an already connected (and, for `wss://`, TLS) `stream`.
-pub async fn client_handshake<S>(url: &WsUrl, stream: S) -> Result<DuplexStream, String>
+pub async fn client_handshake<S>(url: &WsUrl, stream: S) -> Result<Box<dyn Io>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,7 +234,7 @@ where
             ),
             e => format!("WebSocket handshake with {} failed: {e}", url.url()),
         })?;
-    Ok(bridge_tungstenite(ws))
+    Ok(Box::new(tungstenite_io(ws)))
 }
 
 /// Opens the SSH service at `url`: TCP to its host and port (through `proxy`), TLS with `tls` for `wss://`,
@@ -195,7 +244,7 @@ pub async fn connect(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     proxy: Option<&crate::proxy::Proxy>,
     timeout: std::time::Duration,
-) -> Result<DuplexStream, String> {
+) -> Result<Box<dyn Io>, String> {
     let opened = tokio::time::timeout(timeout, async {
         let tcp = crate::proxy::tcp_connect(&url.host, url.port, proxy).await?;
         if !url.tls {
@@ -217,6 +266,7 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn urls_parse_with_default_ports_and_path() {
@@ -253,7 +303,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let mut io = bridge_tungstenite(ws);
+            let mut io = tungstenite_io(ws);
             // Echo until EOF.
             let mut got = Vec::new();
             io.read_to_end(&mut got).await.unwrap();

@@ -46,6 +46,9 @@ pub struct Args {
     /// Failed attempts before a session gives up when not reconnecting.
     #[arg(long, default_value_t = 5)]
     max_failures: u32,
+    /// `--addr` is the jump host's API address: SSH inside a WebSocket at /v1/ssh.
+    #[arg(long)]
+    ws: bool,
 }
 
 struct Device;
@@ -159,7 +162,16 @@ async fn login(
     key: Arc<russh::keys::PrivateKey>,
     config: Arc<client::Config>,
 ) -> anyhow::Result<client::Handle<Device>> {
-    let mut session = client::connect(config, args.addr.as_str(), Device).await?;
+    let mut session = if args.ws {
+        let url = assist_proto::ws::WsUrl::parse(&format!("ws://{}/v1/ssh", args.addr))
+            .map_err(anyhow::Error::msg)?;
+        let io = assist_proto::ws::connect(&url, None, None, Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        client::connect_stream(config, io, Device).await?
+    } else {
+        client::connect(config, args.addr.as_str(), Device).await?
+    };
     let auth = session
         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, None))
         .await?;

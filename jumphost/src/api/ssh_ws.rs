@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use assist_proto::ws::{Payload, bridge};
+use assist_proto::ws::{Payload, SERVER_BUFFER, WsIo};
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -67,12 +67,26 @@ pub(super) async fn upgrade(
         }
     };
     let source = client_address(peer, &headers, &state.trusted_proxies);
-    let Some(startup) = server::admit(&ssh.relay, source) else {
-        return ApiError::Forbidden("connection refused".into()).into_response();
+    let startup = match server::admit(&ssh.relay, source) {
+        Ok(startup) => startup,
+        Err(why @ server::NotAdmitted::Address) => {
+            return ApiError::Forbidden(why.to_string()).into_response();
+        }
+        Err(why @ server::NotAdmitted::Penalized(left)) => {
+            return ApiError::Penalized {
+                reason: why.to_string(),
+                retry_after: left,
+            }
+            .into_response();
+        }
+        Err(why) => return ApiError::Unavailable(why.to_string()).into_response(),
     };
+    // Small buffers: every idle tunnel holds them.
     ws.max_message_size(1 << 20)
+        .read_buffer_size(SERVER_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            let io = bridge(socket, Message::Binary, |m| match m {
+            let io = WsIo::new(socket, Message::Binary, |m| match m {
                 Message::Binary(data) => Payload::Data(data),
                 Message::Close(_) => Payload::Close,
                 _ => Payload::Skip,

@@ -47,7 +47,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(startup) = admit(&relay, peer) else {
+        let Ok(startup) = admit(&relay, peer) else {
             continue;
         };
         if let Err(e) = stream.set_nodelay(true) {
@@ -60,8 +60,8 @@ pub async fn serve(
 /// The checks every new connection passes before its handshake, whichever way it came
 /// (TCP, or a WebSocket on the API port): an address some role may use, not penalized, and
 /// a place among the unauthenticated connections of its source and of all. Refusals are
-/// logged here; the caller just closes.
-pub fn admit(relay: &Relay, peer: SocketAddr) -> Option<Startup> {
+/// logged here; the caller closes (and over HTTP answers with the reason).
+pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
     if !auth::address_usable(&relay.policy.current(), peer.ip()) {
         tracing::warn!(%peer, "connection from a disallowed address closed");
         relay.audit(
@@ -70,7 +70,7 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Option<Startup> {
             peer.ip(),
             "refused: address not in support_cidrs or client_cidrs".into(),
         );
-        return None;
+        return Err(NotAdmitted::Address);
     }
     if let Some(left) = relay
         .penalties
@@ -79,7 +79,7 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Option<Startup> {
         // Not audited: a penalized source reconnecting in a loop would flood the trail;
         // the start of the penalty was audited.
         tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
-        return None;
+        return Err(NotAdmitted::Penalized(left));
     }
     let Some(slot) = relay
         .startups_per_source
@@ -90,16 +90,27 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Option<Startup> {
             limit = relay.limits.max_startups_per_source,
             "too many unauthenticated connections from this source; closed"
         );
-        return None;
+        return Err(NotAdmitted::Busy);
     };
     let Ok(permit) = Arc::clone(&relay.startups).try_acquire_owned() else {
         tracing::warn!(%peer, "too many unauthenticated connections; closed");
-        return None;
+        return Err(NotAdmitted::Busy);
     };
-    Some(Startup {
+    Ok(Startup {
         _global: permit,
         _source: slot,
     })
+}
+
+/// Why a new connection was closed before its handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    #[error("this address is not allowed (not in support_cidrs or client_cidrs)")]
+    Address,
+    #[error("too many failed logins from this address; retry in {} s", .0.as_secs().max(1))]
+    Penalized(std::time::Duration),
+    #[error("too many connections are logging in at once; retry shortly")]
+    Busy,
 }
 
 /// Runs one admitted connection in its own tracked task, whatever carries its bytes.
