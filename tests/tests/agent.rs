@@ -814,11 +814,15 @@ fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
     let _ = cli(&direct, &["disable"]);
     drop(direct_agent);
 
-    // Raw SSH and then SSH over WebSocket, both through the proxy with Basic auth.
+    // Raw SSH and then SSH over WebSocket through the proxy with Basic auth, and raw SSH
+    // through a second proxy that asks for none.
+    let open_proxy = Tinyproxy::start(&w.path("open"), "127.0.0.2", None);
     let url = format!("http://cust:pr0xy%2Dpass@{}", proxy.addr);
-    for (name, jumphost) in [
-        ("raw", w.jump.ssh_addr.to_string()),
-        ("ws", format!("ws://{}/v1/ssh", w.jump.api_addr)),
+    let open_url = format!("http://{}", open_proxy.addr);
+    for (name, jumphost, url) in [
+        ("raw", w.jump.ssh_addr.to_string(), &url),
+        ("ws", format!("ws://{}/v1/ssh", w.jump.api_addr), &url),
+        ("open", w.jump.ssh_addr.to_string(), &open_url),
     ] {
         let config = config_for(name);
         set_client_key(&config, &format!("jumphost = \"{jumphost}\""));
@@ -834,6 +838,25 @@ fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
         let _ = cli(&config, &["disable"]);
         drop(agent);
     }
+    let ssh_port = w.jump.ssh_addr.port();
+    let log = proxy.log();
+    for port in [ssh_port, w.jump.api_addr.port()] {
+        let connect = format!("CONNECT 127.0.0.1:{port}");
+        assert!(log.contains(&connect), "no {connect}:\n{log}");
+    }
+    let log = open_proxy.log();
+    let connect = format!("CONNECT 127.0.0.1:{ssh_port}");
+    assert!(log.contains(&connect), "no {connect}:\n{log}");
+    let sources = w.jump.sql(
+        "SELECT DISTINCT source FROM audit_events WHERE kind = 'ssh.auth' AND who = 'SN-0001' \
+         AND outcome LIKE 'accepted%'",
+    );
+    assert_eq!(
+        sources.trim(),
+        "127.0.0.2",
+        "device logins came from elsewhere"
+    );
+
     // A wrong proxy password: enable says so in words and shows no code.
     let config = config_for("badpass");
     set_client_key(
@@ -857,6 +880,19 @@ fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
     assert!(
         !said.contains("n0tit"),
         "the proxy password was shown: {said}"
+    );
+    drop(_agent);
+
+    // No credentials at all for a proxy that wants them: its 407, in words.
+    let config = config_for("nopass");
+    set_client_key(&config, &format!("proxy = \"http://{}\"", proxy.addr));
+    let _agent = start_agent(&config, "nopass");
+    let out = cli(&config, &["enable", "--minutes", "5"]);
+    assert!(!out.status.success());
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("the proxy refused: authentication") && said.contains("407"),
+        "{said}"
     );
 }
 
