@@ -18,9 +18,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The web page test drives a real browser (tests/tests/web.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-# The customer behind a forward proxy (tests/tests/agent.rs) goes through a real tinyproxy.
+# The customer behind a forward proxy (tests/tests/agent_network.rs) goes through a real tinyproxy.
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
-# The jump host behind a TLS-terminating reverse proxy (tests/tests/agent.rs) is a real nginx.
+# The jump host behind a TLS-terminating reverse proxy (tests/tests/agent_network.rs) is a real nginx.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
