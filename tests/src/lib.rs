@@ -738,3 +738,27 @@ pub fn write_client_config(folder: &Path, serial: &str, jump: &Jumphost, sshd: &
     .expect("write client.toml");
     config
 }
+
+/// Starts a program that takes its port from a config file only (nginx, tinyproxy): `spawn`
+/// gets a port that was free a moment ago and starts the program there; it is ready once
+/// 127.0.0.1:PORT accepts. Another port is tried if something took that one meanwhile.
+pub fn start_on_free_port(what: &str, mut spawn: impl FnMut(u16) -> Proc) -> (Proc, SocketAddr) {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut proc = spawn(port);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline && proc.is_running() {
+            if TcpStream::connect(addr).is_ok() {
+                return (proc, addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last_error = proc.stderr();
+    }
+    panic!("{what} did not start (scripts/test.sh installs it): {last_error}");
+}

@@ -2,10 +2,9 @@
 //! host's API, configured with the server block the README gives operators.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::Proc;
 
@@ -66,13 +65,7 @@ impl Nginx {
             "openssl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut last_error = String::new();
-        // nginx takes its port from its config only: take a free one, retry if taken.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+        let (proc, addr) = crate::start_on_free_port("nginx", |port| {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let server = readme_snippet()
                 .replace("LISTEN", &addr.to_string())
@@ -92,26 +85,14 @@ impl Nginx {
             fs::write(&conf_file, conf).expect("write nginx.conf");
             let mut cmd = Command::new("nginx");
             cmd.arg("-p").arg(&dir).arg("-c").arg(&conf_file);
-            let mut proc = Proc::spawn(cmd, "nginx");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && proc.is_running() {
-                if TcpStream::connect(addr).is_ok() {
-                    return Nginx {
-                        proc,
-                        addr,
-                        cert,
-                        dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            last_error = format!(
-                "{}{}",
-                proc.stderr(),
-                fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            );
+            Proc::spawn(cmd, "nginx")
+        });
+        Nginx {
+            proc,
+            addr,
+            cert,
+            dir,
         }
-        panic!("nginx did not start (scripts/test.sh installs it): {last_error}");
     }
 
     /// nginx's access log (one line per request, the WebSocket upgrades among them).

@@ -3,10 +3,9 @@
 //! whose `client_cidrs` holds only that address admits devices through the proxy alone.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::Proc;
 
@@ -22,14 +21,7 @@ impl Tinyproxy {
         let dir = dir.join("tinyproxy");
         fs::create_dir_all(&dir).expect("create tinyproxy dir");
         let log = dir.join("tinyproxy.log");
-        // tinyproxy takes its port from the config file only: take a free one, then start
-        // it there, and try another if something else got it meanwhile.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+        let (proc, addr) = crate::start_on_free_port("tinyproxy", |port| {
             let mut conf = format!(
                 "Port {port}\nListen 127.0.0.1\nBind {bind}\nTimeout 600\nMaxClients 200\n\
                  LogFile \"{}\"\nLogLevel Connect\nAllow 127.0.0.1\n",
@@ -42,18 +34,9 @@ impl Tinyproxy {
             fs::write(&conf_file, conf).expect("write tinyproxy.conf");
             let mut cmd = Command::new("tinyproxy");
             cmd.arg("-d").arg("-c").arg(&conf_file);
-            let mut proc = Proc::spawn(cmd, "tinyproxy");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && proc.is_running() {
-                if TcpStream::connect(addr).is_ok() {
-                    return Tinyproxy { proc, addr, log };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            last_error = proc.stderr();
-        }
-        panic!("tinyproxy did not start (scripts/test.sh installs it): {last_error}");
+            Proc::spawn(cmd, "tinyproxy")
+        });
+        Tinyproxy { proc, addr, log }
     }
 
     /// What tinyproxy has logged (its CONNECT lines among them).

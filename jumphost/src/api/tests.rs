@@ -27,13 +27,18 @@ struct Api {
 }
 
 fn api() -> Api {
+    api_with(None)
+}
+
+/// The API with `enrollment` as its enrollment key.
+fn api_with(enrollment: Option<EnrollmentKey>) -> Api {
     let store = Arc::new(SqliteStore::open_in_memory().unwrap());
     let policy = Policy::from_toml(Path::new("test.toml"), POLICY).unwrap();
     let router = router(ApiState {
         store: store.clone(),
         policy: PolicyHandle::new(policy),
         limiter: Default::default(),
-        enrollment: None,
+        enrollment: enrollment.map(Arc::new),
         ssh: None,
         trusted_proxies: Vec::new(),
     });
@@ -71,17 +76,7 @@ fn body(serial: &str, public_key: &str, rotation_proof: Option<String>) -> Strin
 
 /// The API with an enrollment key (every byte `7`).
 fn enrolling_api() -> Api {
-    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
-    let policy = Policy::from_toml(Path::new("test.toml"), POLICY).unwrap();
-    let router = router(ApiState {
-        store: store.clone(),
-        policy: PolicyHandle::new(policy),
-        limiter: Default::default(),
-        enrollment: Some(Arc::new(EnrollmentKey::for_test(7))),
-        ssh: None,
-        trusted_proxies: Vec::new(),
-    });
-    Api { store, router }
+    api_with(Some(EnrollmentKey::for_test(7)))
 }
 
 fn now_secs() -> u64 {
