@@ -37,12 +37,7 @@ pub async fn run(
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
     let serial = args.serial.clone();
     let derivation = tokio::spawn(async move { key::derive(&serial, code).await });
-    let login = JumpLogin {
-        addr: &addr,
-        engineer: settings.engineer()?,
-        identity: &settings.identity,
-        known_hosts: &settings.known_hosts,
-    };
+    let login = JumpLogin::from_settings(settings, &addr)?;
     let jump = hop::connect_jump(login, progress).await?;
     progress.stage("deriving the key from the code");
     let (device_key, took) = derivation.await.context("key derivation task")??;

@@ -139,12 +139,7 @@ pub async fn run(
         .local_addr()
         .context("reading the listening address")?;
 
-    let login = JumpLogin {
-        addr: &addr,
-        engineer: settings.engineer()?,
-        identity: &settings.identity,
-        known_hosts: &settings.known_hosts,
-    };
+    let login = JumpLogin::from_settings(settings, &addr)?;
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
     let (derivation, target) = match inside {
         Some((code, target)) => {

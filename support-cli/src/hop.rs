@@ -130,6 +130,21 @@ pub struct JumpLogin<'a> {
     pub known_hosts: &'a std::path::Path,
 }
 
+impl<'a> JumpLogin<'a> {
+    /// The login the settings describe, to the jump host at `addr`.
+    pub fn from_settings(
+        settings: &'a crate::config::Settings,
+        addr: &'a JumpAddr,
+    ) -> Result<Self, crate::error::UsageError> {
+        Ok(Self {
+            addr,
+            engineer: settings.engineer()?,
+            identity: &settings.identity,
+            known_hosts: &settings.known_hosts,
+        })
+    }
+}
+
 /// Connects and authenticates to the jump host.
 pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<Jump, HopError> {
     let addr = login.addr;

@@ -33,12 +33,7 @@ pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyh
     let (serial, port) = parse_target(target)?;
     key::check_serial(&serial)?;
     let addr = settings.jump_addr()?;
-    let login = JumpLogin {
-        addr: &addr,
-        engineer: settings.engineer()?,
-        identity: &settings.identity,
-        known_hosts: &settings.known_hosts,
-    };
+    let login = JumpLogin::from_settings(settings, &addr)?;
     let jump = hop::connect_jump(login, progress).await?;
     progress.stop();
     let channel = jump

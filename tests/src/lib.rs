@@ -762,3 +762,14 @@ pub fn start_on_free_port(what: &str, mut spawn: impl FnMut(u16) -> Proc) -> (Pr
     }
     panic!("{what} did not start (scripts/test.sh installs it): {last_error}");
 }
+
+/// `assist-client ARGS… --config CONFIG`, with no stdin, run to its end.
+pub fn assist_client(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("assist-client"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run assist-client")
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use assist_e2e::{Jumphost, Proc, READY_TIMEOUT, Sshd, alice_policy, bin, keygen, text};
 
@@ -129,13 +129,7 @@ fn snapshot(roots: &[&Path]) -> BTreeMap<PathBuf, String> {
 }
 
 fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(bin("assist-client"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    assist_e2e::assist_client(config, args)
 }
 
 /// `enable` must fail, saying `why`, and leave every file as it was.

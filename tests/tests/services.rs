@@ -6,8 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -52,16 +51,6 @@ fn web_ui() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-fn assist_client(config: &Path, args: &[&str]) -> Output {
-    Command::new(bin("assist-client"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn the_web_ui_is_reached_only_inside_the_code_authenticated_session() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +79,7 @@ fn the_web_ui_is_reached_only_inside_the_code_authenticated_session() {
     cmd.arg("run").arg("--config").arg(&config);
     let mut agent = Proc::spawn(cmd, "agent");
     agent.wait_line("web listening on http://", READY_TIMEOUT);
-    let out = assist_client(&config, &["enable", "--minutes", "10"]);
+    let out = assist_e2e::assist_client(&config, &["enable", "--minutes", "10"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let code = stdout
@@ -100,7 +89,7 @@ fn the_web_ui_is_reached_only_inside_the_code_authenticated_session() {
         .trim()
         .to_owned();
     assist_e2e::wait_until(SHORT, "the tunnel", || {
-        let out = assist_client(&config, &["status", "--json"]);
+        let out = assist_e2e::assist_client(&config, &["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         status["tunnel"]["state"] == "connected"
     });
@@ -254,7 +243,7 @@ fn the_web_ui_is_reached_only_inside_the_code_authenticated_session() {
     assert!(unlisted.accept().is_err(), "the unlisted port was reached");
     drop(fwd);
 
-    let out = assist_client(&config, &["disable"]);
+    let out = assist_e2e::assist_client(&config, &["disable"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     agent.terminate();
 }

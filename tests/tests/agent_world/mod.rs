@@ -116,14 +116,9 @@ pub fn start_agent(config: &Path, label: &str) -> Proc {
     agent
 }
 
+/// `assist-client ARGS… --config CONFIG`.
 pub fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(bin("assist-client"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    assist_e2e::assist_client(config, args)
 }
 
 /// `assist-client enable`; returns (code, until).
