@@ -20,14 +20,25 @@ const ARGON2_P: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[error("key derivation failed: {0}")]
-pub struct DeriveError(String);
+pub struct DeriveError(pub(crate) String);
 
 /// Derives the ed25519 key that the agent authorizes and the engineer logs in with.
 pub fn derive_key(serial: &str, code: &OneTimeCode) -> Result<PrivateKey, DeriveError> {
+    derive_labelled(SALT_PREFIX, serial, code)
+}
+
+/// The version-1 recipe under a salt prefix of its own: each prefix gives an unrelated key
+/// from the same `(serial, code)` (the login key here, the attestation key in
+/// [`crate::attest`]).
+pub(crate) fn derive_labelled(
+    prefix: &str,
+    serial: &str,
+    code: &OneTimeCode,
+) -> Result<PrivateKey, DeriveError> {
     let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
         .map_err(|e| DeriveError(e.to_string()))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let salt = format!("{SALT_PREFIX}{serial}");
+    let salt = format!("{prefix}{serial}");
     let mut seed = [0u8; 32];
     argon
         .hash_password_into(code.normalized(), salt.as_bytes(), &mut seed)

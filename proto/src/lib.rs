@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod attest;
 pub mod backoff;
 #[cfg(feature = "axum")]
 pub mod body;

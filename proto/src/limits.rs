@@ -46,6 +46,9 @@ pub const DEFAULT_MAX_ASSISTANCE: Duration = Duration::from_secs(8 * 3600);
 pub const DEFAULT_ASSISTANCE_MINUTES: u64 = 60;
 /// Virtual port of the `ssh` service.
 pub const SSH_SERVICE_PORT: u32 = 22;
+/// Virtual port on which a device hands out its proof of the code (`attest`); reserved,
+/// never a service of its own.
+pub const ATTESTATION_PORT: u32 = 1;
 /// Virtual port of the `http` service.
 pub const HTTP_SERVICE_PORT: u32 = 80;
 /// Time a client of the registration API gets to finish its TLS handshake.
