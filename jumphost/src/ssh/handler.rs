@@ -275,9 +275,23 @@ impl russh::server::Handler for ConnHandler {
             return Ok(());
         };
         let Some(route) = self.relay.routes.lookup(host_to_connect, port_to_connect) else {
-            let reason = format!(
-                "device {host_to_connect} is not connected (has the customer enabled assistance?)"
-            );
+            let reason = match self.relay.routes.connected_as(host_to_connect) {
+                // Out of scope learns only that, not which ports the device offers.
+                Some(serial) => {
+                    let policy = self.relay.policy.current();
+                    let now = SystemTime::now();
+                    if let Err(reason) =
+                        auth::hop_allowed(&policy, engineer, self.peer.ip(), &serial, now)
+                    {
+                        self.refuse_channel(&what, reply, PROHIBITED, reason);
+                        return Ok(());
+                    }
+                    format!("device {serial} is connected but offers no port {port_to_connect}")
+                }
+                None => format!(
+                    "device {host_to_connect} is not connected (has the customer enabled assistance?)"
+                ),
+            };
             self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
             return Ok(());
         };

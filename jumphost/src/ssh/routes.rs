@@ -134,6 +134,12 @@ impl<H: Clone> RouteTable<H> {
         }
     }
 
+    /// The serial as its live session spells it, if one holds `serial` (with whatever
+    /// ports).
+    pub fn connected_as(&self, serial: &str) -> Option<String> {
+        self.lock().get(&key(serial)).map(|o| o.serial.clone())
+    }
+
     /// The route for `(serial, port)`, if a live session holds it.
     pub fn lookup(&self, serial: &str, port: u32) -> Option<Route<H>> {
         let map = self.lock();
@@ -194,6 +200,8 @@ mod tests {
         assert_eq!(t.lookup("SN-1", 80).unwrap().address, "127.0.0.1");
         assert!(t.lookup("SN-1", 443).is_none());
         assert!(t.lookup("SN-2", 22).is_none());
+        assert_eq!(t.connected_as("sn-1").as_deref(), Some("SN-1"));
+        assert!(t.connected_as("SN-2").is_none());
     }
 
     #[test]
