@@ -1,6 +1,7 @@
 //! The agent's core: enable (register, code, key line, tunnel), disable (tunnel down, line
 //! removed) and status, serialized so the key line and the tunnel never disagree.
 
+use crate::attest::Attestor;
 use crate::authorized_keys::{Account, KeysFile, KeysFileError, key_line};
 use crate::config::Config;
 use crate::keys::{self, KeyError};
@@ -174,12 +175,26 @@ impl Agent {
 
         let code = OneTimeCode::generate();
         let (serial, c) = (self.config.serial.clone(), code.clone());
-        let derived = tokio::task::spawn_blocking(move || assist_proto::derive_key(&serial, &c))
-            .await
-            .map_err(|e| AgentError::Derive(e.to_string()))?
-            .map_err(|e| AgentError::Derive(e.to_string()))?;
+        let (derived, attestation_key) =
+            tokio::task::spawn_blocking(move || assist_proto::attest::derive_keys(&serial, &c))
+                .await
+                .map_err(|e| AgentError::Derive(e.to_string()))?
+                .map_err(|e| AgentError::Derive(e.to_string()))?;
         let derived_public = keys::public_line(&derived)?;
         drop(derived);
+        // The window's proof of the code is about the ssh service's host keys.
+        let attestor = self
+            .config
+            .services
+            .iter()
+            .find(|s| is_tunnelled(s))
+            .map(|ssh| {
+                Arc::new(Attestor::new(
+                    self.config.serial.clone(),
+                    ssh.target.clone(),
+                    attestation_key,
+                ))
+            });
 
         if let Some(old) = guard.1.take() {
             stop_window(old).await;
@@ -223,7 +238,17 @@ impl Agent {
                 enrollment_secret: secret,
                 proxy: self.config.proxy.clone(),
             },
+            attestor: attestor.clone(),
         };
+        // Read the host keys now, while the customer reads out the code, so the first
+        // engineer does not wait for them.
+        if let Some(attestor) = attestor {
+            tokio::spawn(async move {
+                if let Err(e) = attestor.document().await {
+                    tracing::warn!("cannot attest the SSH server's host keys yet: {e}");
+                }
+            });
+        }
         let task = tokio::spawn(supervise(
             self.clone(),
             epoch,

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api_tls;
+pub mod attest;
 pub mod authorized_keys;
 pub mod commands;
 pub mod config;

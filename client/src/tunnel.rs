@@ -2,11 +2,13 @@
 //! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled.
 
 use crate::api_tls::ApiTrust;
+use crate::attest::Attestor;
 use crate::config::Service;
 use crate::pin::{HostKeyPin, PinError};
 use crate::register::RegisterError;
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
+use assist_proto::limits::ATTESTATION_PORT;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, Disconnect, client};
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,9 @@ pub struct Tunnel {
     /// Relayed connections, so disable can wait for them to close.
     pub relays: TaskTracker,
     pub registration: Registration,
+    /// Serves the device's proof of the code on `ATTESTATION_PORT`; `None` without an ssh
+    /// service (there is no session to prove).
+    pub attestor: Option<Arc<Attestor>>,
 }
 
 enum Attempt {
@@ -159,6 +164,7 @@ impl Tunnel {
             shared: self.shared.clone(),
             cancel: self.cancel.clone(),
             relays: self.relays.clone(),
+            attestor: self.attestor.clone(),
         };
         let config = assist_proto::ssh::client_config();
         let setup = async {
@@ -214,6 +220,14 @@ impl Tunnel {
                         )
                     })?;
             }
+            if self.attestor.is_some() {
+                handle
+                    .tcpip_forward("localhost", ATTESTATION_PORT)
+                    .await
+                    .map_err(|e| {
+                        format!("jump host refused forward of the attestation port: {e}")
+                    })?;
+            }
             Ok(Some(handle))
         };
         let result = tokio::select! {
@@ -263,6 +277,7 @@ struct Handler {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     relays: TaskTracker,
+    attestor: Option<Arc<Attestor>>,
 }
 
 impl client::Handler for Handler {
@@ -297,6 +312,17 @@ impl client::Handler for Handler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
+        if connected_port == ATTESTATION_PORT
+            && let Some(attestor) = self.attestor.clone()
+        {
+            let span = tracing::info_span!(
+                "attestation",
+                from = %format!("{originator_address}:{originator_port}")
+            );
+            self.relays
+                .spawn(serve_attestation(channel, reply, attestor).instrument(span));
+            return Ok(());
+        }
         let service = self
             .services
             .iter()
@@ -324,6 +350,31 @@ impl client::Handler for Handler {
         );
         Ok(())
     }
+}
+
+/// Hands the signed attestation to an engineer's CLI and closes the channel. The document
+/// is public (it proves, it does not grant); what it reveals is the host keys any SSH
+/// client of the device sees anyway.
+async fn serve_attestation(
+    channel: russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    attestor: Arc<Attestor>,
+) {
+    let doc = match attestor.document().await {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::warn!("cannot attest the SSH server's host keys: {e}");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    if let Err(e) = channel.data(doc.as_bytes()).await {
+        tracing::debug!("attestation not delivered: {e}");
+    }
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+    tracing::info!("attestation handed out");
 }
 
 /// Connects to the local service, accepts the channel, and copies both ways until both sides

@@ -12,6 +12,7 @@ use crate::error::HopError;
 use crate::hop::{self, JumpLogin};
 use crate::key;
 use crate::progress::Progress;
+use crate::prove;
 use crate::terminal::{self, RawMode};
 
 /// The device's SSH service, as the agent forwards it.
@@ -35,28 +36,18 @@ pub async fn run(
     let addr = settings.jump_addr()?;
 
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
-    let serial = args.serial.clone();
-    let derivation = tokio::spawn(async move { key::derive(&serial, code).await });
+    let derivation = prove::start_derivation(&args.serial, &code);
     let login = JumpLogin::from_settings(settings, &addr)?;
     let jump = hop::connect_jump(login, progress).await?;
-    progress.stage("deriving the key from the code");
-    let (device_key, took) = derivation.await.context("key derivation task")??;
-    progress.done(Some(format!("{} ms", took.as_millis())));
-    tracing::debug!(ms = took.as_millis(), "key derived");
+    let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;
+    let serial = proven.serial.clone();
 
-    progress.stage(format!("reaching device {}", args.serial));
+    progress.stage(format!("reaching device {serial}"));
     let origin = SocketAddr::from(([127, 0, 0, 1], 0));
-    let channel = jump.open(&args.serial, SSH_PORT, origin).await?;
-    progress.stage(format!("authenticating to {}", args.serial));
-    let device = hop::connect_device(
-        channel,
-        &args.serial,
-        &args.user,
-        device_key,
-        &settings.known_hosts,
-        progress,
-    )
-    .await?;
+    let channel = jump.open(&serial, SSH_PORT, origin).await?;
+    progress.stage(format!("authenticating to {serial}"));
+    let device =
+        hop::connect_device(channel, proven, &args.user, &settings.known_hosts, progress).await?;
     progress.done(None);
     progress.stop();
 
@@ -65,13 +56,13 @@ pub async fn run(
         .channel_open_session()
         .await
         .map_err(|cause| HopError::Ssh {
-            what: format!("opening a session on {}", args.serial),
+            what: format!("opening a session on {serial}"),
             cause,
         })?;
     let interactive = args.command.is_empty() && std::io::stdin().is_terminal();
     let status = if interactive {
         let status = shell(session).await;
-        progress.note(&format!("Connection to {} closed.", args.serial));
+        progress.note(&format!("Connection to {serial} closed."));
         status
     } else {
         let command = (!args.command.is_empty()).then(|| command_line(&args.command));

@@ -44,6 +44,18 @@ pub enum HopError {
          assistance is stopped)"
     )]
     CodeRefused,
+    #[error(
+        "device {serial} did not prove that it knows the code: {why}; it may run an \
+         assist-client too old to prove it, or whatever answers as {serial} is not the \
+         customer's machine (nothing was sent to it)"
+    )]
+    NotProven { serial: String, why: String },
+    #[error(
+        "device {serial} could not prove that it knows this code: check the code with the \
+         customer (codes expire when assistance is stopped); if it is right, whatever answers \
+         as {serial} is not the customer's machine (nothing was sent to it)"
+    )]
+    CodeNotProven { serial: String },
     #[error("{0}")]
     HostKey(String),
     #[error("the device closed the session without an exit status")]

@@ -15,6 +15,7 @@ use crate::error::UsageError;
 use crate::hop::{self, Device, Jump, JumpLogin};
 use crate::key;
 use crate::progress::Progress;
+use crate::prove;
 
 /// A device service: a name the agent knows, or a port number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,35 +142,24 @@ pub async fn run(
 
     let login = JumpLogin::from_settings(settings, &addr)?;
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
-    let (derivation, target) = match inside {
-        Some((code, target)) => {
-            let serial = args.serial.clone();
-            let task = tokio::spawn(async move { key::derive(&serial, code).await });
-            (Some(task), Some(target))
-        }
-        None => (None, None),
-    };
+    let inside = inside.map(|(code, target)| {
+        let derivation = prove::start_derivation(&args.serial, &code);
+        (code, derivation, target)
+    });
     let jump = Arc::new(hop::connect_jump(login, progress).await?);
-    let route = match (derivation, target) {
-        (Some(derivation), Some(target)) => {
-            progress.stage("deriving the key from the code");
-            let (device_key, took) = derivation.await.context("key derivation task")??;
-            progress.done(Some(format!("{} ms", took.as_millis())));
-            progress.stage(format!("reaching device {}", args.serial));
+    let route = match inside {
+        Some((code, derivation, target)) => {
+            let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;
+            let serial = proven.serial.clone();
+            progress.stage(format!("reaching device {serial}"));
             let origin = SocketAddr::from(([127, 0, 0, 1], 0));
-            let channel = jump.open(&args.serial, SSH_PORT, origin).await?;
-            let device = hop::connect_device(
-                channel,
-                &args.serial,
-                &args.user,
-                device_key,
-                &settings.known_hosts,
-                progress,
-            )
-            .await?;
+            let channel = jump.open(&serial, SSH_PORT, origin).await?;
+            let device =
+                hop::connect_device(channel, proven, &args.user, &settings.known_hosts, progress)
+                    .await?;
             Route::Session { device, target }
         }
-        _ => Route::Jump { port: service.port },
+        None => Route::Jump { port: service.port },
     };
     let route = Arc::new(route);
     progress.done(None);

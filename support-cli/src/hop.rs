@@ -50,6 +50,8 @@ const REFUSAL_WAIT: Duration = Duration::from_millis(500);
 /// channels, and notices when the connection ends.
 pub struct Client {
     pin: Pin,
+    /// The host keys the device proved with the code; the server must present one of them.
+    attested: Option<Vec<PublicKey>>,
     progress: Progress,
     closed: CancellationToken,
     refusals: tokio::sync::watch::Sender<Refusal>,
@@ -70,7 +72,18 @@ impl client::Handler for Client {
         presented: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         // Certificates are not advertised, so this is a plain key; pin its key either way.
-        match self.pin.verify(&presented.public_key()) {
+        let key = presented.public_key();
+        if let Some(attested) = &self.attested
+            && !attested.iter().any(|k| k.key_data() == key.key_data())
+        {
+            return Err(HandlerError::HostKey(format!(
+                "{} presented host key {}, which is not among the keys it proved with the \
+                 code: someone between you and the device is playing it; nothing was sent",
+                self.pin.label,
+                key.fingerprint(russh::keys::HashAlg::Sha256)
+            )));
+        }
+        match self.pin.verify(&key) {
             Ok(Accepted::Known) => Ok(true),
             Ok(Accepted::Learned(note)) => {
                 self.progress.note(&note);
@@ -153,6 +166,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
     let client = Client {
         refusals: refusals_tx,
+        attested: None,
         pin: Pin {
             path: login.known_hosts.to_path_buf(),
             name: known_hosts::host_name(&addr.host, addr.port),
@@ -423,7 +437,13 @@ impl Jump {
             None => None,
         };
         opened.map_err(|e| match e {
-            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
+            // The jump host says which: no session of that device, or one without this port
+            // (or the device itself refused).
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed)
+                if description
+                    .as_deref()
+                    .is_none_or(|d| d.contains("is not connected")) =>
+            {
                 HopError::DeviceNotConnected {
                     serial: serial.to_string(),
                 }
@@ -497,16 +517,23 @@ impl Device {
     }
 }
 
-/// Runs an SSH session to the device inside `channel` and logs in as `user` with `key`.
+/// Runs an SSH session inside `channel` to the device that proved the code, accepting only
+/// the host keys it proved, and logs in as `user` with the code's key.
 pub async fn connect_device(
     channel: Channel<Msg>,
-    serial: &str,
+    proven: crate::prove::Proven,
     user: &str,
-    key: PrivateKey,
     known_hosts: &std::path::Path,
     progress: &Progress,
 ) -> Result<Device, HopError> {
+    let crate::prove::Proven {
+        serial,
+        login: key,
+        host_keys,
+    } = proven;
+    let serial = serial.as_str();
     let client = Client {
+        attested: Some(host_keys),
         pin: Pin {
             path: known_hosts.to_path_buf(),
             name: serial.to_string(),

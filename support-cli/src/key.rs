@@ -26,14 +26,21 @@ pub fn parse_code(code: &str) -> Result<OneTimeCode, UsageError> {
     })
 }
 
-/// Derives the device login key (Argon2: about 200 ms), on a blocking thread.
-pub async fn derive(serial: &str, code: OneTimeCode) -> anyhow::Result<(PrivateKey, Duration)> {
+/// The two keys of a code: the one that logs in to the device, and the one that checks the
+/// device's proof of the code.
+pub struct Keys {
+    pub login: PrivateKey,
+    pub attestation: PrivateKey,
+}
+
+/// Derives both keys (two Argon2 runs side by side: about 200 ms), on a blocking thread.
+pub async fn derive(serial: &str, code: OneTimeCode) -> anyhow::Result<(Keys, Duration)> {
     let serial = serial.to_string();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let mut key = assist_proto::derive_key(&serial, &code)?;
-        key.set_comment(format!("assist {serial}"));
-        Ok((key, started.elapsed()))
+        let (mut login, attestation) = assist_proto::attest::derive_keys(&serial, &code)?;
+        login.set_comment(format!("assist {serial}"));
+        Ok((Keys { login, attestation }, started.elapsed()))
     })
     .await
     .context("key derivation task")?
@@ -64,21 +71,44 @@ pub struct KeyArgs {
     pub force: bool,
 }
 
-pub async fn run(args: KeyArgs, progress: &Progress) -> anyhow::Result<i32> {
+pub async fn run(
+    settings: &crate::config::Settings,
+    args: KeyArgs,
+    progress: &Progress,
+) -> anyhow::Result<i32> {
     check_serial(&args.serial)?;
     let code = parse_code(&args.code)?;
-    if !args.force && args.out.exists() {
+    let pins = known_hosts_beside(&args.out);
+    if !args.force
+        && let Some(existing) = [&args.out, &pins].into_iter().find(|p| p.exists())
+    {
         return Err(UsageError(format!(
             "{} already exists; pass --force to overwrite it",
-            args.out.display()
+            existing.display()
         ))
         .into());
     }
-    progress.stage("deriving the key from the code");
-    let (key, took) = derive(&args.serial, code).await?;
-    progress.done(Some(format!("{} ms", took.as_millis())));
-    write_private_key(&args.out, &key, args.force)?;
-    let public = key.public_key();
+    // The key is only worth writing for a device that proves it knows the code, and its
+    // proven host keys are what stock ssh must pin.
+    let addr = settings.jump_addr()?;
+    let derivation = crate::prove::start_derivation(&args.serial, &code);
+    let login = crate::hop::JumpLogin::from_settings(settings, &addr)?;
+    let jump = crate::hop::connect_jump(login, progress).await?;
+    let proven = crate::prove::prove(&jump, &args.serial, &code, derivation, progress).await;
+    jump.disconnect().await;
+    let proven = proven?;
+    progress.stop();
+
+    write_private_key(&args.out, &proven.login, args.force)?;
+    let lines: String = proven
+        .host_keys
+        .iter()
+        .map(|k| crate::known_hosts::entry(&proven.serial, k))
+        .collect::<Result<_, _>>()
+        .context("encoding the host keys")?;
+    private_file::write_private(&pins, lines.as_bytes(), existing(args.force))
+        .with_context(|| format!("cannot write {}", pins.display()))?;
+    let public = proven.login.public_key();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -88,12 +118,33 @@ pub async fn run(args: KeyArgs, progress: &Progress) -> anyhow::Result<i32> {
     writeln!(out, "{}", public.fingerprint(HashAlg::Sha256))?;
     out.flush()?;
     progress.note(&format!(
-        "wrote {}; with stock OpenSSH: ssh -i {} -J ENGINEER@JUMPHOST:PORT root@{}",
+        "wrote {} and {} (the host keys {} proved with the code); with stock OpenSSH: \
+         ssh -i {} -o UserKnownHostsFile={} -J {}@{} root@{}",
         args.out.display(),
+        pins.display(),
+        proven.serial,
         args.out.display(),
-        args.serial
+        pins.display(),
+        settings.engineer()?,
+        addr,
+        proven.serial
     ));
     Ok(0)
+}
+
+/// `FILE.known_hosts` beside the key file `FILE`.
+pub fn known_hosts_beside(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_os_string();
+    name.push(".known_hosts");
+    PathBuf::from(name)
+}
+
+fn existing(force: bool) -> Existing {
+    if force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    }
 }
 
 /// Writes the key with mode 0600 from the start, so it is never readable by others.
@@ -101,12 +152,7 @@ fn write_private_key(path: &Path, key: &PrivateKey, force: bool) -> anyhow::Resu
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .context("encoding the private key")?;
-    let existing = if force {
-        Existing::Replace
-    } else {
-        Existing::Keep
-    };
-    private_file::write_private(path, pem.as_bytes(), existing)
+    private_file::write_private(path, pem.as_bytes(), existing(force))
         .with_context(|| format!("cannot write the key file {}", path.display()))
 }
 

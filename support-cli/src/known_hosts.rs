@@ -83,15 +83,19 @@ pub fn learn(path: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
     if existing.last().is_some_and(|b| *b != b'\n') {
         line.push('\n');
     }
+    line.push_str(&entry(name, key)?);
+    file.write_all(line.as_bytes())
+}
+
+/// The line `name type base64\n` (the comment of a host key means nothing to the reader).
+pub fn entry(name: &str, key: &PublicKey) -> std::io::Result<String> {
     let openssh = key.to_openssh().map_err(std::io::Error::other)?;
-    // Only "type base64": the comment of a host key means nothing to the reader.
     let mut parts = openssh.split_whitespace();
-    line.push_str(&format!(
+    Ok(format!(
         "{name} {} {}\n",
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default()
-    ));
-    file.write_all(line.as_bytes())
+    ))
 }
 
 /// OpenSSH's host pattern list: comma-separated names, `*`/`?` wildcards, `!` negation and

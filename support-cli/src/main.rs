@@ -10,6 +10,7 @@ mod hop;
 mod key;
 mod known_hosts;
 mod progress;
+mod prove;
 mod stdio;
 mod terminal;
 
@@ -26,8 +27,9 @@ Exit status:
   0..254  connect -- COMMAND: the remote command's status (128+N when killed by signal N)
   1       a local failure (a file that cannot be written, ...)
   2       usage: bad flags, a malformed code or serial, an existing --out file
-  255     connection: jump host unreachable or refusing, device not connected, code refused,
-          host key changed
+  255     connection: jump host unreachable or refusing, device not connected, device
+          cannot prove it knows the code (wrong code, or not the customer's machine), code
+          refused, host key changed
 
 Example:
   support-cli --jumphost jump.example.com:2222 connect SN-0001 --code 7K3QM-2XPD9";
@@ -117,10 +119,13 @@ enum Command {
         #[arg(value_name = "SERIAL[:PORT]")]
         target: String,
     },
-    /// Write the key derived from a code as an OpenSSH private key file (mode 0600).
+    /// Write the key derived from a code as an OpenSSH private key file (mode 0600), and
+    /// FILE.known_hosts with the host keys the device proved with that code.
     ///
-    /// Prints the public key and its fingerprint. Use the file with stock OpenSSH:
-    /// `ssh -i FILE -J ENGINEER@JUMPHOST:PORT root@SERIAL`.
+    /// Asks the device, through the jump host, to prove it knows the code first (as
+    /// `connect` does), so the files are only written for the customer's real machine.
+    /// Prints the public key and its fingerprint. Use the files with stock OpenSSH:
+    /// `ssh -i FILE -o UserKnownHostsFile=FILE.known_hosts -J ENGINEER@JUMPHOST:PORT root@SERIAL`.
     Key {
         /// The device's serial number.
         serial: String,
@@ -209,6 +214,7 @@ async fn run(cli: Cli, progress: &progress::Progress) -> anyhow::Result<i32> {
             force,
         } => {
             key::run(
+                &settings,
                 key::KeyArgs {
                     serial,
                     code,

@@ -4,6 +4,7 @@
 //! Nothing here sleeps to wait for readiness: a program is ready when it says so on stdout,
 //! anything else is polled with a deadline.
 
+pub mod attest;
 pub mod nginx;
 pub mod proxy;
 
@@ -314,6 +315,21 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 
 impl Sshd {
     pub fn start(dir: &Path) -> Sshd {
+        Self::start_with(dir, "")
+    }
+
+    /// A stock sshd that lets any key in as any user (`AuthorizedKeysCommand` echoing the
+    /// offered key): the honeypot a squatter or a hostile jump host would put in front of an
+    /// engineer.
+    pub fn honeypot(dir: &Path) -> Sshd {
+        Self::start_with(
+            dir,
+            "AuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n",
+        )
+    }
+
+    /// With `extra` lines appended to the sshd_config.
+    pub fn start_with(dir: &Path, extra: &str) -> Sshd {
         let dir = dir.join("sshd");
         fs::create_dir_all(&dir).expect("create sshd dir");
         // sshd refuses to start without its privilege separation directory.
@@ -331,7 +347,7 @@ impl Sshd {
                 "HostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
                  StrictModes no\nPidFile none\nLogLevel VERBOSE\nAllowTcpForwarding yes\n\
-                 PrintMotd no\nPrintLastLog no\nAcceptEnv TERM LANG\n",
+                 PrintMotd no\nPrintLastLog no\nAcceptEnv TERM LANG\n{extra}",
                 host_key.display(),
                 authorized_keys.display()
             ),

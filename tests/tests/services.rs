@@ -243,6 +243,35 @@ fn the_web_ui_is_reached_only_inside_the_code_authenticated_session() {
     assert!(unlisted.accept().is_err(), "the unlisted port was reached");
     drop(fwd);
 
+    // The agent's proof of the code: the serial typed in lower case still derives the
+    // agent's spelling, and the exported known_hosts holds the host key the agent read
+    // from its sshd.
+    let out = cli(&[
+        "connect", "sn-0001", "--code", &code, "--", "echo", "proven",
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "proven\n");
+    let exported = dir.path().join("exported");
+    let out = cli(&[
+        "key",
+        SERIAL,
+        "--code",
+        &code,
+        "--out",
+        exported.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let host_key: Vec<&str> = sshd.host_key_pub.split_whitespace().take(2).collect();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("exported.known_hosts")).unwrap(),
+        format!("{SERIAL} {} {}\n", host_key[0], host_key[1])
+    );
+
     let out = assist_e2e::assist_client(&config, &["disable"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     agent.terminate();

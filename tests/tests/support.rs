@@ -228,7 +228,7 @@ fn refusals_say_what_to_do() {
     let out = w.connect(0, "SN-NO", wrong, &["true"], Stdio::null());
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("the device refused the code: check the code with the customer"),
+        text(&out.stderr).contains("could not prove that it knows this code: check the code"),
         "{}",
         text(&out.stderr)
     );

@@ -103,6 +103,18 @@ fn exported_key_works_with_stock_ssh_proxyjump() {
         fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // Beside it, the host key the device proved with the code, under its serial.
+    let pins = w.path("exported.known_hosts");
+    let host_key = w
+        .sshd
+        .host_key_pub
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        fs::read_to_string(&pins).unwrap(),
+        format!("SN-KEY {} {}\n", host_key[0], host_key[1])
+    );
     // Refuses to overwrite the file without --force.
     let again = w
         .cli(
@@ -125,18 +137,21 @@ fn exported_key_works_with_stock_ssh_proxyjump() {
         text(&again.stderr)
     );
 
-    // ProxyJump (ssh -J) with an ssh_config, so the jump login gets the engineer's key.
+    // ProxyJump (ssh -J) with an ssh_config, so the jump login gets the engineer's key; the
+    // device's key is pinned strictly from the exported known_hosts.
     let config = w.path("ssh_config");
     fs::write(
         &config,
         format!(
             "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User eng0\n  IdentityFile {}\n\
+             \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
              Host SN-KEY\n  User root\n  IdentityFile {}\n  ProxyJump jump\n\
-             Host *\n  BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
-             \x20 IdentitiesOnly yes\n  LogLevel ERROR\n",
+             \x20 StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n\
+             Host *\n  BatchMode yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n",
             w.jump.ssh_port(),
             w.path("eng0").display(),
-            key.display()
+            key.display(),
+            pins.display()
         ),
     )
     .unwrap();

@@ -158,6 +158,7 @@ fn a_scope_narrowed_while_hopping_closes_that_hop_and_refuses_the_next() {
         err.contains("engineer alice may not reach serial SN-0001 (allowed: serials SN-EU-*)"),
         "{err}"
     );
+    assert!(!err.contains("did not prove"), "{err}");
 }
 
 #[test]

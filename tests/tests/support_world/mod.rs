@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use assist_e2e::{Jumphost, Proc, Sshd, bin, keygen, ssh};
+use assist_e2e::{Jumphost, Proc, Sshd, attest, bin, keygen, ssh};
+use assist_proto::limits::ATTESTATION_PORT;
 
 pub const SHORT: Duration = Duration::from_secs(30);
 
@@ -28,6 +29,19 @@ impl World {
 
     /// Engineers are allowed from `support_cidr` only.
     pub fn start_with(engineers: usize, support_cidr: &str) -> World {
+        Self::start_full(engineers, support_cidr, Sshd::start)
+    }
+
+    /// With a customer's sshd that lets any key in ([`Sshd::honeypot`]).
+    pub fn honeypot(engineers: usize) -> World {
+        Self::start_full(engineers, "127.0.0.1/32", Sshd::honeypot)
+    }
+
+    fn start_full(
+        engineers: usize,
+        support_cidr: &str,
+        sshd: impl FnOnce(&std::path::Path) -> Sshd,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let mut policy = format!(
             "[allowlist]\nsupport_cidrs = [\"{support_cidr}\"]\nclient_cidrs = []\n\n\
@@ -40,7 +54,7 @@ impl World {
                 "\n[[support]]\nname = \"eng{i}\"\npublic_key = \"{public}\"\n"
             ));
         }
-        let sshd = Sshd::start(dir.path());
+        let sshd = sshd(dir.path());
         let jump = Jumphost::start(dir.path(), &policy);
         World {
             dir,
@@ -55,30 +69,52 @@ impl World {
     }
 
     /// Registers `serial`, holds its tunnel with stock ssh, and authorizes a fresh code on
-    /// the customer's sshd as the agent would; returns the code.
+    /// the customer's sshd and serves its proof as the agent would; returns the code.
     pub fn device(&mut self, serial: &str) -> String {
+        let code = assist_proto::OneTimeCode::generate().to_string();
+        let proof = attest::document(serial, &code, &[self.sshd.host_key_pub.as_str()]);
+        let proof = format!("{ATTESTATION_PORT}:{}", attest::serve(proof));
+        self.device_serving(serial, &code, &["-R", &proof]);
+        code
+    }
+
+    /// A device that offers no proof of the code (stock ssh in front of the customer's
+    /// sshd, as a squatter or an old agent would); returns the code authorized there.
+    pub fn device_without_proof(&mut self, serial: &str) -> String {
+        let code = assist_proto::OneTimeCode::generate().to_string();
+        self.device_serving(serial, &code, &[]);
+        code
+    }
+
+    /// Holds `serial`'s tunnel (port 22 to the sshd, plus the `extra` ssh arguments, each
+    /// `-R` of which is one more route) with `code`'s key authorized.
+    pub fn device_serving(&mut self, serial: &str, code: &str, extra: &[&str]) {
         let key = self.path(&format!("dev-{serial}"));
         let (status, body) = self.jump.register(serial, &keygen(&key));
         assert_eq!(status, 201, "register {serial}: {body}");
+        let routes = 1 + extra.iter().filter(|a| **a == "-R").count();
         let before = self.routes_added(serial);
         let forward = format!("22:{}", self.sshd.addr);
         let login = format!("{serial}@127.0.0.1");
         let port = self.jump.ssh_port();
+        let mut args = vec!["-N", "-o", "ExitOnForwardFailure=yes"];
+        args.extend_from_slice(extra);
         let cmd = ssh(&[
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            &forward,
-            "-p",
-            &port,
-            "-i",
-            key.to_str().unwrap(),
-            &login,
-        ]);
+            &args[..],
+            &[
+                "-R",
+                &forward,
+                "-p",
+                &port,
+                "-i",
+                key.to_str().unwrap(),
+                &login,
+            ],
+        ]
+        .concat());
         let mut device = Proc::spawn(cmd, &format!("device {serial}"));
         let deadline = Instant::now() + SHORT;
-        while self.routes_added(serial) == before {
+        while self.routes_added(serial) < before + routes {
             assert!(
                 device.is_running(),
                 "device {serial} exited: {}",
@@ -93,12 +129,10 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.devices.push(device);
-        let code = assist_proto::OneTimeCode::generate().to_string();
-        let public = derived_public(serial, &code);
+        let public = derived_public(serial, code);
         let mut keys = fs::read_to_string(&self.sshd.authorized_keys).unwrap();
         keys.push_str(&format!("{public}\n"));
         fs::write(&self.sshd.authorized_keys, keys).unwrap();
-        code
     }
 
     pub fn routes_added(&self, serial: &str) -> usize {
