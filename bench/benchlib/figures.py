@@ -13,6 +13,7 @@ from collections import Counter
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .chains import ENGINEER
 from .procs import BenchError, Proc, log, run, tree_cpu_s, wait_until
 
 MB = 1_000_000
@@ -175,11 +176,14 @@ def login(chains, runs):
             for n, v in times.items()}
 
 
-def derivation(bins, loadgen, tmp, code):
-    """The key derivation alone: in-process (release) and as `support-cli key` end to end."""
+def derivation(bins, loadgen, tmp, ours):
+    """The derivation of a code's two keys alone, in process (release), and `support-cli key`
+    end to end (jump host login, the device's proof, derivation, files)."""
     out = run([loadgen, "derive", "--rounds", "5"])
     in_process = float(out.split()[1])
-    cli = [timed([bins["support-cli"], "key", "BENCH-AGENT", "--code", code,
+    cli = [timed([bins["support-cli"], "--jumphost", ours.jumphost(), "--engineer", ENGINEER,
+                  "--identity", ours.keys.engineer, "--known-hosts", ours.known_hosts,
+                  "key", ours.serial, "--code", ours.code,
                   "--out", os.path.join(tmp, f"derived_{i}")]) for i in range(3)]
     return {"in_process_ms": in_process, "support_cli_key_ms": statistics.median(cli)}
 

@@ -103,8 +103,8 @@ def markdown(r, png_name):
                   "| | OpenSSH `ssh -J` | ours `support-cli connect` | ratio |",
                   "|---|---:|---:|---:|",
                   f"| login + `true` | {fmt(a)} | {fmt(b)} | {ratio(b, a, True)} |",
-                  f"| key derivation alone, in process | | {fmt(d.get('in_process_ms'), 1)} | |",
-                  f"| `support-cli key` (process, derivation, file) | | "
+                  f"| both keys' derivation alone, in process | | {fmt(d.get('in_process_ms'), 1)} | |",
+                  f"| `support-cli key` (process, jump login, device's proof, derivation, files) | | "
                   f"{fmt(d.get('support_cli_key_ms'))} | |",
                   f"| ours minus derivation | {fmt(a)} | "
                   f"{fmt(b - d['in_process_ms'] if b and d.get('in_process_ms') else None)} | "

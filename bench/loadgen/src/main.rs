@@ -19,7 +19,8 @@ struct Cli {
 enum Cmd {
     /// Holds COUNT device sessions, each with one reverse forward, until stdin closes.
     Tunnels(tunnels::Args),
-    /// Times `derive_key` in this process and prints `derive_ms MEDIAN MIN MAX`.
+    /// Times the derivation of a code's two keys (login and attestation, side by side as
+    /// support-cli does) in this process and prints `derive_ms MEDIAN MIN MAX`.
     Derive {
         #[arg(long, default_value = "BENCH-0")]
         serial: String,
@@ -27,6 +28,10 @@ enum Cmd {
         code: String,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Also write the login key here (OpenSSH format), for a stand-in device that
+        /// cannot prove the code and so gets no key from `support-cli key`.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -40,17 +45,31 @@ fn main() -> anyhow::Result<()> {
             serial,
             code,
             rounds,
-        } => derive(&serial, &code, rounds),
+            out,
+        } => derive(&serial, &code, rounds, out.as_deref()),
     }
 }
 
-fn derive(serial: &str, code: &str, rounds: usize) -> anyhow::Result<()> {
+fn derive(
+    serial: &str,
+    code: &str,
+    rounds: usize,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let code = assist_proto::OneTimeCode::parse(code)?;
     let mut times = Vec::with_capacity(rounds.max(1));
     for _ in 0..rounds.max(1) {
         let start = std::time::Instant::now();
-        assist_proto::derive_key(serial, &code)?;
+        let (login, _) = assist_proto::attest::derive_keys(serial, &code)?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
+        if let Some(out) = out {
+            let pem = login.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
+            assist_proto::private_file::write_private(
+                out,
+                pem.as_bytes(),
+                assist_proto::private_file::Existing::Replace,
+            )?;
+        }
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
