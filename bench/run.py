@@ -177,6 +177,9 @@ def main():
             openssh_aes.close()
         if args.perf and ours:
             result["perf"] = perf_profile.profile_ours(ours, random_file, size, out_dir)
+            if ours_ws:
+                result["perf_ws"] = perf_profile.profile_ours(ours_ws, random_file, size,
+                                                              out_dir, label="ours-ws")
         if "login" not in args.skip:
             result["login"] = figures.login(chains, cfg["login_runs"])
             if ours:

@@ -18,14 +18,15 @@ def _report(data, pid, limit=25):
     return rows[:limit]
 
 
-def profile_ours(chain, path, size, out_dir):
-    """Returns {direction: file name} of the symbol tables written to out_dir."""
+def profile_ours(chain, path, size, out_dir, label="ours"):
+    """Returns {direction: file name} of the symbol tables written to out_dir; `label` names
+    the files (perf-LABEL-up.txt), so the raw and the WebSocket chain can both be profiled."""
     if not shutil.which("perf"):
         log("perf not installed; no profile")
         return {}
     written = {}
     for direction in ("down", "up"):
-        data = os.path.join(out_dir, f"perf-ours-{direction}.data")
+        data = os.path.join(out_dir, f"perf-{label}-{direction}.data")
         rec = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", data],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pids = {}
@@ -39,10 +40,10 @@ def profile_ours(chain, path, size, out_dir):
             rec.wait(timeout=120)
         roles = {"support-cli (engineer)": pids.get("e"),
                  "assist-jumphost": chain.jump.pid, "assist-client (device)": chain.device.pid}
-        name = f"perf-ours-{direction}.txt"
+        name = f"perf-{label}-{direction}.txt"
         with open(os.path.join(out_dir, name), "w") as f:
             f.write(f"# perf record -a -g -F 499 during one {size >> 20} MiB "
-                    f"{'download' if direction == 'down' else 'upload'} through our chain\n"
+                    f"{'download' if direction == 'down' else 'upload'} through {chain.name}\n"
                     "# hottest symbols of each of our processes (self time, % of all samples)\n")
             for role, pid in roles.items():
                 if pid is None:
@@ -51,5 +52,5 @@ def profile_ours(chain, path, size, out_dir):
                 f.write("\n".join(_report(data, pid)) + "\n")
         os.remove(data)
         written[direction] = name
-        log(f"perf profile of ours ({direction}) in {name}")
+        log(f"perf profile of {chain.name} ({direction}) in {name}")
     return written

@@ -211,7 +211,14 @@ pub async fn serve(
     let limits = HttpLimits::default();
     let stop = shutdown.cancelled_owned();
     match tls {
-        None => assist_proto::http::serve(listener, app, limits, stop).await,
+        None => {
+            use axum::serve::ListenerExt;
+            // SSH over WebSocket rides these connections: no Nagle delay, as on the SSH port.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            assist_proto::http::serve(listener, app, limits, stop).await
+        }
         Some(config) => {
             let listener = TlsListener::new(
                 listener,

@@ -72,6 +72,12 @@ where
             if !this.pending.is_empty() {
                 let n = buf.remaining().min(this.pending.len());
                 buf.put_slice(&this.pending.split_to(n));
+                if this.pending.is_empty() {
+                    // An empty slice still holds the library's read buffer it came from,
+                    // which then cannot be reused and is allocated again: one more buffer
+                    // per idle tunnel. Let go of it.
+                    this.pending = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.closed {

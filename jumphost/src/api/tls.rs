@@ -39,6 +39,8 @@ impl TlsListener {
     }
 
     fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // SSH over WebSocket rides these connections: no Nagle delay, as on the SSH port.
+        let _ = stream.set_nodelay(true);
         let acceptor = self.acceptor.clone();
         let timeout = self.timeout;
         self.handshakes.spawn(async move {
