@@ -42,7 +42,9 @@ pub enum ConfigError {
 struct RawConfig {
     serial: String,
     jumphost: String,
-    api_url: String,
+    /// Optional when `jumphost` is a ws(s):// URL: the API is then at that URL's origin.
+    #[serde(default)]
+    api_url: Option<String>,
     data_dir: PathBuf,
     web_listen: SocketAddr,
     target_user: String,
@@ -157,10 +159,24 @@ impl Config {
                 ),
             ));
         }
-        if !(raw.api_url.starts_with("http://") || raw.api_url.starts_with("https://")) {
+        let api_url = match &raw.api_url {
+            Some(url) => url.clone(),
+            None => api_origin(&raw.jumphost).ok_or_else(|| {
+                invalid(
+                    "api_url",
+                    format!(
+                        "missing: with jumphost = {:?} (raw SSH) the registration API's URL \
+                         cannot be guessed; set api_url = \"https://HOST[:PORT]\", or use a \
+                         wss:// jumphost, whose origin the API then shares",
+                        raw.jumphost
+                    ),
+                )
+            })?,
+        };
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
             return Err(invalid(
                 "api_url",
-                format!("{:?} must start with http:// or https://", raw.api_url),
+                format!("{api_url:?} must start with http:// or https://"),
             ));
         }
         if raw.target_user.is_empty() || raw.target_user.contains([':', '/', '\n']) {
@@ -177,7 +193,7 @@ impl Config {
                 format!("{fp:?} must look like SHA256:… (as `ssh-keygen -lf` prints)"),
             ));
         }
-        let api_trust = api_trust(&raw, path.parent().unwrap_or(Path::new(".")))
+        let api_trust = api_trust(&raw, &api_url, path.parent().unwrap_or(Path::new(".")))
             .map_err(|(key, message)| invalid(key, message))?;
         let mut services = Vec::new();
         for (name, target) in &raw.services {
@@ -244,7 +260,7 @@ impl Config {
             path: path.to_owned(),
             serial: raw.serial,
             jumphost: raw.jumphost,
-            api_url: raw.api_url.trim_end_matches('/').to_owned(),
+            api_url: api_url.trim_end_matches('/').to_owned(),
             data_dir: base.join(raw.data_dir),
             web_listen: raw.web_listen,
             target_user: raw.target_user,
@@ -305,9 +321,26 @@ impl Config {
     }
 }
 
+/// The API's URL for a `ws://` / `wss://` jumphost: the same scheme's HTTP origin
+/// (`wss://jump.example.com/v1/ssh` → `https://jump.example.com:443`).
+fn api_origin(jumphost: &str) -> Option<String> {
+    let url = assist_proto::ws::WsUrl::parse(jumphost).ok()?;
+    let scheme = if url.tls { "https" } else { "http" };
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host
+    };
+    Some(format!("{scheme}://{host}:{}", url.port))
+}
+
 /// `api_ca_file` / `api_fingerprint`: at most one, and only for an `https://` api_url.
-fn api_trust(raw: &RawConfig, base: &Path) -> Result<ApiTrust, (&'static str, String)> {
-    let https = raw.api_url.starts_with("https://");
+fn api_trust(
+    raw: &RawConfig,
+    api_url: &str,
+    base: &Path,
+) -> Result<ApiTrust, (&'static str, String)> {
+    let https = api_url.starts_with("https://");
     match (&raw.api_ca_file, &raw.api_fingerprint) {
         (Some(_), Some(_)) => Err((
             "api_fingerprint",
@@ -322,10 +355,7 @@ fn api_trust(raw: &RawConfig, base: &Path) -> Result<ApiTrust, (&'static str, St
             };
             Err((
                 key,
-                format!(
-                    "only applies to an https:// api_url, and api_url is {:?}",
-                    raw.api_url
-                ),
+                format!("only applies to an https:// api_url, and api_url is {api_url:?}"),
             ))
         }
         (Some(file), None) if file.as_os_str().is_empty() => {
@@ -382,6 +412,38 @@ http = "127.0.0.1:80"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/assist/client.toml"), text)
+    }
+
+    #[test]
+    fn a_websocket_jumphost_gives_the_api_its_origin() {
+        let ws = |jumphost: &str| {
+            GOOD.replace(
+                "jumphost = \"jump.example.com:2222\"",
+                &format!("jumphost = \"{jumphost}\""),
+            )
+            .replace("api_url = \"http://jump.example.com:8080/\"\n", "")
+        };
+        let c = parse(&ws("wss://jump.example.com/v1/ssh")).unwrap();
+        assert_eq!(c.api_url, "https://jump.example.com:443");
+        let c = parse(&ws("ws://[::1]:8080/v1/ssh")).unwrap();
+        assert_eq!(c.api_url, "http://[::1]:8080");
+        // An api_url given still wins.
+        let both = GOOD.replace(
+            "jumphost = \"jump.example.com:2222\"",
+            "jumphost = \"wss://jump.example.com/v1/ssh\"",
+        );
+        assert_eq!(
+            parse(&both).unwrap().api_url,
+            "http://jump.example.com:8080"
+        );
+        // Raw SSH gives no clue where the API is.
+        let err = parse(&GOOD.replace("api_url = \"http://jump.example.com:8080/\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api_url") && err.contains("cannot be guessed"),
+            "{err}"
+        );
     }
 
     #[test]

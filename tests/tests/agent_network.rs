@@ -10,8 +10,8 @@ use std::fs;
 use std::process::{Command, Stdio};
 
 use agent_world::{
-    SERIAL, SHORT, World, cli, enable, set_client_key, start_agent, status, support_cli,
-    wait_tunnel,
+    SERIAL, SHORT, World, cli, enable, remove_client_key, set_client_key, start_agent, status,
+    support_cli, wait_tunnel,
 };
 use assist_e2e::{bin, keygen, ssh, text, wait_until, write_derived_key};
 
@@ -314,12 +314,13 @@ fn behind_nginx_with_tls_the_agent_and_support_cli_use_one_https_port() {
     let port = nginx.addr.port();
 
     // The agent registers and holds its tunnel through nginx alone: https:// and wss://.
+    // Without api_url the API is at the wss:// URL's origin.
     let config = w.client_config("agent");
     set_client_key(
         &config,
         &format!("jumphost = \"wss://localhost:{port}/v1/ssh\""),
     );
-    set_client_key(&config, &format!("api_url = \"https://localhost:{port}\""));
+    remove_client_key(&config, "api_url");
     set_client_key(
         &config,
         &format!("api_ca_file = \"{}\"", nginx.cert.display()),

@@ -180,6 +180,16 @@ pub fn set_client_key(config: &Path, line: &str) {
     .unwrap();
 }
 
+/// Removes `key` from the top-level keys of client.toml.
+pub fn remove_client_key(config: &Path, key: &str) {
+    let text = fs::read_to_string(config).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split('=').next().map(str::trim) != Some(key))
+        .collect();
+    fs::write(config, kept.join("\n") + "\n").unwrap();
+}
+
 /// `support-cli` as engineer alice of the world, with its own known_hosts.
 pub fn support_cli(w: &World, jumphost: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("support-cli"));
