@@ -8,6 +8,7 @@ use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
 use crate::register::{self, RegisterError};
 use crate::state::{Shared, Status, TunnelState};
+use crate::target;
 use crate::tunnel::{Registration, Tunnel};
 use assist_proto::OneTimeCode;
 use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, SHUTDOWN_GRACE};
@@ -48,6 +49,9 @@ pub enum AgentError {
     Derive(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The customer's SSH server cannot be reached, or does not let the code's key in.
+    #[error("{0}")]
+    Target(String),
 }
 
 /// What enable hands back to the owner (over the authenticated local API only).
@@ -87,6 +91,8 @@ pub struct Agent {
     /// End of the current window, readable while an enable (which may wait seconds on the
     /// jump host) holds `window`, so status never stalls.
     until: std::sync::Mutex<Option<OffsetDateTime>>,
+    /// The `ssh` service's server as the last enable found it.
+    server: std::sync::Mutex<Option<target::Server>>,
 }
 
 impl Agent {
@@ -113,6 +119,7 @@ impl Agent {
             shared: Arc::new(Shared::default()),
             window: tokio::sync::Mutex::new((0, None)),
             until: std::sync::Mutex::new(None),
+            server: std::sync::Mutex::new(None),
         })
     }
 
@@ -150,16 +157,8 @@ impl Agent {
         .await;
         let reg = match registered {
             Ok(reg) => reg,
-            Err(e) => {
-                // With no window open, status and the page say why enabling did not work.
-                if guard.1.is_none() {
-                    self.shared.set_tunnel(
-                        crate::state::TunnelState::Disabled,
-                        Some(format!("enabling failed: {e}")),
-                    );
-                }
-                return Err(e.into());
-            }
+            Err(e) if guard.1.is_none() => return Err(self.enable_failed(e.into())),
+            Err(e) => return Err(e.into()),
         };
         let max_secs = reg.max_assistance_secs;
         if max_secs == 0 {
@@ -181,7 +180,6 @@ impl Agent {
                 .map_err(|e| AgentError::Derive(e.to_string()))?
                 .map_err(|e| AgentError::Derive(e.to_string()))?;
         let derived_public = keys::public_line(&derived)?;
-        drop(derived);
         // The window's proof of the code is about the ssh service's host keys.
         let attestor = self
             .config
@@ -207,8 +205,56 @@ impl Agent {
             .filter(|s| !is_tunnelled(s))
             .map(|s| s.target.as_str())
             .collect();
-        let line = key_line(&derived_public, &self.config.serial, until, &permit_open);
+        // Which server the key line is for decides its options; a server that cannot be
+        // reached cannot be proven to let the engineer in, so enable stops here.
+        let ssh = self.config.services.iter().find(|s| is_tunnelled(s));
+        let server = match ssh {
+            Some(ssh) => match target::identify(&ssh.target).await {
+                Ok(server) => Some(server),
+                Err(why) => return Err(self.enable_failed(AgentError::Target(why))),
+            },
+            None => None,
+        };
+        let enforced_by_server = server.as_ref().is_none_or(target::Server::enforces_expiry);
+        let line = key_line(
+            &derived_public,
+            &self.config.serial,
+            until,
+            &permit_open,
+            enforced_by_server,
+        );
         self.keys_file.install(&self.config.serial, &line)?;
+        // Enable proves the login works: the agent logs in as the engineer will, and only
+        // then shows the code. A refusal takes the line out again; nothing is half-enabled.
+        if let Some(server) = &server {
+            let checked = target::check_login(
+                server,
+                &self.config.target_user,
+                &derived,
+                &self.keys_file.path,
+            )
+            .await;
+            match checked {
+                Ok(took) => tracing::info!(
+                    server = %server.software,
+                    ms = took.as_millis(),
+                    "login check passed"
+                ),
+                Err(why) => {
+                    if let Err(e) = self.keys_file.remove(&self.config.serial) {
+                        tracing::error!("cannot remove the key line after the failed check: {e}");
+                    }
+                    return Err(self.enable_failed(AgentError::Target(why)));
+                }
+            }
+            if !server.enforces_expiry() {
+                tracing::warn!("{}", server.guarantees());
+            }
+        }
+        drop(derived);
+        if let Ok(mut slot) = self.server.lock() {
+            *slot = server;
+        }
 
         guard.0 += 1;
         let epoch = guard.0;
@@ -270,6 +316,15 @@ impl Agent {
             window_secs,
             max_secs,
         })
+    }
+
+    /// With no window open, status and the page say why enabling did not work.
+    fn enable_failed(&self, e: AgentError) -> AgentError {
+        self.shared.set_tunnel(
+            crate::state::TunnelState::Disabled,
+            Some(format!("enabling failed: {e}")),
+        );
+        e
     }
 
     /// Ends assistance: tunnel and relays closed, key line removed. Safe to call when off.
@@ -352,6 +407,7 @@ impl Agent {
             remaining_secs: remaining,
             tunnel: self.shared.tunnel(),
             connections: self.shared.connections(),
+            ssh_server: self.server.lock().ok().and_then(|s| s.clone()),
         }
     }
 }

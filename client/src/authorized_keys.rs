@@ -255,11 +255,16 @@ pub fn marker(serial: &str) -> String {
 /// until `until` (sshd enforces it even if the agent dies), without agent or X11 forwarding,
 /// and may forward only to `permit_open` (the `HOST:PORT` of the services that ride inside
 /// the session; none: no port forwarding at all).
+///
+/// For a server without `expiry-time` and `from` (Dropbear, which rejects the whole line
+/// for them) `enforced_by_server` is false and both are left out: the agent then removes the
+/// line at the window's end itself.
 pub fn key_line(
     public_key: &str,
     serial: &str,
     until: OffsetDateTime,
     permit_open: &[&str],
+    enforced_by_server: bool,
 ) -> String {
     // Round up to the minute so sshd never expires the key before the window ends; the agent
     // removes the line at the exact end.
@@ -277,13 +282,20 @@ pub fn key_line(
             .map(|target| format!(",permitopen=\"{target}\""))
             .collect()
     };
+    let server_side = if enforced_by_server {
+        format!(
+            "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",",
+            until.year(),
+            u8::from(until.month()),
+            until.day(),
+            until.hour(),
+            until.minute(),
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "expiry-time=\"{:04}{:02}{:02}{:02}{:02}Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,no-X11-forwarding{forwarding} {} {}",
-        until.year(),
-        u8::from(until.month()),
-        until.day(),
-        until.hour(),
-        until.minute(),
+        "{server_side}no-agent-forwarding,no-X11-forwarding{forwarding} {} {}",
         public_key.trim(),
         marker(serial)
     )
@@ -335,25 +347,39 @@ mod tests {
             "SN-1",
             datetime!(2026-01-02 03:04:05 UTC),
             &[],
+            true,
         );
         assert_eq!(
             line,
             "expiry-time=\"202601020305Z\",from=\"127.0.0.1,::1\",no-agent-forwarding,\
              no-X11-forwarding,no-port-forwarding ssh-ed25519 AAAAkey assist-client:SN-1"
         );
-        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC), &[]);
+        let exact = key_line("k", "SN-1", datetime!(2026-01-02 03:04:00 UTC), &[], true);
         assert!(exact.starts_with("expiry-time=\"202601020304Z\""));
         let web = key_line(
             "k",
             "SN-1",
             datetime!(2026-01-02 03:04:00 UTC),
             &["127.0.0.1:80", "[::1]:8443"],
+            true,
         );
         assert!(
             web.contains(
                 "no-X11-forwarding,permitopen=\"127.0.0.1:80\",permitopen=\"[::1]:8443\" k "
             ),
             "{web}"
+        );
+        // Dropbear: only the options it knows; a line with any other is thrown away whole.
+        let dropbear = key_line(
+            "k",
+            "SN-1",
+            datetime!(2026-01-02 03:04:00 UTC),
+            &["127.0.0.1:80"],
+            false,
+        );
+        assert_eq!(
+            dropbear,
+            "no-agent-forwarding,no-X11-forwarding,permitopen=\"127.0.0.1:80\" k assist-client:SN-1"
         );
     }
 
@@ -369,6 +395,7 @@ mod tests {
             "SN-1",
             OffsetDateTime::now_utc(),
             &[],
+            true,
         );
 
         f.install("SN-1", &line).unwrap();

@@ -163,6 +163,14 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         "connections: {} now, {} in this window",
         s.connections.active, s.connections.total
     );
+    if let Some(server) = &s.ssh_server {
+        println!(
+            "ssh server: {} at {}: {}",
+            server.software,
+            server.address,
+            server.guarantees()
+        );
+    }
     println!("device key: {}", s.device_fingerprint);
     println!(
         "web page: run `assist-client page --config {}` to open it logged in",

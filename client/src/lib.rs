@@ -14,5 +14,6 @@ pub mod keys;
 pub mod pin;
 pub mod register;
 pub mod state;
+pub mod target;
 pub mod tunnel;
 pub mod web;

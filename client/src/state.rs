@@ -94,6 +94,9 @@ pub struct Status {
     pub remaining_secs: Option<u64>,
     pub tunnel: TunnelStatus,
     pub connections: Connections,
+    /// The customer's SSH server as the last enable found it, and who enforces what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_server: Option<crate::target::Server>,
 }
 
 /// Counters and tunnel state, updated from many tasks.
