@@ -40,10 +40,12 @@ pub enum HopError {
     )]
     DeviceClosed { serial: String },
     #[error(
-        "the device refused the code: check the code with the customer (codes expire when \
-         assistance is stopped)"
+        "the SSH server of device {serial} refused the key of this code, although the device \
+         proved it knows the code (so the code is right): its server does not accept the \
+         agent's key line for user {user}; the customer's `assist-client status` (and its \
+         log) says why"
     )]
-    CodeRefused,
+    CodeRefused { serial: String, user: String },
     #[error(
         "device {serial} did not prove that it knows the code: {why}; it may run an \
          assist-client too old to prove it, or whatever answers as {serial} is not the \
@@ -101,7 +103,7 @@ mod tests {
     fn exit_codes_follow_the_cause() {
         let usage = anyhow::Error::new(UsageError("x".into())).context("while parsing");
         assert_eq!(exit_code(&usage), EXIT_USAGE);
-        let hop: anyhow::Result<()> = Err(HopError::CodeRefused).context("connecting");
+        let hop: anyhow::Result<()> = Err(HopError::JumpLost).context("connecting");
         assert_eq!(exit_code(&hop.unwrap_err()), EXIT_CONNECTION);
         assert_eq!(exit_code(&anyhow::anyhow!("disk full")), EXIT_LOCAL);
     }

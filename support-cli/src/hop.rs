@@ -560,7 +560,10 @@ pub async fn connect_device(
             handle,
             closed: session_closed,
         }),
-        Ok(false) => Err(HopError::CodeRefused),
+        Ok(false) => Err(HopError::CodeRefused {
+            serial: serial.to_string(),
+            user: user.to_string(),
+        }),
         Err(e) if is_closed(&e) => Err(closed()),
         Err(cause) => Err(HopError::Ssh {
             what: format!("logging in to {serial}"),
