@@ -4,7 +4,9 @@
 //! Nothing here sleeps to wait for readiness: a program is ready when it says so on stdout,
 //! anything else is polled with a deadline.
 
+pub mod account;
 pub mod attest;
+pub mod dropbear;
 pub mod nginx;
 pub mod proxy;
 
@@ -330,6 +332,13 @@ impl Sshd {
 
     /// With `extra` lines appended to the sshd_config.
     pub fn start_with(dir: &Path, extra: &str) -> Sshd {
+        Self::start_reading(dir, "", extra)
+    }
+
+    /// With `AuthorizedKeysFile` set to `keys_file` (as sshd_config takes it, e.g.
+    /// `.ssh/authorized_keys` for each account's own) instead of the harness's file for root
+    /// (empty: that one).
+    pub fn start_reading(dir: &Path, keys_file: &str, extra: &str) -> Sshd {
         let dir = dir.join("sshd");
         fs::create_dir_all(&dir).expect("create sshd dir");
         // sshd refuses to start without its privilege separation directory.
@@ -349,7 +358,11 @@ impl Sshd {
                  StrictModes no\nPidFile none\nLogLevel VERBOSE\nAllowTcpForwarding yes\n\
                  PrintMotd no\nPrintLastLog no\nAcceptEnv TERM LANG\n{extra}",
                 host_key.display(),
-                authorized_keys.display()
+                if keys_file.is_empty() {
+                    authorized_keys.display().to_string()
+                } else {
+                    keys_file.to_string()
+                }
             ),
         )
         .expect("write sshd_config");

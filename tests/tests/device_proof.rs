@@ -172,3 +172,19 @@ fn the_serial_in_another_case_derives_the_devices_spelling() {
     let pins = fs::read_to_string(w.known_hosts(0)).unwrap();
     assert!(pins.contains("SN-Case-7 ssh-ed25519 "), "{pins}");
 }
+
+#[test]
+fn a_proven_device_whose_server_refuses_the_key_is_not_called_a_wrong_code() {
+    let mut w = World::start(1);
+    let code = w.device_refusing_the_key("SN-0001");
+    let out = w.connect(0, "SN-0001", &code, &["true"], Stdio::null());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("the SSH server of device SN-0001 refused the key of this code")
+            && err.contains("so the code is right")
+            && err.contains("assist-client status"),
+        "{err}"
+    );
+    assert!(!err.contains("check the code"), "{err}");
+}

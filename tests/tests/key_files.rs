@@ -15,52 +15,23 @@ const SERIAL: &str = "SN-0001";
 const MARKER: &str = "assist-client:SN-0001";
 const USER_LINE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJqE7egDfQoF+LPGvaRdEJjNURSRmJ2U+vQ9XSbMvnLX user@laptop\n";
 
-/// An account made for the test and removed after it.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
+/// The test's account, with what only this test does to it.
+struct TestUser(assist_e2e::account::TestUser);
+
+impl std::ops::Deref for TestUser {
+    type Target = assist_e2e::account::TestUser;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl TestUser {
     fn create(home: &Path) -> TestUser {
-        let name = format!("assist-e2e-{}", std::process::id());
-        let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args([
-                "--no-create-home",
-                "--user-group",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg("--home-dir")
-            .arg(home)
-            .arg(&name)
-            .output()
-            .expect("run useradd");
-        assert!(out.status.success(), "useradd: {}", text(&out.stderr));
-        fs::create_dir(home).unwrap();
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").arg(flag).arg(&name).output().unwrap();
-            text(&out.stdout).trim().parse().unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        std::os::unix::fs::chown(home, Some(uid), Some(gid)).unwrap();
-        TestUser {
-            name,
-            uid,
-            gid,
-            home: home.to_owned(),
-        }
-    }
-
-    fn ssh_dir(&self) -> PathBuf {
-        self.home.join(".ssh")
-    }
-
-    fn keys(&self) -> PathBuf {
-        self.ssh_dir().join("authorized_keys")
+        TestUser(assist_e2e::account::TestUser::create(
+            home,
+            "keys",
+            "/usr/sbin/nologin",
+        ))
     }
 
     /// What the account itself could do: a link it owns.
@@ -71,25 +42,7 @@ impl TestUser {
 
     /// A fresh `~/.ssh` (0700) with the account's own key line, all owned by the account.
     fn fresh_ssh_dir(&self) {
-        let dir = self.ssh_dir();
-        if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_symlink()) {
-            fs::remove_file(&dir).unwrap();
-        } else if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap();
-        }
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(self.keys(), USER_LINE).unwrap();
-        fs::set_permissions(self.keys(), fs::Permissions::from_mode(0o600)).unwrap();
-        for path in [dir, self.keys()] {
-            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).unwrap();
-        }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        self.0.fresh_ssh_dir(USER_LINE);
     }
 }
 
@@ -157,7 +110,9 @@ fn links_and_foreign_files_planted_by_the_target_account_are_never_followed() {
     let user = TestUser::create(&dir.path().join("home"));
     let alice = keygen(&dir.path().join("alice"));
     let jump = Jumphost::start(dir.path(), &alice_policy("", &alice));
-    let sshd = Sshd::start(dir.path());
+    // An sshd that reads the account's own ~/.ssh/authorized_keys, which enable's login
+    // check goes through.
+    let sshd = Sshd::start_reading(dir.path(), ".ssh/authorized_keys", "");
     user.fresh_ssh_dir();
 
     // Files of root's that the account would love root to rewrite.

@@ -86,9 +86,33 @@ impl World {
         code
     }
 
-    /// Holds `serial`'s tunnel (port 22 to the sshd, plus the `extra` ssh arguments, each
-    /// `-R` of which is one more route) with `code`'s key authorized.
+    /// Holds `serial`'s tunnel with `code`'s key authorized ([`Self::tunnel`]).
     pub fn device_serving(&mut self, serial: &str, code: &str, extra: &[&str]) {
+        self.tunnel(serial, extra);
+        self.authorize(serial, code);
+    }
+
+    /// A device that proves `code` but whose sshd was never given its key (a server that
+    /// does not read the agent's key line).
+    pub fn device_refusing_the_key(&mut self, serial: &str) -> String {
+        let code = assist_proto::OneTimeCode::generate().to_string();
+        let proof = attest::document(serial, &code, &[self.sshd.host_key_pub.as_str()]);
+        let proof = format!("{ATTESTATION_PORT}:{}", attest::serve(proof));
+        self.tunnel(serial, &["-R", &proof]);
+        code
+    }
+
+    /// Puts `code`'s key in the customer's sshd, as the agent's key line would.
+    fn authorize(&self, serial: &str, code: &str) {
+        let public = derived_public(serial, code);
+        let mut keys = fs::read_to_string(&self.sshd.authorized_keys).unwrap();
+        keys.push_str(&format!("{public}\n"));
+        fs::write(&self.sshd.authorized_keys, keys).unwrap();
+    }
+
+    /// Registers `serial` and holds its tunnel (port 22 to the sshd, plus the `extra` ssh
+    /// arguments, each `-R` of which is one more route).
+    fn tunnel(&mut self, serial: &str, extra: &[&str]) {
         let key = self.path(&format!("dev-{serial}"));
         let (status, body) = self.jump.register(serial, &keygen(&key));
         assert_eq!(status, 201, "register {serial}: {body}");
@@ -129,10 +153,6 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.devices.push(device);
-        let public = derived_public(serial, code);
-        let mut keys = fs::read_to_string(&self.sshd.authorized_keys).unwrap();
-        keys.push_str(&format!("{public}\n"));
-        fs::write(&self.sshd.authorized_keys, keys).unwrap();
     }
 
     pub fn routes_added(&self, serial: &str) -> usize {
