@@ -22,6 +22,8 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 # The jump host behind a TLS-terminating reverse proxy (tests/tests/agent_network.rs) is a real nginx.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+# HAProxy sending the PROXY protocol in front of the API (tests/tests/agent_network.rs).
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -34,16 +34,18 @@ use russh::keys::ssh_key::SshSig;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
-use self::tls::TlsListener;
+use self::listener::ApiListener;
+pub use self::proxy_header::ProxyHeaders;
 use crate::enroll::EnrollmentKey;
 use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
 
 pub mod cert;
+pub mod listener;
 pub mod live_cert;
+pub mod proxy_header;
 pub mod ssh_ws;
-pub mod tls;
 
 /// Longest public key line accepted: an ed25519 line is ~100 bytes plus its comment.
 const MAX_KEY_LINE: usize = 4096;
@@ -200,35 +202,26 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on an already-bound listener until `shutdown` fires: HTTPS with `tls`,
-/// plain HTTP without; either way with `assist_proto::http`'s header deadline and connection limits.
+/// plain HTTP without, after a trusted proxy's PROXY header with `proxy`; either way with
+/// `assist_proto::http`'s header deadline and connection limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    proxy: Option<ProxyHeaders>,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(state);
     let limits = HttpLimits::default();
     let stop = shutdown.cancelled_owned();
-    match tls {
-        None => {
-            use axum::serve::ListenerExt;
-            // SSH over WebSocket rides these connections: no Nagle delay, as on the SSH port.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            assist_proto::http::serve(listener, app, limits, stop).await
-        }
-        Some(config) => {
-            let listener = TlsListener::new(
-                listener,
-                config,
-                limits::TLS_HANDSHAKE_TIMEOUT,
-                limits::MAX_TLS_HANDSHAKES,
-            );
-            assist_proto::http::serve(listener, app, limits, stop).await
-        }
-    }
+    let listener = ApiListener::new(
+        listener,
+        tls,
+        proxy,
+        limits::TLS_HANDSHAKE_TIMEOUT,
+        limits::MAX_TLS_HANDSHAKES,
+    );
+    assist_proto::http::serve(listener, app, limits, stop).await
 }
 
 /// Takes a token from the source's bucket before the body is even read; an empty bucket

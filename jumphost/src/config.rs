@@ -44,6 +44,11 @@ pub struct JumphostConfig {
     /// client's address for allowlists, penalties and audit. Absent: none is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections to the API port from `trusted_proxies` start with a PROXY protocol
+    /// header (v1 or v2, as HAProxy's `send-proxy` and TCP load balancers send), whose
+    /// source address is the client's. Others' connections are taken as they are.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
     #[serde(default)]
     pub api_tls: Option<ApiTls>,
@@ -187,6 +192,12 @@ impl JumphostConfig {
         }
         if self.max_forwards_per_device == 0 {
             anyhow::bail!("key max_forwards_per_device: must be at least 1");
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            anyhow::bail!(
+                "key proxy_protocol: needs trusted_proxies, the proxies whose PROXY header is \
+                 believed (nobody else's is)"
+            );
         }
         if self
             .enrollment_key

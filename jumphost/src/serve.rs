@@ -128,9 +128,14 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let scheme = if api_tls.is_some() { "https" } else { "http" };
+    let proxy_headers = config.proxy_protocol.then(|| api::ProxyHeaders {
+        trusted: config.trusted_proxies.clone(),
+        timeout: assist_proto::limits::HEADER_TIMEOUT,
+    });
     let api_task = tokio::spawn(api::serve(
         api_listener,
         api_tls,
+        proxy_headers,
         ApiState {
             store: Arc::clone(&store),
             policy,

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod attest;
 pub mod dropbear;
+pub mod haproxy;
 pub mod nginx;
 pub mod proxy;
 

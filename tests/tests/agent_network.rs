@@ -362,3 +362,78 @@ fn behind_nginx_with_tls_the_agent_and_support_cli_use_one_https_port() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn behind_haproxy_the_proxy_protocol_gives_the_jump_host_the_clients_addresses() {
+    use assist_e2e::haproxy::Haproxy;
+    use std::io::{Read, Write};
+    // HAProxy reaches the jump host from 127.0.0.7, which alone may send PROXY headers;
+    // devices are admitted only from 127.0.0.1, where the agent really is.
+    let w = World::start_configured(
+        "",
+        "trusted_proxies = [\"127.0.0.7/32\"]\nproxy_protocol = true\n",
+        "[\"127.0.0.1/32\"]",
+    );
+    let haproxy = Haproxy::start(w.dir.path(), w.jump.api_addr, "127.0.0.7".parse().unwrap());
+    let ws = format!("ws://{}/v1/ssh", haproxy.addr);
+
+    // Registration and tunnel through HAProxy: a jump host that took HAProxy's address for
+    // the client's would refuse the device (127.0.0.7 is outside client_cidrs).
+    let config = w.client_config("agent");
+    set_client_key(&config, &format!("jumphost = \"{ws}\""));
+    remove_client_key(&config, "api_url");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "5");
+    wait_tunnel(&config, "connected");
+
+    let out = support_cli(
+        &w,
+        &ws,
+        &[
+            "connect", SERIAL, "--code", &code, "--", "echo", "via", "haproxy",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "via haproxy");
+    // The hops are recorded with the engineer's address, never HAProxy's.
+    wait_until(SHORT, "the hops to be recorded", || {
+        w.jump
+            .sql("SELECT count(*) FROM hops WHERE ended_at IS NOT NULL")
+            .trim()
+            == "2"
+    });
+    let sources = w.jump.sql("SELECT source FROM hops");
+    assert!(
+        sources.lines().all(|s| s.starts_with("127.0.0.1:")),
+        "{sources}"
+    );
+
+    // Anyone else's PROXY header is not believed: it reaches HTTP, which says 400, and
+    // nothing is registered.
+    let mut direct = std::net::TcpStream::connect(w.jump.api_addr).unwrap();
+    direct
+        .write_all(b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\nGET /v1/ssh HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = direct.read_to_end(&mut answer);
+    assert!(
+        text(&answer).starts_with("HTTP/1.1 400"),
+        "{}",
+        text(&answer)
+    );
+    // And the trusted proxy's address without a header gets nothing at all.
+    let mut silent = assist_e2e::connect_from(7, w.jump.api_addr);
+    silent
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = silent.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", text(&answer));
+    assert!(
+        w.jump.proc.stderr().contains("PROXY header from 127.0.0.7"),
+        "{}",
+        w.jump.proc.stderr()
+    );
+}

@@ -1,6 +1,8 @@
-//! HTTPS for the registration API: a listener that hands the serve loop finished TLS streams.
+//! The registration API's listener: hands the serve loop connections that are ready for
+//! HTTP, after a trusted proxy's PROXY header (when configured) and the TLS handshake (for
+//! HTTPS).
 //!
-//! Handshakes run in their own tasks, each with a deadline and at most a fixed number at
+//! Both steps run in their own tasks, each with a deadline and at most a fixed number at
 //! once, so a client that connects and never sends a ClientHello holds neither the accept
 //! loop nor a task for long. Beyond the bound, connections wait in the kernel's backlog.
 
@@ -12,48 +14,74 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
-/// A TCP listener whose `accept` yields connections that completed a TLS handshake.
-pub struct TlsListener {
+use super::proxy_header::ProxyHeaders;
+
+/// A plain or a TLS connection.
+pub type ApiStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// A TCP listener whose `accept` yields connections ready for HTTP, with the client's
+/// address.
+pub struct ApiListener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    tls: Option<TlsAcceptor>,
+    proxy: Option<Arc<ProxyHeaders>>,
+    pending: JoinSet<Option<(ApiStream, SocketAddr)>>,
     timeout: Duration,
-    max_handshakes: usize,
+    max_pending: usize,
 }
 
-impl TlsListener {
+impl ApiListener {
+    /// `tls`: HTTPS with this config; `proxy`: whose PROXY header to read first. `timeout`
+    /// bounds each step, `max_pending` the connections in them at once.
     pub fn new(
         tcp: TcpListener,
-        config: Arc<rustls::ServerConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        proxy: Option<ProxyHeaders>,
         timeout: Duration,
-        max_handshakes: usize,
+        max_pending: usize,
     ) -> Self {
         Self {
             tcp,
-            acceptor: TlsAcceptor::from(config),
-            handshakes: JoinSet::new(),
+            tls: tls.map(TlsAcceptor::from),
+            proxy: proxy.map(Arc::new),
+            pending: JoinSet::new(),
             timeout,
-            max_handshakes: max_handshakes.max(1),
+            max_pending: max_pending.max(1),
         }
     }
 
-    fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn prepare(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         // SSH over WebSocket rides these connections: no Nagle delay, as on the SSH port.
         let _ = stream.set_nodelay(true);
-        let acceptor = self.acceptor.clone();
+        let tls = self.tls.clone();
+        let proxy = self.proxy.clone();
         let timeout = self.timeout;
-        self.handshakes.spawn(async move {
+        self.pending.spawn(async move {
+            let source = match &proxy {
+                Some(proxy) => match proxy.source(&mut stream, peer).await {
+                    Ok(source) => source,
+                    Err(e) => {
+                        tracing::warn!("{e}; connection closed");
+                        return None;
+                    }
+                },
+                None => peer,
+            };
+            let Some(acceptor) = tls else {
+                return Some((Either::Left(stream), source));
+            };
             // Failures are debug only: port scanners and plain-HTTP clients would flood
             // the log otherwise.
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => Some((tls, peer)),
+                Ok(Ok(tls)) => Some((Either::Right(tls), source)),
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                    tracing::debug!(%source, error = %e, "API TLS handshake failed");
                     None
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "API TLS handshake timed out");
+                    tracing::debug!(%source, "API TLS handshake timed out");
                     None
                 }
             }
@@ -61,21 +89,21 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+impl axum::serve::Listener for ApiListener {
+    type Io = ApiStream;
     type Addr = SocketAddr;
 
     // Cancel-safe, as the serve loop's shutdown needs: both awaited operations are, and the
-    // handshakes in flight live in `self`, not in this future.
+    // connections being prepared live in `self`, not in this future.
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let room = self.handshakes.len() < self.max_handshakes;
+            let room = self.pending.len() < self.max_pending;
             tokio::select! {
                 accepted = self.tcp.accept(), if room => match accepted {
-                    Ok((stream, peer)) => self.start_handshake(stream, peer),
+                    Ok((stream, peer)) => self.prepare(stream, peer),
                     Err(e) => accept_failed(e).await,
                 },
-                Some(done) = self.handshakes.join_next() => {
+                Some(done) = self.pending.join_next() => {
                     if let Ok(Some(connection)) = done {
                         return connection;
                     }
@@ -134,7 +162,7 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let timeout = Duration::from_millis(300);
         // Room for one handshake: the silent client takes it until its deadline.
-        let mut listener = TlsListener::new(tcp, server, timeout, 1);
+        let mut listener = ApiListener::new(tcp, Some(server), None, timeout, 1);
         let started = tokio::time::Instant::now();
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let talker = tokio::spawn(async move {
@@ -169,7 +197,7 @@ mod tests {
         let (server, _) = configs(dir.path());
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let mut listener = TlsListener::new(tcp, server, Duration::from_secs(10), 4);
+        let mut listener = ApiListener::new(tcp, Some(server), None, Duration::from_secs(10), 4);
         let mut plain = TcpStream::connect(addr).await.unwrap();
         plain
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
