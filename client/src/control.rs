@@ -92,6 +92,8 @@ impl IntoResponse for ApiError {
                     AgentError::Register(RegisterError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
                     AgentError::Register(RegisterError::Enrollment { .. }) => StatusCode::FORBIDDEN,
                     AgentError::Register(_) => StatusCode::BAD_GATEWAY,
+                    // The customer's SSH server, not this agent, is what failed.
+                    AgentError::Target(_) => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, e.to_string())
