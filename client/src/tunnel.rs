@@ -410,14 +410,70 @@ async fn relay(
     counted.describe(&service.name, Some(engineer));
     tracing::info!(service = %service.name, "relaying");
     let mut stream = channel.into_stream();
+    // Counted as they flow, so status and the page show a session's bytes while it runs and
+    // keep them when it ends by disable or an error.
+    let mut local = Counting {
+        inner: &mut tcp,
+        guard: &counted,
+    };
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut tcp, &mut stream) => match r {
+        r = tokio::io::copy_bidirectional(&mut local, &mut stream) => match r {
             Ok((up, down)) => {
-                counted.add_bytes(up, down);
                 tracing::info!(to_engineer = up, from_engineer = down, "relay done");
             }
             Err(e) => tracing::info!("relay ended: {e}"),
         },
         () = cancel.cancelled() => tracing::info!("relay closed by disable"),
+    }
+}
+
+/// The local service's end of a relay, adding what is read from it (to the engineer) and
+/// written to it (from the engineer) to the session's counts.
+struct Counting<'a, S> {
+    inner: S,
+    guard: &'a crate::state::ConnectionGuard<'a>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.guard.add_bytes(read as u64, 0);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.guard.add_bytes(0, n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

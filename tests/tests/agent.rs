@@ -423,3 +423,73 @@ fn a_refused_device_key_is_registered_again_once() {
     );
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
 }
+
+/// The page's counts come from `/api/status`: a session's bytes show there while it runs, and
+/// stay when it is ended by Stop rather than by its own end.
+#[test]
+fn a_sessions_bytes_show_while_it_runs_and_stay_after_stop() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+
+    // 300,000 bytes to the engineer, then the session stays open (cat waits on our stdin).
+    let mut engineer = agent_world::support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &[
+            "connect",
+            SERIAL,
+            "--code",
+            &code,
+            "--",
+            "sh",
+            "-c",
+            "head -c 300000 /dev/zero; cat",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = engineer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut got);
+        got.len()
+    });
+    let moved = |s: &serde_json::Value| {
+        s["connections"]["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                (
+                    x["ended"].is_null(),
+                    x["bytes_to_engineer"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_until(SHORT, "the bytes to show while the session runs", || {
+        moved(&status(&config))
+            .iter()
+            .any(|(open, bytes)| *open && *bytes >= 300_000)
+    });
+
+    // Stop ends it; its count stays on the page.
+    let out = cli(&config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = moved(&status(&config));
+    assert!(
+        after
+            .iter()
+            .any(|(open, bytes)| !*open && *bytes >= 300_000),
+        "{after:?}"
+    );
+    drop(engineer.stdin.take());
+    let _ = engineer.wait();
+    assert!(reader.join().unwrap() >= 300_000);
+}
