@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
 use crate::register::{self, RegisterError};
-use crate::state::{Shared, Status, TunnelState};
+use crate::state::{Shared, Status, TunnelState, rfc3339};
 use crate::target;
 use crate::tunnel::{Registration, Tunnel};
 use assist_proto::OneTimeCode;
@@ -16,7 +16,6 @@ use russh::keys::PrivateKey;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +79,14 @@ struct Window {
     task: JoinHandle<()>,
 }
 
+/// The window now open, if any, and the number of the last one opened (so a window's own
+/// end cannot close its successor).
+#[derive(Default)]
+struct Windows {
+    last_epoch: u64,
+    open: Option<Window>,
+}
+
 pub struct Agent {
     config: Config,
     device_key: Arc<PrivateKey>,
@@ -87,7 +94,7 @@ pub struct Agent {
     pin: HostKeyPin,
     shared: Arc<Shared>,
     /// The current window; the lock is held through a whole enable or disable.
-    window: tokio::sync::Mutex<(u64, Option<Window>)>,
+    window: tokio::sync::Mutex<Windows>,
     /// End of the current window, readable while an enable (which may wait seconds on the
     /// jump host) holds `window`, so status never stalls.
     until: std::sync::Mutex<Option<OffsetDateTime>>,
@@ -117,7 +124,7 @@ impl Agent {
             keys_file,
             pin,
             shared: Arc::new(Shared::default()),
-            window: tokio::sync::Mutex::new((0, None)),
+            window: tokio::sync::Mutex::new(Windows::default()),
             until: std::sync::Mutex::new(None),
             server: std::sync::Mutex::new(None),
         })
@@ -157,7 +164,7 @@ impl Agent {
         .await;
         let reg = match registered {
             Ok(reg) => reg,
-            Err(e) if guard.1.is_none() => return Err(self.enable_failed(e.into())),
+            Err(e) if guard.open.is_none() => return Err(self.enable_failed(e.into())),
             Err(e) => return Err(e.into()),
         };
         let max_secs = reg.max_assistance_secs;
@@ -194,7 +201,7 @@ impl Agent {
                 ))
             });
 
-        if let Some(old) = guard.1.take() {
+        if let Some(old) = guard.open.take() {
             stop_window(old).await;
             self.set_until(None);
         }
@@ -256,8 +263,8 @@ impl Agent {
             *slot = server;
         }
 
-        guard.0 += 1;
-        let epoch = guard.0;
+        guard.last_epoch += 1;
+        let epoch = guard.last_epoch;
         self.shared.start_window();
         let cancel = CancellationToken::new();
         let relays = TaskTracker::new();
@@ -303,7 +310,7 @@ impl Agent {
             cancel.clone(),
         ));
         self.set_until(Some(until));
-        guard.1 = Some(Window {
+        guard.open = Some(Window {
             epoch,
             cancel,
             relays,
@@ -330,17 +337,17 @@ impl Agent {
     /// Ends assistance: tunnel and relays closed, key line removed. Safe to call when off.
     pub async fn disable(&self, reason: &str) -> Result<DisableReport, AgentError> {
         let mut guard = self.window.lock().await;
-        let window = guard.1.take();
+        let window = guard.open.take();
         self.finish(window, reason, None).await
     }
 
     /// Ends window `epoch` from inside (its end came, or its tunnel failed for good).
     async fn end_window(&self, epoch: u64, fatal: Option<String>) {
         let mut guard = self.window.lock().await;
-        if guard.1.as_ref().map(|w| w.epoch) != Some(epoch) {
+        if guard.open.as_ref().map(|w| w.epoch) != Some(epoch) {
             return;
         }
-        let window = guard.1.take();
+        let window = guard.open.take();
         let reason = if fatal.is_some() {
             "tunnel failed"
         } else {
@@ -457,12 +464,4 @@ async fn stop_window(w: Window) {
     if tokio::time::timeout(SHUTDOWN_GRACE, w.task).await.is_err() {
         abort.abort();
     }
-}
-
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

@@ -2,9 +2,10 @@
 //! enable|disable|status`. Every request must carry the owner's token; without it nothing is
 //! read or changed. The customer's web page (`crate::web`) is mounted next to it.
 
-use crate::agent::{Agent, AgentError, DisableReport, rfc3339};
+use crate::agent::{Agent, AgentError, DisableReport};
 use crate::register::RegisterError;
 use crate::state::Status;
+use crate::state::rfc3339;
 use crate::web::constant_time_eq;
 use assist_proto::Secret;
 use assist_proto::body::read_json;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// How many sessions of a window the history keeps (the oldest finished ones go first).
 const HISTORY_LIMIT: usize = 100;
@@ -55,27 +56,35 @@ pub struct SessionInfo {
     pub bytes_from_engineer: u64,
 }
 
+/// What the relay learns of a session after it opened.
+#[derive(Debug, Clone, Default)]
+struct SessionDetail {
+    service: Option<String>,
+    originator: Option<String>,
+    ended: Option<OffsetDateTime>,
+}
+
 /// A session record, shared between the relay (which counts) and the history (which shows).
 #[derive(Debug)]
 struct SessionRecord {
     since: OffsetDateTime,
-    detail: Mutex<(Option<String>, Option<String>, Option<OffsetDateTime>)>,
+    detail: Mutex<SessionDetail>,
     to_engineer: AtomicU64,
     from_engineer: AtomicU64,
 }
 
 impl SessionRecord {
     fn info(&self) -> SessionInfo {
-        let (service, originator, ended) = self
-            .detail
-            .lock()
-            .map(|d| d.clone())
-            .unwrap_or((None, None, None));
+        let SessionDetail {
+            service,
+            originator,
+            ended,
+        } = self.detail.lock().map(|d| d.clone()).unwrap_or_default();
         SessionInfo {
             service,
             originator,
-            since: crate::agent::rfc3339(self.since),
-            ended: ended.map(crate::agent::rfc3339),
+            since: rfc3339(self.since),
+            ended: ended.map(rfc3339),
             bytes_to_engineer: self.to_engineer.load(Ordering::Relaxed),
             bytes_from_engineer: self.from_engineer.load(Ordering::Relaxed),
         }
@@ -152,7 +161,7 @@ impl Shared {
         self.total.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(SessionRecord {
             since: OffsetDateTime::now_utc(),
-            detail: Mutex::new((None, None, None)),
+            detail: Mutex::new(SessionDetail::default()),
             to_engineer: AtomicU64::new(0),
             from_engineer: AtomicU64::new(0),
         });
@@ -199,7 +208,10 @@ impl Shared {
 
 impl SessionRecord {
     fn is_finished(&self) -> bool {
-        self.detail.lock().map(|d| d.2.is_some()).unwrap_or(true)
+        self.detail
+            .lock()
+            .map(|d| d.ended.is_some())
+            .unwrap_or(true)
     }
 }
 
@@ -213,8 +225,8 @@ impl ConnectionGuard<'_> {
     /// Names the service and the engineer's address (`ip:port`) for the history.
     pub fn describe(&self, service: &str, originator: Option<&str>) {
         if let Ok(mut d) = self.record.detail.lock() {
-            d.0 = Some(service.to_owned());
-            d.1 = originator.map(str::to_owned);
+            d.service = Some(service.to_owned());
+            d.originator = originator.map(str::to_owned);
         }
     }
 
@@ -232,10 +244,19 @@ impl ConnectionGuard<'_> {
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut d) = self.record.detail.lock() {
-            d.2 = Some(OffsetDateTime::now_utc());
+            d.ended = Some(OffsetDateTime::now_utc());
         }
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A time as status shows it: RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

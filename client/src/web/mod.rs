@@ -7,9 +7,10 @@
 
 pub mod guard;
 
-use crate::agent::{Agent, rfc3339};
+use crate::agent::Agent;
 use crate::control::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
+use crate::state::rfc3339;
 use assist_proto::Secret;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
