@@ -41,6 +41,7 @@ impl PerSource {
     }
 
     /// Places `ip`'s source holds now.
+    #[cfg(test)]
     pub fn held(&self, ip: IpAddr) -> usize {
         let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         held.get(&source_key(ip)).copied().unwrap_or(0)

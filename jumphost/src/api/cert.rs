@@ -94,7 +94,6 @@ pub fn load(tls: &ApiTls, data_dir: &Path, api_listen: SocketAddr) -> anyhow::Re
                     cert.display(),
                     key.display()
                 );
-                eprintln!("WARNING: {warning}");
                 tracing::warn!("{warning}");
             }
             Ok(pair)

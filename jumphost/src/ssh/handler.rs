@@ -14,11 +14,9 @@ use tracing::Instrument;
 
 use super::Relay;
 use super::auth::{self, Identity, Refusal};
-use super::hop;
+use super::hop::{self, CONNECT_FAILED};
 use super::routes::SessionId;
 
-/// SSH reason code "connect failed" with our own description.
-const CONNECT_FAILED: u32 = 2;
 /// SSH reason code "administratively prohibited" with our own description.
 const PROHIBITED: u32 = 1;
 /// Longest address string a device may give in `tcpip-forward` (a DNS name's limit).
@@ -141,7 +139,9 @@ impl ConnHandler {
             format!("refused {what}: {reason}"),
         );
         // The reply only queues a message; there is nothing to wait for.
-        tokio::spawn(reply.reject(ChannelOpenFailure::Other { code, reason }));
+        self.relay
+            .tasks
+            .spawn(reply.reject(ChannelOpenFailure::Other { code, reason }));
     }
 
     fn refuse_request(&self, what: &str) {
@@ -385,7 +385,8 @@ impl russh::server::Handler for ConnHandler {
                 .claim(serial, self.session_id, session.handle())
             {
                 tracing::info!(parent: &self.span, serial, "replacing the previous session of this device");
-                tokio::spawn(async move {
+                // In the relay's tracker, so a shutdown waits for it too.
+                self.relay.tasks.spawn(async move {
                     let _ = old
                         .disconnect(
                             russh::Disconnect::ByApplication,

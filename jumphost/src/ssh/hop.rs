@@ -83,8 +83,8 @@ impl LiveHops {
     }
 }
 
-/// SSH reason code "connect failed".
-const CONNECT_FAILED: u32 = 2;
+/// SSH reason code "connect failed" (RFC 4254), sent with our own description.
+pub(super) const CONNECT_FAILED: u32 = 2;
 
 pub struct Hop {
     pub relay: Arc<Relay>,

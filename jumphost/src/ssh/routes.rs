@@ -36,7 +36,6 @@ pub enum RouteError {
 pub struct Route<H> {
     /// The serial as the device authenticated with it.
     pub serial: String,
-    pub session: SessionId,
     pub handle: H,
     /// The exact address string the device passed in `tcpip-forward`: stock `ssh -R`
     /// matches incoming `forwarded-tcpip` opens on it.
@@ -147,7 +146,6 @@ impl<H: Clone> RouteTable<H> {
         let address = owner.ports.get(&port)?;
         Some(Route {
             serial: owner.serial.clone(),
-            session: owner.session,
             handle: owner.handle.clone(),
             address: address.clone(),
         })
@@ -193,10 +191,7 @@ mod tests {
         assert_eq!(t.add("SN-1", 1, "localhost", 22, 16), Ok(22));
         assert_eq!(t.add("SN-1", 1, "127.0.0.1", 80, 16), Ok(80));
         let r = t.lookup("SN-1", 22).unwrap();
-        assert_eq!(
-            (r.session, r.handle, r.address.as_str()),
-            (1, "h1", "localhost")
-        );
+        assert_eq!((r.handle, r.address.as_str()), ("h1", "localhost"));
         assert_eq!(t.lookup("SN-1", 80).unwrap().address, "127.0.0.1");
         assert!(t.lookup("SN-1", 443).is_none());
         assert!(t.lookup("SN-2", 22).is_none());
