@@ -311,7 +311,6 @@ mod tests {
     /// fresh document with several host keys.
     #[test]
     fn ssh_keygen_checks_a_document() {
-        use std::io::Write;
         let key = derive_attestation_key("SN-0001", &code()).unwrap();
         let second = PrivateKey::from(Ed25519Keypair::from_seed(&[9; 32]));
         let doc = Attestation {
@@ -324,21 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sig = dir.path().join("msg.sig");
         std::fs::write(&sig, signature).unwrap();
-        let mut check = std::process::Command::new("ssh-keygen")
-            .args(["-Y", "check-novalidate", "-n", NAMESPACE, "-s"])
-            .arg(&sig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
-        let out = check.wait_with_output().unwrap();
+        let out = check_novalidate(&sig, message);
         assert!(
             out.status.success(),
             "{}",
@@ -347,22 +332,29 @@ mod tests {
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
         assert!(String::from_utf8_lossy(&out.stdout).contains(&fingerprint));
         // An edited message does not pass.
-        let mut check = std::process::Command::new("ssh-keygen")
+        let edited = message.replace("SN-0001", "SN-0002");
+        assert!(!check_novalidate(&sig, &edited).status.success());
+    }
+
+    /// `ssh-keygen -Y check-novalidate` of `message` against the signature file `sig`.
+    fn check_novalidate(sig: &std::path::Path, message: &str) -> std::process::Output {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut check = Command::new("ssh-keygen")
             .args(["-Y", "check-novalidate", "-n", NAMESPACE, "-s"])
-            .arg(&sig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .arg(sig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let edited = message.replace("SN-0001", "SN-0002");
         check
             .stdin
             .take()
             .unwrap()
-            .write_all(edited.as_bytes())
+            .write_all(message.as_bytes())
             .unwrap();
-        assert!(!check.wait().unwrap().success());
+        check.wait_with_output().unwrap()
     }
 
     #[test]

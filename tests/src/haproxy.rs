@@ -15,22 +15,9 @@ pub struct Haproxy {
     pub addr: SocketAddr,
 }
 
-/// The README's HAProxy block, between its `haproxy-snippet` markers.
+/// The README's haproxy block, between its `haproxy-snippet` markers.
 pub fn readme_snippet() -> String {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("read README.md");
-    let (_, rest) = readme
-        .split_once("<!-- haproxy-snippet -->")
-        .expect("README has the haproxy snippet");
-    let (block, _) = rest
-        .split_once("<!-- /haproxy-snippet -->")
-        .expect("snippet end");
-    block
-        .trim()
-        .strip_prefix("```haproxy")
-        .and_then(|b| b.strip_suffix("```"))
-        .expect("a ```haproxy block")
-        .to_owned()
+    crate::readme_snippet("haproxy", "haproxy")
 }
 
 impl Haproxy {

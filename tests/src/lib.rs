@@ -803,3 +803,72 @@ pub fn assist_client(config: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run assist-client")
 }
+
+/// Stock `ssh HOST` through the jump host with `ProxyJump`, as an engineer sets it up for the
+/// key `support-cli key` exported: the jump login as `engineer` with `engineer_key`, then
+/// `user@host` with `key`, the device's host key pinned strictly from `known_hosts` (or not
+/// checked at all with `None`, for a honeypot the test wants to walk into).
+pub struct ProxyJump<'a> {
+    pub jump_port: &'a str,
+    pub engineer: &'a str,
+    pub engineer_key: &'a Path,
+    pub host: &'a str,
+    pub user: &'a str,
+    pub key: &'a Path,
+    pub known_hosts: Option<&'a Path>,
+}
+
+impl ProxyJump<'_> {
+    /// Writes the ssh_config to `path` and runs `ssh -F path HOST command`.
+    pub fn run(&self, path: &Path, command: &str) -> std::process::Output {
+        let device_pins = match self.known_hosts {
+            Some(file) => format!(
+                "  StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n",
+                file.display()
+            ),
+            None => "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n".to_owned(),
+        };
+        fs::write(
+            path,
+            format!(
+                "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n\
+                 \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
+                 Host {}\n  User {}\n  IdentityFile {}\n  ProxyJump jump\n{device_pins}\
+                 Host *\n  BatchMode yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n",
+                self.jump_port,
+                self.engineer,
+                self.engineer_key.display(),
+                self.host,
+                self.user,
+                self.key.display(),
+            ),
+        )
+        .expect("write ssh_config");
+        Command::new("ssh")
+            .arg("-F")
+            .arg(path)
+            .args([self.host, command])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+}
+
+/// The fenced `lang` block of README.md between `<!-- NAME-snippet -->` and
+/// `<!-- /NAME-snippet -->`: the configs the README gives operators, which the tests run.
+pub fn readme_snippet(name: &str, lang: &str) -> String {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("read README.md");
+    let (_, rest) = readme
+        .split_once(&format!("<!-- {name}-snippet -->"))
+        .unwrap_or_else(|| panic!("README has the {name} snippet"));
+    let (block, _) = rest
+        .split_once(&format!("<!-- /{name}-snippet -->"))
+        .expect("snippet end");
+    block
+        .trim()
+        .strip_prefix(&format!("```{lang}"))
+        .and_then(|b| b.strip_suffix("```"))
+        .unwrap_or_else(|| panic!("a ```{lang} block"))
+        .to_owned()
+}

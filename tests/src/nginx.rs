@@ -16,22 +16,9 @@ pub struct Nginx {
     pub dir: PathBuf,
 }
 
-/// The README's nginx server block, between its `nginx-snippet` markers.
+/// The README's nginx block, between its `nginx-snippet` markers.
 pub fn readme_snippet() -> String {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("read README.md");
-    let (_, rest) = readme
-        .split_once("<!-- nginx-snippet -->")
-        .expect("README has the nginx snippet");
-    let (block, _) = rest
-        .split_once("<!-- /nginx-snippet -->")
-        .expect("snippet end");
-    let block = block.trim();
-    block
-        .strip_prefix("```nginx")
-        .and_then(|b| b.strip_suffix("```"))
-        .expect("a ```nginx block")
-        .to_owned()
+    crate::readme_snippet("nginx", "nginx")
 }
 
 impl Nginx {

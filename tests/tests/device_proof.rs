@@ -87,25 +87,18 @@ fn a_device_without_proof_gets_nothing_even_from_a_trusting_engineer() {
     // which is what support-cli just refused to walk into.
     let any_key = w.path("any-key");
     keygen(&any_key);
-    let config = w.path("ssh_config");
-    fs::write(
-        &config,
-        format!(
-            "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User eng0\n  IdentityFile {}\n\
-             Host SN-FAKE\n  User root\n  IdentityFile {}\n  ProxyJump jump\n\
-             Host *\n  BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
-             \x20 IdentitiesOnly yes\n  LogLevel ERROR\n",
-            w.jump.ssh_port(),
-            w.path("eng0").display(),
-            any_key.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new("ssh")
-        .args(["-F", config.to_str().unwrap(), "SN-FAKE", "echo honeypot"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let jump_port = w.jump.ssh_port();
+    let engineer_key = w.path("eng0");
+    let out = assist_e2e::ProxyJump {
+        jump_port: &jump_port,
+        engineer: "eng0",
+        engineer_key: &engineer_key,
+        host: "SN-FAKE",
+        user: "root",
+        key: &any_key,
+        known_hosts: None,
+    }
+    .run(&w.path("ssh_config"), "echo honeypot");
     assert_eq!(text(&out.stdout), "honeypot\n", "{}", text(&out.stderr));
     assert!(w.sshd.log().contains("Accepted publickey"));
 }

@@ -194,33 +194,17 @@ fn dropbear_takes_a_key_line_it_understands_and_the_engineer_gets_in() {
         fs::read_to_string(&pins).unwrap(),
         format!("{SERIAL} {}\n", dropbear.host_key_pub)
     );
-    let ssh_config = w.path("ssh_config");
-    fs::write(
-        &ssh_config,
-        format!(
-            "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User alice\n  IdentityFile {}\n\
-             \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
-             Host {SERIAL}\n  User {}\n  IdentityFile {}\n  ProxyJump jump\n\
-             \x20 StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n\
-             Host *\n  BatchMode yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n",
-            w.jump.ssh_port(),
-            w.alice_key.display(),
-            user.name,
-            key.display(),
-            pins.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("ssh")
-        .args([
-            "-F",
-            ssh_config.to_str().unwrap(),
-            SERIAL,
-            "echo stock-$((6*7)) $(id -un)",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let jump_port = w.jump.ssh_port();
+    let out = assist_e2e::ProxyJump {
+        jump_port: &jump_port,
+        engineer: "alice",
+        engineer_key: &w.alice_key,
+        host: SERIAL,
+        user: &user.name,
+        key: &key,
+        known_hosts: Some(&pins),
+    }
+    .run(&w.path("ssh_config"), "echo stock-$((6*7)) $(id -un)");
     assert!(out.status.success(), "ssh -J: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("stock-42 {}\n", user.name));
 

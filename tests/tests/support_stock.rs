@@ -139,32 +139,18 @@ fn exported_key_works_with_stock_ssh_proxyjump() {
 
     // ProxyJump (ssh -J) with an ssh_config, so the jump login gets the engineer's key; the
     // device's key is pinned strictly from the exported known_hosts.
-    let config = w.path("ssh_config");
-    fs::write(
-        &config,
-        format!(
-            "Host jump\n  HostName 127.0.0.1\n  Port {}\n  User eng0\n  IdentityFile {}\n\
-             \x20 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
-             Host SN-KEY\n  User root\n  IdentityFile {}\n  ProxyJump jump\n\
-             \x20 StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n\
-             Host *\n  BatchMode yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n",
-            w.jump.ssh_port(),
-            w.path("eng0").display(),
-            key.display(),
-            pins.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("ssh")
-        .args([
-            "-F",
-            config.to_str().unwrap(),
-            "SN-KEY",
-            "echo stock-$((2+3))",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let jump_port = w.jump.ssh_port();
+    let engineer_key = w.path("eng0");
+    let out = assist_e2e::ProxyJump {
+        jump_port: &jump_port,
+        engineer: "eng0",
+        engineer_key: &engineer_key,
+        host: "SN-KEY",
+        user: "root",
+        key: &key,
+        known_hosts: Some(&pins),
+    }
+    .run(&w.path("ssh_config"), "echo stock-$((2+3))");
     assert!(out.status.success(), "ssh -J: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "stock-5\n");
 }
