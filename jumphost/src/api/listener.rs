@@ -54,9 +54,19 @@ impl ApiListener {
         }
     }
 
-    fn prepare(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    /// Hands back a connection with nothing to wait for at once (plain, no header to
+    /// read), so those keep the order they were accepted in; the rest go to a task.
+    fn prepare(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(ApiStream, SocketAddr)> {
         // SSH over WebSocket rides these connections: no Nagle delay, as on the SSH port.
         let _ = stream.set_nodelay(true);
+        let header_expected = self.proxy.as_ref().is_some_and(|p| p.trusts(peer));
+        if self.tls.is_none() && !header_expected {
+            return Some((Either::Left(stream), peer));
+        }
         let tls = self.tls.clone();
         let proxy = self.proxy.clone();
         let timeout = self.timeout;
@@ -88,6 +98,7 @@ impl ApiListener {
                 }
             }
         });
+        None
     }
 }
 
@@ -102,7 +113,11 @@ impl axum::serve::Listener for ApiListener {
             let room = self.pending.len() < self.max_pending;
             tokio::select! {
                 accepted = self.tcp.accept(), if room => match accepted {
-                    Ok((stream, peer)) => self.prepare(stream, peer),
+                    Ok((stream, peer)) => {
+                        if let Some(ready) = self.prepare(stream, peer) {
+                            return ready;
+                        }
+                    }
                     Err(e) => accept_failed(e).await,
                 },
                 Some(done) = self.pending.join_next() => {

@@ -28,7 +28,7 @@ pub struct ProxyHeaders {
 }
 
 impl ProxyHeaders {
-    fn trusts(&self, peer: SocketAddr) -> bool {
+    pub fn trusts(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
         self.trusted.iter().any(|n| n.contains(&ip))
     }
