@@ -274,40 +274,33 @@ impl russh::server::Handler for ConnHandler {
             );
             return Ok(());
         };
-        let Some(route) = self.relay.routes.lookup(host_to_connect, port_to_connect) else {
-            let reason = match self.relay.routes.connected_as(host_to_connect) {
-                // Out of scope learns only that, not which ports the device offers.
-                Some(serial) => {
-                    let policy = self.relay.policy.current();
-                    let now = SystemTime::now();
-                    if let Err(reason) =
-                        auth::hop_allowed(&policy, engineer, self.peer.ip(), &serial, now)
-                    {
-                        self.refuse_channel(&what, reply, PROHIBITED, reason);
-                        return Ok(());
-                    }
-                    format!("device {serial} is connected but offers no port {port_to_connect}")
-                }
-                None => format!(
-                    "device {host_to_connect} is not connected (has the customer enabled assistance?)"
-                ),
-            };
+        let Some(serial) = self.relay.routes.connected_as(host_to_connect) else {
+            let reason = format!(
+                "device {host_to_connect} is not connected (has the customer enabled assistance?)"
+            );
             self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
             return Ok(());
         };
         // Asked of the policy in force now, not the one at login: a revoked engineer or a
-        // narrowed scope takes effect at the next open.
+        // narrowed scope takes effect at the next open. Before the port is looked at, so an
+        // engineer out of scope learns only that, not which ports the device offers.
         let policy = self.relay.policy.current();
         if let Err(reason) = auth::hop_allowed(
             &policy,
             engineer,
             self.peer.ip(),
-            &route.serial,
+            &serial,
             SystemTime::now(),
         ) {
             self.refuse_channel(&what, reply, PROHIBITED, reason);
             return Ok(());
         }
+        let Some(route) = self.relay.routes.lookup(host_to_connect, port_to_connect) else {
+            let reason =
+                format!("device {serial} is connected but offers no port {port_to_connect}");
+            self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
+            return Ok(());
+        };
         let span = tracing::info_span!(parent: &self.span, "hop", serial = %route.serial, port = port_to_connect);
         let hop = hop::Hop {
             relay: Arc::clone(&self.relay),
