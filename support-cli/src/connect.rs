@@ -4,7 +4,6 @@ use anyhow::Context;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, Sig};
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Settings;
@@ -14,9 +13,6 @@ use crate::key;
 use crate::progress::Progress;
 use crate::prove;
 use crate::terminal::{self, RawMode};
-
-/// The device's SSH service, as the agent forwards it.
-const SSH_PORT: u32 = assist_proto::limits::SSH_SERVICE_PORT;
 
 /// Arguments of `connect`.
 pub struct ConnectArgs {
@@ -41,13 +37,9 @@ pub async fn run(
     let jump = hop::connect_jump(login, progress).await?;
     let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;
     let serial = proven.serial.clone();
-
-    progress.stage(format!("reaching device {serial}"));
-    let origin = SocketAddr::from(([127, 0, 0, 1], 0));
-    let channel = jump.open(&serial, SSH_PORT, origin).await?;
-    progress.stage(format!("authenticating to {serial}"));
-    let device =
-        hop::connect_device(channel, proven, &args.user, &settings.known_hosts, progress).await?;
+    let device = jump
+        .login_device(proven, &args.user, &settings.known_hosts, progress)
+        .await?;
     progress.done(None);
     progress.stop();
 

@@ -6,7 +6,6 @@ use anyhow::Context;
 use assist_proto::OneTimeCode;
 use assist_proto::limits::SSH_SERVICE_PORT as SSH_PORT;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -150,13 +149,9 @@ pub async fn run(
     let route = match inside {
         Some((code, derivation, target)) => {
             let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;
-            let serial = proven.serial.clone();
-            progress.stage(format!("reaching device {serial}"));
-            let origin = SocketAddr::from(([127, 0, 0, 1], 0));
-            let channel = jump.open(&serial, SSH_PORT, origin).await?;
-            let device =
-                hop::connect_device(channel, proven, &args.user, &settings.known_hosts, progress)
-                    .await?;
+            let device = jump
+                .login_device(proven, &args.user, &settings.known_hosts, progress)
+                .await?;
             Route::Session { device, target }
         }
         None => Route::Jump { port: service.port },

@@ -471,6 +471,25 @@ impl Jump {
         }
     }
 
+    /// Opens the proven device's ssh port and logs in there as `user` with the code's key,
+    /// accepting only the host keys it proved.
+    pub async fn login_device(
+        &self,
+        proven: crate::prove::Proven,
+        user: &str,
+        known_hosts: &std::path::Path,
+        progress: &Progress,
+    ) -> Result<Device, HopError> {
+        let serial = proven.serial.clone();
+        progress.stage(format!("reaching device {serial}"));
+        let origin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let channel = self
+            .open(&serial, assist_proto::limits::SSH_SERVICE_PORT, origin)
+            .await?;
+        progress.stage(format!("authenticating to {serial}"));
+        connect_device(channel, proven, user, known_hosts, progress).await
+    }
+
     pub async fn disconnect(&self) {
         let _ = self
             .handle
