@@ -20,6 +20,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # The customer behind a forward proxy (tests/tests/agent_network.rs) goes through a real tinyproxy.
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+# The customer behind a SOCKS5 proxy (tests/tests/agent_network.rs) goes through a real microsocks.
+command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
 # The jump host behind a TLS-terminating reverse proxy (tests/tests/agent_network.rs) is a real nginx.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 # HAProxy sending the PROXY protocol in front of the API (tests/tests/agent_network.rs).

@@ -31,6 +31,10 @@ pub enum RegisterError {
         "the proxy refused: authentication required or wrong ({message}); check the user and password in the proxy URL"
     )]
     ProxyAuth { message: String },
+    /// The proxy on the way said no, in its own words (a SOCKS5 refusal, an unreachable
+    /// proxy), as the tunnel would have found it.
+    #[error("{message}")]
+    Proxy { message: String },
     #[error("the jump host refused the registration with HTTP {status}: {message}")]
     Refused { status: u16, message: String },
     #[error("TLS with the jump host API at {url} failed: {message}")]
@@ -53,8 +57,16 @@ pub async fn register(
     proxy: Option<&assist_proto::proxy::Proxy>,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
-    // Without a configured proxy reqwest reads HTTPS_PROXY / HTTP_PROXY / NO_PROXY itself.
-    let mut builder = reqwest::Client::builder().timeout(REGISTER_TIMEOUT);
+    // Without a configured proxy, the environment's, read as the tunnel reads it (not as
+    // reqwest would: it knows no socks5h:// in HTTPS_PROXY and no NO_PROXY domains alike).
+    let from_env = match proxy {
+        Some(_) => None,
+        None => env_proxy(&url).map_err(|message| RegisterError::Proxy { message })?,
+    };
+    let proxy = proxy.or(from_env.as_ref());
+    let mut builder = reqwest::Client::builder()
+        .timeout(REGISTER_TIMEOUT)
+        .no_proxy();
     if let Some(proxy) = proxy {
         let proxy = reqwest::Proxy::all(proxy.url_with_credentials().expose()).map_err(|e| {
             RegisterError::Unreachable {
@@ -97,18 +109,21 @@ pub async fn register(
         rotation_proof: None,
         enrollment,
     };
-    let response = client.post(&url).json(&request).send().await.map_err(|e| {
-        match api_tls::describe_tls_failure(&e) {
-            Some(message) => RegisterError::Tls {
-                url: url.clone(),
-                message,
-            },
-            None => RegisterError::Unreachable {
-                url: url.clone(),
+    let response = match client.post(&url).json(&request).send().await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(message) = api_tls::describe_tls_failure(&e) {
+                return Err(RegisterError::Tls { url, message });
+            }
+            if let Some(message) = proxy_refusal(&url, proxy).await {
+                return Err(RegisterError::Proxy { message });
+            }
+            return Err(RegisterError::Unreachable {
+                url,
                 message: error_chain(&e),
-            },
+            });
         }
-    })?;
+    };
     let status = response.status().as_u16();
     let body = match response.text().await {
         Ok(body) => body,
@@ -144,6 +159,30 @@ pub async fn register(
         403 => RegisterError::NotAllowed { serial, message },
         status => RegisterError::Refused { status, message },
     })
+}
+
+/// The proxy that `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` name for the API at `url`.
+fn env_proxy(url: &str) -> Result<Option<assist_proto::proxy::Proxy>, String> {
+    let Some(host) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    else {
+        return Ok(None);
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    assist_proto::proxy::Proxy::from_env(&host, &env).transpose()
+}
+
+/// Why the proxy would not carry us to the API at `url`, in the words the tunnel uses: the
+/// HTTP client only says "socks connect error", so the proxy is asked once more.
+async fn proxy_refusal(url: &str, proxy: Option<&assist_proto::proxy::Proxy>) -> Option<String> {
+    let proxy = proxy?;
+    let url = reqwest::Url::parse(url).ok()?;
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    assist_proto::proxy::tcp_connect(host, port, Some(proxy))
+        .await
+        .err()
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); show the chain.

@@ -1,9 +1,12 @@
-//! Reaching the jump host through an HTTP proxy with `CONNECT` (Basic authentication when
-//! the proxy URL carries a user), as customer sites with no direct way out require.
+//! Reaching the jump host through a proxy, as customer sites with no direct way out
+//! require: an HTTP proxy with `CONNECT` (Basic authentication when the proxy URL carries a
+//! user), or a SOCKS5 proxy (user/password authentication, RFC 1929).
 //!
 //! The proxy comes from configuration, else from `HTTPS_PROXY` / `https_proxy` /
 //! `ALL_PROXY` / `all_proxy`, with `NO_PROXY` / `no_proxy` naming hosts to reach directly,
 //! as curl reads them.
+
+use std::net::IpAddr;
 
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,12 +17,43 @@ use crate::Secret;
 /// Longest proxy answer header read.
 const MAX_ANSWER: usize = 16 * 1024;
 
-/// An HTTP proxy: `http://[USER:PASS@]HOST:PORT`.
+/// How a proxy is spoken to, from its URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http://`: HTTP `CONNECT`.
+    Http,
+    /// `socks5://`: SOCKS5, the jump host's name resolved on this machine.
+    Socks5,
+    /// `socks5h://`: SOCKS5, the name resolved by the proxy (sites whose machines have no
+    /// public DNS), as curl means it.
+    Socks5h,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Socks5 => "socks5",
+            Scheme::Socks5h => "socks5h",
+        }
+    }
+
+    /// The port a proxy URL without one means, as curl takes it.
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 8080,
+            Scheme::Socks5 | Scheme::Socks5h => 1080,
+        }
+    }
+}
+
+/// A proxy: `http://[USER:PASS@]HOST:PORT`, `socks5://…` or `socks5h://…`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
+    pub scheme: Scheme,
     pub host: String,
     pub port: u16,
-    /// `user:password` for Basic authentication.
+    /// `user:password` for Basic or SOCKS5 password authentication.
     credentials: Option<Secret>,
 }
 
@@ -36,22 +70,43 @@ impl std::fmt::Display for Proxy {
             Some(c) => format!("{}@", c.expose().split(':').next().unwrap_or_default()),
             None => String::new(),
         };
-        write!(f, "http://{user}{}:{}", self.host, self.port)
+        write!(
+            f,
+            "{}://{user}{}:{}",
+            self.scheme.as_str(),
+            bracketed(&self.host),
+            self.port
+        )
+    }
+}
+
+/// An IPv6 address in brackets, as it stands in a URL or a `CONNECT` line.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
     }
 }
 
 impl Proxy {
-    /// Parses `http://[USER:PASS@]HOST[:PORT]` (port 8080 when absent; a bare `HOST:PORT`
-    /// is taken as http:// too, as curl does). User and password may be %-encoded.
+    /// Parses `http://[USER:PASS@]HOST[:PORT]`, `socks5://…` or `socks5h://…` (port 8080
+    /// or 1080 when absent; a bare `HOST:PORT` is taken as http:// too, as curl does). User
+    /// and password may be %-encoded.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let rest = match s.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some((scheme, _)) => {
-                return Err(format!(
-                    "{scheme}:// proxies are not supported; use an http:// proxy URL"
-                ));
-            }
-            None => s,
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+                "http" => (Scheme::Http, rest),
+                "socks5" => (Scheme::Socks5, rest),
+                "socks5h" => (Scheme::Socks5h, rest),
+                _ => {
+                    return Err(format!(
+                        "{scheme}:// proxies are not supported; use an http://, socks5:// or \
+                         socks5h:// proxy URL"
+                    ));
+                }
+            },
+            None => (Scheme::Http, s),
         };
         let rest = rest.trim_end_matches('/');
         let (credentials, hostport) = match rest.rsplit_once('@') {
@@ -62,21 +117,40 @@ impl Proxy {
             }
             None => (None, rest),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| "the proxy's port is not a number".to_owned())?,
-            ),
-            _ => (hostport, 8080),
+        // An IPv6 address stands in brackets, with the port after them.
+        let (host, port) = match hostport.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or("the proxy URL has an unclosed [ in its host")?;
+                let port = match after {
+                    "" => None,
+                    after => Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or("the proxy URL has something other than :PORT after ]")?,
+                    ),
+                };
+                (host, port)
+            }
+            None => match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port {
+            None => scheme.default_port(),
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| "the proxy's port is not a number".to_owned())?,
+        };
         if host.is_empty() || host.contains(['/', ' ']) {
             return Err("the proxy URL has no host (like http://proxy.example.com:3128)".into());
         }
         Ok(Self {
+            scheme,
             host: host.to_owned(),
             port,
             credentials,
@@ -85,11 +159,6 @@ impl Proxy {
 
     /// The proxy URL with its credentials, for an HTTP client that takes one.
     pub fn url_with_credentials(&self) -> Secret {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         let userinfo = match &self.credentials {
             Some(c) => {
                 let (user, pass) = c.expose().split_once(':').unwrap_or((c.expose(), ""));
@@ -97,7 +166,12 @@ impl Proxy {
             }
             None => String::new(),
         };
-        Secret::new(format!("http://{userinfo}{host}:{}", self.port))
+        Secret::new(format!(
+            "{}://{userinfo}{}:{}",
+            self.scheme.as_str(),
+            bracketed(&self.host),
+            self.port
+        ))
     }
 
     /// The proxy for reaching `target_host` as the environment says, if any.
@@ -178,6 +252,7 @@ pub async fn tcp_connect(
     port: u16,
     proxy: Option<&Proxy>,
 ) -> Result<TcpStream, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let Some(proxy) = proxy else {
         let tcp = TcpStream::connect((host, port))
             .await
@@ -185,15 +260,24 @@ pub async fn tcp_connect(
         let _ = tcp.set_nodelay(true);
         return Ok(tcp);
     };
-    let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+    let tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
         .await
         .map_err(|e| format!("cannot reach the proxy at {proxy}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    match proxy.scheme {
+        Scheme::Http => http_connect(tcp, host, port, proxy).await,
+        Scheme::Socks5 | Scheme::Socks5h => socks5_connect(tcp, host, port, proxy).await,
+    }
+}
+
+/// `CONNECT host:port` on a connection to an HTTP proxy; the connection, once it answers 200.
+async fn http_connect(
+    mut tcp: TcpStream,
+    host: &str,
+    port: u16,
+    proxy: &Proxy,
+) -> Result<TcpStream, String> {
+    let authority = format!("{}:{port}", bracketed(host));
     let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
     if let Some(credentials) = &proxy.credentials {
         let token = base64::engine::general_purpose::STANDARD.encode(credentials.expose());
@@ -247,6 +331,58 @@ pub async fn tcp_connect(
     }
 }
 
+/// The SOCKS5 handshake on a connection to a SOCKS5 proxy; the connection, once the proxy
+/// has connected it to `host:port`.
+async fn socks5_connect(
+    tcp: TcpStream,
+    host: &str,
+    port: u16,
+    proxy: &Proxy,
+) -> Result<TcpStream, String> {
+    use tokio_socks::{Error, TargetAddr, tcp::Socks5Stream};
+    let authority = format!("{}:{port}", bracketed(host));
+    let target = match (host.parse::<IpAddr>(), proxy.scheme) {
+        (Ok(ip), _) => TargetAddr::Ip((ip, port).into()),
+        (Err(_), Scheme::Socks5h) => TargetAddr::Domain(host.into(), port),
+        (Err(_), _) => {
+            let resolved = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("cannot resolve {host} (a socks5:// proxy is given the address; socks5h:// lets the proxy resolve it): {e}"))?
+                .next()
+                .ok_or_else(|| format!("{host} has no address"))?;
+            TargetAddr::Ip(resolved)
+        }
+    };
+    let connected = match &proxy.credentials {
+        Some(credentials) => {
+            let (user, password) = credentials
+                .expose()
+                .split_once(':')
+                .unwrap_or((credentials.expose(), ""));
+            Socks5Stream::connect_with_password_and_socket(tcp, target, user, password).await
+        }
+        None => Socks5Stream::connect_with_socket(tcp, target).await,
+    };
+    connected.map(Socks5Stream::into_inner).map_err(|e| match e {
+        Error::PasswordAuthFailure(_) => format!(
+            "the proxy at {proxy} refused: authentication failed (the user or password is wrong); check them in the proxy URL"
+        ),
+        Error::NoAcceptableAuthMethods if proxy.credentials.is_none() => format!(
+            "the proxy at {proxy} refused: authentication required (none was given); put the user and password in the proxy URL"
+        ),
+        Error::InvalidAuthValues(why) => format!("the proxy URL's {why}"),
+        Error::ConnectionNotAllowedByRuleset => format!(
+            "the proxy at {proxy} refused CONNECT {authority}: its rules do not allow it"
+        ),
+        Error::HostUnreachable
+        | Error::NetworkUnreachable
+        | Error::ConnectionRefused
+        | Error::TtlExpired => format!("the proxy at {proxy} could not reach {authority}: {e}"),
+        Error::Io(e) => format!("the proxy at {proxy} closed the connection: {e}"),
+        e => format!("the proxy at {proxy} refused CONNECT {authority}: {e}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,11 +401,23 @@ mod tests {
         assert_eq!(Proxy::parse("proxy:8888").unwrap().port, 8888);
         assert_eq!(Proxy::parse("http://proxy").unwrap().port, 8080);
         assert_eq!(Proxy::parse("http://[::1]:3128").unwrap().host, "::1");
+        let p = Proxy::parse("socks5h://cust:pa%3Ass@[::1]").unwrap();
+        assert_eq!((p.scheme, p.port), (Scheme::Socks5h, 1080));
+        assert_eq!(p.to_string(), "socks5h://cust@[::1]:1080");
+        assert_eq!(
+            p.url_with_credentials().expose(),
+            "socks5h://cust:pa%3Ass@[::1]:1080"
+        );
+        let p = Proxy::parse("SOCKS5://p:9050").unwrap();
+        assert_eq!((p.scheme, p.port), (Scheme::Socks5, 9050));
         for bad in [
-            "socks5://p:1080",
+            "socks4://p:1080",
             "http://:3128",
             "http://p:x",
             "http://u:%zz@p:1",
+            "http://[::1",
+            "http://[::1]:",
+            "http://[::1]x",
         ] {
             assert!(Proxy::parse(bad).is_err(), "{bad}");
         }

@@ -10,6 +10,7 @@ pub mod dropbear;
 pub mod haproxy;
 pub mod nginx;
 pub mod proxy;
+pub mod socks;
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,6 +1,6 @@
 //! How the agent reaches the jump host, end to end: enrollment of a new serial, SSH inside a
-//! WebSocket on the API port, a stock forward proxy (tinyproxy) as the only way out, and a
-//! stock nginx terminating TLS in front of the jump host.
+//! WebSocket on the API port, a stock forward proxy (tinyproxy) or SOCKS5 proxy (microsocks)
+//! as the only way out, and a stock nginx terminating TLS in front of the jump host.
 // Test helpers fail the test by panicking, as the #[test] functions do.
 #![allow(clippy::unwrap_used)]
 
@@ -304,6 +304,126 @@ fn a_customer_behind_a_stock_forward_proxy_gets_help_through_it_alone() {
         said.contains("the proxy refused: authentication") && said.contains("407"),
         "{said}"
     );
+}
+
+#[test]
+fn a_customer_behind_a_socks5_proxy_gets_help_through_it_alone() {
+    use assist_e2e::socks::Microsocks;
+    // Devices are admitted only from 127.0.0.3, the SOCKS proxy's outgoing address.
+    let w = World::start_configured("", "", r#"["127.0.0.3/32"]"#);
+    let proxy = Microsocks::start(Some("127.0.0.3"), Some(("cust", "s0cks:pass")));
+    // The engineer leaves through a SOCKS proxy of his own, named in ALL_PROXY.
+    let engineer_proxy = Microsocks::start(None, None);
+    let shared = w.path("device-data");
+    let config_for = |name: &str| {
+        let config = w.client_config(name);
+        set_client_key(&config, &format!("data_dir = \"{}\"", shared.display()));
+        config
+    };
+
+    // socks5h:// (the proxy resolves the name) for raw SSH and for SSH in a WebSocket, and
+    // socks5:// (resolved here) for raw SSH; the password's ':' is %-encoded.
+    let url = |scheme: &str| format!("{scheme}://cust:s0cks%3Apass@{}", proxy.addr);
+    let ssh_port = w.jump.ssh_addr.port();
+    for (name, jumphost, proxy_url, engineer_jumphost) in [
+        (
+            "raw",
+            format!("localhost:{ssh_port}"),
+            url("socks5h"),
+            format!("localhost:{ssh_port}"),
+        ),
+        (
+            "ws",
+            format!("ws://localhost:{}/v1/ssh", w.jump.api_addr.port()),
+            url("socks5h"),
+            format!("ws://localhost:{}/v1/ssh", w.jump.api_addr.port()),
+        ),
+        (
+            "resolved-here",
+            format!("localhost:{ssh_port}"),
+            url("socks5"),
+            w.jump.ssh_addr.to_string(),
+        ),
+    ] {
+        let config = config_for(name);
+        set_client_key(&config, &format!("jumphost = \"{jumphost}\""));
+        set_client_key(&config, &format!("proxy = \"{proxy_url}\""));
+        let agent = start_agent(&config, name);
+        let (code, _) = enable(&config, "5");
+        wait_tunnel(&config, "connected");
+        let out = support_cli(
+            &w,
+            &engineer_jumphost,
+            &["connect", SERIAL, "--code", &code, "--", "echo", "helped"],
+        )
+        .env("ALL_PROXY", format!("socks5h://{}", engineer_proxy.addr))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "helped", "{name}");
+        let _ = cli(&config, &["disable"]);
+        drop(agent);
+    }
+    // microsocks logs each connection it made as it was asked: the agent's tunnels by
+    // name with socks5h:// and by address with socks5://, its registrations at api_url,
+    // and the engineer's hops.
+    let log = proxy.log();
+    for target in [
+        format!("connected to localhost:{ssh_port}"),
+        format!("connected to localhost:{}", w.jump.api_addr.port()),
+        format!("connected to 127.0.0.1:{ssh_port}"),
+        format!("connected to {}", w.jump.api_addr),
+    ] {
+        assert!(log.contains(&target), "no {target:?} in:\n{log}");
+    }
+    let log = engineer_proxy.log();
+    for target in [
+        format!("connected to localhost:{ssh_port}"),
+        format!("connected to localhost:{}", w.jump.api_addr.port()),
+    ] {
+        assert!(log.contains(&target), "no {target:?} in:\n{log}");
+    }
+    let sources = w.jump.sql(
+        "SELECT DISTINCT source FROM audit_events WHERE kind = 'ssh.auth' AND who = 'SN-0001' \
+         AND outcome LIKE 'accepted%'",
+    );
+    assert_eq!(
+        sources.trim(),
+        "127.0.0.3",
+        "device logins came from elsewhere"
+    );
+
+    // A wrong password, and none at all: enable says so in words and shows no code.
+    for (name, proxy_url, words) in [
+        (
+            "badpass",
+            format!("socks5h://cust:n0tit@{}", proxy.addr),
+            "refused: authentication failed (the user or password is wrong)",
+        ),
+        (
+            "nopass",
+            format!("socks5h://{}", proxy.addr),
+            "refused: authentication required (none was given)",
+        ),
+    ] {
+        let config = config_for(name);
+        set_client_key(&config, &format!("proxy = \"{proxy_url}\""));
+        let _agent = start_agent(&config, name);
+        let out = cli(&config, &["enable", "--minutes", "5"]);
+        assert!(!out.status.success(), "{name}");
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!said.contains("code:"), "{name}: {said}");
+        assert!(
+            said.contains("the proxy at socks5h://") && said.contains(words),
+            "{name}: {said}"
+        );
+        assert!(
+            !said.contains("n0tit"),
+            "the proxy password was shown: {said}"
+        );
+    }
 }
 
 #[test]
