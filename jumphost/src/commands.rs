@@ -1,15 +1,16 @@
-//! Admin commands that act on a jump host's state from the command line: `serial reset` and
-//! `serial secret`. They sit above the domain modules (store, admin socket, enrollment) and
-//! print for a person.
+//! The command-line commands besides `serve`: `status`, `policy check`, `serial reset` and
+//! `serial secret`. They sit above the domain modules they call (admin socket, policy,
+//! store, enrollment) and print for a person.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
-use crate::admin::{self, AskError, Request, ResetAnswer};
+use crate::admin::{self, AskError, Request, ResetAnswer, Snapshot};
 use crate::config::JumphostConfig;
 use crate::enroll::EnrollmentKey;
+use crate::policy::Policy;
 use crate::store::SqliteStore;
 
 /// `assist-jumphost serial reset SERIAL --config FILE`: through the running jump host when
@@ -82,14 +83,105 @@ pub fn secret_command(config: &Path, serial: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `assist-jumphost policy check --policies DIR`.
+pub fn check_command(dir: &Path) -> anyhow::Result<()> {
+    let policy = Policy::load_dir(dir)?;
+    println!("policy OK: {}", dir.display());
+    println!("{}", policy.summary());
+    for warning in policy.warnings() {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+/// `assist-jumphost status --config FILE [--json]`.
+pub fn status_command(config: &Path, json: bool) -> anyhow::Result<()> {
+    let config = JumphostConfig::load(config)?;
+    let snapshot: Snapshot = admin::ask(&config.data_dir, &Request::Status)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snapshot).context("encoding the status")?
+        );
+    } else {
+        print!("{}", render(&snapshot, SystemTime::now()));
+    }
+    Ok(())
+}
+
+/// The human form of a snapshot.
+pub fn render(s: &Snapshot, now: SystemTime) -> String {
+    let mut out = format!(
+        "jump host {} up {}\n",
+        s.version,
+        humantime::format_duration(Duration::from_secs(s.uptime_secs))
+    );
+    out += &format!("devices online: {}\n", s.devices.len());
+    for d in &s.devices {
+        let ports: Vec<String> = d.ports.iter().map(u32::to_string).collect();
+        out += &format!("  {:<24} ports {}\n", d.serial, ports.join(", "));
+    }
+    out += &format!("hops in progress: {}\n", s.hops.len());
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for h in &s.hops {
+        let age = Duration::from_secs(now_secs.saturating_sub(h.since));
+        out += &format!(
+            "  {} from {} -> {}:{} for {}\n",
+            h.engineer,
+            h.source,
+            h.serial,
+            h.port,
+            humantime::format_duration(age)
+        );
+    }
+    if let Some(error) = &s.policy_error {
+        out += &format!(
+            "policy: the latest edit was NOT loaded, the last good policy is in force: {error}\n"
+        );
+    }
+    if let Some(tls) = &s.api_tls {
+        let age = Duration::from_secs(now_secs.saturating_sub(tls.since));
+        out += &format!(
+            "api tls certificate: {} (loaded {} ago)\n",
+            tls.fingerprint,
+            humantime::format_duration(age)
+        );
+        if let Some(error) = &tls.reload_error {
+            out += &format!("  the latest renewal was NOT loaded: {error}\n");
+        }
+    }
+    out += &format!("sources with failed logins: {}\n", s.sources.len());
+    for p in &s.sources {
+        let left = if p.blocked_secs > 0 {
+            format!(
+                ", {} left",
+                humantime::format_duration(Duration::from_secs(p.blocked_secs))
+            )
+        } else {
+            String::new()
+        };
+        out += &format!(
+            "  {:<24} {} failed logins, {}{left}\n",
+            p.source.to_string(),
+            p.failures,
+            p.state
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use russh::keys::PrivateKey;
     use russh::keys::ssh_key::private::Ed25519Keypair;
 
     use super::*;
+    use crate::admin::Device;
+    use crate::api::live_cert::CertState;
+    use crate::penalty::SourceState;
+    use crate::ssh::hop::LiveHop;
     use crate::store::{DeviceBinding, Store};
 
     fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -144,5 +236,73 @@ mod tests {
         secret_command(&config, "SN-1").unwrap();
         let key = EnrollmentKey::load_or_create(&dir.path().join("data/enroll.key")).unwrap();
         assert_eq!(key.secret("SN-1").expose().len(), 64);
+    }
+
+    #[test]
+    fn render_lists_devices_hops_and_blocked_sources() {
+        let s = Snapshot {
+            version: "0.1.0".into(),
+            uptime_secs: 61,
+            devices: vec![Device {
+                serial: "SN-1".into(),
+                ports: vec![22, 80],
+            }],
+            hops: vec![LiveHop {
+                engineer: "alice".into(),
+                source: "127.0.0.1:5000".parse().unwrap(),
+                serial: "SN-1".into(),
+                port: 22,
+                since: 1_000,
+            }],
+            sources: vec![SourceState {
+                source: "192.0.2.7".parse().unwrap(),
+                failures: 12,
+                blocked_secs: 600,
+                state: "banned".into(),
+            }],
+            policy_error: Some("p.toml line 2: bad".into()),
+            api_tls: Some(CertState {
+                fingerprint: "sha256:ab".into(),
+                since: 1_030,
+                reload_error: Some("key does not fit".into()),
+            }),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_090);
+        let text = render(&s, now);
+        assert!(text.starts_with("jump host 0.1.0 up 1m 1s\n"), "{text}");
+        assert!(text.contains("devices online: 1\n  SN-1"), "{text}");
+        assert!(text.contains("ports 22, 80"), "{text}");
+        assert!(
+            text.contains("alice from 127.0.0.1:5000 -> SN-1:22 for 1m 30s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("192.0.2.7") && text.contains("12 failed logins, banned, 10m left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("policy: the latest edit was NOT loaded, the last good policy is in force: p.toml line 2: bad"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api tls certificate: sha256:ab (loaded 1m ago)\n  the latest renewal was NOT loaded: key does not fit"),
+            "{text}"
+        );
+    }
+
+    /// A policy folder holding `a.toml` with `text`.
+    fn folder(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), text).unwrap();
+        dir
+    }
+
+    #[test]
+    fn check_command_fails_with_the_reason() {
+        let dir = folder("[serials]\nallow = [\"SN-*\"]\n");
+        check_command(dir.path()).unwrap();
+        let bad = folder("[keys]\nttl = \"1d\"\n");
+        let err = check_command(bad.path()).unwrap_err().to_string();
+        assert!(err.contains("a.toml") && err.contains("ttl"), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use assist_proto::limits;
 
-use crate::ssh::Limits;
+use crate::toml_error;
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +149,7 @@ impl JumphostConfig {
     /// Parses config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
         let mut config: JumphostConfig =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line_toml_error(&e, text)))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!(toml_error::one_line(&e, text)))?;
         config.validate()?;
         config.data_dir = resolve(base, &config.data_dir);
         config.policies_dir = resolve(base, &config.policies_dir);
@@ -161,17 +161,6 @@ impl JumphostConfig {
             *key = resolve(base, key);
         }
         Ok(config)
-    }
-
-    /// The SSH server's limits as configured.
-    pub fn ssh_limits(&self) -> Limits {
-        Limits {
-            login_grace: self.login_grace,
-            max_startups: self.max_startups,
-            max_startups_per_source: self.max_startups_per_source,
-            max_forwards_per_device: self.max_forwards_per_device,
-            ..Limits::default()
-        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -239,34 +228,6 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// `line L, column C: message` — toml's own rendering spans several lines with a code excerpt,
-/// which reads badly in a log line.
-pub(crate) fn one_line_toml_error(err: &toml::de::Error, text: &str) -> String {
-    // The bare message may span lines too ("invalid table header\nexpected newline, `#`").
-    let message = err
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    match err.span() {
-        Some(span) => {
-            let (line, col) = line_col(text, span.start);
-            format!("line {line}, column {col}: {message}")
-        }
-        None => message,
-    }
-}
-
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,22 +265,9 @@ policies_dir = "/etc/assist/policies"
         );
         let config = JumphostConfig::parse(&text, Path::new("/x")).unwrap();
         assert_eq!(config.enrollment_key, Some(PathBuf::from("/x/enroll.key")));
-        assert_eq!(config.ssh_limits().max_forwards_per_device, 4);
-        assert_eq!(
-            JumphostConfig::parse(FOUR_KEYS, Path::new("/x"))
-                .unwrap()
-                .ssh_limits()
-                .max_forwards_per_device,
-            limits::MAX_FORWARDS_PER_DEVICE
-        );
         assert_eq!(config.login_grace, Duration::from_secs(5));
         assert_eq!(config.max_startups, 3);
         assert_eq!(config.data_dir, PathBuf::from("/x/data"));
-        // What the SSH server gets (these keys were once read and then not used).
-        let limits = config.ssh_limits();
-        assert_eq!(limits.login_grace, Duration::from_secs(5));
-        assert_eq!(limits.max_startups, 3);
-        assert_eq!(limits.max_startups_per_source, 2);
     }
 
     #[test]
@@ -331,25 +279,6 @@ policies_dir = "/etc/assist/policies"
         assert!(err.contains("jumphost.toml"), "{err}");
         assert!(err.contains("sssh_port"), "{err}");
         assert!(err.contains("line 6"), "{err}");
-    }
-
-    /// Found by the `policy` fuzz target: toml's message for a broken table header has two
-    /// lines, and a policy error must stay one log line.
-    #[test]
-    fn toml_errors_are_one_line() {
-        let text = "[se]asirl\n";
-        let err = toml::from_str::<toml::Value>(text).unwrap_err();
-        assert!(
-            err.message().contains('\n'),
-            "toml changed: {:?}",
-            err.message()
-        );
-        let line = one_line_toml_error(&err, text);
-        assert!(!line.contains('\n'), "{line:?}");
-        assert!(
-            line.starts_with("line 1, column 5: invalid table header; "),
-            "{line}"
-        );
     }
 
     #[test]

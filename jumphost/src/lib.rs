@@ -14,3 +14,4 @@ pub mod reload;
 pub mod serve;
 pub mod ssh;
 pub mod store;
+pub mod toml_error;

@@ -79,9 +79,11 @@ fn main() -> Result<()> {
     assist_proto::logging::init("info");
     match cli.command {
         Command::Serve { config } => assist_jumphost::serve::run(&config),
-        Command::Status { config, json } => assist_jumphost::admin::status_command(&config, json),
+        Command::Status { config, json } => {
+            assist_jumphost::commands::status_command(&config, json)
+        }
         Command::Policy(PolicyCommand::Check { policies }) => {
-            assist_jumphost::policy::check_command(&policies)
+            assist_jumphost::commands::check_command(&policies)
         }
         Command::Serial(SerialCommand::Reset { config, serial }) => {
             assist_jumphost::commands::reset_command(&config, &serial)

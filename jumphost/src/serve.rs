@@ -75,7 +75,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .transpose()?;
     let api_tls = live_cert
         .clone()
-        .map(api::cert::server_config)
+        .map(api::live_cert::server_config)
         .transpose()?;
 
     let ssh_listener = TcpListener::bind(config.ssh_listen)
@@ -98,7 +98,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         audit.clone(),
         policy.clone(),
         host_key,
-        config.ssh_limits(),
+        ssh::Limits::from(&config),
     ));
     let rechecks = ssh::revoke::spawn_policy_rechecks(Arc::clone(&relay), shutdown.clone());
     let watcher = policy::spawn_watcher(

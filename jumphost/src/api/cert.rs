@@ -13,7 +13,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 
-use super::live_cert::LiveCert;
 use crate::config::ApiTls;
 
 /// The self-signed certificate (PEM) in `data_dir`.
@@ -30,7 +29,7 @@ pub struct ApiCert {
 }
 
 impl ApiCert {
-    /// SHA-256 of the leaf, as [`LiveCert::fingerprint`] gives it for the one served.
+    /// SHA-256 of the leaf, as `LiveCert::fingerprint` gives it for the one served.
     #[cfg(test)]
     pub fn fingerprint(&self) -> Option<assist_proto::cert_fingerprint::CertFingerprint> {
         use assist_proto::cert_fingerprint::CertFingerprint;
@@ -50,24 +49,6 @@ impl ApiCert {
             })?;
         Ok(Arc::new(certified))
     }
-
-    /// A server config that always serves this certificate.
-    pub fn server_config(self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        server_config(Arc::new(LiveCert::new(self.certified_key()?)))
-    }
-}
-
-/// A rustls server config on the ring provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN, serving
-/// whatever certificate `live` holds at each handshake.
-pub fn server_config(live: Arc<LiveCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(live);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Loads the configured files, or loads (creating on first start) the self-signed pair in
@@ -101,7 +82,7 @@ pub fn load(tls: &ApiTls, data_dir: &Path, api_listen: SocketAddr) -> anyhow::Re
     }
 }
 
-pub(super) fn read_pair(
+pub fn read_pair(
     cert: &Path,
     cert_key: &str,
     key_path: &Path,
@@ -223,7 +204,7 @@ mod tests {
         };
         assert_eq!(mode(SELF_SIGNED_KEY_FILE), 0o600);
         assert_eq!(mode(SELF_SIGNED_CERT_FILE), 0o644);
-        first.server_config().unwrap();
+        first.certified_key().unwrap();
     }
 
     #[test]
@@ -323,7 +304,7 @@ mod tests {
             "{:#}",
             load(&mixed, a.path(), listen())
                 .unwrap()
-                .server_config()
+                .certified_key()
                 .err()
                 .unwrap()
         );

@@ -152,6 +152,7 @@ async fn accept_failed(e: std::io::Error) {
 mod tests {
     use super::*;
     use crate::api::cert;
+    use crate::api::live_cert::{self, LiveCert};
     use crate::config::ApiTls;
     use axum::serve::Listener;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,7 +169,9 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        (api_cert.server_config().unwrap(), Arc::new(client))
+        let live = LiveCert::new(api_cert.certified_key().unwrap());
+        let server = live_cert::server_config(Arc::new(live)).unwrap();
+        (server, Arc::new(client))
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
+use anyhow::Context;
 use assist_proto::cert_fingerprint::CertFingerprint;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -87,6 +88,19 @@ impl LiveCert {
                 .clone(),
         }
     }
+}
+
+/// A rustls server config on the ring provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN, serving
+/// whatever certificate `live` holds at each handshake.
+pub fn server_config(live: Arc<LiveCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(live);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl fmt::Debug for LiveCert {

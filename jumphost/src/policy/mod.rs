@@ -394,16 +394,5 @@ fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     Ok(files)
 }
 
-/// `assist-jumphost policy check --policies DIR`.
-pub fn check_command(dir: &Path) -> anyhow::Result<()> {
-    let policy = Policy::load_dir(dir)?;
-    println!("policy OK: {}", dir.display());
-    println!("{}", policy.summary());
-    for warning in policy.warnings() {
-        println!("warning: {warning}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;

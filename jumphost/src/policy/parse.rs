@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{EngineerKey, Policy, PolicyError, Scope, SupportCa};
-use crate::config::{line_col, one_line_toml_error};
+use crate::toml_error::{line_col, one_line};
 
 /// What one file may contain; every section optional.
 #[derive(Deserialize)]
@@ -96,8 +96,7 @@ impl Merger {
             let (line, col) = line_col(text, span.start);
             invalid(format!("line {line}, column {col}: {message}"))
         };
-        let doc: PolicyFile =
-            toml::from_str(text).map_err(|e| invalid(one_line_toml_error(&e, text)))?;
+        let doc: PolicyFile = toml::from_str(text).map_err(|e| invalid(one_line(&e, text)))?;
         let policy = &mut self.policy;
 
         if let Some(allowlist) = doc.allowlist {

@@ -27,6 +27,7 @@ use russh::keys::PrivateKey;
 use russh::{MethodKind, MethodSet, Preferred, cipher};
 use tokio_util::task::TaskTracker;
 
+use crate::config::JumphostConfig;
 use crate::policy::PolicyHandle;
 use crate::store::{AuditEvent, AuditQueue, Store};
 
@@ -55,6 +56,18 @@ impl Default for Limits {
             max_startups_per_source: limits::MAX_STARTUPS_PER_SOURCE,
             open_timeout: Duration::from_secs(30),
             max_forwards_per_device: limits::MAX_FORWARDS_PER_DEVICE,
+        }
+    }
+}
+
+impl From<&JumphostConfig> for Limits {
+    fn from(config: &JumphostConfig) -> Self {
+        Self {
+            login_grace: config.login_grace,
+            max_startups: config.max_startups,
+            max_startups_per_source: config.max_startups_per_source,
+            max_forwards_per_device: config.max_forwards_per_device,
+            ..Limits::default()
         }
     }
 }

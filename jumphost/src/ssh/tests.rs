@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Limits, Relay, serve};
+use crate::config::JumphostConfig;
 use crate::policy::{Policy, PolicyHandle};
 use crate::store::{AuditQueue, DeviceBinding, SqliteStore, Store};
 
@@ -134,6 +135,27 @@ fn register(store: &Arc<dyn Store>, serial: &str, key: &PrivateKey, ttl: Duratio
             expires_at: SystemTime::now() + ttl,
         })
         .unwrap();
+}
+
+/// What the SSH server gets from the config (these keys were once read and then not used).
+#[test]
+fn limits_come_from_the_config() {
+    const FOUR_KEYS: &str = "ssh_listen = \"127.0.0.1:2222\"\napi_listen = \"127.0.0.1:8080\"\n\
+                             data_dir = \"data\"\npolicies_dir = \"policies\"\n";
+    let text = format!(
+        "{FOUR_KEYS}login_grace = \"5s\"\nmax_startups = 3\nmax_startups_per_source = 2\n\
+         max_forwards_per_device = 4\n"
+    );
+    let parse = |text: &str| JumphostConfig::parse(text, std::path::Path::new("/x")).unwrap();
+    let limits = Limits::from(&parse(&text));
+    assert_eq!(limits.max_forwards_per_device, 4);
+    assert_eq!(
+        Limits::from(&parse(FOUR_KEYS)).max_forwards_per_device,
+        assist_proto::limits::MAX_FORWARDS_PER_DEVICE
+    );
+    assert_eq!(limits.login_grace, Duration::from_secs(5));
+    assert_eq!(limits.max_startups, 3);
+    assert_eq!(limits.max_startups_per_source, 2);
 }
 
 #[tokio::test]
