@@ -3,7 +3,7 @@
 
 use crate::agent::DisableReport;
 use crate::config::Config;
-use crate::control::{ApiErrorBody, EnableRequest, EnableResponse};
+use crate::local_api::{ApiErrorBody, EnableRequest, EnableResponse};
 use crate::state::{Status, TunnelState};
 use anyhow::{Context, bail};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -2,149 +2,22 @@
 //! enable|disable|status`. Every request must carry the owner's token; without it nothing is
 //! read or changed. The customer's web page (`crate::web`) is mounted next to it.
 
-use crate::agent::{Agent, AgentError, DisableReport};
-use crate::register::RegisterError;
+use crate::agent::{Agent, DisableReport};
+use crate::local_api::{
+    ApiError, ApiJson, EnableRequest, EnableResponse, MAX_BODY, method_not_allowed, not_found,
+};
 use crate::state::Status;
 use crate::state::rfc3339;
 use crate::web::constant_time_eq;
 use assist_proto::Secret;
-use assist_proto::body::read_json;
-use assist_proto::limits::BODY_TIMEOUT;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// Body of `POST /api/enable`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnableRequest {
-    /// Length of the window; default 60, capped by the jump host's policy.
-    #[serde(default)]
-    pub minutes: Option<u64>,
-}
-
-/// Answer of `POST /api/enable`. Carries the code: only ever sent to the token holder.
-#[derive(Serialize, Deserialize)]
-pub struct EnableResponse {
-    pub code: String,
-    pub until: String,
-    /// Length of the window granted (the request capped by the policy).
-    pub seconds: u64,
-    /// The policy's longest window, for a duration picker.
-    pub max_seconds: u64,
-}
-
-impl std::fmt::Debug for EnableResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnableResponse")
-            .field("code", &"[redacted]")
-            .field("until", &self.until)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Body of every error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiErrorBody {
-    pub error: String,
-}
-
-/// Largest request body the local API reads: its bodies are a few dozen bytes.
-pub const MAX_BODY: usize = 16 * 1024;
-
-/// Errors of the API, mapped to status codes. The messages are meant for the machine's owner
-/// (who holds the token), so they say what happened and what to do.
-#[derive(Debug)]
-pub enum ApiError {
-    Unauthorized,
-    /// The request itself is wrong: the status, and a message saying how.
-    Request(StatusCode, String),
-    Agent(AgentError),
-}
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        Self::Agent(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, error) = match self {
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token (send `Authorization: Bearer <data_dir/control-token>`)"
-                    .to_owned(),
-            ),
-            ApiError::Request(status, error) => (status, error),
-            ApiError::Agent(e) => {
-                let status = match &e {
-                    AgentError::BadMinutes => StatusCode::BAD_REQUEST,
-                    AgentError::NoWindowAllowed => StatusCode::FORBIDDEN,
-                    AgentError::Register(RegisterError::BoundToOtherKey { .. }) => {
-                        StatusCode::CONFLICT
-                    }
-                    AgentError::Register(RegisterError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
-                    AgentError::Register(RegisterError::Enrollment { .. }) => StatusCode::FORBIDDEN,
-                    AgentError::Register(_) => StatusCode::BAD_GATEWAY,
-                    // The customer's SSH server, not this agent, is what failed.
-                    AgentError::Target(_) => StatusCode::BAD_GATEWAY,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, e.to_string())
-            }
-        };
-        (status, Json(ApiErrorBody { error })).into_response()
-    }
-}
-
-/// A JSON body whose every rejection is a JSON [`ApiError`] with a message: 415 unless it is
-/// sent as `application/json` (so a cross-site form cannot post it), 413 over [`MAX_BODY`],
-/// 408 when it does not arrive in time, 400 when it is not JSON, 422 when it is JSON of the
-/// wrong shape.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = req.headers();
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::Request(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "send the body as JSON with Content-Type: application/json".into(),
-            ));
-        }
-        read_json(req, state, MAX_BODY, BODY_TIMEOUT)
-            .await
-            .map(ApiJson)
-            .map_err(|e| ApiError::Request(e.status(), e.to_string()))
-    }
-}
-
-/// What every route answers for a path or method it does not know: JSON like the rest.
-pub async fn not_found() -> ApiError {
-    ApiError::Request(StatusCode::NOT_FOUND, "no such endpoint".into())
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::Request(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -236,7 +109,9 @@ pub fn new_token() -> Secret {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::local_api::ApiErrorBody;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use tower::ServiceExt;
 
     /// An agent whose jump host does not exist: enable would fail, so a 401 proves the

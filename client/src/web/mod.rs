@@ -8,7 +8,7 @@
 pub mod guard;
 
 use crate::agent::Agent;
-use crate::control::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
+use crate::local_api::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
 use crate::state::rfc3339;
 use assist_proto::Secret;
