@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::Settings;
 use crate::error::HopError;
 use crate::hop::{self, JumpLogin};
-use crate::key;
+use crate::keys;
 use crate::progress::Progress;
 use crate::prove;
 use crate::terminal::{self, RawMode};
@@ -27,8 +27,8 @@ pub async fn run(
     args: ConnectArgs,
     progress: &Progress,
 ) -> anyhow::Result<i32> {
-    key::check_serial(&args.serial)?;
-    let code = key::parse_code(&args.code)?;
+    keys::check_serial(&args.serial)?;
+    let code = keys::parse_code(&args.code)?;
     let addr = settings.jump_addr()?;
 
     // Argon2 and the jump host login each take a good part of the startup; overlap them.

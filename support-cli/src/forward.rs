@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::Settings;
 use crate::error::UsageError;
 use crate::hop::{self, Device, Jump, JumpLogin};
-use crate::key;
+use crate::keys;
 use crate::progress::Progress;
 use crate::prove;
 
@@ -89,7 +89,7 @@ pub fn plan(
             service.name
         )));
     };
-    let code = key::parse_code(code)?;
+    let code = keys::parse_code(code)?;
     let target = match to {
         None => Target {
             host: "127.0.0.1".into(),
@@ -128,7 +128,7 @@ pub async fn run(
     args: ForwardArgs,
     progress: &Progress,
 ) -> anyhow::Result<i32> {
-    key::check_serial(&args.serial)?;
+    keys::check_serial(&args.serial)?;
     let service = Service::parse(&args.service)?;
     let inside = plan(&service, args.code.as_deref(), args.to.as_deref())?;
     let addr = settings.jump_addr()?;

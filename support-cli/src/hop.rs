@@ -299,7 +299,7 @@ async fn authenticate_engineer(
     };
     let default_file = match identity {
         IdentitySource::File(path) => {
-            let key = crate::key::load_identity(path, progress)?;
+            let key = crate::keys::load_identity(path, progress)?;
             return match authenticate_file_key(handle, engineer, path, key)
                 .await
                 .map_err(auth_err)?
@@ -329,7 +329,7 @@ async fn authenticate_engineer(
         }
     }
     if default_file.exists() {
-        let key = crate::key::load_identity(default_file, progress)?;
+        let key = crate::keys::load_identity(default_file, progress)?;
         if authenticate_file_key(handle, engineer, default_file, key)
             .await
             .map_err(auth_err)?
@@ -475,7 +475,7 @@ impl Jump {
     /// accepting only the host keys it proved.
     pub async fn login_device(
         &self,
-        proven: crate::prove::Proven,
+        proven: crate::keys::Proven,
         user: &str,
         known_hosts: &std::path::Path,
         progress: &Progress,
@@ -540,12 +540,12 @@ impl Device {
 /// the host keys it proved, and logs in as `user` with the code's key.
 pub async fn connect_device(
     channel: Channel<Msg>,
-    proven: crate::prove::Proven,
+    proven: crate::keys::Proven,
     user: &str,
     known_hosts: &std::path::Path,
     progress: &Progress,
 ) -> Result<Device, HopError> {
-    let crate::prove::Proven {
+    let crate::keys::Proven {
         serial,
         login: key,
         host_keys,

@@ -1,67 +1,15 @@
 //! `support-cli key`: the key derived from a code as an OpenSSH private key file for stock
-//! tools; also how the CLI turns (serial, code) into that key and loads the engineer's key.
+//! tools, with the host keys the device proved beside it.
 
 use anyhow::Context;
-use assist_proto::OneTimeCode;
 use assist_proto::private_file::{self, Existing};
 use russh::keys::{HashAlg, PrivateKey};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::error::{HopError, UsageError};
+use crate::error::UsageError;
+use crate::keys::{check_serial, parse_code};
 use crate::progress::Progress;
-
-/// Checks a serial's format before anything is sent.
-pub fn check_serial(serial: &str) -> Result<(), UsageError> {
-    assist_proto::validate_name(serial).map_err(|e| UsageError(format!("serial {serial:?} {e}")))
-}
-
-/// Normalizes what the engineer typed, or says what is wrong with it.
-pub fn parse_code(code: &str) -> Result<OneTimeCode, UsageError> {
-    OneTimeCode::parse(code).map_err(|e| {
-        UsageError(format!(
-            "malformed code: {e}; ask the customer to read it again"
-        ))
-    })
-}
-
-/// The two keys of a code: the one that logs in to the device, and the one that checks the
-/// device's proof of the code.
-pub struct Keys {
-    pub login: PrivateKey,
-    pub attestation: PrivateKey,
-}
-
-/// Derives both keys (two Argon2 runs side by side: about 200 ms), on a blocking thread.
-pub async fn derive(serial: &str, code: OneTimeCode) -> anyhow::Result<(Keys, Duration)> {
-    let serial = serial.to_string();
-    tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let (mut login, attestation) = assist_proto::attest::derive_keys(&serial, &code)?;
-        login.set_comment(format!("assist {serial}"));
-        Ok((Keys { login, attestation }, started.elapsed()))
-    })
-    .await
-    .context("key derivation task")?
-}
-
-/// Loads the engineer's private key, asking for the passphrase when it is encrypted.
-pub fn load_identity(path: &Path, progress: &Progress) -> Result<PrivateKey, HopError> {
-    let unusable = |why: String| HopError::NoIdentity(format!("{}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| unusable(e.to_string()))?;
-    let key = PrivateKey::from_openssh(&text).map_err(|e| unusable(e.to_string()))?;
-    if !key.is_encrypted() {
-        return Ok(key);
-    }
-    let prompt = format!("Enter passphrase for key '{}': ", path.display());
-    let passphrase = progress
-        .paused(|| rpassword::prompt_password(&prompt))
-        .map_err(|e| unusable(format!("encrypted, and no passphrase could be read: {e}")))?;
-    let passphrase = assist_proto::Secret::new(passphrase);
-    key.decrypt(passphrase.expose().as_bytes())
-        .map_err(|_| unusable("wrong passphrase".to_string()))
-}
 
 /// Arguments of `key`.
 pub struct KeyArgs {
@@ -161,18 +109,6 @@ fn write_private_key(path: &Path, key: &PrivateKey, force: bool) -> anyhow::Resu
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn codes_and_serials_are_checked_before_use() {
-        assert!(parse_code("7k3qm 2xpd9").is_ok());
-        let err = parse_code("7K3QM-2XPD").unwrap_err().0;
-        assert!(err.starts_with("malformed code"), "{err}");
-        assert!(err.contains("read it again"), "{err}");
-        assert!(parse_code("7K3QM-2XPDU").is_err());
-        assert!(check_serial("SN-0001").is_ok());
-        assert!(check_serial("../etc").unwrap_err().0.contains("serial"));
-        assert!(check_serial("").is_err());
-    }
 
     #[test]
     fn private_key_file_is_0600_and_not_overwritten() {

@@ -8,6 +8,7 @@ mod error;
 mod forward;
 mod hop;
 mod key;
+mod keys;
 mod known_hosts;
 mod progress;
 mod prove;

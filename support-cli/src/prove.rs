@@ -8,7 +8,6 @@ use anyhow::Context;
 use assist_proto::OneTimeCode;
 use assist_proto::attest::{AttestError, MAX_LEN, Unverified};
 use assist_proto::limits::ATTESTATION_PORT;
-use russh::keys::{PrivateKey, PublicKey};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -16,29 +15,19 @@ use tokio::task::JoinHandle;
 
 use crate::error::HopError;
 use crate::hop::Jump;
-use crate::key;
+use crate::keys::{self, Proven};
 use crate::progress::Progress;
 
 /// How long the device may take to hand over its proof.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Both keys of a code, started early with the serial as typed.
-pub type Derivation = JoinHandle<anyhow::Result<(key::Keys, Duration)>>;
-
-/// A device that proved it knows the code.
-pub struct Proven {
-    /// The serial as the device spells it (the keys are derived with this one).
-    pub serial: String,
-    /// The key to log in to the device with.
-    pub login: PrivateKey,
-    /// The only host keys the device's SSH server may present.
-    pub host_keys: Vec<PublicKey>,
-}
+pub type Derivation = JoinHandle<anyhow::Result<(keys::Keys, Duration)>>;
 
 /// Starts deriving both keys of `code` for `serial` on a blocking thread.
 pub fn start_derivation(serial: &str, code: &OneTimeCode) -> Derivation {
     let (serial, code) = (serial.to_string(), code.clone());
-    tokio::spawn(async move { key::derive(&serial, code).await })
+    tokio::spawn(async move { keys::derive(&serial, code).await })
 }
 
 /// Fetches the device's attestation through the jump host and checks it with the code.
@@ -65,7 +54,7 @@ pub async fn prove(
             device = unverified.serial(),
             "the device spells its serial otherwise"
         );
-        (keys, took) = key::derive(unverified.serial(), code.clone()).await?;
+        (keys, took) = keys::derive(unverified.serial(), code.clone()).await?;
     }
     progress.done(Some(format!("{} ms", took.as_millis())));
     let serial = unverified.serial().to_string();

@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::error::UsageError;
 use crate::hop::{self, JumpLogin};
-use crate::key;
+use crate::keys;
 use crate::progress::Progress;
 
 /// `SERIAL` or `SERIAL:PORT` (port 22, the device's ssh service, when absent).
@@ -31,7 +31,7 @@ pub fn parse_target(target: &str) -> Result<(String, u32), UsageError> {
 
 pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyhow::Result<i32> {
     let (serial, port) = parse_target(target)?;
-    key::check_serial(&serial)?;
+    keys::check_serial(&serial)?;
     let addr = settings.jump_addr()?;
     let login = JumpLogin::from_settings(settings, &addr)?;
     let jump = hop::connect_jump(login, progress).await?;
