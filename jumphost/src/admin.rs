@@ -23,6 +23,7 @@ use crate::api::live_cert::{CertState, LiveCert};
 use crate::penalty::SourceState;
 use crate::ssh::Relay;
 use crate::ssh::hop::LiveHop;
+use crate::store;
 
 /// File name of the socket inside `data_dir`.
 pub const SOCKET_FILE: &str = "admin.sock";
@@ -174,14 +175,13 @@ async fn reset(relay: &Arc<Relay>, serial: String) -> ResetAnswer {
             error: Some(format!("serial {serial:?} {e}")),
         };
     }
-    let store = Arc::clone(&relay.store);
     let owned = serial.clone();
-    let done =
-        tokio::task::spawn_blocking(move || crate::store::reset_serial_audited(&*store, &owned))
-            .await;
+    let done = store::blocking(&relay.store, move |s| {
+        store::reset_serial_audited(s, &owned)
+    })
+    .await;
     let removed = match done {
-        Ok(Ok(removed)) => removed,
-        Ok(Err(e)) => return reset_failed(e.to_string()),
+        Ok(removed) => removed,
         Err(e) => return reset_failed(e.to_string()),
     };
     // Even without a binding (swept already), a session still open on that serial goes.

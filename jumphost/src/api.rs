@@ -39,7 +39,7 @@ pub use self::proxy_header::ProxyHeaders;
 use crate::enroll::EnrollmentKey;
 use crate::penalty::RateLimiter;
 use crate::policy::PolicyHandle;
-use crate::store::{AuditEvent, DeviceBinding, Store, StoreError};
+use crate::store::{self, AuditEvent, DeviceBinding, Store, StoreError};
 
 pub mod cert;
 pub mod listener;
@@ -311,11 +311,8 @@ async fn register(
             source: peer.ip(),
             outcome,
         };
-        let store = state.store.clone();
-        match tokio::task::spawn_blocking(move || store.record(&event)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "recording the audit event failed"),
-            Err(e) => tracing::error!(error = %e, "audit task failed"),
+        if let Err(e) = store::blocking(&state.store, move |s| s.record(&event)).await {
+            tracing::error!(error = %e, "recording the audit event failed");
         }
     }
     match result {
@@ -392,19 +389,17 @@ async fn register_checked(
         public_key: key,
         expires_at,
     };
-    let store = state.store.clone();
     let enrollment = state.enrollment.clone();
-    let what = tokio::task::spawn_blocking(move || {
+    let what = store::blocking(&state.store, move |store| {
         let proofs = Proofs {
             rotation: proof.as_ref(),
             enrollment: enrollment
                 .as_deref()
                 .map(|key| (key, req.enrollment.as_ref())),
         };
-        bind(&*store, &binding, &req.public_key, proofs, source, now)
+        bind(store, &binding, &req.public_key, proofs, source, now)
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("registration task failed: {e}")))??;
+    .await?;
     Ok((what, response))
 }
 

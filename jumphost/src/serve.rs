@@ -18,7 +18,7 @@ use crate::config::{self, ApiTls, JumphostConfig};
 use crate::enroll::EnrollmentKey;
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
-use crate::store::{AuditQueue, SqliteStore, Store};
+use crate::store::{self, AuditQueue, SqliteStore, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -236,11 +236,9 @@ async fn sweep(store: Arc<dyn Store>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let store = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(deleted = n, "expired device keys swept"),
-            Ok(Err(e)) => tracing::error!(error = %e, "sweeping expired keys failed"),
+        match store::blocking(&store, |s| s.sweep_expired(SystemTime::now())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired device keys swept"),
             Err(e) => tracing::error!(error = %e, "sweeping expired keys failed"),
         }
     }

@@ -159,11 +159,9 @@ pub async fn check(
             "unknown engineer or serial {user} not allowed by policy"
         )));
     }
-    let store = Arc::clone(store);
     let serial = user.to_owned();
-    let binding = tokio::task::spawn_blocking(move || store.binding(&serial))
+    let binding = crate::store::blocking(store, move |s| s.binding(&serial))
         .await
-        .map_err(|e| Refusal::retry(format!("store lookup failed: {e}")))?
         .map_err(|e| Refusal::retry(format!("store lookup failed: {e}")))?;
     let Some(binding) = binding else {
         return Err(Refusal::retry(format!(

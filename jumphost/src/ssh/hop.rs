@@ -15,7 +15,7 @@ use super::auth::{self, Engineer};
 use super::revoke::Revoke;
 use super::routes::Route;
 use super::splice::{End, Transferred, splice};
-use crate::store::HopStart;
+use crate::store::{self, HopStart};
 
 /// A hop in progress, as `assist-jumphost status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -200,13 +200,8 @@ impl Hop {
             port: self.port,
             started_at,
         };
-        let store = Arc::clone(&self.relay.store);
-        match tokio::task::spawn_blocking(move || store.hop_started(&start)).await {
-            Ok(Ok(id)) => Some(id),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not record hop start");
-                None
-            }
+        match store::blocking(&self.relay.store, move |s| s.hop_started(&start)).await {
+            Ok(id) => Some(id),
             Err(e) => {
                 tracing::error!(error = %e, "could not record hop start");
                 None
@@ -215,15 +210,12 @@ impl Hop {
     }
 
     async fn record_end(&self, id: i64, moved: Transferred) {
-        let store = Arc::clone(&self.relay.store);
-        let done = tokio::task::spawn_blocking(move || {
-            store.hop_ended(id, SystemTime::now(), moved.to_device, moved.from_device)
+        let done = store::blocking(&self.relay.store, move |s| {
+            s.hop_ended(id, SystemTime::now(), moved.to_device, moved.from_device)
         })
         .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not record hop end"),
-            Err(e) => tracing::error!(error = %e, "could not record hop end"),
+        if let Err(e) = done {
+            tracing::error!(error = %e, "could not record hop end");
         }
     }
 }

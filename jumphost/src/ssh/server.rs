@@ -22,6 +22,7 @@ use super::handler::ConnHandler;
 use super::killable::Killable;
 use super::revoke;
 use super::routes::SessionId;
+use crate::store;
 
 /// How long a disconnected session gets to wind down before its task stops waiting.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -313,11 +314,10 @@ async fn key_expiry(relay: &Relay, serial: &str, key: &PublicKey, mut expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::time::sleep(left).await;
-        let store = Arc::clone(&relay.store);
         let owned = serial.to_owned();
-        let current = tokio::task::spawn_blocking(move || store.binding(&owned)).await;
+        let current = store::blocking(&relay.store, move |s| s.binding(&owned)).await;
         match current {
-            Ok(Ok(Some(b)))
+            Ok(Some(b))
                 if b.public_key.key_data() == key.key_data() && b.expires_at > expires_at =>
             {
                 tracing::debug!("device key renewed; session continues");

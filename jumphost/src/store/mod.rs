@@ -2,13 +2,14 @@
 //!
 //! [`SqliteStore`] is the embedded implementation; a shared database for several jump hosts
 //! can implement [`Store`] later. Every write is durable when the call returns, so an API
-//! answer sent after it survives `kill -9`. Calls are synchronous: async callers run them on
-//! `spawn_blocking`.
+//! answer sent after it survives `kill -9`. Calls are synchronous: async callers go through
+//! [`blocking`].
 
 mod audit_queue;
 mod sqlite;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use russh::keys::{HashAlg, PublicKey};
@@ -97,6 +98,21 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<&PublicKey>,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError>;
+}
+
+/// Runs `call` on the store from async code, on the blocking pool so a disk sync never
+/// stalls the runtime. A call that panicked comes back as a [`StoreError`] like the call's
+/// own failures, so callers handle one error.
+pub async fn blocking<T, E, F>(store: &Arc<dyn Store>, call: F) -> Result<T, E>
+where
+    F: FnOnce(&dyn Store) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || call(&*store))
+        .await
+        .map_err(|e| E::from(StoreError(format!("store task failed: {e}"))))?
 }
 
 /// Forgets the key bound to `serial` (expired or not) and audits it as the admin's act.
