@@ -10,6 +10,7 @@ use crate::state::Status;
 use crate::state::rfc3339;
 use crate::web::constant_time_eq;
 use assist_proto::Secret;
+use assist_proto::body::JsonBody;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -81,7 +82,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 
 async fn enable(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<EnableRequest>,
+    JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Result<Json<EnableResponse>, ApiError> {
     let enabled = state.agent.enable(req.minutes).await?;
     Ok(Json(EnableResponse {

@@ -4,11 +4,9 @@
 
 use crate::agent::AgentError;
 use crate::register::RegisterError;
-use assist_proto::body::read_json;
-use assist_proto::limits::BODY_TIMEOUT;
+use assist_proto::body::{BodyError, JsonBody, JsonRejection};
 use axum::Json;
-use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -96,38 +94,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        ApiError::Request(e.status(), e.to_string())
+    }
+}
+
+impl JsonRejection for ApiError {
+    const MAX_BODY: usize = MAX_BODY;
+    const JSON_CONTENT_TYPE_ONLY: bool = true;
+}
+
 /// A JSON body whose every rejection is a JSON [`ApiError`] with a message: 415 unless it is
 /// sent as `application/json` (so a cross-site form cannot post it), 413 over [`MAX_BODY`],
 /// 408 when it does not arrive in time, 400 when it is not JSON, 422 when it is JSON of the
 /// wrong shape.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = req.headers();
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::Request(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "send the body as JSON with Content-Type: application/json".into(),
-            ));
-        }
-        read_json(req, state, MAX_BODY, BODY_TIMEOUT)
-            .await
-            .map(ApiJson)
-            .map_err(|e| ApiError::Request(e.status(), e.to_string()))
-    }
-}
+pub type ApiJson<T> = JsonBody<T, ApiError>;
 
 /// What every route answers for a path or method it does not know: JSON like the rest.
 pub async fn not_found() -> ApiError {

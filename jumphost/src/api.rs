@@ -22,10 +22,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use assist_proto::api::{
     ErrorBody, ROTATION_NAMESPACE, RegisterRequest, RegisterResponse, rotation_message,
 };
-use assist_proto::body::{BodyError, read_json};
+use assist_proto::body::{BodyError, JsonBody, JsonRejection};
 use assist_proto::http::HttpLimits;
-use assist_proto::limits::{self, BODY_TIMEOUT, MAX_API_BODY};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use assist_proto::limits::{self, MAX_API_BODY};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -99,11 +99,10 @@ pub enum ApiError {
     /// Too many connections logging in at once (503).
     #[error("{0}")]
     Unavailable(String),
-    /// The body did not arrive in time (408).
-    #[error("request body not received within {} s", BODY_TIMEOUT.as_secs())]
-    Timeout,
-    #[error("request body is larger than {MAX_API_BODY} bytes")]
-    TooLarge,
+    /// The request body was refused: too large (413), too slow (408), not JSON (400) or of
+    /// the wrong shape (422).
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed")]
@@ -123,8 +122,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooMany { .. } | ApiError::Penalized { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Body(e) => e.status(),
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,30 +157,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose every rejection is an [`ApiError`]: 413 over the limit, 400 when it is
-/// not JSON, 422 when it is JSON of the wrong shape. The content type is not checked, so
-/// `curl -d` works too.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        read_json(req, state, MAX_API_BODY, BODY_TIMEOUT)
-            .await
-            .map(ApiJson)
-            .map_err(|e| match e {
-                BodyError::TooLarge(_) => ApiError::TooLarge,
-                BodyError::Timeout(_) => ApiError::Timeout,
-                BodyError::Malformed(m) => ApiError::Malformed(m),
-                BodyError::Invalid(m) => ApiError::Invalid(m),
-            })
-    }
+impl JsonRejection for ApiError {
+    const MAX_BODY: usize = MAX_API_BODY;
+    // Not checked, so `curl -d` works too.
+    const JSON_CONTENT_TYPE_ONLY: bool = false;
 }
+
+/// A JSON body whose every rejection is an [`ApiError`].
+pub type ApiJson<T> = JsonBody<T, ApiError>;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -276,7 +258,7 @@ async fn register(
 ) -> Response {
     let peer = ssh_ws::client_address(peer, &headers, &state.trusted_proxies);
     let (who, result) = match body {
-        Ok(ApiJson(req)) => {
+        Ok(JsonBody(req, _)) => {
             // Only a well-formed serial goes to the audit trail's `who`; anything else could be
             // 64 KiB of junk.
             let who = assist_proto::validate_name(&req.serial)

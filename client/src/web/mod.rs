@@ -12,6 +12,7 @@ use crate::local_api::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
 use crate::state::rfc3339;
 use assist_proto::Secret;
+use assist_proto::body::JsonBody;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -102,7 +103,7 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 
 /// Trades the control token for a page session. JSON only, so a cross-site form cannot post
 /// it; the answer sets the cookie and carries the session's CSRF token.
-async fn login(State(s): State<WebState>, ApiJson(req): ApiJson<LoginRequest>) -> Response {
+async fn login(State(s): State<WebState>, JsonBody(req, _): ApiJson<LoginRequest>) -> Response {
     let presented = Secret::new(req.token);
     if !constant_time_eq(
         presented.expose().trim().as_bytes(),
@@ -179,7 +180,7 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
 async fn enable(
     State(s): State<WebState>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<EnableRequest>,
+    JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
