@@ -12,6 +12,7 @@ use crate::target;
 use crate::tunnel::{Registration, Tunnel};
 use assist_proto::OneTimeCode;
 use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, SHUTDOWN_GRACE};
+use assist_proto::lock;
 use russh::keys::PrivateKey;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,9 +260,7 @@ impl Agent {
             }
         }
         drop(derived);
-        if let Ok(mut slot) = self.server.lock() {
-            *slot = server;
-        }
+        *lock::mutex(&self.server) = server;
 
         guard.last_epoch += 1;
         let epoch = guard.last_epoch;
@@ -395,13 +394,11 @@ impl Agent {
     }
 
     fn set_until(&self, until: Option<OffsetDateTime>) {
-        if let Ok(mut u) = self.until.lock() {
-            *u = until;
-        }
+        *lock::mutex(&self.until) = until;
     }
 
     pub async fn status(&self) -> Status {
-        let until = self.until.lock().ok().and_then(|u| *u);
+        let until = *lock::mutex(&self.until);
         let remaining = until.map(|u| {
             let left = u - OffsetDateTime::now_utc();
             left.whole_seconds().max(0) as u64
@@ -414,7 +411,7 @@ impl Agent {
             remaining_secs: remaining,
             tunnel: self.shared.tunnel(),
             connections: self.shared.connections(),
-            ssh_server: self.server.lock().ok().and_then(|s| s.clone()),
+            ssh_server: lock::mutex(&self.server).clone(),
         }
     }
 }

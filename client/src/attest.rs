@@ -4,6 +4,7 @@
 //! that asks for it on the reserved port `ATTESTATION_PORT` of the tunnel.
 
 use assist_proto::attest::{Attestation, MAX_HOST_KEYS};
+use assist_proto::lock;
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey, PublicKey};
 use russh::{Preferred, client};
 use std::borrow::Cow;
@@ -126,7 +127,7 @@ async fn scan(target: &str, alg: Algorithm) -> Result<PublicKey, String> {
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("the SSH handshake timed out".into()),
     }
-    let key = seen.lock().ok().and_then(|mut k| k.take());
+    let key = lock::mutex(&seen).take();
     key.ok_or_else(|| "no host key of this type".into())
 }
 
@@ -141,9 +142,7 @@ impl client::Handler for Scan {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(key.public_key().clone());
-        }
+        *lock::mutex(&self.seen) = Some(key.public_key().clone());
         Ok(false)
     }
 }

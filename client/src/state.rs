@@ -1,5 +1,6 @@
 //! State shared by the tunnel, the agent and the control API, and the status they report.
 
+use assist_proto::lock;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,7 +80,7 @@ impl SessionRecord {
             service,
             originator,
             ended,
-        } = self.detail.lock().map(|d| d.clone()).unwrap_or_default();
+        } = lock::mutex(&self.detail).clone();
         SessionInfo {
             service,
             originator,
@@ -135,22 +136,15 @@ impl Shared {
     /// Sets the tunnel state; `last_error` is kept unless a new one is given or the tunnel
     /// connected (then the old error no longer describes anything).
     pub fn set_tunnel(&self, state: TunnelState, error: Option<String>) {
-        if let Ok(mut t) = self.tunnel.lock() {
-            t.state = state;
-            if error.is_some() || state == TunnelState::Connected {
-                t.last_error = error;
-            }
+        let mut t = lock::mutex(&self.tunnel);
+        t.state = state;
+        if error.is_some() || state == TunnelState::Connected {
+            t.last_error = error;
         }
     }
 
     pub fn tunnel(&self) -> TunnelStatus {
-        self.tunnel
-            .lock()
-            .map(|t| t.clone())
-            .unwrap_or(TunnelStatus {
-                state: TunnelState::Failed,
-                last_error: Some("internal state poisoned".into()),
-            })
+        lock::mutex(&self.tunnel).clone()
     }
 
     /// Counts a relayed connection until the returned guard drops.
@@ -165,14 +159,14 @@ impl Shared {
             to_engineer: AtomicU64::new(0),
             from_engineer: AtomicU64::new(0),
         });
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if sessions.len() >= HISTORY_LIMIT
-                && let Some(i) = sessions.iter().position(|r| r.is_finished())
-            {
-                sessions.remove(i);
-            }
-            sessions.push(record.clone());
+        let mut sessions = lock::mutex(&self.sessions);
+        if sessions.len() >= HISTORY_LIMIT
+            && let Some(i) = sessions.iter().position(|r| r.is_finished())
+        {
+            sessions.remove(i);
         }
+        sessions.push(record.clone());
+        drop(sessions);
         ConnectionGuard {
             shared: self,
             record,
@@ -180,11 +174,10 @@ impl Shared {
     }
 
     pub fn connections(&self) -> Connections {
-        let sessions = self
-            .sessions
-            .lock()
-            .map(|s| s.iter().map(|r| r.info()).collect())
-            .unwrap_or_default();
+        let sessions = lock::mutex(&self.sessions)
+            .iter()
+            .map(|r| r.info())
+            .collect();
         Connections {
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
@@ -195,23 +188,19 @@ impl Shared {
     /// A new window: no error from an earlier one, a fresh total (the active count drains
     /// by itself).
     pub fn start_window(&self) {
-        if let Ok(mut t) = self.tunnel.lock() {
+        {
+            let mut t = lock::mutex(&self.tunnel);
             t.state = TunnelState::Connecting;
             t.last_error = None;
         }
         self.total.store(0, Ordering::Relaxed);
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.retain(|r| !r.is_finished());
-        }
+        lock::mutex(&self.sessions).retain(|r| !r.is_finished());
     }
 }
 
 impl SessionRecord {
     fn is_finished(&self) -> bool {
-        self.detail
-            .lock()
-            .map(|d| d.ended.is_some())
-            .unwrap_or(true)
+        lock::mutex(&self.detail).ended.is_some()
     }
 }
 
@@ -224,10 +213,9 @@ pub struct ConnectionGuard<'a> {
 impl ConnectionGuard<'_> {
     /// Names the service and the engineer's address (`ip:port`) for the history.
     pub fn describe(&self, service: &str, originator: Option<&str>) {
-        if let Ok(mut d) = self.record.detail.lock() {
-            d.service = Some(service.to_owned());
-            d.originator = originator.map(str::to_owned);
-        }
+        let mut d = lock::mutex(&self.record.detail);
+        d.service = Some(service.to_owned());
+        d.originator = originator.map(str::to_owned);
     }
 
     /// Adds bytes moved (to the engineer, from the engineer); may be called as they flow.
@@ -243,9 +231,7 @@ impl ConnectionGuard<'_> {
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut d) = self.record.detail.lock() {
-            d.ended = Some(OffsetDateTime::now_utc());
-        }
+        lock::mutex(&self.record.detail).ended = Some(OffsetDateTime::now_utc());
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

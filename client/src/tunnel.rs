@@ -9,6 +9,7 @@ use crate::register::RegisterError;
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
 use assist_proto::limits::ATTESTATION_PORT;
+use assist_proto::lock;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, Disconnect, client};
 use std::sync::{Arc, Mutex};
@@ -244,7 +245,7 @@ impl Tunnel {
                 ));
             }
             Ok(Err(reason)) => {
-                if let Some(e) = pin_error.lock().ok().and_then(|mut g| g.take()) {
+                if let Some(e) = lock::mutex(&pin_error).take() {
                     return Attempt::Fatal(e.into());
                 }
                 return Attempt::Failed(reason);
@@ -294,9 +295,7 @@ impl client::Handler for Handler {
             Ok(()) => Ok(true),
             Err(e) => {
                 tracing::error!("{e}");
-                if let Ok(mut slot) = self.pin_error.lock() {
-                    *slot = Some(e);
-                }
+                *lock::mutex(&self.pin_error) = Some(e);
                 Ok(false)
             }
         }

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use assist_proto::lock;
 use assist_proto::per_source::source_key;
 
 /// Sources remembered at once by each map.
@@ -95,14 +96,14 @@ pub struct Penalties {
 impl Penalties {
     /// How much longer connections from `ip` are refused, if they are.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = lock::mutex(&self.sources);
         let until = sources.get(&source_key(ip))?.blocked_until?;
         (until > now).then(|| until - now)
     }
 
     /// Counts one connection from `ip` that ended without a login after a refused attempt.
     pub fn record_failure(&self, ip: IpAddr, settings: &PenaltySettings, now: Instant) -> Verdict {
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = lock::mutex(&self.sources);
         let key = source_key(ip);
         if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
             make_room(&mut sources, now, settings.ban, |f| f.last);
@@ -157,7 +158,7 @@ pub struct SourceState {
 impl Penalties {
     /// Sources whose failures are still remembered under `settings`, blocked ones first.
     pub fn snapshot(&self, settings: &PenaltySettings, now: Instant) -> Vec<SourceState> {
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = lock::mutex(&self.sources);
         let mut out: Vec<SourceState> = sources
             .iter()
             .filter(|(_, f)| now.saturating_duration_since(f.last) <= settings.ban)
@@ -226,7 +227,7 @@ impl RateLimiter {
     ) -> Result<(), Duration> {
         let burst = f64::from(settings.register_burst.max(1));
         let per_sec = f64::from(settings.register_per_minute.max(1)) / 60.0;
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = lock::mutex(&self.sources);
         let key = source_key(ip);
         if !sources.contains_key(&key) && sources.len() >= MAX_SOURCES {
             // A bucket idle long enough to be full again is the same as no bucket.

@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod lock;
 pub mod logging;
 pub mod name;
 pub mod per_source;

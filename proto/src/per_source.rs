@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
 
 /// The key a source is counted under: an IPv4 address (IPv4-mapped IPv6 included), or the
 /// /64 of an IPv6 address.
@@ -28,7 +30,7 @@ impl PerSource {
     /// back when the returned slot is dropped.
     pub fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
         let key = source_key(ip);
-        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = lock::mutex(&self.0);
         let count = held.entry(key).or_default();
         if *count >= max.max(1) {
             return None;
@@ -43,7 +45,7 @@ impl PerSource {
     /// Places `ip`'s source holds now.
     #[cfg(test)]
     pub fn held(&self, ip: IpAddr) -> usize {
-        let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = lock::mutex(&self.0);
         held.get(&source_key(ip)).copied().unwrap_or(0)
     }
 }
@@ -57,11 +59,7 @@ pub struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut held = self
-            .sources
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut held = lock::mutex(&self.sources.0);
         if let Some(count) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {

@@ -5,6 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use assist_proto::lock;
+
 const FRAMES: &[&str] = &["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 const TICK: Duration = Duration::from_millis(80);
 
@@ -44,9 +46,7 @@ impl Progress {
         if !self.live {
             return;
         }
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
+        let mut state = lock::mutex(&self.state);
         finish_line(&mut state, None);
         state.current = Some((what.into(), Instant::now()));
     }
@@ -56,9 +56,7 @@ impl Progress {
         if !self.live {
             return;
         }
-        if let Ok(mut state) = self.state.lock() {
-            finish_line(&mut state, detail);
-        }
+        finish_line(&mut lock::mutex(&self.state), detail);
     }
 
     /// Clears the spinner line before something else writes to the terminal.
@@ -66,12 +64,11 @@ impl Progress {
         if !self.live {
             return;
         }
-        if let Ok(mut state) = self.state.lock() {
-            if state.current.take().is_some() {
-                eprint!("\r\x1b[2K");
-            }
-            state.stopped = true;
+        let mut state = lock::mutex(&self.state);
+        if state.current.take().is_some() {
+            eprint!("\r\x1b[2K");
         }
+        state.stopped = true;
     }
 
     /// A message that must be seen even when stages are not shown (unless `-q`).
@@ -79,15 +76,18 @@ impl Progress {
         if !self.notes {
             return;
         }
-        match self.state.lock() {
-            Ok(state) if self.live && state.current.is_some() => eprintln!("\r\x1b[2K{text}"),
-            _ => eprintln!("{text}"),
+        // Held while printing, so the spinner does not draw over the note.
+        let state = lock::mutex(&self.state);
+        if self.live && state.current.is_some() {
+            eprintln!("\r\x1b[2K{text}");
+        } else {
+            eprintln!("{text}");
         }
     }
 
     /// Runs `f` (a passphrase prompt) with the spinner paused.
     pub fn paused<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _state = self.state.lock();
+        let _state = lock::mutex(&self.state);
         if self.live {
             eprint!("\r\x1b[2K");
         }
@@ -105,7 +105,7 @@ fn finish_line(state: &mut State, detail: Option<String>) {
 fn spin(state: &Mutex<State>) {
     for frame in FRAMES.iter().cycle() {
         std::thread::sleep(TICK);
-        let Ok(state) = state.lock() else { return };
+        let state = lock::mutex(state);
         if state.stopped {
             return;
         }

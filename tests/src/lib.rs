@@ -54,7 +54,7 @@ fn target_dir() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = assist_proto::lock::mutex(built);
     if let Some(path) = built.get(name) {
         return path.clone();
     }

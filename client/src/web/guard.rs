@@ -1,6 +1,7 @@
 //! The page's defences: the `Host` check against DNS rebinding, the security headers, and
 //! page sessions (a random HttpOnly SameSite=Strict cookie) with a per-session CSRF token.
 
+use assist_proto::lock;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -112,31 +113,31 @@ impl Sessions {
     /// A new session; returns (cookie value, CSRF token).
     pub fn create(&self) -> (String, String) {
         let (id, csrf) = (random_hex(), random_hex());
-        if let Ok(mut map) = self.map.lock() {
-            map.retain(|_, s| s.last_used.elapsed() < SESSION_IDLE);
-            if map.len() >= MAX_SESSIONS
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_used)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-            map.insert(
-                id.clone(),
-                Session {
-                    csrf: csrf.clone(),
-                    last_used: Instant::now(),
-                },
-            );
+        let mut map = lock::mutex(&self.map);
+        map.retain(|_, s| s.last_used.elapsed() < SESSION_IDLE);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
         }
+        map.insert(
+            id.clone(),
+            Session {
+                csrf: csrf.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        drop(map);
         (id, csrf)
     }
 
     /// The CSRF token of the session named by the request's cookie, if it is alive.
     pub fn csrf_for(&self, headers: &HeaderMap) -> Option<String> {
         let id = cookie(headers, COOKIE)?;
-        let mut map = self.map.lock().ok()?;
+        let mut map = lock::mutex(&self.map);
         let session = map.get_mut(&id)?;
         if session.last_used.elapsed() >= SESSION_IDLE {
             map.remove(&id);
@@ -159,8 +160,8 @@ impl Sessions {
     }
 
     pub fn remove(&self, headers: &HeaderMap) {
-        if let (Some(id), Ok(mut map)) = (cookie(headers, COOKIE), self.map.lock()) {
-            map.remove(&id);
+        if let Some(id) = cookie(headers, COOKIE) {
+            lock::mutex(&self.map).remove(&id);
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::state::Status;
 use crate::state::rfc3339;
 use assist_proto::Secret;
 use assist_proto::body::JsonBody;
+use assist_proto::lock;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -155,17 +156,15 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
         return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
     };
     let status = s.agent.status().await;
-    let (code, max_seconds) = match s.code.lock() {
-        Ok(mut current) => {
-            let max = current.as_ref().map(|c| c.max_seconds);
-            // The window the code belongs to is over (ended, stopped, or the CLI made a new
-            // one): forget it.
-            if current.as_ref().map(|c| Some(&c.until)) != Some(status.until.as_ref()) {
-                *current = None;
-            }
-            (current.as_ref().map(|c| c.code.expose().to_owned()), max)
+    let (code, max_seconds) = {
+        let mut current = lock::mutex(&s.code);
+        let max = current.as_ref().map(|c| c.max_seconds);
+        // The window the code belongs to is over (ended, stopped, or the CLI made a new
+        // one): forget it.
+        if current.as_ref().map(|c| Some(&c.until)) != Some(status.until.as_ref()) {
+            *current = None;
         }
-        Err(_) => (None, None),
+        (current.as_ref().map(|c| c.code.expose().to_owned()), max)
     };
     Json(PageState {
         csrf,
@@ -188,13 +187,11 @@ async fn enable(
     match s.agent.enable(req.minutes).await {
         Ok(enabled) => {
             let until = rfc3339(enabled.until);
-            if let Ok(mut current) = s.code.lock() {
-                *current = Some(CurrentCode {
-                    until: until.clone(),
-                    code: Secret::new(enabled.code.to_string()),
-                    max_seconds: enabled.max_secs,
-                });
-            }
+            *lock::mutex(&s.code) = Some(CurrentCode {
+                until: until.clone(),
+                code: Secret::new(enabled.code.to_string()),
+                max_seconds: enabled.max_secs,
+            });
             Json(serde_json::json!({
                 "until": until,
                 "seconds": enabled.window_secs,
@@ -210,9 +207,7 @@ async fn disable(State(s): State<WebState>, headers: HeaderMap) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
-    if let Ok(mut current) = s.code.lock() {
-        *current = None;
-    }
+    *lock::mutex(&s.code) = None;
     match s.agent.disable("stopped on the web page").await {
         Ok(report) => Json(report).into_response(),
         Err(e) => ApiError::Agent(e).into_response(),

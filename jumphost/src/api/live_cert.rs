@@ -8,11 +8,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use anyhow::Context;
 use assist_proto::cert_fingerprint::CertFingerprint;
+use assist_proto::lock;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
@@ -46,17 +47,17 @@ impl LiveCert {
     }
 
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        let current = lock::read(&self.current);
         Arc::clone(&current.0)
     }
 
     fn replace(&self, next: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (next, SystemTime::now());
+        *lock::write(&self.current) = (next, SystemTime::now());
         self.set_error(None);
     }
 
     fn set_error(&self, error: Option<String>) {
-        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = error;
+        *lock::mutex(&self.error) = error;
     }
 
     /// SHA-256 of the leaf in use, as printed at start and pinned by agents.
@@ -68,11 +69,7 @@ impl LiveCert {
     }
 
     pub fn state(&self) -> CertState {
-        let since = self
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .1;
+        let since = lock::read(&self.current).1;
         CertState {
             fingerprint: self
                 .fingerprint()
@@ -81,11 +78,7 @@ impl LiveCert {
             since: since
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            reload_error: self
-                .error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            reload_error: lock::mutex(&self.error).clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use assist_proto::lock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,14 +42,11 @@ impl PolicyHandle {
     /// Why the latest reload failed, while the folder stays broken (`None` once a reload
     /// succeeds).
     pub fn last_reload_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock::mutex(&self.last_error).clone()
     }
 
     fn set_last_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        *lock::mutex(&self.last_error) = error;
     }
 
     /// Notified on every reload, e.g. to drop sessions the new policy no longer allows.

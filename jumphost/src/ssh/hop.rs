@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use assist_proto::lock;
 use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 
@@ -49,7 +50,7 @@ pub struct LiveHops(Mutex<BTreeMap<i64, HopEntry>>);
 impl LiveHops {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, HopEntry>> {
         // Every update is a single insert or remove, so a poisoned map is still consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock::mutex(&self.0)
     }
 
     fn insert(&self, id: i64, entry: HopEntry) {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use assist_proto::lock;
 use tokio_util::sync::CancellationToken;
 
 use super::Relay;
@@ -29,7 +30,7 @@ impl Revoke {
 
     /// Asks whoever waits in [`Revoke::revoked`] to stop, for `reason`.
     pub fn revoke(&self, reason: String) {
-        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock::mutex(&self.reason);
         if slot.is_none() {
             *slot = Some(reason);
         }
@@ -40,11 +41,7 @@ impl Revoke {
     /// Resolves with the reason once revoked.
     pub async fn revoked(&self) -> String {
         self.token.cancelled().await;
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default()
+        lock::mutex(&self.reason).clone().unwrap_or_default()
     }
 
     /// Cancelled when revoked, for code that only needs to stop.
@@ -67,7 +64,7 @@ pub struct Sessions(Mutex<HashMap<SessionId, LiveSession>>);
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, LiveSession>> {
         // Every update is a single insert or remove, so a poisoned map is still consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock::mutex(&self.0)
     }
 
     /// Registers a logged-in session until the returned guard drops; the session stops when

@@ -8,6 +8,7 @@
 //! serial and drops the old session's routes at once, so a half-dead old connection never
 //! shadows the new one; cleanup after a session ends only touches routes it still owns.
 
+use assist_proto::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -72,7 +73,7 @@ impl<H: Clone> RouteTable<H> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owner<H>>> {
         // A panic while holding this lock cannot leave the map half-updated (every update is
         // a single insert/remove), so a poisoned lock is still consistent.
-        self.serials.lock().unwrap_or_else(|p| p.into_inner())
+        lock::mutex(&self.serials)
     }
 
     /// Makes `session` the owner of `serial`, dropping any routes of a previous session.

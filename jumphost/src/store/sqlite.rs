@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use assist_proto::lock;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use russh::keys::PublicKey;
 
@@ -170,7 +171,7 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-done transaction behind
         // (rusqlite rolls back on drop), so the connection is still usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        lock::mutex(&self.conn)
     }
 
     /// Holds the connection's lock until the guard drops, so a test can make the store slow.
