@@ -8,7 +8,6 @@ use crate::local_api::{
 };
 use crate::state::Status;
 use crate::state::rfc3339;
-use crate::web::constant_time_eq;
 use assist_proto::Secret;
 use assist_proto::body::JsonBody;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -70,7 +69,7 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(presented.as_bytes(), state.token.expose().as_bytes()) {
+    if !state.token.matches(presented) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(request).await)
@@ -101,7 +100,7 @@ async fn disable(State(state): State<AppState>) -> Result<Json<DisableReport>, A
 pub fn new_token() -> Secret {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes[..]);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(bytes);
     bytes.fill(0);
     Secret::new(hex)
 }
@@ -373,8 +372,8 @@ mod tests {
         let (a, b) = (new_token(), new_token());
         assert_eq!(a.expose().len(), 64);
         assert_ne!(a, b);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"", b""));
+        assert!(Secret::new("abc").matches("abc"));
+        assert!(!Secret::new("abc").matches("abd"));
+        assert!(!Secret::new("").matches(""));
     }
 }

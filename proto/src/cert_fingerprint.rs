@@ -31,30 +31,15 @@ impl CertFingerprint {
             _ => trimmed,
         };
         let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return Err(bad());
-        }
         let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-            let hi = hex_value(pair[0]).ok_or_else(bad)?;
-            let lo = hex_value(pair[1]).ok_or_else(bad)?;
-            *byte = hi << 4 | lo;
-        }
+        hex::decode_to_slice(&digits, &mut out).map_err(|_| bad())?;
         Ok(Self(out))
     }
 }
 
-fn hex_value(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
 impl std::fmt::Display for CertFingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write!(f, "sha256:{}", hex::encode(self.0))
     }
 }
 

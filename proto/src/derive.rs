@@ -79,7 +79,7 @@ mod tests {
         let code = OneTimeCode::parse("7K3QM-2XPD9").unwrap();
         let key = derive_key("SN-0001", &code).unwrap();
         let secret = key.key_data().ed25519().unwrap().private.to_bytes();
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(secret);
         let decimal = format!("{:?}", &secret[..4]);
         let decimal = decimal.trim_end_matches(']');
         for shown in [format!("{key:?}"), format!("{:?}", key.key_data())] {

@@ -1,6 +1,7 @@
 //! A wrapper for secret strings (codes, tokens) that never prints its content.
 
 use std::fmt;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 /// A secret string: `Debug` and `Display` print `[redacted]`, memory is wiped on drop.
@@ -15,6 +16,12 @@ impl Secret {
     /// The secret itself; call sites that use it are the only places it may go.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `presented` is this secret, compared without an early exit so it cannot be
+    /// guessed byte by byte by timing. An empty secret matches nothing.
+    pub fn matches(&self, presented: &str) -> bool {
+        !self.0.is_empty() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
     }
 }
 

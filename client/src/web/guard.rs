@@ -1,7 +1,7 @@
 //! The page's defences: the `Host` check against DNS rebinding, the security headers, and
 //! page sessions (a random HttpOnly SameSite=Strict cookie) with a per-session CSRF token.
 
-use assist_proto::lock;
+use assist_proto::{Secret, lock};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -156,7 +156,7 @@ impl Sessions {
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        crate::web::constant_time_eq(presented.as_bytes(), expected.as_bytes())
+        Secret::new(expected).matches(presented)
     }
 
     pub fn remove(&self, headers: &HeaderMap) {
@@ -189,7 +189,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes[..]);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
