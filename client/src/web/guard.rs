@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cookie::{Cookie, SameSite};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -168,11 +169,22 @@ impl Sessions {
 
 /// The `Set-Cookie` value for a session (no `Secure`: the page is plain HTTP on loopback).
 pub fn session_cookie(id: &str) -> String {
-    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")
+    session(id).build().to_string()
 }
 
-pub fn clear_cookie() -> &'static str {
-    "assist_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+/// The `Set-Cookie` value that ends the session cookie in the browser.
+pub fn clear_cookie() -> String {
+    session("")
+        .max_age(cookie::time::Duration::ZERO)
+        .build()
+        .to_string()
+}
+
+fn session(value: &str) -> cookie::CookieBuilder<'_> {
+    Cookie::build((COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -180,10 +192,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 fn random_hex() -> String {
@@ -225,5 +237,29 @@ mod tests {
         ] {
             assert!(!host_allowed(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_session_cookie_is_written_read_back_and_cleared() {
+        let set = session_cookie("abc");
+        for part in [
+            "assist_session=abc",
+            "Path=/",
+            "HttpOnly",
+            "SameSite=Strict",
+        ] {
+            assert!(set.split("; ").any(|p| p == part), "{part}: {set}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("other=1"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("x=2; assist_session=abc"),
+        );
+        assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers, "missing"), None);
+        let clear = clear_cookie();
+        assert!(clear.starts_with("assist_session=;"), "{clear}");
+        assert!(clear.contains("Max-Age=0"), "{clear}");
     }
 }
