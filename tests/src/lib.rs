@@ -712,30 +712,34 @@ pub fn until_closed(mut stream: TcpStream, within: Duration) -> Vec<u8> {
     }
 }
 
-/// SHA-256 of a file or of bytes, as lowercase hex, via `sha256sum`.
+/// SHA-256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    use sha2::Digest;
+    let mut file = fs::File::open(path).expect("open file to hash");
+    let mut hasher = sha2::Sha256::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk).expect("read file to hash");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+    }
+    hex::encode(hasher.finalize())
 }
 
-/// Writes `len` random bytes to `path` (from /dev/urandom, via `head`).
+/// Writes `len` random bytes to `path`.
 pub fn random_file(path: &Path, len: usize) {
-    let out = fs::File::create(path).expect("create random file");
-    let status = Command::new("head")
-        .arg("-c")
-        .arg(len.to_string())
-        .arg("/dev/urandom")
-        .stdout(out)
-        .status()
-        .expect("head");
-    assert!(status.success());
+    let mut out = std::io::BufWriter::new(fs::File::create(path).expect("create random file"));
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        rand::fill(&mut chunk[..n]);
+        out.write_all(&chunk[..n]).expect("write random file");
+        left -= n;
+    }
+    out.flush().expect("write random file");
 }
 
 /// Writes an OpenSSH private key file (0600) for the key derived from `(serial, code)`,
