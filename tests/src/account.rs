@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::text;
+use crate::process::text;
 
 /// An account made for the test and removed (`userdel`) when dropped.
 pub struct TestUser {

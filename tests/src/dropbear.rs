@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Proc, start_on_free_port, text};
+use crate::process::{Proc, start_on_free_port, text};
 
 /// Where Debian puts it.
 pub const DROPBEAR: &str = "/usr/sbin/dropbear";
