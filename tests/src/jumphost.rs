@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::http;
 use crate::openssh::Sshd;
-use crate::process::{Proc, READY_TIMEOUT, bin};
+use crate::process::{Proc, READY_TIMEOUT, bin, run_ok};
 
 /// A policy for serials `SN-*`: engineers from `support_cidrs`, devices from `client_cidrs`
 /// (TOML arrays), device keys kept for `ttl`, and each `(name, public key line)` of
@@ -174,30 +174,22 @@ impl Jumphost {
 
     /// `assist-jumphost status --json`: devices online, hops in progress, penalized sources.
     pub fn status(&self) -> serde_json::Value {
-        let out = Command::new(bin("assist-jumphost"))
-            .args(["status", "--json", "--config"])
-            .arg(&self.config)
-            .output()
-            .expect("run assist-jumphost status");
-        assert!(
-            out.status.success(),
-            "assist-jumphost status: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(bin("assist-jumphost"))
+                .args(["status", "--json", "--config"])
+                .arg(&self.config),
+            "assist-jumphost status",
         );
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
     /// One query on the jump host's database with the `sqlite3` CLI; rows as `a|b` lines.
     pub fn sql(&self, query: &str) -> String {
-        let out = Command::new("sqlite3")
-            .arg(self.data_dir.join("assist.db"))
-            .arg(query)
-            .output()
-            .expect("run sqlite3");
-        assert!(
-            out.status.success(),
-            "sqlite3 {query}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("sqlite3")
+                .arg(self.data_dir.join("assist.db"))
+                .arg(query),
+            &format!("sqlite3 {query}"),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

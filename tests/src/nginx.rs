@@ -28,7 +28,8 @@ impl Nginx {
         fs::create_dir_all(dir.join("tmp")).expect("create nginx dir");
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
-        let out = Command::new("openssl")
+        let mut openssl = Command::new("openssl");
+        openssl
             .args([
                 "req",
                 "-x509",
@@ -44,14 +45,8 @@ impl Nginx {
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(&cert);
+        crate::process::run_ok(&mut openssl, "openssl");
         let (proc, addr) = crate::process::start_on_free_port("nginx", |port| {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let server = readme_snippet()

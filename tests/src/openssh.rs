@@ -11,17 +11,15 @@ use std::process::{Command, Stdio};
 
 use russh::keys::ssh_key::LineEnding;
 
+use crate::process::run_ok;
+
 /// Creates an unencrypted ed25519 key at `path` with `ssh-keygen`; returns the public key line.
 pub fn keygen(path: &Path) -> String {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-        .arg(path)
-        .output()
-        .expect("run ssh-keygen");
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+            .arg(path),
+        "ssh-keygen",
     );
     fs::read_to_string(path.with_extension("pub"))
         .expect("read public key")
@@ -133,16 +131,9 @@ impl Sshd {
             ),
         )
         .expect("write sshd_config");
-        let check = Command::new(SSHD)
-            .arg("-t")
-            .arg("-f")
-            .arg(&config)
-            .output()
-            .expect("sshd -t");
-        assert!(
-            check.status.success(),
-            "sshd -t: {}",
-            String::from_utf8_lossy(&check.stderr)
+        run_ok(
+            Command::new(SSHD).arg("-t").arg("-f").arg(&config),
+            "sshd -t",
         );
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sshd listener");
         let addr = listener.local_addr().expect("local addr");
