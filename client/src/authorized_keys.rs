@@ -14,9 +14,12 @@ pub const MARKER_PREFIX: &str = "assist-client:";
 #[derive(Debug, thiserror::Error)]
 pub enum KeysFileError {
     #[error(
-        "user {0:?} not found in /etc/passwd; set target_user (or authorized_keys) in the config"
+        "user {0:?} not found in /etc/passwd or the system's other account sources; set \
+         target_user (or authorized_keys) in the config"
     )]
     NoSuchUser(String),
+    #[error("cannot look up user {user:?}: {source}")]
+    Lookup { user: String, source: nix::Error },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -49,7 +52,8 @@ pub enum KeysFileError {
     },
 }
 
-/// The account whose `authorized_keys` is edited, as `/etc/passwd` describes it.
+/// The account whose `authorized_keys` is edited, as the system's account database
+/// describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
@@ -59,33 +63,22 @@ pub struct Account {
 }
 
 impl Account {
-    /// Looks `name` up in `/etc/passwd`. Reading the file directly (rather than libc's
-    /// getpwnam through a crate) keeps the agent free of unsafe code and extra dependencies;
-    /// accounts from LDAP/NSS need `authorized_keys` set explicitly in the config.
+    /// Looks `name` up as `getpwnam` does: `/etc/passwd` and whatever else NSS is configured
+    /// with (LDAP, sssd), so such accounts need no `authorized_keys` in the config.
     pub fn lookup(name: &str) -> Result<Self, KeysFileError> {
-        let passwd = Path::new("/etc/passwd");
-        let text = std::fs::read_to_string(passwd).map_err(|source| KeysFileError::Io {
-            action: "cannot read",
-            path: passwd.to_owned(),
-            source,
-        })?;
-        parse_passwd(&text, name).ok_or_else(|| KeysFileError::NoSuchUser(name.to_owned()))
-    }
-}
-
-fn parse_passwd(text: &str, name: &str) -> Option<Account> {
-    text.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() < 7 || f[0] != name {
-            return None;
-        }
-        Some(Account {
-            name: name.to_owned(),
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            home: PathBuf::from(f[5]),
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|source| KeysFileError::Lookup {
+                user: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| KeysFileError::NoSuchUser(name.to_owned()))?;
+        Ok(Account {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
         })
-    })
+    }
 }
 
 /// The file to edit and the account it belongs to.
@@ -595,16 +588,12 @@ mod tests {
 
     #[test]
     fn passwd_lookup() {
-        let text =
-            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1001:Alice,,,:/home/alice:/bin/sh\n";
-        let a = parse_passwd(text, "alice").unwrap();
-        assert_eq!(
-            (a.uid, a.gid, a.home.as_path()),
-            (1000, 1001, Path::new("/home/alice"))
-        );
-        assert!(parse_passwd(text, "bob").is_none());
-        assert!(parse_passwd(text, "ali").is_none());
+        let a = Account::lookup("root").unwrap();
+        assert_eq!((a.uid, a.gid, a.home.as_path()), (0, 0, Path::new("/root")));
+        let missing = Account::lookup("no-such-user-assist").unwrap_err();
+        assert!(matches!(missing, KeysFileError::NoSuchUser(_)), "{missing}");
+        assert!(Account::lookup("roo").is_err());
         let k = KeysFile::new(&a, None);
-        assert_eq!(k.path, Path::new("/home/alice/.ssh/authorized_keys"));
+        assert_eq!(k.path, Path::new("/root/.ssh/authorized_keys"));
     }
 }

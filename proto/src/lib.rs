@@ -1,5 +1,17 @@
-//! Pieces shared by the jump host, the agent and the support CLI: the one-time code and the
-//! key derived from it, serial validation, the registration API types and the limits.
+//! Pieces shared by the jump host, the agent and the support CLI.
+//!
+//! - Protocol, pinned or versioned: the one-time code (`code`) and the key derived from it
+//!   (`derive`), the device's proof of the code (`attest`), enrollment secrets and proofs
+//!   (`enroll`), serial and engineer names (`name`), the registration API's types
+//!   (`api`), the API certificate's fingerprint (`cert_fingerprint`).
+//! - Transport: SSH client settings (`ssh`); with the `ws` feature SSH inside a WebSocket
+//!   (`ws`) and through HTTP or SOCKS proxies (`proxy`).
+//! - Serving HTTP, with the `axum` feature: the serve loop with its header deadline and
+//!   connection limits (`http`) and the JSON body extractor (`body`).
+//! - Running a program: limits and timeouts in one place (`limits`), connections counted
+//!   per source (`per_source`), reconnect backoff (`backoff`), log setup (`logging`),
+//!   fresh identity keys (`keys`), secret strings (`secret`), writing secret files
+//!   (`private_file`) and the poisoned-lock policy (`lock`).
 #![forbid(unsafe_code)]
 
 pub mod api;

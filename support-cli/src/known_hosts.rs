@@ -1,11 +1,13 @@
 //! Host key pinning in OpenSSH's `known_hosts` format: the jump host under `[host]:port`
 //! (plain `host` on port 22), each customer machine under its serial.
 //!
-//! Written here rather than with `russh::keys::known_hosts` because that one miscounts lines
-//! after comments (the line to remove must be right) and fails on any line it cannot parse.
+//! Each line is read as an `ssh-key` known_hosts [`Entry`] here rather than through
+//! `russh::keys::known_hosts` or ssh-key's file iterator: the former miscounts lines after
+//! comments and the latter skips them (the line to remove must be right), and both fail on
+//! any line they cannot parse, where OpenSSH passes over it.
 
-use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns};
 use russh::keys::{HashAlg, PublicKey};
 use sha1::Sha1;
 use std::io::Write;
@@ -41,22 +43,17 @@ pub fn check(path: &Path, name: &str, key: &PublicKey) -> std::io::Result<Check>
     let mut changed = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Ok(entry) = line.parse::<Entry>() else {
+            continue;
+        };
         // Markers (@cert-authority, @revoked) are not plain host keys; skip them.
-        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
+        if entry.marker().is_some() || !hosts_match(entry.host_patterns(), name) {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let (Some(hosts), Some(_alg), Some(b64)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if !hosts_match(hosts, name) {
-            continue;
-        }
-        let Ok(recorded) = russh::keys::parse_public_key_base64(b64) else {
-            continue;
-        };
-        if recorded.key_data() == key.key_data() {
+        if entry.public_key().key_data() == key.key_data() {
             return Ok(Check::Known);
         }
         // A key of another type counts as a change too: stricter than OpenSSH's prompt, and
@@ -98,38 +95,27 @@ pub fn entry(name: &str, key: &PublicKey) -> std::io::Result<String> {
     ))
 }
 
-/// OpenSSH's host pattern list: comma-separated names, `*`/`?` wildcards, `!` negation and
-/// hashed `|1|salt|hash` entries.
-fn hosts_match(patterns: &str, name: &str) -> bool {
-    let mut matched = false;
-    for pattern in patterns.split(',') {
-        if let Some(hashed) = pattern.strip_prefix("|1|") {
-            matched |= hashed_match(hashed, name);
-        } else if let Some(negated) = pattern.strip_prefix('!') {
-            if glob_match(negated.as_bytes(), name.as_bytes()) {
-                return false;
+/// OpenSSH's host patterns: comma-separated names with `*`/`?` wildcards and `!` negation,
+/// or one hashed name (`|1|salt|hash`, HMAC-SHA1 of the name keyed with the salt).
+fn hosts_match(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::Patterns(patterns) => {
+            let mut matched = false;
+            for pattern in patterns {
+                if let Some(negated) = pattern.strip_prefix('!') {
+                    if glob_match(negated.as_bytes(), name.as_bytes()) {
+                        return false;
+                    }
+                } else {
+                    matched |= glob_match(pattern.as_bytes(), name.as_bytes());
+                }
             }
-        } else {
-            matched |= glob_match(pattern.as_bytes(), name.as_bytes());
+            matched
         }
-    }
-    matched
-}
-
-fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
-        return false;
-    };
-    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
-        return false;
-    };
-    match Hmac::<Sha1>::new_from_slice(&salt) {
-        Ok(mac) => mac
-            .chain_update(name.as_bytes())
-            .verify_slice(&hash)
-            .is_ok(),
-        Err(_) => false,
+        HostPatterns::HashedName { salt, hash } => match Hmac::<Sha1>::new_from_slice(salt) {
+            Ok(mac) => mac.chain_update(name.as_bytes()).verify_slice(hash).is_ok(),
+            Err(_) => false,
+        },
     }
 }
 
@@ -207,8 +193,14 @@ impl Pin {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use russh::keys::PrivateKey;
     use russh::keys::ssh_key::private::Ed25519Keypair;
+
+    /// Host patterns as the file spells them.
+    fn matches(patterns: &str, name: &str) -> bool {
+        hosts_match(&patterns.parse().unwrap(), name)
+    }
 
     fn key(seed: u8) -> PublicKey {
         PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
@@ -284,11 +276,11 @@ mod tests {
 
     #[test]
     fn patterns_and_hashed_names() {
-        assert!(hosts_match("a,SN-*", "SN-7"));
-        assert!(!hosts_match("SN-*,!SN-7", "SN-7"));
-        assert!(hosts_match("[127.0.0.1]:2222", "[127.0.0.1]:2222"));
-        assert!(!hosts_match("[127.0.0.1]:2223", "[127.0.0.1]:2222"));
-        assert!(hosts_match("SN-?", "SN-1") && !hosts_match("SN-?", "SN-12"));
+        assert!(matches("a,SN-*", "SN-7"));
+        assert!(!matches("SN-*,!SN-7", "SN-7"));
+        assert!(matches("[127.0.0.1]:2222", "[127.0.0.1]:2222"));
+        assert!(!matches("[127.0.0.1]:2223", "[127.0.0.1]:2222"));
+        assert!(matches("SN-?", "SN-1") && !matches("SN-?", "SN-12"));
         // `ssh-keygen -H` output for "SN-1" with a fixed salt.
         let salt = [7u8; 20];
         let mac = Hmac::<Sha1>::new_from_slice(&salt)
@@ -300,8 +292,8 @@ mod tests {
             b64.encode(salt),
             b64.encode(mac.finalize().into_bytes())
         );
-        assert!(hosts_match(&entry, "SN-1"));
-        assert!(!hosts_match(&entry, "SN-2"));
+        assert!(matches(&entry, "SN-1"));
+        assert!(!matches(&entry, "SN-2"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::text;
+use crate::process::{run_ok, text};
 
 /// An account made for the test and removed (`userdel`) when dropped.
 pub struct TestUser {
@@ -23,16 +23,16 @@ impl TestUser {
     pub fn create(home: &Path, tag: &str, shell: &str) -> TestUser {
         let name = format!("assist-e2e-{}-{tag}", std::process::id());
         let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args(["--no-create-home", "--user-group", "--password", "*"])
-            .arg("--shell")
-            .arg(shell)
-            .arg("--home-dir")
-            .arg(home)
-            .arg(&name)
-            .output()
-            .expect("run useradd");
-        assert!(out.status.success(), "useradd: {}", text(&out.stderr));
+        run_ok(
+            Command::new("useradd")
+                .args(["--no-create-home", "--user-group", "--password", "*"])
+                .arg("--shell")
+                .arg(shell)
+                .arg("--home-dir")
+                .arg(home)
+                .arg(&name),
+            "useradd",
+        );
         fs::create_dir_all(home).unwrap();
         let id = |flag: &str| -> u32 {
             let out = Command::new("id").arg(flag).arg(&name).output().unwrap();

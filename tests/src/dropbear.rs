@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Proc, start_on_free_port, text};
+use crate::process::{Proc, run_ok, start_on_free_port, text};
 
 /// Where Debian puts it.
 pub const DROPBEAR: &str = "/usr/sbin/dropbear";
@@ -24,12 +24,12 @@ impl Dropbear {
         let dir = dir.join("dropbear");
         fs::create_dir_all(&dir).unwrap();
         let key = dir.join("host_ed25519");
-        let out = Command::new("dropbearkey")
-            .args(["-t", "ed25519", "-f"])
-            .arg(&key)
-            .output()
-            .expect("dropbearkey (scripts/test.sh installs dropbear-bin)");
-        assert!(out.status.success(), "dropbearkey: {}", text(&out.stderr));
+        let out = run_ok(
+            Command::new("dropbearkey")
+                .args(["-t", "ed25519", "-f"])
+                .arg(&key),
+            "dropbearkey (scripts/test.sh installs dropbear-bin)",
+        );
         let host_key_pub = text(&out.stdout)
             .lines()
             .find(|l| l.starts_with("ssh-ed25519 "))

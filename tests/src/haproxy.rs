@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 
-use crate::Proc;
+use crate::process::Proc;
 
 pub struct Haproxy {
     pub proc: Proc,
@@ -17,7 +17,7 @@ pub struct Haproxy {
 
 /// The README's haproxy block, between its `haproxy-snippet` markers.
 pub fn readme_snippet() -> String {
-    crate::readme_snippet("haproxy", "haproxy")
+    crate::files::readme_snippet("haproxy", "haproxy")
 }
 
 impl Haproxy {
@@ -25,7 +25,7 @@ impl Haproxy {
     pub fn start(dir: &Path, api: SocketAddr, source: IpAddr) -> Haproxy {
         let dir = dir.join("haproxy");
         fs::create_dir_all(&dir).expect("create haproxy dir");
-        let (proc, addr) = crate::start_on_free_port("haproxy", |port| {
+        let (proc, addr) = crate::process::start_on_free_port("haproxy", |port| {
             let listen = SocketAddr::from(([127, 0, 0, 1], port));
             let proxied = readme_snippet()
                 .replace("LISTEN", &listen.to_string())

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::Proc;
+use crate::process::Proc;
 
 pub struct Nginx {
     pub proc: Proc,
@@ -18,7 +18,7 @@ pub struct Nginx {
 
 /// The README's nginx block, between its `nginx-snippet` markers.
 pub fn readme_snippet() -> String {
-    crate::readme_snippet("nginx", "nginx")
+    crate::files::readme_snippet("nginx", "nginx")
 }
 
 impl Nginx {
@@ -28,7 +28,8 @@ impl Nginx {
         fs::create_dir_all(dir.join("tmp")).expect("create nginx dir");
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
-        let out = Command::new("openssl")
+        let mut openssl = Command::new("openssl");
+        openssl
             .args([
                 "req",
                 "-x509",
@@ -44,15 +45,9 @@ impl Nginx {
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (proc, addr) = crate::start_on_free_port("nginx", |port| {
+            .arg(&cert);
+        crate::process::run_ok(&mut openssl, "openssl");
+        let (proc, addr) = crate::process::start_on_free_port("nginx", |port| {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let server = readme_snippet()
                 .replace("LISTEN", &addr.to_string())

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::Proc;
+use crate::process::Proc;
 
 pub struct Tinyproxy {
     pub proc: Proc,
@@ -21,7 +21,7 @@ impl Tinyproxy {
         let dir = dir.join("tinyproxy");
         fs::create_dir_all(&dir).expect("create tinyproxy dir");
         let log = dir.join("tinyproxy.log");
-        let (proc, addr) = crate::start_on_free_port("tinyproxy", |port| {
+        let (proc, addr) = crate::process::start_on_free_port("tinyproxy", |port| {
             let mut conf = format!(
                 "Port {port}\nListen 127.0.0.1\nBind {bind}\nTimeout 600\nMaxClients 200\n\
                  LogFile \"{}\"\nLogLevel Connect\nAllow 127.0.0.1\n",

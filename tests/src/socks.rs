@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use crate::Proc;
+use crate::process::Proc;
 
 pub struct Microsocks {
     pub proc: Proc,
@@ -16,7 +16,7 @@ impl Microsocks {
     /// Starts microsocks; `auth` is `(user, password)` for RFC 1929 authentication, which it
     /// then requires of every client.
     pub fn start(bind: Option<&str>, auth: Option<(&str, &str)>) -> Microsocks {
-        let (proc, addr) = crate::start_on_free_port("microsocks", |port| {
+        let (proc, addr) = crate::process::start_on_free_port("microsocks", |port| {
             let mut cmd = Command::new("microsocks");
             cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
             if let Some(bind) = bind {

@@ -12,13 +12,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, alice_policy, bin, connect_from, http, keygen, ssh, text,
-    until_closed, wait_until, write_client_config, write_derived_key,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, alice_policy, bin, connect_from, http, keygen, ssh,
+    ssh_options, text, until_closed, wait_until, write_client_config, write_derived_key,
 };
 
 const SHORT: Duration = Duration::from_secs(30);
-const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o ConnectTimeout=20";
 
 /// `POST /v1/register` with `body` from source address `from`, via curl.
 fn register_from(api: SocketAddr, from: &str, body: &str) -> (u16, String, String) {
@@ -347,7 +345,8 @@ fn the_code_and_the_derived_key_never_reach_logs_or_the_store() {
 
     // A full hop: engineer -> jump host -> agent -> sshd.
     let proxy = format!(
-        "ProxyCommand=ssh {SSH_OPTS} -o LogLevel=ERROR -i {} -p {} -W %h:%p alice@127.0.0.1",
+        "ProxyCommand=ssh {} -i {} -p {} -W %h:%p alice@127.0.0.1",
+        ssh_options("ERROR").join(" "),
         path("alice").display(),
         jump.ssh_port()
     );

@@ -9,17 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use assist_e2e::{
-    Jumphost, alice_policy, bin, connect_from, keygen, text, until_closed, wait_until,
+    Jumphost, alice_policy, bin, connect_from, keygen, ssh_logging, text, until_closed, wait_until,
 };
 
 const SHORT: Duration = Duration::from_secs(30);
-const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o ConnectTimeout=20";
-
-/// Stock ssh with the options above plus `args`; stdin closed.
+/// The harness's ssh at ssh's own log level (INFO), plus `args`; stdin closed.
 fn ssh(args: &[&str]) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(SSH_OPTS.split_whitespace()).args(args);
+    let mut cmd = ssh_logging("INFO", args);
     cmd.stdin(Stdio::null());
     cmd
 }

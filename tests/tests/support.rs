@@ -84,8 +84,8 @@ fn command_output_exit_status_and_large_binary_stdin() {
     let key = w.path("stock-key");
     assist_e2e::write_derived_key(&key, "SN-CMD", &code);
     let proxy = format!(
-        "ProxyCommand=ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -i {} -p {} -W %h:%p eng0@127.0.0.1",
+        "ProxyCommand=ssh {} -i {} -p {} -W %h:%p eng0@127.0.0.1",
+        assist_e2e::ssh_options("ERROR").join(" "),
         w.path("eng0").display(),
         w.jump.ssh_port()
     );

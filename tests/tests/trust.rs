@@ -15,7 +15,8 @@ use assist_e2e::{Proc, bin, keygen, text, wait_until};
 
 mod relay_world;
 
-use relay_world::{SHORT, World, policy};
+use assist_e2e::policy;
+use relay_world::{SHORT, World};
 
 /// The revocation target: a revoked engineer's open hop is cut within this of the save.
 const CUT_WITHIN: Duration = Duration::from_secs(2);

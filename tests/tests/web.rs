@@ -10,14 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, write_client_config, write_derived_key,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, ssh_options, write_client_config,
+    write_derived_key,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const SERIAL: &str = "SN-0001";
 const MARKER: &str = "assist-client:SN-0001";
-const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
 const UI: Duration = Duration::from_secs(30);
 
 /// Where screenshots go: the README's folder only when asked, so a test run never changes
@@ -162,7 +161,8 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     let key = dir.path().join("derived");
     write_derived_key(&key, SERIAL, code.trim());
     let proxy = format!(
-        "ProxyCommand=ssh {SSH_OPTS} -i {} -p {} -W %h:%p alice@127.0.0.1",
+        "ProxyCommand=ssh {} -i {} -p {} -W %h:%p alice@127.0.0.1",
+        ssh_options("ERROR").join(" "),
         dir.path().join("alice").display(),
         jump.ssh_port()
     );

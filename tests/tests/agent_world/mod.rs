@@ -10,13 +10,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use assist_e2e::{
-    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, text, wait_until, write_client_config,
+    Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, ssh_options, text, wait_until,
+    write_client_config,
 };
 
 pub const SHORT: Duration = Duration::from_secs(30);
 pub const SERIAL: &str = "SN-0001";
-pub const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o IdentitiesOnly=yes";
 pub const MARKER: &str = "assist-client:SN-0001";
 
 /// A jump host, a customer sshd whose authorized_keys already holds the admin's lines, and
@@ -80,7 +79,8 @@ impl World {
     /// Stock `ssh root@SERIAL CMD` through the jump host as alice, with `key`.
     pub fn hop_cmd(&self, key: &Path, cmd: &str) -> Command {
         let proxy = format!(
-            "ProxyCommand=ssh {SSH_OPTS} -i {} -p {} -W %h:%p alice@127.0.0.1",
+            "ProxyCommand=ssh {} -i {} -p {} -W %h:%p alice@127.0.0.1",
+            ssh_options("ERROR").join(" "),
             self.path("alice").display(),
             self.jump.ssh_port()
         );

@@ -9,40 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use assist_e2e::{Jumphost, Proc, Sshd, keygen, wait_until};
+use assist_e2e::{Jumphost, Proc, Sshd, keygen, policy, ssh_logging, ssh_options, wait_until};
 
 pub const SHORT: Duration = Duration::from_secs(30);
 
-/// The options every `ssh` here runs with: the harness's `ssh()` ones, except that
-/// `LogLevel=INFO` lets the refusal reasons the jump host sends ("channel 0: open failed:
-/// …") reach stderr, and ssh keeps the first value it is given for an option.
-pub const SSH_OPTS: &str = "-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=INFO -o IdentitiesOnly=yes \
-    -o ConnectTimeout=20";
+/// The log level of every `ssh` here: `INFO` lets the refusal reasons the jump host sends
+/// ("channel 0: open failed: …") reach stderr.
+const LOG_LEVEL: &str = "INFO";
 
+/// The harness's `ssh` at [`LOG_LEVEL`].
 pub fn ssh(args: &[&str]) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(SSH_OPTS.split_whitespace());
-    cmd.args(args);
-    cmd
-}
-
-pub fn policy(
-    support_cidrs: &str,
-    client_cidrs: &str,
-    ttl: &str,
-    engineers: &[(&str, &str)],
-) -> String {
-    let mut p = format!(
-        "[allowlist]\nsupport_cidrs = {support_cidrs}\nclient_cidrs = {client_cidrs}\n\n\
-         [serials]\nallow = [\"SN-*\"]\n\n[keys]\nclient_key_ttl = \"{ttl}\"\nmax_assistance = \"8h\"\n"
-    );
-    for (name, key) in engineers {
-        p.push_str(&format!(
-            "\n[[support]]\nname = \"{name}\"\npublic_key = \"{key}\"\n"
-        ));
-    }
-    p
+    ssh_logging(LOG_LEVEL, args)
 }
 
 /// A jump host, a customer sshd, two engineers (alice, bob) and the key root logs in with.
@@ -187,7 +164,8 @@ impl World {
         stdin: Option<&Path>,
     ) -> Command {
         let proxy = format!(
-            "ProxyCommand=ssh {SSH_OPTS} -i {} -p {} -W %h:%p {engineer}@127.0.0.1",
+            "ProxyCommand=ssh {} -i {} -p {} -W %h:%p {engineer}@127.0.0.1",
+            ssh_options(LOG_LEVEL).join(" "),
             self.path(engineer).display(),
             self.jump.ssh_port()
         );
