@@ -17,7 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use assist_jumphost::api::{ApiState, router};
-use assist_jumphost::policy::{Policy, PolicyHandle};
+use assist_jumphost::policy::Policy;
+use assist_jumphost::policy::watch::PolicyHandle;
 use assist_jumphost::store::{DeviceBinding, SqliteStore, Store};
 use axum::body::Body;
 use axum::extract::ConnectInfo;

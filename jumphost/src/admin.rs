@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::live_cert::{CertState, LiveCert};
 use crate::penalty::SourceState;
 use crate::ssh::Relay;
-use crate::ssh::hop::LiveHop;
+use crate::ssh::live::LiveHop;
 use crate::store;
 
 /// File name of the socket inside `data_dir`.

@@ -38,7 +38,7 @@ use self::listener::ApiListener;
 pub use self::proxy_header::ProxyHeaders;
 use crate::enroll::EnrollmentKey;
 use crate::penalty::RateLimiter;
-use crate::policy::PolicyHandle;
+use crate::policy::watch::PolicyHandle;
 use crate::store::{self, AuditEvent, DeviceBinding, Store, StoreError};
 
 pub mod cert;

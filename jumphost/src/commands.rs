@@ -181,7 +181,7 @@ mod tests {
     use crate::admin::Device;
     use crate::api::live_cert::CertState;
     use crate::penalty::SourceState;
-    use crate::ssh::hop::LiveHop;
+    use crate::ssh::live::LiveHop;
     use crate::store::{DeviceBinding, Store};
 
     fn config(dir: &Path, extra: &str) -> std::path::PathBuf {

@@ -16,9 +16,11 @@ use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
 use crate::config::{self, ApiTls, JumphostConfig};
 use crate::enroll::EnrollmentKey;
-use crate::policy::{self, Policy, PolicyHandle};
+use crate::policy::Policy;
+use crate::policy::watch::{self, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
-use crate::store::{self, AuditQueue, SqliteStore, Store};
+use crate::store::audit_queue::AuditQueue;
+use crate::store::{self, SqliteStore, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -101,7 +103,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ssh::Limits::from(&config),
     ));
     let rechecks = ssh::revoke::spawn_policy_rechecks(Arc::clone(&relay), shutdown.clone());
-    let watcher = policy::spawn_watcher(
+    let watcher = watch::spawn_watcher(
         config.policies_dir.clone(),
         policy.clone(),
         shutdown.clone(),
@@ -122,7 +124,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));
-    let mut ssh_task = tokio::spawn(ssh::serve(
+    let mut ssh_task = tokio::spawn(ssh::server::serve(
         ssh_listener,
         Arc::clone(&relay),
         shutdown.clone(),

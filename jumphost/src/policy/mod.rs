@@ -19,7 +19,7 @@
 //! name. The scope that applies is the one of the entry (or CA) that let the engineer in.
 
 mod parse;
-mod watch;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,8 +31,6 @@ use ipnet::IpNet;
 use russh::keys::PublicKey;
 
 use crate::penalty::PenaltySettings;
-
-pub use watch::{PolicyHandle, spawn_watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -2,87 +2,19 @@
 //! `direct-tcpip` with the outcome, relay until either side ends or the policy no longer
 //! allows it, and record the hop in the store.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use assist_proto::lock;
 use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 
 use super::Relay;
 use super::auth::{self, Engineer};
-use super::revoke::Revoke;
+use super::live::{HopEntry, LiveHop, Revoke};
 use super::routes::Route;
 use super::splice::{End, Transferred, splice};
 use crate::store::{self, HopStart};
-
-/// A hop in progress, as `assist-jumphost status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LiveHop {
-    pub engineer: String,
-    pub source: SocketAddr,
-    pub serial: String,
-    pub port: u32,
-    /// Unix seconds.
-    pub since: u64,
-}
-
-/// A hop in progress with what it is checked against at a policy reload.
-struct HopEntry {
-    shown: LiveHop,
-    engineer: Engineer,
-    stop: Arc<Revoke>,
-}
-
-/// What a recheck of [`LiveHops::revoke_where`] sees of one hop.
-pub struct HopView<'a> {
-    pub engineer: &'a Engineer,
-    pub source: SocketAddr,
-    pub serial: &'a str,
-}
-
-/// The hops in progress, by their id in the store (ids grow, so the map is oldest first).
-#[derive(Default)]
-pub struct LiveHops(Mutex<BTreeMap<i64, HopEntry>>);
-
-impl LiveHops {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, HopEntry>> {
-        // Every update is a single insert or remove, so a poisoned map is still consistent.
-        lock::mutex(&self.0)
-    }
-
-    fn insert(&self, id: i64, entry: HopEntry) {
-        self.lock().insert(id, entry);
-    }
-
-    fn remove(&self, id: i64) {
-        self.lock().remove(&id);
-    }
-
-    /// Every hop in progress, oldest first.
-    pub fn snapshot(&self) -> Vec<LiveHop> {
-        self.lock().values().map(|h| h.shown.clone()).collect()
-    }
-
-    /// Stops every hop for which `why` gives a reason; returns how many.
-    pub fn revoke_where(&self, mut why: impl FnMut(HopView<'_>) -> Option<String>) -> usize {
-        let mut ended = 0;
-        for hop in self.lock().values() {
-            let view = HopView {
-                engineer: &hop.engineer,
-                source: hop.shown.source,
-                serial: &hop.shown.serial,
-            };
-            if let Some(reason) = why(view) {
-                hop.stop.revoke(reason);
-                ended += 1;
-            }
-        }
-        ended
-    }
-}
 
 /// SSH reason code "connect failed" (RFC 4254), sent with our own description.
 pub(super) const CONNECT_FAILED: u32 = 2;

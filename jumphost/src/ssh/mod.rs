@@ -3,14 +3,16 @@
 //! `server` accepts TCP connections and runs one task per connection, `handler` is the thin
 //! russh handler deciding who may do what, `auth` checks identities against policy and
 //! store, `routes` maps `(serial, port)` to device sessions, `hop` and `splice` relay one
-//! engineer channel to one device channel, `revoke` ends sessions and hops that a policy
-//! reload or a serial reset no longer allows, `hostkey` keeps the jump host's own key.
+//! engineer channel to one device channel, `live` holds the sessions and hops connected now,
+//! `revoke` ends those that a policy reload or a serial reset no longer allows, `hostkey`
+//! keeps the jump host's own key.
 
 pub mod auth;
 pub mod handler;
 pub mod hop;
 pub mod hostkey;
 mod killable;
+pub mod live;
 pub mod revoke;
 pub mod routes;
 pub mod server;
@@ -28,10 +30,9 @@ use russh::{MethodKind, MethodSet, Preferred, cipher};
 use tokio_util::task::TaskTracker;
 
 use crate::config::JumphostConfig;
-use crate::policy::PolicyHandle;
-use crate::store::{AuditEvent, AuditQueue, Store};
-
-pub use server::serve;
+use crate::policy::watch::PolicyHandle;
+use crate::store::audit_queue::AuditQueue;
+use crate::store::{AuditEvent, Store};
 
 /// Connection limits, configurable so tests can use small values.
 #[derive(Debug, Clone)]
@@ -84,9 +85,9 @@ pub struct Relay {
     /// Login failures per source address.
     pub penalties: crate::penalty::Penalties,
     /// Hops in progress.
-    pub hops: hop::LiveHops,
+    pub hops: live::LiveHops,
     /// Logged-in sessions, rechecked at every policy reload.
-    pub sessions: Arc<revoke::Sessions>,
+    pub sessions: Arc<live::Sessions>,
     /// The audit trail's writer: events are queued and committed in batches.
     pub audit: AuditQueue,
     /// Unauthenticated connections held (MaxStartups), whichever way they came.
@@ -118,7 +119,7 @@ impl Relay {
             limits,
             tasks: TaskTracker::new(),
             penalties: crate::penalty::Penalties::default(),
-            hops: hop::LiveHops::default(),
+            hops: live::LiveHops::default(),
         }
     }
 

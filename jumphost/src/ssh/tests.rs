@@ -13,10 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, Relay, serve};
+use super::server::serve;
+use super::{Limits, Relay};
 use crate::config::JumphostConfig;
-use crate::policy::{Policy, PolicyHandle};
-use crate::store::{AuditQueue, DeviceBinding, SqliteStore, Store};
+use crate::policy::Policy;
+use crate::policy::watch::PolicyHandle;
+use crate::store::audit_queue::AuditQueue;
+use crate::store::{DeviceBinding, SqliteStore, Store};
 
 fn key(seed: u8) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))

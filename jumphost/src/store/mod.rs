@@ -5,7 +5,7 @@
 //! answer sent after it survives `kill -9`. Calls are synchronous: async callers go through
 //! [`blocking`].
 
-mod audit_queue;
+pub mod audit_queue;
 mod sqlite;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,7 +14,6 @@ use std::time::SystemTime;
 
 use russh::keys::{HashAlg, PublicKey};
 
-pub use audit_queue::AuditQueue;
 pub use sqlite::{AuditRecord, HopRecord, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +72,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes bindings expired at `now`; returns how many.
     fn sweep_expired(&self, now: SystemTime) -> Result<usize, StoreError>;
     fn record(&self, event: &AuditEvent) -> Result<(), StoreError>;
-    /// Records `events` in one commit (see [`AuditQueue`]).
+    /// Records `events` in one commit (see [`audit_queue::AuditQueue`]).
     fn record_batch(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     fn hop_started(&self, hop: &HopStart) -> Result<i64, StoreError>;
     fn hop_ended(
