@@ -4,6 +4,7 @@ use anyhow::Context;
 use assist_client::{commands, config::Config, daemon};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 /// Customer-side agent for remote assistance over reverse SSH.
@@ -13,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// On an error, also show each cause on its own line and the backtrace, if one was
+    /// captured (also ASSIST_DEBUG=1).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,12 +26,13 @@ struct Cli {
 enum Command {
     /// Run the agent (foreground; stop with SIGTERM or Ctrl-C).
     Run {
-        /// The agent's configuration file.
+        /// The agent's configuration file (client.toml).
         #[arg(long)]
         config: PathBuf,
     },
     /// Enable remote assistance and print the one-time code for the engineer.
     Enable {
+        /// The agent's configuration file (client.toml).
         #[arg(long)]
         config: PathBuf,
         /// Length of the window in minutes (default 60, capped by the jump host's policy).
@@ -35,6 +41,7 @@ enum Command {
     },
     /// Disable remote assistance now: close every session and remove the key.
     Disable {
+        /// The agent's configuration file (client.toml).
         #[arg(long)]
         config: PathBuf,
     },
@@ -42,6 +49,7 @@ enum Command {
     /// logs a browser straight in, and open it with xdg-open when a desktop session is there
     /// (DISPLAY or WAYLAND_DISPLAY set). Needs to read data_dir/control-token (root).
     Page {
+        /// The agent's configuration file (client.toml).
         #[arg(long)]
         config: PathBuf,
         /// Only print the address, never start a browser.
@@ -50,6 +58,7 @@ enum Command {
     },
     /// Show whether assistance is enabled and the tunnel's state (and how to open the page).
     Status {
+        /// The agent's configuration file (client.toml).
         #[arg(long)]
         config: PathBuf,
         /// Print JSON instead of text.
@@ -58,12 +67,26 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     assist_proto::logging::init("info");
+    let env = |k: &str| std::env::var(k).ok();
+    let debug = assist_proto::report::debug_wanted(cli.debug, &env);
+    let done = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            assist_proto::report::print("assist-client", &e, debug);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let load = |path: &PathBuf| Config::load(path).context("cannot load the configuration");
-    match cli.command {
+    match command {
         Command::Run { config } => {
             let config = load(&config)?;
             let shutdown = CancellationToken::new();

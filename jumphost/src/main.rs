@@ -1,6 +1,7 @@
 //! `assist-jumphost`: parse the command line, set up logging, call the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -10,6 +11,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// On an error, also show each cause on its own line and the backtrace, if one was
+    /// captured (also ASSIST_DEBUG=1).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,7 +50,7 @@ enum Command {
 enum PolicyCommand {
     /// Check every *.toml in a policy folder; exit 0 when valid, non-zero with the reason.
     Check {
-        /// The policy folder.
+        /// The policy folder (every *.toml in it is read and merged).
         #[arg(long)]
         policies: PathBuf,
     },
@@ -74,10 +79,22 @@ enum SerialCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     assist_proto::logging::init("info");
-    match cli.command {
+    let env = |k: &str| std::env::var(k).ok();
+    let debug = assist_proto::report::debug_wanted(cli.debug, &env);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            assist_proto::report::print("assist-jumphost", &e, debug);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Serve { config } => assist_jumphost::serve::run(&config),
         Command::Status { config, json } => {
             assist_jumphost::commands::status_command(&config, json)

@@ -34,6 +34,7 @@ pub mod per_source;
 pub mod private_file;
 #[cfg(feature = "ws")]
 pub mod proxy;
+pub mod report;
 pub mod secret;
 pub mod ssh;
 #[cfg(feature = "ws")]
