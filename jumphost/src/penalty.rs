@@ -85,6 +85,19 @@ struct Failures {
     count: u32,
     last: Instant,
     blocked_until: Option<Instant>,
+    /// The block is a ban (the failures reached `max_failures`), not a penalty.
+    banned: bool,
+}
+
+/// Why connections from a source are refused right now, for the refusal's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// How much longer.
+    pub left: Duration,
+    /// A ban (too many failures), rather than an escalating penalty.
+    pub banned: bool,
+    /// Failed logins remembered.
+    pub failures: u32,
 }
 
 /// Login failures per source.
@@ -96,9 +109,19 @@ pub struct Penalties {
 impl Penalties {
     /// How much longer connections from `ip` are refused, if they are.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        self.block(ip, now).map(|b| b.left)
+    }
+
+    /// Whether, why and how much longer connections from `ip` are refused.
+    pub fn block(&self, ip: IpAddr, now: Instant) -> Option<Block> {
         let sources = lock::mutex(&self.sources);
-        let until = sources.get(&source_key(ip))?.blocked_until?;
-        (until > now).then(|| until - now)
+        let entry = sources.get(&source_key(ip))?;
+        let until = entry.blocked_until?;
+        (until > now).then(|| Block {
+            left: until - now,
+            banned: entry.banned,
+            failures: entry.count,
+        })
     }
 
     /// Counts one connection from `ip` that ended without a login after a refused attempt.
@@ -112,6 +135,7 @@ impl Penalties {
             count: 0,
             last: now,
             blocked_until: None,
+            banned: false,
         });
         // Failures are forgiven a ban's length after the last one.
         if now.saturating_duration_since(entry.last) > settings.ban {
@@ -138,6 +162,7 @@ impl Penalties {
         if let Verdict::Penalized { until, .. } | Verdict::Banned { until, .. } = verdict {
             entry.blocked_until = Some(now + until);
         }
+        entry.banned = matches!(verdict, Verdict::Banned { .. });
         verdict
     }
 }
@@ -291,6 +316,7 @@ mod tests {
             }
         );
         assert_eq!(p.blocked(a, t), Some(Duration::from_secs(1)));
+        assert!(!p.block(a, t).unwrap().banned, "a penalty is not a ban");
         assert_eq!(p.blocked(b, t), None, "another address is not affected");
         assert_eq!(
             p.blocked(a, t + Duration::from_secs(2)),
@@ -314,6 +340,8 @@ mod tests {
             }
         );
         assert!(p.blocked(a, t + Duration::from_secs(59)).is_some());
+        let ban = p.block(a, t).unwrap();
+        assert!(ban.banned && ban.failures == 5, "{ban:?}");
         // Long after the ban, the slate is clean.
         let later = t + Duration::from_secs(200);
         assert_eq!(

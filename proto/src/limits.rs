@@ -55,3 +55,10 @@ pub const HTTP_SERVICE_PORT: u32 = 80;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes of the registration API in progress at once; more wait in the backlog.
 pub const MAX_TLS_HANDSHAKES: usize = 256;
+
+/// How a jump host's refusal before the SSH handshake starts: a text line ahead of any SSH
+/// version line (RFC 4253 4.2), which support-cli shows as the jump host's words.
+pub const REFUSAL_LINE_PREFIX: &str = "assist-jumphost: refused: ";
+/// How long `assist-client enable` waits for the tunnel to hold its forwards before it
+/// shows the code anyway, saying the tunnel is still connecting.
+pub const ENABLE_TUNNEL_WAIT: Duration = Duration::from_secs(8);

@@ -41,6 +41,9 @@ pub struct JumpAddr {
     pub port: u16,
     /// Set for a `ws://`/`wss://` address: SSH travels inside a WebSocket.
     pub ws: Option<assist_proto::ws::WsUrl>,
+    /// The address named no port and `port` is the SSH default: said wherever it matters,
+    /// since jump hosts mostly listen elsewhere.
+    pub port_assumed: bool,
 }
 
 impl JumpAddr {
@@ -52,6 +55,7 @@ impl JumpAddr {
                 host: url.host.clone(),
                 port: url.port,
                 ws: Some(url),
+                port_assumed: false,
             });
         }
         let bad = || {
@@ -75,6 +79,7 @@ impl JumpAddr {
         if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
             return Err(bad());
         }
+        let port_assumed = port.is_none();
         let port = match port {
             Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
             None => DEFAULT_SSH_PORT,
@@ -83,6 +88,18 @@ impl JumpAddr {
             host: host.to_string(),
             port,
             ws: None,
+            port_assumed,
+        })
+    }
+
+    /// What to tell the person when the port was not given, if it was not.
+    pub fn assumed_port_note(&self) -> Option<String> {
+        self.port_assumed.then(|| {
+            format!(
+                "the jump host address {:?} names no port: assumed {} (the SSH default); \
+                 give HOST:PORT if the jump host listens elsewhere (often 2222)",
+                self.host, self.port
+            )
         })
     }
 }
@@ -109,6 +126,35 @@ pub enum IdentitySource {
     Default(PathBuf),
 }
 
+/// Where the engineer name came from, for messages about a name the jump host refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineerOrigin {
+    Flag,
+    Env,
+    File,
+    User,
+}
+
+impl EngineerOrigin {
+    /// How the name was given, and how to give another one.
+    pub fn describe(self, name: &str) -> String {
+        let how = "pass --engineer NAME, set ASSIST_ENGINEER, or put engineer = \"NAME\" in \
+                   ~/.config/assist/support.toml";
+        match self {
+            EngineerOrigin::Flag => format!("{name} came from --engineer"),
+            EngineerOrigin::Env => {
+                format!("{name} came from ASSIST_ENGINEER; to use another, {how}")
+            }
+            EngineerOrigin::File => {
+                format!("{name} came from the settings file; to use another, {how}")
+            }
+            EngineerOrigin::User => {
+                format!("{name} came from $USER, as no engineer name was given; {how}")
+            }
+        }
+    }
+}
+
 /// The resolved settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -116,6 +162,7 @@ pub struct Settings {
     pub jumphost: Option<String>,
     /// Checked when used: `key` needs no engineer.
     pub engineer: Option<String>,
+    pub engineer_origin: EngineerOrigin,
     pub identity: IdentitySource,
     pub known_hosts: PathBuf,
 }
@@ -173,11 +220,15 @@ pub fn resolve(flags: Flags, env: &dyn Fn(&str) -> Option<String>, file: FileCon
         .jumphost
         .or_else(|| var("ASSIST_JUMPHOST"))
         .or(file.jumphost);
-    let engineer = flags
-        .engineer
-        .or_else(|| var("ASSIST_ENGINEER"))
-        .or(file.engineer)
-        .or_else(|| var("USER"));
+    let (engineer, engineer_origin) = if let Some(name) = flags.engineer {
+        (Some(name), EngineerOrigin::Flag)
+    } else if let Some(name) = var("ASSIST_ENGINEER") {
+        (Some(name), EngineerOrigin::Env)
+    } else if let Some(name) = file.engineer {
+        (Some(name), EngineerOrigin::File)
+    } else {
+        (var("USER"), EngineerOrigin::User)
+    };
     let identity = match flags
         .identity
         .or_else(|| var("ASSIST_IDENTITY").map(PathBuf::from))
@@ -195,6 +246,7 @@ pub fn resolve(flags: Flags, env: &dyn Fn(&str) -> Option<String>, file: FileCon
     Settings {
         jumphost,
         engineer,
+        engineer_origin,
         identity,
         known_hosts,
     }
@@ -270,6 +322,12 @@ mod tests {
 
         let s = resolve(Flags::default(), &e, FileConfig::default());
         assert_eq!(s.engineer().unwrap(), "me");
+        assert_eq!(s.engineer_origin, EngineerOrigin::User);
+        let told = s.engineer_origin.describe("me");
+        assert!(
+            told.contains("$USER") && told.contains("--engineer"),
+            "{told}"
+        );
         assert_eq!(s.jumphost, None);
         assert!(s.jump_addr().unwrap_err().0.contains("ASSIST_JUMPHOST"));
         assert_eq!(
@@ -320,6 +378,12 @@ mod tests {
         let a = JumpAddr::parse("jump.example.com:2222").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("jump.example.com", 2222));
         assert_eq!(JumpAddr::parse("jump").unwrap().port, 22);
+        let note = JumpAddr::parse("jump")
+            .unwrap()
+            .assumed_port_note()
+            .unwrap();
+        assert!(note.contains("assumed 22"), "{note}");
+        assert_eq!(a.assumed_port_note(), None);
         let v6 = JumpAddr::parse("[::1]:2222").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 2222));
         assert_eq!(v6.to_string(), "[::1]:2222");

@@ -19,11 +19,19 @@ pub enum HopError {
     Unreachable { addr: String, cause: std::io::Error },
     #[error("the jump host closed the connection: is your address in its support_cidrs allowlist?")]
     JumpClosed,
+    /// The jump host's own words before it closed (a penalty, a ban, an address refused).
+    #[error("the jump host refused the connection: {0}")]
+    JumpRefused(String),
     #[error(
-        "the jump host does not know engineer {engineer} with this key (ask the jump host admin \
-         to add your public key to its policy)"
+        "{addr} answered {what}, not SSH: is that the API port? Give the jump host's SSH \
+         port (its ssh_listen), or its wss://HOST/v1/ssh address for SSH over HTTPS"
     )]
-    EngineerRefused { engineer: String },
+    NotSsh { addr: String, what: String },
+    #[error(
+        "the jump host does not know engineer {engineer} with this key ({origin}; ask the jump \
+         host admin to add your public key to its policy under that name)"
+    )]
+    EngineerRefused { engineer: String, origin: String },
     #[error("no key to log in to the jump host with: {0}")]
     NoIdentity(String),
     #[error("device {serial} is not connected (has the customer enabled assistance?)")]

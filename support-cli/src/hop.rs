@@ -139,6 +139,7 @@ pub struct Jump {
 pub struct JumpLogin<'a> {
     pub addr: &'a JumpAddr,
     pub engineer: &'a str,
+    pub engineer_origin: crate::config::EngineerOrigin,
     pub identity: &'a IdentitySource,
     pub known_hosts: &'a std::path::Path,
 }
@@ -152,6 +153,7 @@ impl<'a> JumpLogin<'a> {
         Ok(Self {
             addr,
             engineer: settings.engineer()?,
+            engineer_origin: settings.engineer_origin,
             identity: &settings.identity,
             known_hosts: &settings.known_hosts,
         })
@@ -161,6 +163,13 @@ impl<'a> JumpLogin<'a> {
 /// Connects and authenticates to the jump host.
 pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<Jump, HopError> {
     let addr = login.addr;
+    let addr_text = match addr.assumed_port_note() {
+        Some(note) => {
+            progress.note(&note);
+            format!("{addr} ({note})")
+        }
+        None => addr.to_string(),
+    };
     progress.stage(format!("connecting to the jump host {addr}"));
     let closed = CancellationToken::new();
     let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
@@ -181,7 +190,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     let proxy = assist_proto::proxy::Proxy::from_env(&addr.host, &env)
         .transpose()
         .map_err(|e| HopError::Unreachable {
-            addr: addr.to_string(),
+            addr: addr_text.clone(),
             cause: std::io::Error::other(e),
         })?;
     let mut handle = match &addr.ws {
@@ -189,7 +198,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
             let tls = match url.tls {
                 true => Some(Arc::new(system_tls().map_err(|cause| {
                     HopError::Unreachable {
-                        addr: addr.to_string(),
+                        addr: addr_text.clone(),
                         cause,
                     }
                 })?)),
@@ -198,7 +207,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
             let io = assist_proto::ws::connect(url, tls, proxy.as_ref(), CONNECT_TIMEOUT)
                 .await
                 .map_err(|e| HopError::Unreachable {
-                    addr: addr.to_string(),
+                    addr: addr_text.clone(),
                     cause: std::io::Error::other(e),
                 })?;
             client::connect_stream(assist_proto::ssh::client_config(), io, client)
@@ -213,19 +222,25 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
             .await
             .unwrap_or_else(|_| Err("timed out".to_owned()))
             .map_err(|e| HopError::Unreachable {
-                addr: addr.to_string(),
+                addr: addr_text.clone(),
                 cause: std::io::Error::other(e),
             })?;
             // Interactive keystrokes must not wait for Nagle.
             let _ = tcp.set_nodelay(true);
+            // The first bytes say why a handshake failed: the jump host's refusal line, or
+            // an HTTP or TLS server on that port.
+            let (tcp, seen) = crate::greeting::Recorder::new(tcp);
             client::connect_stream(assist_proto::ssh::client_config(), tcp, client)
                 .await
-                .map_err(handshake)?
+                .map_err(|e| {
+                    crate::greeting::explain(&seen, &addr_text).unwrap_or_else(|| handshake(e))
+                })?
         }
     };
 
     progress.stage(format!("logging in to the jump host as {}", login.engineer));
-    match authenticate_engineer(&mut handle, login.engineer, login.identity, progress).await {
+    let engineer = (login.engineer, login.engineer_origin);
+    match authenticate_engineer(&mut handle, engineer, login.identity, progress).await {
         Ok(()) => Ok(Jump {
             handle,
             closed,
@@ -280,12 +295,13 @@ fn is_closed(e: &russh::Error) -> bool {
 
 async fn authenticate_engineer(
     handle: &mut Handle<Client>,
-    engineer: &str,
+    (engineer, origin): (&str, crate::config::EngineerOrigin),
     identity: &IdentitySource,
     progress: &Progress,
 ) -> Result<(), HopError> {
     let refused = || HopError::EngineerRefused {
         engineer: engineer.to_string(),
+        origin: origin.describe(engineer),
     };
     let auth_err = |cause| {
         if is_closed(&cause) {

@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod error;
 mod forward;
+mod greeting;
 mod hop;
 mod key;
 mod keys;
@@ -60,6 +61,10 @@ struct Cli {
     /// No progress or notes on stderr, only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// On an error, also show each cause on its own line and the backtrace, if one was
+    /// captured (also ASSIST_DEBUG=1).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,6 +151,8 @@ fn main() {
     let cli = Cli::parse();
     assist_proto::logging::init("off");
     let progress = progress::Progress::new(cli.quiet);
+    let env = |k: &str| std::env::var(k).ok();
+    let debug = assist_proto::report::debug_wanted(cli.debug, &env);
     let status = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run(cli, &progress)),
         Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
@@ -153,7 +160,7 @@ fn main() {
     let code = status.unwrap_or_else(|err| {
         progress.stop();
         let _ = std::io::stdout().flush();
-        eprintln!("support-cli: {err:#}");
+        assist_proto::report::print("support-cli", &err, debug);
         error::exit_code(&err)
     });
     let _ = std::io::stdout().flush();

@@ -69,13 +69,13 @@ pub(super) async fn upgrade(
     let source = client_address(peer, &headers, &state.trusted_proxies);
     let startup = match server::admit(&ssh.relay, source) {
         Ok(startup) => startup,
-        Err(why @ server::NotAdmitted::Address) => {
+        Err(why @ server::NotAdmitted::Address(_)) => {
             return ApiError::Forbidden(why.to_string()).into_response();
         }
-        Err(why @ server::NotAdmitted::Penalized(left)) => {
+        Err(why @ server::NotAdmitted::Penalized { block, .. }) => {
             return ApiError::Penalized {
                 reason: why.to_string(),
-                retry_after: left,
+                retry_after: block.left,
             }
             .into_response();
         }

@@ -48,8 +48,12 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(startup) = admit(&relay, peer) else {
-            continue;
+        let startup = match admit(&relay, peer) {
+            Ok(startup) => startup,
+            Err(why) => {
+                refuse_before_handshake(&stream, &why);
+                continue;
+            }
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
@@ -71,16 +75,16 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
             peer.ip(),
             "refused: address not in support_cidrs or client_cidrs".into(),
         );
-        return Err(NotAdmitted::Address);
+        return Err(NotAdmitted::Address(peer.ip()));
     }
-    if let Some(left) = relay
-        .penalties
-        .blocked(peer.ip(), std::time::Instant::now())
-    {
+    if let Some(block) = relay.penalties.block(peer.ip(), std::time::Instant::now()) {
         // Not audited: a penalized source reconnecting in a loop would flood the trail;
         // the start of the penalty was audited.
-        tracing::debug!(%peer, left_ms = left.as_millis(), "penalized source; closed");
-        return Err(NotAdmitted::Penalized(left));
+        tracing::debug!(%peer, left_ms = block.left.as_millis(), "penalized source; closed");
+        return Err(NotAdmitted::Penalized {
+            ip: peer.ip(),
+            block,
+        });
     }
     let Some(slot) = relay
         .startups_per_source
@@ -103,15 +107,59 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
     })
 }
 
-/// Why a new connection was closed before its handshake.
+/// Why a new connection was closed before its handshake, in words for the person whose
+/// client shows them (support-cli prints them; see [`refuse_before_handshake`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotAdmitted {
-    #[error("this address is not allowed (not in support_cidrs or client_cidrs)")]
-    Address,
-    #[error("too many failed logins from this address; retry in {} s", .0.as_secs().max(1))]
-    Penalized(std::time::Duration),
+    #[error(
+        "your address {0} is not allowed here (not in the jump host's support_cidrs for \
+         engineers, nor client_cidrs for devices); ask the jump host admin to add it"
+    )]
+    Address(std::net::IpAddr),
+    #[error("{}", penalty_words(*.ip, .block))]
+    Penalized {
+        ip: std::net::IpAddr,
+        block: crate::penalty::Block,
+    },
     #[error("too many connections are logging in at once; retry shortly")]
     Busy,
+}
+
+/// A penalty or ban as the refused person reads it: what happened, until when, what to do.
+fn penalty_words(ip: std::net::IpAddr, block: &crate::penalty::Block) -> String {
+    let secs = block.left.as_secs_f64().ceil().max(1.0) as u64;
+    let failures = match block.failures {
+        1 => "1 failed login".to_owned(),
+        n => format!("{n} failed logins"),
+    };
+    if block.banned {
+        let until = SystemTime::now() + Duration::from_secs(secs);
+        let until = humantime::format_rfc3339_seconds(until);
+        format!(
+            "your address {ip} is banned after {failures}, until {until} ({} left); a wrong \
+             key or engineer name counts as a failed login: fix that, then wait or ask the \
+             jump host admin",
+            humantime::format_duration(Duration::from_secs(secs))
+        )
+    } else {
+        format!(
+            "your address {ip} is penalized after {failures}: retry in {secs} s; a wrong key \
+             or engineer name counts as a failed login"
+        )
+    }
+}
+
+/// Tells a refused TCP client why before closing, as text lines ahead of any SSH version
+/// line (RFC 4253 4.2 lets a server send them; OpenSSH shows them with -v), so a client
+/// can tell a penalty, a ban or an address refusal from a port that does not speak SSH.
+/// Never waits: what does not fit the socket's buffer at once is not sent.
+fn refuse_before_handshake(stream: &tokio::net::TcpStream, why: &NotAdmitted) {
+    // Unread input would turn the close into a reset that may discard the line at the
+    // client; what the client sent so far (its version line) is read and dropped first.
+    let mut sink = [0u8; 1024];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    let line = format!("{}{why}\r\n", assist_proto::limits::REFUSAL_LINE_PREFIX);
+    let _ = stream.try_write(line.as_bytes());
 }
 
 /// Runs one admitted connection in its own tracked task, whatever carries its bytes.

@@ -1,0 +1,363 @@
+//! Issue 17, end to end with the real programs: every failure tells the person what
+//! happened and what to do next, with the exit status it promises and nothing changed.
+//! Each test triggers one failure an operator met and asserts the words that say what to do.
+// Test helpers fail the test by panicking, as the #[test] functions do.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use assist_e2e::{Jumphost, alice_policy, bin, keygen, text};
+
+const SHORT: Duration = Duration::from_secs(30);
+/// A well-formed code for commands that must fail before any code is checked.
+const CODE: &str = "7K3QM-2XPD9";
+
+/// `support-cli ARGS…` with a clean environment: `HOME` in `dir`, the jump host at `jump`
+/// and `identity` as the engineer's key, both from the environment; no engineer name
+/// unless `args` or `env` give one.
+fn cli(dir: &Path, jump: &str, identity: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(bin("support-cli"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("ASSIST_JUMPHOST", jump)
+        .env("ASSIST_IDENTITY", identity)
+        .envs(env.iter().copied())
+        .arg("--known-hosts")
+        .arg(dir.join("known_hosts"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `support-cli --engineer alice connect SN-0001 … -- true` with `key`.
+fn alice_connects(dir: &Path, jump: &Jumphost, key: &Path) -> Output {
+    cli(
+        dir,
+        &jump.ssh_addr.to_string(),
+        key,
+        &[],
+        &[
+            "--engineer",
+            "alice",
+            "connect",
+            "SN-0001",
+            "--code",
+            CODE,
+            "--",
+            "true",
+        ],
+    )
+}
+
+/// Waits until the jump host has logged `line` (a penalty starts when the failed
+/// connection has ended on its side, a moment after the client gave up).
+fn logged(jump: &Jumphost, line: &str) {
+    let deadline = std::time::Instant::now() + SHORT;
+    while !jump.proc.stderr().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in the jump host's log: {}",
+            jump.proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Penalties and bans say so; a port that does not speak SSH is told apart.
+
+#[test]
+fn a_penalized_engineer_is_told_the_penalty_and_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let alice = keygen(&d.join("alice"));
+    keygen(&d.join("mallory"));
+    let penalties =
+        "[penalties]\nfree_failures = 1\npenalty = \"1h\"\nmax_failures = 5\nban = \"2h\"\n";
+    let jump = Jumphost::start(d, &alice_policy(penalties, &alice));
+
+    for n in 1..=2 {
+        let out = alice_connects(d, &jump, &d.join("mallory"));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        assert!(err.contains("does not know engineer alice"), "{err}");
+        match n {
+            1 => logged(&jump, "failed login counted source=127.0.0.1 failures=1"),
+            _ => logged(&jump, "2 failed logins: connections refused for 1h"),
+        }
+    }
+    // The right key now: refused, with the penalty's words rather than an allowlist guess.
+    let out = alice_connects(d, &jump, &d.join("alice"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(
+            "the jump host refused the connection: your address 127.0.0.1 is penalized after \
+             2 failed logins: retry in 3"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("s; a wrong key or engineer name counts"),
+        "{err}"
+    );
+    assert!(!err.contains("support_cidrs"), "{err}");
+}
+
+#[test]
+fn a_banned_engineer_is_told_until_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let alice = keygen(&d.join("alice"));
+    keygen(&d.join("mallory"));
+    let penalties = "[penalties]\nfree_failures = 0\nmax_failures = 1\nban = \"2h\"\n";
+    let jump = Jumphost::start(d, &alice_policy(penalties, &alice));
+
+    let out = alice_connects(d, &jump, &d.join("mallory"));
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    logged(&jump, "1 failed logins: banned for 2h");
+    let out = alice_connects(d, &jump, &d.join("alice"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(
+            "the jump host refused the connection: your address 127.0.0.1 is banned after 1 \
+             failed login, until 20"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("left); a wrong key or engineer name counts as a failed login"),
+        "{err}"
+    );
+    // The ban's end is a time the person can read, about two hours from now.
+    assert!(err.contains("(1h 59m") || err.contains("(2h"), "{err}");
+}
+
+#[test]
+fn an_address_outside_the_allowlists_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let alice = keygen(&d.join("alice"));
+    let policy = format!(
+        "[allowlist]\nsupport_cidrs = [\"10.99.0.0/16\"]\nclient_cidrs = [\"10.98.0.0/16\"]\n\n\
+         [serials]\nallow = [\"SN-*\"]\n\n[[support]]\nname = \"alice\"\npublic_key = \"{alice}\"\n"
+    );
+    let jump = Jumphost::start(d, &policy);
+    let out = alice_connects(d, &jump, &d.join("alice"));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(
+            "the jump host refused the connection: your address 127.0.0.1 is not allowed here \
+             (not in the jump host's support_cidrs"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("ask the jump host admin to add it"), "{err}");
+}
+
+#[test]
+fn the_api_port_is_told_apart_from_the_ssh_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let alice = keygen(&d.join("alice"));
+    let jump = Jumphost::start(d, &alice_policy("", &alice));
+    let api = jump.api_addr.to_string();
+    let out = cli(
+        d,
+        &api,
+        &d.join("alice"),
+        &[],
+        &["--engineer", "alice", "connect", "SN-0001", "--code", CODE],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{api} answered HTTP, not SSH: is that the API port? Give the jump host's SSH port"
+        )),
+        "{err}"
+    );
+    // Nothing was recorded as a host key of that address.
+    assert!(!d.join("known_hosts").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Where a name came from.
+
+#[test]
+fn an_unknown_engineer_name_says_it_came_from_user_and_how_to_pass_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let alice = keygen(&d.join("alice"));
+    let jump = Jumphost::start(d, &alice_policy("", &alice));
+    let out = cli(
+        d,
+        &jump.ssh_addr.to_string(),
+        &d.join("alice"),
+        &[("USER", "carol")],
+        &["connect", "SN-0001", "--code", CODE, "--", "true"],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(
+            "the jump host does not know engineer carol with this key (carol came from $USER"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("pass --engineer NAME, set ASSIST_ENGINEER, or put engineer = \"NAME\" in"),
+        "{err}"
+    );
+    // Given by ASSIST_ENGINEER, the message names that instead.
+    let out = cli(
+        d,
+        &jump.ssh_addr.to_string(),
+        &d.join("alice"),
+        &[("USER", "carol"), ("ASSIST_ENGINEER", "dave")],
+        &["connect", "SN-0001", "--code", CODE, "--", "true"],
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("dave came from ASSIST_ENGINEER"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Errors read as sentences.
+
+#[test]
+fn a_jump_host_address_without_a_port_says_which_port_was_assumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(&d.join("alice"));
+    // Whatever answers on port 22 of this machine (usually nothing), the CLI says it
+    // assumed 22.
+    let out = cli(
+        d,
+        "localhost",
+        &d.join("alice"),
+        &[],
+        &["--engineer", "alice", "connect", "SN-0001", "--code", CODE],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(
+            "the jump host address \"localhost\" names no port: assumed 22 (the SSH default)"
+        ),
+        "{err}"
+    );
+}
+
+/// Lines of `stderr` that are not empty.
+fn lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn errors_are_one_sentence_without_a_backtrace_unless_debug_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let run = |program: &str, args: &[&str], debug: bool| {
+        let mut cmd = Command::new(bin(program));
+        cmd.args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null());
+        if debug {
+            cmd.env("ASSIST_DEBUG", "1");
+        }
+        cmd.output().unwrap()
+    };
+    for (program, args, starts) in [
+        (
+            "assist-client",
+            vec!["enable", "--config", missing],
+            "assist-client: cannot load the configuration",
+        ),
+        (
+            "assist-jumphost",
+            vec!["serve", "--config", missing],
+            "assist-jumphost: ",
+        ),
+        (
+            "support-cli",
+            vec![
+                "--jumphost",
+                "127.0.0.1:1",
+                "connect",
+                "SN-1",
+                "--code",
+                "bad",
+            ],
+            "support-cli: ",
+        ),
+    ] {
+        let out = run(program, &args, false);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{program}: {err}");
+        let said = lines(&err);
+        assert!(said.len() <= 2, "{program}: {err}");
+        assert!(said.last().unwrap().starts_with(starts), "{program}: {err}");
+        for noise in ["backtrace", "Caused by", "Error: ", "panicked"] {
+            assert!(!err.contains(noise), "{program}: {err}");
+        }
+        // Asked for, the chain comes one cause a line.
+        let debug = text(&run(program, &args, true).stderr);
+        assert!(
+            debug.starts_with(&err.trim_end().to_string()) && debug.len() > err.len(),
+            "{program}: {debug}"
+        );
+    }
+    // `--debug` does the same as ASSIST_DEBUG=1.
+    let flagged = run(
+        "assist-client",
+        &["--debug", "enable", "--config", missing],
+        false,
+    );
+    assert!(
+        text(&flagged.stderr).contains("Caused by"),
+        "{}",
+        text(&flagged.stderr)
+    );
+}
+
+#[test]
+fn every_config_option_has_a_help_line() {
+    let commands: [(&str, &[&str]); 9] = [
+        ("assist-client", &["run"]),
+        ("assist-client", &["enable"]),
+        ("assist-client", &["disable"]),
+        ("assist-client", &["status"]),
+        ("assist-client", &["page"]),
+        ("assist-jumphost", &["serve"]),
+        ("assist-jumphost", &["status"]),
+        ("assist-jumphost", &["serial", "reset"]),
+        ("assist-jumphost", &["serial", "secret"]),
+    ];
+    for (program, sub) in commands {
+        let out = Command::new(bin(program))
+            .args(sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = text(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("--config"))
+            .unwrap_or_else(|| panic!("{program} {sub:?}: {help}"));
+        let words = line
+            .trim_start()
+            .trim_start_matches("--config <CONFIG>")
+            .trim();
+        assert!(
+            words.len() > 10 && (words.contains("client.toml") || words.contains("jumphost.toml")),
+            "{program} {sub:?}: {line}"
+        );
+    }
+}
