@@ -11,7 +11,7 @@ use crate::state::{Shared, Status, TunnelState, rfc3339};
 use crate::target;
 use crate::tunnel::{Registration, Tunnel};
 use assist_proto::OneTimeCode;
-use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, SHUTDOWN_GRACE};
+use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, ENABLE_TUNNEL_WAIT, SHUTDOWN_GRACE};
 use assist_proto::lock;
 use russh::keys::PrivateKey;
 use std::sync::Arc;
@@ -52,6 +52,12 @@ pub enum AgentError {
     /// The customer's SSH server cannot be reached, or does not let the code's key in.
     #[error("{0}")]
     Target(String),
+    /// The tunnel failed before it held its forwards: no engineer could have used a code.
+    #[error(
+        "assistance was not enabled, no code is valid: the tunnel to the jump host {jumphost} \
+         failed: {reason}"
+    )]
+    Tunnel { jumphost: String, reason: String },
 }
 
 /// What enable hands back to the owner (over the authenticated local API only).
@@ -62,6 +68,16 @@ pub struct Enabled {
     pub window_secs: u64,
     /// The policy's ceiling.
     pub max_secs: u64,
+    /// Set when the tunnel did not hold its forwards within [`ENABLE_TUNNEL_WAIT`] but has
+    /// not failed either (a slow network): what it is doing. The code works once it holds.
+    pub tunnel_pending: Option<String>,
+}
+
+/// What the tunnel did within enable's wait.
+enum TunnelWait {
+    Holds,
+    Failed(String),
+    Pending(String),
 }
 
 /// What disable did, for the owner.
@@ -315,13 +331,63 @@ impl Agent {
             relays,
             task,
         });
-        tracing::info!(until = %rfc3339(until), window_secs, "assistance enabled");
+        // A code is only shown when it can work: the tunnel must hold its forwards first.
+        let started = std::time::Instant::now();
+        let tunnel_pending = match self.tunnel_holds(ENABLE_TUNNEL_WAIT).await {
+            TunnelWait::Holds => None,
+            TunnelWait::Pending(what) => Some(what),
+            TunnelWait::Failed(reason) => {
+                let window = guard.open.take();
+                if let Err(e) = self.finish(window, "tunnel failed at enable", None).await {
+                    tracing::error!("cannot end the failed window cleanly: {e}");
+                }
+                return Err(self.enable_failed(AgentError::Tunnel {
+                    jumphost: self.config.jumphost.clone(),
+                    reason,
+                }));
+            }
+        };
+        tracing::info!(
+            until = %rfc3339(until),
+            window_secs,
+            tunnel_ms = started.elapsed().as_millis(),
+            pending = tunnel_pending.is_some(),
+            "assistance enabled"
+        );
         Ok(Enabled {
             code,
             until,
             window_secs,
             max_secs,
+            tunnel_pending,
         })
+    }
+
+    /// Waits up to `wait` for the window's first tunnel attempt to hold its forwards or
+    /// fail. A first attempt that fails is the answer (a changed jump host key, an address
+    /// the jump host refuses, nothing listening): the customer hears it now, not from
+    /// `status` after reading out a code that cannot work.
+    async fn tunnel_holds(&self, wait: Duration) -> TunnelWait {
+        let mut states = self.shared.watch_tunnel();
+        let settled = tokio::time::timeout(
+            wait,
+            states.wait_for(|t| t.state != TunnelState::Connecting),
+        )
+        .await;
+        let now = self.shared.tunnel();
+        match (settled, now.state) {
+            (Ok(_), TunnelState::Connected) => TunnelWait::Holds,
+            (Ok(_), _) => TunnelWait::Failed(
+                now.last_error
+                    .unwrap_or_else(|| "it stopped without saying why".to_owned()),
+            ),
+            (Err(_), _) => TunnelWait::Pending(format!(
+                "no answer from the jump host {} within {} s; the code works once \
+                 `assist-client status` says connected",
+                self.config.jumphost,
+                wait.as_secs()
+            )),
+        }
     }
 
     /// With no window open, status and the page say why enabling did not work.
@@ -442,6 +508,11 @@ async fn supervise(
     };
     if let Some(e) = &fatal {
         tracing::error!("tunnel stopped: {e}");
+        // Said at once, so an enable waiting for the tunnel hears it (and ends the window
+        // itself while it holds the lock that end_window waits for).
+        agent
+            .shared
+            .set_tunnel(TunnelState::Failed, Some(e.clone()));
     }
     // end_window joins this task, so it must run in another one.
     tokio::spawn(async move { agent.end_window(epoch, fatal).await });

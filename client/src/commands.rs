@@ -89,6 +89,9 @@ pub async fn enable(config: &Config, minutes: Option<u64>) -> anyhow::Result<()>
         .await?;
     println!("code: {}", r.code);
     println!("until: {}", r.until);
+    if let Some(pending) = &r.tunnel_pending {
+        println!("tunnel still connecting: {pending}");
+    }
     if r.seconds < minutes.unwrap_or(0).saturating_mul(60) {
         println!(
             "note: the jump host's policy allows at most {}",

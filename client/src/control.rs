@@ -89,6 +89,7 @@ async fn enable(
         until: rfc3339(enabled.until),
         seconds: enabled.window_secs,
         max_seconds: enabled.max_secs,
+        tunnel_pending: enabled.tunnel_pending,
     }))
 }
 

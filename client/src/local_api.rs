@@ -28,6 +28,10 @@ pub struct EnableResponse {
     pub seconds: u64,
     /// The policy's longest window, for a duration picker.
     pub max_seconds: u64,
+    /// Set when the tunnel did not hold its forwards in time but has not failed: what it
+    /// is doing (the code works once it holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_pending: Option<String>,
 }
 
 impl std::fmt::Debug for EnableResponse {
@@ -85,6 +89,7 @@ impl IntoResponse for ApiError {
                     AgentError::Register(_) => StatusCode::BAD_GATEWAY,
                     // The customer's SSH server, not this agent, is what failed.
                     AgentError::Target(_) => StatusCode::BAD_GATEWAY,
+                    AgentError::Tunnel { .. } => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, e.to_string())

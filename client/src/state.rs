@@ -112,7 +112,8 @@ pub struct Status {
 /// Counters and tunnel state, updated from many tasks.
 #[derive(Debug)]
 pub struct Shared {
-    tunnel: Mutex<TunnelStatus>,
+    /// Watched by enable, which waits for the tunnel to hold its forwards.
+    tunnel: tokio::sync::watch::Sender<TunnelStatus>,
     active: AtomicU64,
     total: AtomicU64,
     sessions: Mutex<Vec<Arc<SessionRecord>>>,
@@ -121,7 +122,7 @@ pub struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Self {
-            tunnel: Mutex::new(TunnelStatus {
+            tunnel: tokio::sync::watch::Sender::new(TunnelStatus {
                 state: TunnelState::Disabled,
                 last_error: None,
             }),
@@ -136,15 +137,21 @@ impl Shared {
     /// Sets the tunnel state; `last_error` is kept unless a new one is given or the tunnel
     /// connected (then the old error no longer describes anything).
     pub fn set_tunnel(&self, state: TunnelState, error: Option<String>) {
-        let mut t = lock::mutex(&self.tunnel);
-        t.state = state;
-        if error.is_some() || state == TunnelState::Connected {
-            t.last_error = error;
-        }
+        self.tunnel.send_modify(|t| {
+            t.state = state;
+            if error.is_some() || state == TunnelState::Connected {
+                t.last_error = error;
+            }
+        });
     }
 
     pub fn tunnel(&self) -> TunnelStatus {
-        lock::mutex(&self.tunnel).clone()
+        self.tunnel.borrow().clone()
+    }
+
+    /// Follows the tunnel's state as it changes.
+    pub fn watch_tunnel(&self) -> tokio::sync::watch::Receiver<TunnelStatus> {
+        self.tunnel.subscribe()
     }
 
     /// Counts a relayed connection until the returned guard drops.
@@ -188,11 +195,10 @@ impl Shared {
     /// A new window: no error from an earlier one, a fresh total (the active count drains
     /// by itself).
     pub fn start_window(&self) {
-        {
-            let mut t = lock::mutex(&self.tunnel);
+        self.tunnel.send_modify(|t| {
             t.state = TunnelState::Connecting;
             t.last_error = None;
-        }
+        });
         self.total.store(0, Ordering::Relaxed);
         lock::mutex(&self.sessions).retain(|r| !r.is_finished());
     }

@@ -170,14 +170,19 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
     assert!(!text(&out.stdout).contains("code:"));
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
 
-    // A jump host key other than the pinned one stops the tunnel and says why.
+    // A jump host key other than the pinned one fails enable (no code) and says why
+    // (tests/tests/failures.rs has the rest of this story).
     let admin_pub = fs::read_to_string(w.path("admin.pub")).unwrap();
     fs::write(w.path("agent/data/jumphost_host_key"), admin_pub).unwrap();
     let _agent = start_agent(&config, "agent, wrong pin");
-    enable(&config, "30");
-    wait_until(SHORT, "the tunnel to fail", || {
-        status(&config)["tunnel"]["state"] == "failed"
-    });
+    let out = cli(&config, &["enable", "--minutes", "30"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(!text(&out.stdout).contains("code:"));
+    assert!(
+        text(&out.stderr).contains("key changed"),
+        "{}",
+        text(&out.stderr)
+    );
     let s = status(&config);
     assert!(
         s["tunnel"]["last_error"]
@@ -190,7 +195,10 @@ fn crash_purge_sigterm_and_a_second_device_for_the_same_serial() {
     assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
     let human = text(&cli(&config, &["status"]).stdout);
     assert!(
-        human.contains("tunnel: failed (last error: the jump host's key changed"),
+        human.contains(
+            "tunnel: disabled (last error: enabling failed: assistance was not \
+                        enabled, no code is valid: the tunnel to the jump host"
+        ),
         "{human}"
     );
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use assist_e2e::{Jumphost, alice_policy, bin, keygen, text};
 
+mod agent_world;
+use agent_world::{MARKER, World, cli as agent_cli, set_client_key, start_agent, status};
+
 const SHORT: Duration = Duration::from_secs(30);
 /// A well-formed code for commands that must fail before any code is checked.
 const CODE: &str = "7K3QM-2XPD9";
@@ -65,6 +68,111 @@ fn logged(jump: &Jumphost, line: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A code is only shown when it can work.
+
+/// `assist-client enable` for `config`, timed.
+fn enable_timed(config: &Path) -> (Output, Duration) {
+    let started = std::time::Instant::now();
+    let out = agent_cli(config, &["enable", "--minutes", "30"]);
+    (out, started.elapsed())
+}
+
+/// Enable failed with `words`, showed no code, left no key line, and status says why.
+fn enable_refused(w: &World, config: &Path, out: &Output, words: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(!stdout.contains("code:"), "{stdout}");
+    assert!(
+        stderr
+            .contains("assistance was not enabled, no code is valid: the tunnel to the jump host"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(words), "{stderr}");
+    assert!(!w.keys_file().contains(MARKER), "{}", w.keys_file());
+    assert_eq!(w.keys_file().as_bytes(), w.original_keys.as_slice());
+    let s = status(config);
+    assert_eq!(s["enabled"], false, "{s}");
+    let last = s["tunnel"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("enabling failed: ") && last.contains(words),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_wrong_jumphost_fingerprint_fails_enable_with_no_code() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    set_client_key(&config, &format!("jumphost_fingerprint = \"{wrong}\""));
+    let _agent = start_agent(&config, "agent");
+    let (out, took) = enable_timed(&config);
+    eprintln!("enable with a wrong jumphost_fingerprint failed after {took:?}");
+    enable_refused(&w, &config, &out, "the jump host's key changed");
+    assert!(
+        text(&out.stderr).contains("jumphost_fingerprint"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The right fingerprint: the code comes once the tunnel holds, and works at once.
+    let right = w.jump.host_key_fingerprint.trim().to_owned();
+    set_client_key(&config, &format!("jumphost_fingerprint = \"{right}\""));
+    drop(_agent);
+    let _agent = start_agent(&config, "agent, right pin");
+    let (out, took) = enable_timed(&config);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("code: "), "{stdout}");
+    assert!(!stdout.contains("still connecting"), "{stdout}");
+    eprintln!("enable that waited for the tunnel took {took:?}");
+    assert_eq!(status(&config)["tunnel"]["state"], "connected");
+}
+
+#[test]
+fn a_jump_host_that_refuses_the_device_fails_enable_with_no_code() {
+    // Devices only from 10.98.0.0/16: the agent on 127.0.0.1 registers (the API does not
+    // look at client_cidrs) but its SSH login is refused.
+    let w = World::start_configured("", "", "[\"10.98.0.0/16\"]");
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (out, took) = enable_timed(&config);
+    eprintln!(
+        "enable refused by the jump host failed after {took:?}: {}",
+        text(&out.stderr)
+    );
+    enable_refused(&w, &config, &out, "the jump host");
+}
+
+#[test]
+fn a_slow_jump_host_shows_the_code_saying_the_tunnel_is_still_connecting() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    // A listener that never accepts: the TCP connection is made, the SSH banner never comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    set_client_key(&config, &format!("jumphost = \"{addr}\""));
+    let _agent = start_agent(&config, "agent");
+    let (out, took) = enable_timed(&config);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("code: "), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "tunnel still connecting: no answer from the jump host {addr} within 8 s; the code \
+             works once `assist-client status` says connected"
+        )),
+        "{stdout}"
+    );
+    let wait = assist_proto::limits::ENABLE_TUNNEL_WAIT;
+    assert!(took >= wait && took < wait + SHORT, "{took:?}");
+    assert!(w.keys_file().contains(MARKER));
+    let out = agent_cli(&config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(silent);
 }
 
 // ---------------------------------------------------------------------------------------

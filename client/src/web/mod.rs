@@ -193,6 +193,7 @@ async fn enable(
                 "until": until,
                 "seconds": enabled.window_secs,
                 "max_seconds": enabled.max_secs,
+                "tunnel_pending": enabled.tunnel_pending,
             }))
             .into_response()
         }
