@@ -21,6 +21,9 @@ use tracing::Instrument;
 
 /// How long connecting to the jump host (TCP + SSH handshake + login) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a refused login waits for the jump host's disconnect, which says why when no
+/// other key could help (an address outside client_cidrs) and trails the refusal.
+const FAREWELL_WAIT: Duration = Duration::from_millis(500);
 /// How long connecting to a local service may take before the engineer's channel is refused.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -158,7 +161,9 @@ impl Tunnel {
 
     async fn attempt(&self) -> Attempt {
         let pin_error = Arc::new(Mutex::new(None));
+        let (farewell_tx, mut farewell) = tokio::sync::watch::channel(None);
         let handler = Handler {
+            farewell: farewell_tx,
             pin: self.pin.clone(),
             pin_error: pin_error.clone(),
             services: self.services.clone(),
@@ -206,6 +211,12 @@ impl Tunnel {
                 .await
                 .map_err(|e| format!("login to jump host failed: {e}"))?;
             if !auth.success() {
+                let said =
+                    tokio::time::timeout(FAREWELL_WAIT, farewell.wait_for(Option::is_some)).await;
+                if let Ok(Ok(reason)) = said {
+                    let reason = reason.clone().unwrap_or_default();
+                    return Err(format!("the jump host refused this device: {reason}"));
+                }
                 return Ok(None);
             }
             for s in self.services.iter() {
@@ -274,6 +285,8 @@ impl Tunnel {
 struct Handler {
     pin: HostKeyPin,
     pin_error: Arc<Mutex<Option<PinError>>>,
+    /// The reason the jump host gave when it disconnected, if it gave one.
+    farewell: tokio::sync::watch::Sender<Option<String>>,
     services: Arc<Vec<Service>>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -283,6 +296,28 @@ struct Handler {
 
 impl client::Handler for Handler {
     type Error = russh::Error;
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                let words: String = info
+                    .message
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(400)
+                    .collect();
+                let words = words.strip_prefix("refused: ").unwrap_or(&words).to_owned();
+                if !words.is_empty() {
+                    self.farewell.send_replace(Some(words));
+                }
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 
     async fn check_server_key(
         &mut self,

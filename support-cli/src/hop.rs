@@ -55,6 +55,8 @@ pub struct Client {
     progress: Progress,
     closed: CancellationToken,
     refusals: tokio::sync::watch::Sender<Refusal>,
+    /// The reason the server gave when it disconnected, if it gave one.
+    farewell: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The latest channel refusal's description; `seq` counts refusals.
@@ -103,11 +105,7 @@ impl client::Handler for Client {
     ) -> Result<(), Self::Error> {
         // The jump host's sentence (no longer allowed, outside the engineer's serials, …),
         // which russh does not put in the error the open returns.
-        let description: String = description
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(400)
-            .collect();
+        let description = clean(description);
         self.refusals.send_modify(|r| {
             r.seq += 1;
             r.description = description;
@@ -119,12 +117,28 @@ impl client::Handler for Client {
         &mut self,
         reason: client::DisconnectReason<Self::Error>,
     ) -> Result<(), Self::Error> {
-        self.closed.cancel();
         match reason {
-            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
-            client::DisconnectReason::Error(e) => Err(e),
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                let words = clean(&info.message);
+                if !words.is_empty()
+                    && let Ok(mut slot) = self.farewell.lock()
+                {
+                    *slot = Some(words);
+                }
+                self.closed.cancel();
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => {
+                self.closed.cancel();
+                Err(e)
+            }
         }
     }
+}
+
+/// At most 400 printable characters of a server's words.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(400).collect()
 }
 
 /// A logged-in session to the jump host; channels to devices are opened through it.
@@ -173,7 +187,9 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     progress.stage(format!("connecting to the jump host {addr}"));
     let closed = CancellationToken::new();
     let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
+    let farewell = Arc::new(std::sync::Mutex::new(None));
     let client = Client {
+        farewell: Arc::clone(&farewell),
         refusals: refusals_tx,
         attested: None,
         pin: Pin {
@@ -251,7 +267,9 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         Err(HopError::EngineerRefused { .. } | HopError::JumpClosed)
             if hung_up(&handle, &closed).await =>
         {
-            Err(HopError::JumpClosed)
+            let said = farewell.lock().ok().and_then(|mut f| f.take());
+            let said = said.map(|s| s.strip_prefix("refused: ").map(str::to_owned).unwrap_or(s));
+            Err(said.map_or(HopError::JumpClosed, HopError::JumpRefused))
         }
         Err(e) => Err(e),
     }
@@ -577,6 +595,7 @@ pub async fn connect_device(
         progress: progress.clone(),
         closed: CancellationToken::new(),
         refusals: tokio::sync::watch::channel(Refusal::default()).0,
+        farewell: Arc::default(),
     };
     let session_closed = client.closed.clone();
     let closed = || HopError::DeviceClosed {

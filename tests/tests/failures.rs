@@ -144,7 +144,13 @@ fn a_jump_host_that_refuses_the_device_fails_enable_with_no_code() {
         "enable refused by the jump host failed after {took:?}: {}",
         text(&out.stderr)
     );
-    enable_refused(&w, &config, &out, "the jump host");
+    enable_refused(
+        &w,
+        &config,
+        &out,
+        "the jump host refused this device: devices are not allowed from 127.0.0.1 (not in \
+         client_cidrs); ask the vendor's jump host admin",
+    );
 }
 
 #[test]

@@ -353,7 +353,10 @@ fn engineer_outside_the_allowlist_is_told_so() {
     let out = w.connect(0, "SN-AL", &code, &["true"], Stdio::null());
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("is your address in its support_cidrs allowlist?"),
+        text(&out.stderr).contains(
+            "the jump host refused the connection: engineer eng0 is not allowed from 127.0.0.1 \
+             (not in support_cidrs); ask the jump host admin to add your address"
+        ),
         "{}",
         text(&out.stderr)
     );

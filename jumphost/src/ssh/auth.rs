@@ -133,7 +133,8 @@ pub async fn check(
     if policy.engineer_key(user, key).is_some() {
         if !policy.engineer_from_allowed(ip) {
             return Err(Refusal::fatal(format!(
-                "engineer {user} is not allowed from {ip} (not in support_cidrs)"
+                "engineer {user} is not allowed from {ip} (not in support_cidrs); ask the jump \
+                 host admin to add your address"
             )));
         }
         return Ok(Identity::Engineer(Engineer {
@@ -151,7 +152,8 @@ pub async fn check(
     }
     if !policy.client_from_allowed(ip) {
         return Err(Refusal::fatal(format!(
-            "devices are not allowed from {ip} (not in client_cidrs)"
+            "devices are not allowed from {ip} (not in client_cidrs); ask the vendor's jump \
+             host admin to add this network's address"
         )));
     }
     if !policy.serial_allowed(user) {

@@ -44,6 +44,9 @@ pub struct ConnHandler {
     /// Set on the first refused login attempt; the connection task counts it as a failed
     /// login if the connection then ends without one.
     refused: Arc<AtomicBool>,
+    /// Tells the connection task of a refusal no other key can change (an address outside
+    /// the allowlist), which it ends the connection with, reason included.
+    on_fatal: Option<oneshot::Sender<String>>,
     /// The connection's span: russh runs these callbacks in its own task, outside it.
     span: tracing::Span,
 }
@@ -54,6 +57,7 @@ impl ConnHandler {
         peer: SocketAddr,
         session_id: SessionId,
         on_auth: oneshot::Sender<Identity>,
+        on_fatal: oneshot::Sender<String>,
         refused: Arc<AtomicBool>,
         span: tracing::Span,
     ) -> Self {
@@ -66,6 +70,7 @@ impl ConnHandler {
             on_auth: Some(on_auth),
             claimed: false,
             refused,
+            on_fatal: Some(on_fatal),
             span,
         }
     }
@@ -121,11 +126,18 @@ impl ConnHandler {
     }
 
     /// Turns a refusal into the russh answer: a plain reject lets the client try another
-    /// key, a fatal one ends the connection.
-    fn answer(result: Result<(), Refusal>) -> Result<Auth, HandlerError> {
+    /// key; a fatal one is rejected too and the connection task then ends the connection
+    /// with a disconnect that carries the reason, so the client can show it.
+    fn answer(&mut self, result: Result<(), Refusal>) -> Result<Auth, HandlerError> {
         match result {
             Ok(()) => Ok(Auth::Accept),
-            Err(refusal) if refusal.fatal => Err(HandlerError::Refused(refusal.reason)),
+            Err(refusal) if refusal.fatal => match self.on_fatal.take() {
+                Some(tx) => {
+                    let _ = tx.send(refusal.reason);
+                    Ok(Auth::reject())
+                }
+                None => Err(HandlerError::Refused(refusal.reason)),
+            },
             Err(_) => Ok(Auth::reject()),
         }
     }
@@ -184,14 +196,17 @@ impl russh::server::Handler for ConnHandler {
                     self.offered = Some((user.to_owned(), offer.public_key.clone(), id));
                     Ok(Auth::Accept)
                 }
-                Err(refusal) if refusal.fatal => Self::answer(Err(self.refused(user, refusal))),
+                Err(refusal) if refusal.fatal => {
+                    let refusal = self.refused(user, refusal);
+                    self.answer(Err(refusal))
+                }
                 Err(_) => Ok(Auth::Accept),
             };
         }
         let result = self.check(user, offer.public_key).await.map(|id| {
             self.offered = Some((user.to_owned(), offer.public_key.clone(), id));
         });
-        Self::answer(result)
+        self.answer(result)
     }
 
     async fn auth_openssh_certificate(
@@ -214,7 +229,7 @@ impl russh::server::Handler for ConnHandler {
             }
             Err(refusal) => Err(self.refused(user, refusal)),
         };
-        Self::answer(result)
+        self.answer(result)
     }
 
     async fn auth_publickey(
@@ -226,7 +241,7 @@ impl russh::server::Handler for ConnHandler {
             .check(user, key.public_key)
             .await
             .map(|id| self.logged_in(user, id));
-        Self::answer(result)
+        self.answer(result)
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {

@@ -199,6 +199,7 @@ async fn connection<S>(
 {
     let deadline = Instant::now() + relay.limits.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
+    let (fatal_tx, mut fatal_rx) = oneshot::channel::<String>();
     let mut failure = FailureGuard {
         relay: Arc::clone(&relay),
         peer,
@@ -210,6 +211,7 @@ async fn connection<S>(
         peer,
         id,
         auth_tx,
+        fatal_tx,
         Arc::clone(&failure.refused),
         span,
     );
@@ -242,6 +244,10 @@ async fn connection<S>(
                 return tracing::debug!("closed before login");
             }
         },
+        Ok(why) = &mut fatal_rx => {
+            tracing::info!(%why, "refused for good; disconnecting");
+            return disconnect(&handle, session, &kill, &format!("refused: {why}")).await;
+        }
         _ = tokio::time::sleep_until(deadline) => {
             // Counted like a refused login (OpenSSH's PerSourcePenalties grace-exceeded):
             // holding unauthenticated slots is how one host would lock everyone out.
