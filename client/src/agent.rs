@@ -30,6 +30,9 @@ fn is_tunnelled(service: &crate::config::Service) -> bool {
     service.port == assist_proto::limits::SSH_SERVICE_PORT
 }
 
+/// What an engineer is told when the customer stops assistance.
+pub const STOPPED_BY_CUSTOMER: &str = "the customer stopped remote assistance";
+
 /// No window lasts longer than a year, whatever the policy says.
 const LONGEST_WINDOW_SECS: u64 = 366 * 24 * 3600;
 
@@ -219,6 +222,9 @@ impl Agent {
             });
 
         if let Some(old) = guard.open.take() {
+            self.shared.set_farewell(
+                "the customer started a new assistance window; ask them for the new code".into(),
+            );
             stop_window(old).await;
             self.set_until(None);
         }
@@ -400,8 +406,12 @@ impl Agent {
     }
 
     /// Ends assistance: tunnel and relays closed, key line removed. Safe to call when off.
-    pub async fn disable(&self, reason: &str) -> Result<DisableReport, AgentError> {
+    /// `reason` is for the log; `farewell` is what each engineer is told.
+    pub async fn disable(&self, reason: &str, farewell: &str) -> Result<DisableReport, AgentError> {
         let mut guard = self.window.lock().await;
+        if guard.open.is_some() {
+            self.shared.set_farewell(farewell.to_owned());
+        }
         let window = guard.open.take();
         self.finish(window, reason, None).await
     }
@@ -501,6 +511,10 @@ async fn supervise(
             Err(e) => Some(e.to_string()),
         },
         () = tokio::time::sleep(left) => {
+            agent.shared.set_farewell(format!(
+                "the assistance window ended at {}",
+                clock_time(until)
+            ));
             cancel.cancel();
             let _ = run.await;
             None
@@ -516,6 +530,12 @@ async fn supervise(
     }
     // end_window joins this task, so it must run in another one.
     tokio::spawn(async move { agent.end_window(epoch, fatal).await });
+}
+
+/// A moment as the engineer on the phone reads it: `14:30 UTC`.
+fn clock_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{:02}:{:02} UTC", t.hour(), t.minute())
 }
 
 /// Cancels a window and waits (bounded) for its session and relays to close.

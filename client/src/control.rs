@@ -94,7 +94,12 @@ async fn enable(
 }
 
 async fn disable(State(state): State<AppState>) -> Result<Json<DisableReport>, ApiError> {
-    Ok(Json(state.agent.disable("disabled by the owner").await?))
+    Ok(Json(
+        state
+            .agent
+            .disable("disabled by the owner", crate::agent::STOPPED_BY_CUSTOMER)
+            .await?,
+    ))
 }
 
 /// A fresh random token: 32 bytes from the OS RNG, hex.

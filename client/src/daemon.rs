@@ -58,7 +58,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     shutdown.cancelled().await;
     tracing::info!("stopping: disabling assistance");
-    let report = agent.disable("agent stopping").await;
+    let report = agent
+        .disable(
+            "agent stopping",
+            "the assistance agent on the customer's machine was stopped",
+        )
+        .await;
     server_stop.cancel();
     let _ = server.await;
     let _ = std::fs::remove_file(&addr_path);

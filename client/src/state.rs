@@ -117,6 +117,9 @@ pub struct Shared {
     active: AtomicU64,
     total: AtomicU64,
     sessions: Mutex<Vec<Arc<SessionRecord>>>,
+    /// Why the relayed sessions are being closed, in the engineer's words; each relay
+    /// sends it on its channel before closing.
+    farewell: Mutex<Option<String>>,
 }
 
 impl Default for Shared {
@@ -129,6 +132,7 @@ impl Default for Shared {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
+            farewell: Mutex::new(None),
         }
     }
 }
@@ -147,6 +151,17 @@ impl Shared {
 
     pub fn tunnel(&self) -> TunnelStatus {
         self.tunnel.borrow().clone()
+    }
+
+    /// Says why the relayed sessions are about to close, unless a reason was given already
+    /// (the first one is the cause; what follows from it is not).
+    pub fn set_farewell(&self, why: String) {
+        lock::mutex(&self.farewell).get_or_insert(why);
+    }
+
+    /// Why the relayed sessions are closing, if said.
+    pub fn farewell(&self) -> Option<String> {
+        lock::mutex(&self.farewell).clone()
     }
 
     /// Follows the tunnel's state as it changes.
@@ -200,6 +215,7 @@ impl Shared {
             t.last_error = None;
         });
         self.total.store(0, Ordering::Relaxed);
+        *lock::mutex(&self.farewell) = None;
         lock::mutex(&self.sessions).retain(|r| !r.is_finished());
     }
 }

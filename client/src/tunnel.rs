@@ -14,6 +14,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, Disconnect, client};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a refused login waits for the jump host's disconnect, which says why when no
 /// other key could help (an address outside client_cidrs) and trails the refusal.
 const FAREWELL_WAIT: Duration = Duration::from_millis(500);
+/// How long telling an engineer why his session closes may hold up its close.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting to a local service may take before the engineer's channel is refused.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -271,6 +274,14 @@ impl Tunnel {
                 Err(e) => format!("lost the jump host session: {e}"),
             }),
             () = self.cancel.cancelled() => {
+                // The relays tell their engineers why first; the disconnect would cut them.
+                // russh drops what it has not written yet when it disconnects, so a ping
+                // answered by the jump host proves the notices went out first.
+                let _ = tokio::time::timeout(NOTICE_TIMEOUT, async {
+                    self.relays.wait().await;
+                    let _ = handle.send_ping().await;
+                })
+                .await;
                 let _ = handle
                     .disconnect(Disconnect::ByApplication, "assistance disabled", "en")
                     .await;
@@ -443,6 +454,10 @@ async fn relay(
     let counted = shared.connection_opened();
     counted.describe(&service.name, Some(engineer));
     tracing::info!(service = %service.name, "relaying");
+    // Why the session ends, when the agent ends it, goes to the engineer as stderr on the
+    // relayed channel: the session inside (support-cli with the customer's sshd) cannot
+    // say it, and the jump host passes it on to clients that show it.
+    let mut notice = channel.make_writer_ext(Some(1));
     let mut stream = channel.into_stream();
     // Counted as they flow, so status and the page show a session's bytes while it runs and
     // keep them when it ends by disable or an error.
@@ -457,7 +472,20 @@ async fn relay(
             }
             Err(e) => tracing::info!("relay ended: {e}"),
         },
-        () = cancel.cancelled() => tracing::info!("relay closed by disable"),
+        () = cancel.cancelled() => {
+            let why = shared
+                .farewell()
+                .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned());
+            let said = tokio::time::timeout(NOTICE_TIMEOUT, async {
+                notice.write_all(format!("{why}\r\n").as_bytes()).await?;
+                notice.flush().await
+            })
+            .await;
+            if !matches!(said, Ok(Ok(()))) {
+                tracing::debug!("the engineer was not told why the relay closed");
+            }
+            tracing::info!(%why, "relay closed by disable");
+        }
     }
 }
 

@@ -43,6 +43,28 @@ pub async fn run(
     progress.done(None);
     progress.stop();
 
+    let status = session(&device, &serial, args.command, progress).await;
+    // A session cut short is explained by the device's end when it said why (the customer
+    // stopped assistance, the window ended): that is the cause of whatever failed here.
+    let status = match (status, device.farewell()) {
+        (Err(_), Some(why)) => Err(HopError::Ended { serial, why }.into()),
+        (status, _) => status,
+    };
+    let _ = device
+        .handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    jump.disconnect().await;
+    status
+}
+
+/// Runs the shell or the command on the device; its exit status.
+async fn session(
+    device: &hop::Device,
+    serial: &str,
+    command: Vec<String>,
+    progress: &Progress,
+) -> anyhow::Result<i32> {
     let session = device
         .handle
         .channel_open_session()
@@ -51,21 +73,15 @@ pub async fn run(
             what: format!("opening a session on {serial}"),
             cause,
         })?;
-    let interactive = args.command.is_empty() && std::io::stdin().is_terminal();
-    let status = if interactive {
+    let interactive = command.is_empty() && std::io::stdin().is_terminal();
+    if interactive {
         let status = shell(session).await;
         progress.note(&format!("Connection to {serial} closed."));
         status
     } else {
-        let command = (!args.command.is_empty()).then(|| command_line(&args.command));
+        let command = (!command.is_empty()).then(|| command_line(&command));
         exec(session, command).await
-    };
-    let _ = device
-        .handle
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
-    jump.disconnect().await;
-    status
+    }
 }
 
 /// An interactive shell on a remote PTY the size of ours.

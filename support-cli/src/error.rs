@@ -70,6 +70,9 @@ pub enum HopError {
     HostKey(String),
     #[error("the device closed the session without an exit status")]
     NoExitStatus,
+    /// The device's end said why it closed the session.
+    #[error("the session with {serial} ended: {why}")]
+    Ended { serial: String, why: String },
     #[error("the jump host closed the session")]
     JumpLost,
     #[error(

@@ -189,7 +189,15 @@ pub async fn run(
                 return Err(crate::error::HopError::JumpLost.into());
             }
             _ = session_closed.cancelled() => {
-                return Err(crate::error::HopError::SessionEnded { serial: args.serial }.into());
+                let said = match route.as_ref() {
+                    Route::Session { device, .. } => device.farewell(),
+                    _ => None,
+                };
+                return Err(match said {
+                    Some(why) => crate::error::HopError::Ended { serial: args.serial, why },
+                    None => crate::error::HopError::SessionEnded { serial: args.serial },
+                }
+                .into());
             }
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {

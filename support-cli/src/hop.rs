@@ -57,7 +57,14 @@ pub struct Client {
     refusals: tokio::sync::watch::Sender<Refusal>,
     /// The reason the server gave when it disconnected, if it gave one.
     farewell: Arc<std::sync::Mutex<Option<String>>>,
+    /// Why each relayed channel was closed, as the far end said before closing it.
+    notices: Notices,
 }
+
+/// The notices that came as stderr (extended data 1) on relayed channels: the agent says
+/// there why it closes an engineer's session ("the customer stopped remote assistance"),
+/// which the session inside the channel cannot tell.
+pub type Notices = Arc<std::sync::Mutex<std::collections::HashMap<russh::ChannelId, String>>>;
 
 /// The latest channel refusal's description; `seq` counts refusals.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +120,23 @@ impl client::Handler for Client {
         Ok(())
     }
 
+    async fn extended_data(
+        &mut self,
+        channel: russh::ChannelId,
+        ext: u32,
+        data: &[u8],
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let words = clean(String::from_utf8_lossy(data).trim());
+        if ext == 1
+            && !words.is_empty()
+            && let Ok(mut notices) = self.notices.lock()
+        {
+            notices.insert(channel, words);
+        }
+        Ok(())
+    }
+
     async fn disconnected(
         &mut self,
         reason: client::DisconnectReason<Self::Error>,
@@ -144,6 +168,7 @@ fn clean(s: &str) -> String {
 /// A logged-in session to the jump host; channels to devices are opened through it.
 pub struct Jump {
     handle: Handle<Client>,
+    notices: Notices,
     /// Cancelled when the jump host connection ends.
     pub closed: CancellationToken,
     refusals: tokio::sync::watch::Receiver<Refusal>,
@@ -188,7 +213,9 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     let closed = CancellationToken::new();
     let (refusals_tx, refusals) = tokio::sync::watch::channel(Refusal::default());
     let farewell = Arc::new(std::sync::Mutex::new(None));
+    let notices = Notices::default();
     let client = Client {
+        notices: Arc::clone(&notices),
         farewell: Arc::clone(&farewell),
         refusals: refusals_tx,
         attested: None,
@@ -259,6 +286,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
     match authenticate_engineer(&mut handle, engineer, login.identity, progress).await {
         Ok(()) => Ok(Jump {
             handle,
+            notices,
             closed,
             refusals,
         }),
@@ -520,8 +548,11 @@ impl Jump {
         let channel = self
             .open(&serial, assist_proto::limits::SSH_SERVICE_PORT, origin)
             .await?;
+        let relayed = channel.id();
         progress.stage(format!("authenticating to {serial}"));
-        connect_device(channel, proven, user, known_hosts, progress).await
+        let mut device = connect_device(channel, proven, user, known_hosts, progress).await?;
+        device.notice = Some((relayed, Arc::clone(&self.notices)));
+        Ok(device)
     }
 
     pub async fn disconnect(&self) {
@@ -537,9 +568,18 @@ pub struct Device {
     pub handle: Handle<Client>,
     /// Cancelled when the session with the device ends.
     pub closed: CancellationToken,
+    /// Where the reason the relayed channel was closed arrives, if it is said.
+    notice: Option<(russh::ChannelId, Notices)>,
 }
 
 impl Device {
+    /// Why the device's end closed the session, if it said (the customer stopped
+    /// assistance, the window ended).
+    pub fn farewell(&self) -> Option<String> {
+        let (id, notices) = self.notice.as_ref()?;
+        notices.lock().ok()?.get(id).cloned()
+    }
+
     /// Opens `direct-tcpip` to `host:port` as the device sees it, inside this session (the
     /// device's sshd connects; its key line's `permitopen` decides what is allowed).
     pub async fn open(
@@ -596,6 +636,7 @@ pub async fn connect_device(
         closed: CancellationToken::new(),
         refusals: tokio::sync::watch::channel(Refusal::default()).0,
         farewell: Arc::default(),
+        notices: Notices::default(),
     };
     let session_closed = client.closed.clone();
     let closed = || HopError::DeviceClosed {
@@ -613,6 +654,7 @@ pub async fn connect_device(
         Ok(true) => Ok(Device {
             handle,
             closed: session_closed,
+            notice: None,
         }),
         Ok(false) => Err(HopError::CodeRefused {
             serial: serial.to_string(),

@@ -8,10 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use assist_e2e::{Jumphost, alice_policy, bin, keygen, text};
+use assist_e2e::{Jumphost, Proc, alice_policy, bin, keygen, text};
 
 mod agent_world;
-use agent_world::{MARKER, World, cli as agent_cli, set_client_key, start_agent, status};
+use agent_world::{
+    MARKER, SERIAL, World, cli as agent_cli, enable, set_client_key, start_agent, status,
+    support_cli,
+};
 
 const SHORT: Duration = Duration::from_secs(30);
 /// A well-formed code for commands that must fail before any code is checked.
@@ -299,6 +302,98 @@ fn the_api_port_is_told_apart_from_the_ssh_port() {
     );
     // Nothing was recorded as a host key of that address.
     assert!(!d.join("known_hosts").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. The engineer learns why a session ended.
+
+/// `support-cli connect SERIAL -- sh -c 'echo started; sleep 60'`, once the command runs.
+fn engineer_session(w: &World, code: &str) -> Proc {
+    let cmd = support_cli(
+        w,
+        &w.jump.ssh_addr.to_string(),
+        &[
+            "connect",
+            SERIAL,
+            "--code",
+            code,
+            "--",
+            "echo started; sleep 60",
+        ],
+    );
+    let mut session = Proc::spawn(cmd, "engineer");
+    session.wait_line("started", SHORT);
+    session
+}
+
+#[test]
+fn the_engineer_is_told_that_the_customer_stopped_assistance() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "30");
+    let mut session = engineer_session(&w, &code);
+    // A stock OpenSSH engineer on the same device at the same time.
+    let derived = w.path("derived");
+    assist_e2e::write_derived_key(&derived, SERIAL, &code);
+    // Its jump hop logs at INFO, where OpenSSH reports unexpected extended data.
+    let proxy = format!(
+        "ProxyCommand=ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -i {} -p {} -W %h:%p \
+         alice@127.0.0.1",
+        w.path("alice").display(),
+        w.jump.ssh_port()
+    );
+    let target = format!("root@{SERIAL}");
+    let stock_cmd = assist_e2e::ssh(&[
+        "-o",
+        &proxy,
+        "-i",
+        derived.to_str().unwrap(),
+        &target,
+        "echo started; sleep 60",
+    ]);
+    let mut stock = Proc::spawn(stock_cmd, "stock ssh");
+    stock.wait_line("started", SHORT);
+
+    let out = agent_cli(&config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exit = session.wait_exit(SHORT);
+    let err = session.stderr();
+    assert_eq!(exit.code(), Some(255), "{err}");
+    assert!(
+        err.contains("the session with SN-0001 ended: the customer stopped remote assistance"),
+        "{err}\nagent: {}\njump host: {}",
+        _agent.stderr(),
+        w.jump.proc.stderr()
+    );
+    assert!(!err.contains("without an exit status"), "{err}");
+    // Stock ssh is not sent what it cannot show (it would log "bad ext data").
+    let exit = stock.wait_exit(SHORT);
+    let err = stock.stderr();
+    assert!(!exit.success(), "{err}");
+    assert!(!err.contains("bad ext data"), "{err}");
+}
+
+#[test]
+fn the_engineer_is_told_that_the_window_ended_and_when() {
+    // Long enough for a debug build on a loaded machine to log in within the window.
+    let w = World::start_with("[keys]\nmax_assistance = \"20s\"\n");
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, until) = enable(&config, "30");
+    let mut session = engineer_session(&w, &code);
+    let exit = session.wait_exit(SHORT + SHORT);
+    let err = session.stderr();
+    assert_eq!(exit.code(), Some(255), "{err}");
+    // until is RFC 3339 UTC (2026-12-02T05:40:12Z): the engineer reads 05:40 UTC.
+    let hh_mm = &until[11..16];
+    assert!(
+        err.contains(&format!(
+            "the session with SN-0001 ended: the assistance window ended at {hh_mm} UTC"
+        )),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

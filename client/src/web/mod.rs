@@ -206,7 +206,11 @@ async fn disable(State(s): State<WebState>, headers: HeaderMap) -> Response {
         return csrf_refused();
     }
     *lock::mutex(&s.code) = None;
-    match s.agent.disable("stopped on the web page").await {
+    match s
+        .agent
+        .disable("stopped on the web page", crate::agent::STOPPED_BY_CUSTOMER)
+        .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => ApiError::Agent(e).into_response(),
     }

@@ -277,7 +277,7 @@ impl russh::server::Handler for ConnHandler {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let what = format!("direct-tcpip to {host_to_connect}:{port_to_connect}");
         let Some(Identity::Engineer(engineer)) = &self.identity else {
@@ -324,6 +324,9 @@ impl russh::server::Handler for ConnHandler {
             serial: route.serial.clone(),
             port: port_to_connect,
             route,
+            // support-cli (russh) shows why the device closed a session; stock OpenSSH
+            // would log each notice as "bad ext data".
+            engineer_takes_notices: session.remote_sshid().starts_with(b"SSH-2.0-russh"),
         };
         self.relay
             .tasks

@@ -26,6 +26,8 @@ pub struct Hop {
     pub serial: String,
     pub port: u32,
     pub route: Route<Handle>,
+    /// The engineer's client takes notices on the relayed channel ([`End::takes_notices`]).
+    pub engineer_takes_notices: bool,
 }
 
 impl Hop {
@@ -87,7 +89,9 @@ impl Hop {
         {
             stop.revoke(why);
         }
-        let moved = splice(End::new(engineer), End::new(device), stop.token()).await;
+        let mut engineer = End::new(engineer);
+        engineer.takes_notices = self.engineer_takes_notices;
+        let moved = splice(engineer, End::new(device), stop.token()).await;
         self.relay.hops.remove(hop_id);
         if stop.token().is_cancelled() {
             let why = stop.revoked().await;

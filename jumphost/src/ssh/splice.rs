@@ -46,14 +46,25 @@ pub struct Transferred {
 pub struct End {
     pub read: ChannelReadHalf,
     pub write: ChannelWriteHalf<Msg>,
+    /// Whether stderr-style notices (extended data 1) from the other end are passed to
+    /// this one: the agent says there why it closes an engineer's session. Only for
+    /// clients known to take them; stock OpenSSH logs "bad ext data" on a `-W` channel.
+    pub takes_notices: bool,
 }
 
 impl End {
     pub fn new(channel: russh::Channel<Msg>) -> Self {
         let (read, write) = channel.split();
-        Self { read, write }
+        Self {
+            read,
+            write,
+            takes_notices: false,
+        }
     }
 }
+
+/// Longest notice passed on; a reason is a sentence.
+const MAX_NOTICE: usize = 1024;
 
 /// Runs until one side has closed and everything it sent was passed on (or a session went
 /// away, or `stop` is cancelled), then closes both.
@@ -65,9 +76,10 @@ pub async fn splice(
     let mut moved = Transferred::default();
     // The direction whose source closed first ends the splice; the other one is cancelled
     // because its destination has just closed and can receive nothing more.
+    let (to_engineer, to_device) = (engineer.takes_notices, device.takes_notices);
     tokio::select! {
-        _ = direction(&mut engineer.read, &device.write, &mut moved.to_device) => {},
-        _ = direction(&mut device.read, &engineer.write, &mut moved.from_device) => {},
+        _ = direction(&mut engineer.read, &device.write, to_device, &mut moved.to_device) => {},
+        _ = direction(&mut device.read, &engineer.write, to_engineer, &mut moved.from_device) => {},
         () = stop.cancelled() => {},
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -81,10 +93,15 @@ pub async fn splice(
 /// Data or EOF from the source, with the share of the budget that data holds until written.
 type Item = (ChannelMsg, Option<OwnedSemaphorePermit>);
 
-async fn direction(from: &mut ChannelReadHalf, to: &ChannelWriteHalf<Msg>, count: &mut u64) {
+async fn direction(
+    from: &mut ChannelReadHalf,
+    to: &ChannelWriteHalf<Msg>,
+    notices: bool,
+    count: &mut u64,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(DIRECTION_BUDGET));
-    let reader = read_into(from, tx, budget);
+    let reader = read_into(from, tx, budget, notices);
     let writer = write_from(rx, to, count);
     tokio::pin!(reader, writer);
     tokio::select! {
@@ -110,6 +127,7 @@ async fn read_into(
     from: &mut ChannelReadHalf,
     tx: mpsc::UnboundedSender<Item>,
     budget: Arc<Semaphore>,
+    notices: bool,
 ) -> Reader {
     while let Some(msg) = from.wait().await {
         let item = match msg {
@@ -127,6 +145,11 @@ async fn read_into(
                 }
             }
             ChannelMsg::Eof => (msg, None),
+            ChannelMsg::ExtendedData { ext: 1, ref data }
+                if notices && data.len() <= MAX_NOTICE =>
+            {
+                (msg, None)
+            }
             ChannelMsg::Close => return Reader::Done,
             // TCP-like channels carry nothing else worth relaying.
             _ => continue,
@@ -153,6 +176,12 @@ async fn write_from(
                 *count += len;
             }
             ChannelMsg::Eof if to.eof().await.is_err() => return,
+            // A notice is a sentence: the clone is a reference count, not a copy.
+            ChannelMsg::ExtendedData { ref data, ext }
+                if to.extended_data_bytes(ext, data.clone()).await.is_err() =>
+            {
+                return;
+            }
             _ => {}
         }
         drop(permit);
