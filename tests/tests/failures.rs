@@ -437,6 +437,104 @@ fn an_unknown_engineer_name_says_it_came_from_user_and_how_to_pass_another() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 5. Stock ssh without guesswork.
+
+#[test]
+fn key_writes_an_ssh_config_and_a_command_that_work_as_printed() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "30");
+    let out_file = w.path("sn1.key");
+    let out = support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &[
+            "key",
+            SERIAL,
+            "--code",
+            &code,
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let note = text(&out.stderr);
+    assert!(out.status.success(), "{note}");
+    let ssh_config = w.path("sn1.key.ssh_config");
+    let written = std::fs::read_to_string(&ssh_config).unwrap();
+    // The real jump host, engineer, keys and known_hosts, no placeholder left.
+    for part in [
+        format!("Port {}", w.jump.ssh_port()),
+        "User alice".to_owned(),
+        format!("IdentityFile {}", w.path("alice").display()),
+        format!(
+            "UserKnownHostsFile {}",
+            w.path("engineer_known_hosts").display()
+        ),
+        format!("IdentityFile {}", out_file.display()),
+        format!("UserKnownHostsFile {}.known_hosts", out_file.display()),
+    ] {
+        assert!(written.contains(&part), "no {part:?} in {written}");
+    }
+    assert!(
+        note.contains(&format!("ssh -F {} {SERIAL}", ssh_config.display())),
+        "{note}"
+    );
+
+    // ssh -F FILE.ssh_config SERIAL, as printed, with nothing else from the environment.
+    let ssh_f = |args: &[&str]| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&ssh_config)
+            .args(args)
+            .env("HOME", w.path("empty-home"))
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = ssh_f(&[SERIAL, "echo via-config-$((2+3))"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "via-config-5\n");
+    // scp -F too (-O: the test's sshd has no sftp subsystem, which scp uses by default).
+    let local = w.path("local.txt");
+    std::fs::write(&local, "copied by scp\n").unwrap();
+    let remote = w.path("remote.txt");
+    let out = Command::new("scp")
+        .arg("-O")
+        .arg("-F")
+        .arg(&ssh_config)
+        .arg(&local)
+        .arg(format!("{SERIAL}:{}", remote.display()))
+        .env("HOME", w.path("empty-home"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scp: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&remote).unwrap(), "copied by scp\n");
+
+    // The one-line command printed for use without the file, run as printed.
+    let command = note
+        .split("or, without the config file:")
+        .nth(1)
+        .and_then(|rest| rest.lines().map(str::trim).find(|l| l.starts_with("ssh ")))
+        .unwrap_or_else(|| panic!("no command in {note}"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} echo one-liner"))
+        .env("HOME", w.path("empty-home"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one-liner\n");
+}
+
+// ---------------------------------------------------------------------------------------
 // 6. Errors read as sentences.
 
 #[test]
