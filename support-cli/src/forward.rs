@@ -115,6 +115,38 @@ pub fn plan(
     Ok(Some((code, target)))
 }
 
+/// Says whether the device is online now (the other routes prove the code, which needs it
+/// online). Offline is not an error: the listener serves once the customer enables
+/// assistance. A refusal that waiting cannot change (outside the engineer's serials) is.
+async fn online(jump: &Jump, serial: &str, progress: &Progress) -> anyhow::Result<()> {
+    let origin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // The attestation port asks the agent for nothing but its public proof; a device
+    // without it (stock ssh -R) is refused as connected without that port.
+    match jump
+        .open(serial, assist_proto::limits::ATTESTATION_PORT, origin)
+        .await
+    {
+        Ok(channel) => {
+            let _ = channel.close().await;
+            progress.note(&format!("device {serial} is online"));
+        }
+        Err(crate::error::HopError::ChannelRefused { reason, .. })
+            if reason.contains("offers no port") =>
+        {
+            progress.note(&format!("device {serial} is online"));
+        }
+        Err(crate::error::HopError::DeviceNotConnected { .. }) => {
+            progress.note(&format!(
+                "device {serial} is not connected yet (the customer has not enabled \
+                 assistance, or its tunnel is down); listening anyway: connections made before \
+                 it is online are refused"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// Where accepted connections go.
 enum Route {
     /// Through the jump host to the device's virtual ssh port.
@@ -154,7 +186,10 @@ pub async fn run(
                 .await?;
             Route::Session { device, target }
         }
-        None => Route::Jump { port: service.port },
+        None => {
+            online(&jump, &args.serial, progress).await?;
+            Route::Jump { port: service.port }
+        }
     };
     let route = Arc::new(route);
     progress.done(None);

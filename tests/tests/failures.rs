@@ -436,6 +436,58 @@ fn an_unknown_engineer_name_says_it_came_from_user_and_how_to_pass_another() {
     assert!(err.contains("dave came from ASSIST_ENGINEER"), "{err}");
 }
 
+#[test]
+fn forward_says_whether_the_device_is_online_and_keeps_listening() {
+    use std::io::Read;
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let jump = w.jump.ssh_addr.to_string();
+    let forward = |label: &str| {
+        let cmd = support_cli(
+            &w,
+            &jump,
+            &[
+                "forward",
+                SERIAL,
+                "--service",
+                "ssh",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let mut proc = Proc::spawn(cmd, label);
+        let line = proc.wait_line("forwarding ", SHORT);
+        let addr: std::net::SocketAddr = line.split_whitespace().next().unwrap().parse().unwrap();
+        (proc, addr)
+    };
+    // Before the customer enables assistance: said, and the listener stays.
+    let (mut early, addr) = forward("forward before");
+    let said = early.stderr();
+    assert!(
+        said.contains(
+            "device SN-0001 is not connected yet (the customer has not enabled assistance, or \
+             its tunnel is down); listening anyway"
+        ),
+        "{said}"
+    );
+    assert!(early.is_running(), "{said}");
+    enable(&config, "30");
+    // Once the device is online the same listener reaches its sshd.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(SHORT)).unwrap();
+    let mut banner = [0u8; 8];
+    stream.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    // Started while it is online, it says so.
+    let (late, _) = forward("forward after");
+    assert!(
+        late.stderr().contains("device SN-0001 is online"),
+        "{}",
+        late.stderr()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Stock ssh without guesswork.
 
