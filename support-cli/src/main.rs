@@ -125,13 +125,16 @@ enum Command {
         #[arg(value_name = "SERIAL[:PORT]")]
         target: String,
     },
-    /// Write the key derived from a code as an OpenSSH private key file (mode 0600), and
-    /// FILE.known_hosts with the host keys the device proved with that code.
+    /// Write the key derived from a code as an OpenSSH private key file (mode 0600),
+    /// FILE.known_hosts with the host keys the device proved with that code, and
+    /// FILE.ssh_config for stock OpenSSH.
     ///
     /// Asks the device, through the jump host, to prove it knows the code first (as
     /// `connect` does), so the files are only written for the customer's real machine.
-    /// Prints the public key and its fingerprint. Use the files with stock OpenSSH:
-    /// `ssh -i FILE -o UserKnownHostsFile=FILE.known_hosts -J ENGINEER@JUMPHOST:PORT root@SERIAL`.
+    /// Prints the public key and its fingerprint, and on stderr the commands to use:
+    /// `ssh -F FILE.ssh_config SERIAL` and `scp -F FILE.ssh_config …` (the jump host, your
+    /// engineer name, key and known_hosts are in the file; stock `-J` would not pass `-i`
+    /// or `-o` to the jump hop), and a one-line `ssh … -o ProxyCommand=…` without it.
     Key {
         /// The device's serial number.
         serial: String,
