@@ -8,6 +8,7 @@ use crate::pin::{HostKeyPin, PinError};
 use crate::register::RegisterError;
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
+use assist_proto::greeting::{self, Greeting, Recorder};
 use assist_proto::limits::ATTESTATION_PORT;
 use assist_proto::lock;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -201,10 +202,22 @@ impl Tunnel {
                     let host = host.trim_start_matches('[').trim_end_matches(']');
                     let proxy = self.proxy_for(host)?;
                     let tcp = assist_proto::proxy::tcp_connect(host, port, proxy.as_ref()).await?;
+                    // The first bytes say why a handshake failed: the jump host's refusal
+                    // line (a penalty, a ban, an address not allowed) or a port that is not
+                    // SSH.
+                    let (tcp, seen) = Recorder::new(tcp);
                     client::connect_stream(config, tcp, handler)
                         .await
-                        .map_err(|e| {
-                            format!("cannot connect to jump host {}: {e}", self.jumphost)
+                        .map_err(|e| match greeting::read(&seen) {
+                            Some(Greeting::Refused(words)) => {
+                                format!("the jump host refused the connection: {words}")
+                            }
+                            Some(Greeting::NotSsh(what)) => format!(
+                                "{} answered {what}, not SSH: is jumphost in client.toml the \
+                                 jump host's SSH port?",
+                                self.jumphost
+                            ),
+                            None => format!("cannot connect to jump host {}: {e}", self.jumphost),
                         })?
                 }
             };

@@ -5,13 +5,15 @@
 //!   (`enroll`), serial and engineer names (`name`), the registration API's types
 //!   (`api`), the API certificate's fingerprint (`cert_fingerprint`).
 //! - Transport: SSH client settings (`ssh`); with the `ws` feature SSH inside a WebSocket
-//!   (`ws`) and through HTTP or SOCKS proxies (`proxy`).
+//!   (`ws`), through HTTP or SOCKS proxies (`proxy`), and what a server said instead of SSH
+//!   (`greeting`).
 //! - Serving HTTP, with the `axum` feature: the serve loop with its header deadline and
 //!   connection limits (`http`) and the JSON body extractor (`body`).
 //! - Running a program: limits and timeouts in one place (`limits`), connections counted
 //!   per source (`per_source`), reconnect backoff (`backoff`), log setup (`logging`),
 //!   fresh identity keys (`keys`), secret strings (`secret`), writing secret files
-//!   (`private_file`) and the poisoned-lock policy (`lock`).
+//!   (`private_file`), the poisoned-lock policy (`lock`) and how a program reports the
+//!   error it ends with (`report`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -23,6 +25,8 @@ pub mod cert_fingerprint;
 pub mod code;
 pub mod derive;
 pub mod enroll;
+#[cfg(feature = "ws")]
+pub mod greeting;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod keys;

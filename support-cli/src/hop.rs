@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+use assist_proto::greeting::{self, Greeting, Recorder};
+
 use crate::config::{IdentitySource, JumpAddr};
 use crate::error::HopError;
 use crate::known_hosts::{self, Accepted, Pin};
@@ -272,11 +274,16 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
             let _ = tcp.set_nodelay(true);
             // The first bytes say why a handshake failed: the jump host's refusal line, or
             // an HTTP or TLS server on that port.
-            let (tcp, seen) = crate::greeting::Recorder::new(tcp);
+            let (tcp, seen) = Recorder::new(tcp);
             client::connect_stream(assist_proto::ssh::client_config(), tcp, client)
                 .await
-                .map_err(|e| {
-                    crate::greeting::explain(&seen, &addr_text).unwrap_or_else(|| handshake(e))
+                .map_err(|e| match greeting::read(&seen) {
+                    Some(Greeting::Refused(words)) => HopError::JumpRefused(words),
+                    Some(Greeting::NotSsh(what)) => HopError::NotSsh {
+                        addr: addr_text.clone(),
+                        what,
+                    },
+                    None => handshake(e),
                 })?
         }
     };

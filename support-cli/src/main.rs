@@ -6,7 +6,6 @@ mod config;
 mod connect;
 mod error;
 mod forward;
-mod greeting;
 mod hop;
 mod key;
 mod keys;

@@ -157,6 +157,41 @@ fn a_jump_host_that_refuses_the_device_fails_enable_with_no_code() {
 }
 
 #[test]
+fn a_penalized_device_address_fails_enable_with_the_penalty() {
+    let w = World::start_with(
+        "[penalties]\nfree_failures = 0\npenalty = \"1h\"\nmax_failures = 5\nban = \"2h\"\n",
+    );
+    // An engineer with the wrong key on the customer's network (here: the same address).
+    let out = Command::new(bin("support-cli"))
+        .args([
+            "--jumphost",
+            &w.jump.ssh_addr.to_string(),
+            "--engineer",
+            "alice",
+        ])
+        .arg("--identity")
+        .arg(w.path("admin"))
+        .arg("--known-hosts")
+        .arg(w.path("wrong_known_hosts"))
+        .args(["connect", SERIAL, "--code", CODE, "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    logged(&w.jump, "1 failed logins: connections refused for 1h");
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (out, _) = enable_timed(&config);
+    enable_refused(
+        &w,
+        &config,
+        &out,
+        "the jump host refused the connection: your address 127.0.0.1 is penalized after 1 \
+         failed login: retry in 3",
+    );
+}
+
+#[test]
 fn a_slow_jump_host_shows_the_code_saying_the_tunnel_is_still_connecting() {
     let w = World::start();
     let config = w.client_config("agent");

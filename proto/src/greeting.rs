@@ -1,14 +1,12 @@
 //! What a server said before, or instead of, SSH: the jump host's refusal line (a penalty,
-//! a ban, an address not allowed), or an HTTP or TLS answer from a port that is not an SSH
-//! port. Read from the first bytes the SSH handshake received, so a failed handshake can
-//! say which it was.
+//! a ban, an address not allowed; see `limits::REFUSAL_LINE_PREFIX`), or an HTTP or TLS
+//! answer from a port that is not an SSH port. Read from the first bytes an SSH handshake
+//! received, so a client whose handshake failed can say which it was.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::error::HopError;
 
 /// Bytes kept from the start of a connection: a refusal or an HTTP status line fits.
 const KEEP: usize = 2048;
@@ -73,16 +71,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Recorder<S> {
     }
 }
 
-/// Why the handshake with `addr` failed, if its first bytes tell: the jump host's refusal,
-/// or a server that is not SSH. `None` when nothing (or SSH) was received.
-pub fn explain(seen: &Mutex<Vec<u8>>, addr: &str) -> Option<HopError> {
+/// What the first bytes of a failed handshake say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// The jump host's own words before it closed.
+    Refused(String),
+    /// Not an SSH server: `HTTP`, `TLS`, or its first line quoted.
+    NotSsh(String),
+}
+
+/// Why a handshake failed, if its first bytes tell. `None` when nothing (or SSH) came.
+pub fn read(seen: &Mutex<Vec<u8>>) -> Option<Greeting> {
     let seen = seen.lock().ok()?.clone();
     let text = String::from_utf8_lossy(&seen);
     if let Some(words) = text
         .lines()
-        .find_map(|l| l.strip_prefix(assist_proto::limits::REFUSAL_LINE_PREFIX))
+        .find_map(|l| l.strip_prefix(crate::limits::REFUSAL_LINE_PREFIX))
     {
-        return Some(HopError::JumpRefused(clean(words)));
+        return Some(Greeting::Refused(clean(words)));
     }
     let what = match seen.as_slice() {
         [] => return None,
@@ -94,10 +100,7 @@ pub fn explain(seen: &Mutex<Vec<u8>>, addr: &str) -> Option<HopError> {
         [21 | 22, 3, ..] => "TLS".to_owned(),
         _ => format!("{:?}", clean(text.lines().next().unwrap_or_default())),
     };
-    Some(HopError::NotSsh {
-        addr: addr.to_owned(),
-        what,
-    })
+    Some(Greeting::NotSsh(what))
 }
 
 /// At most one line of printable text.
@@ -116,25 +119,26 @@ mod tests {
 
     #[test]
     fn refusal_http_tls_and_ssh_are_told_apart() {
-        let refused = explain(
-            &seen(b"assist-jumphost: refused: your address 127.0.0.1 is banned\r\n"),
-            "j:1",
+        assert_eq!(
+            read(&seen(
+                b"assist-jumphost: refused: your address 127.0.0.1 is banned\r\n"
+            )),
+            Some(Greeting::Refused("your address 127.0.0.1 is banned".into()))
         );
-        assert!(
-            matches!(&refused, Some(HopError::JumpRefused(w)) if w == "your address 127.0.0.1 is banned"),
-            "{refused:?}"
+        assert_eq!(
+            read(&seen(b"HTTP/1.1 400 Bad Request\r\n\r\n")),
+            Some(Greeting::NotSsh("HTTP".into()))
         );
-        let http = explain(&seen(b"HTTP/1.1 400 Bad Request\r\n\r\n"), "127.0.0.1:8543")
-            .unwrap()
-            .to_string();
-        assert!(
-            http.starts_with("127.0.0.1:8543 answered HTTP, not SSH: is that the API port?"),
-            "{http}"
+        assert_eq!(
+            read(&seen(&[21, 3, 3, 0, 2, 2, 70])),
+            Some(Greeting::NotSsh("TLS".into()))
         );
-        let tls = explain(&seen(&[21, 3, 3, 0, 2, 2, 70]), "j:1").unwrap();
-        assert!(tls.to_string().contains("answered TLS"), "{tls}");
-        assert!(explain(&seen(b"SSH-2.0-OpenSSH_9.2\r\n"), "j:1").is_none());
-        assert!(explain(&seen(b""), "j:1").is_none());
+        assert_eq!(
+            read(&seen(b"220 mail ESMTP\r\n")),
+            Some(Greeting::NotSsh("\"220 mail ESMTP\"".into()))
+        );
+        assert_eq!(read(&seen(b"SSH-2.0-OpenSSH_9.2\r\n")), None);
+        assert_eq!(read(&seen(b"")), None);
     }
 
     #[tokio::test]
