@@ -26,6 +26,8 @@ command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 # HAProxy sending the PROXY protocol in front of the API (tests/tests/agent_network.rs).
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# promtool checks the jump host's /metrics (tests/tests/metrics.rs).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
 if [ ${#missing[@]} -gt 0 ]; then

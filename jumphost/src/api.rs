@@ -279,6 +279,7 @@ async fn register(
         Ok(_) => StatusCode::CREATED,
         Err(e) => e.status(),
     };
+    crate::metrics::registration(status.as_u16());
     let serial = who.as_deref().unwrap_or("-");
     if result.is_ok() {
         tracing::info!(event = "api.register", serial, source = %peer, status = status.as_u16(), %outcome);

@@ -52,6 +52,9 @@ pub struct JumphostConfig {
     /// `[api_tls]`: serve the registration API over HTTPS. Absent: plain HTTP.
     #[serde(default)]
     pub api_tls: Option<ApiTls>,
+    /// `GET /metrics` in the Prometheus text format on this address. Absent: no metrics.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the API's certificate comes from.

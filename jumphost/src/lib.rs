@@ -7,6 +7,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod enroll;
+pub mod metrics;
 pub mod penalty;
 pub mod policy;
 pub mod private_dir;

@@ -86,6 +86,15 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding api_listen {}", config.api_listen))?;
+    // Bound with the others, so a taken port fails the start rather than the first scrape.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let ssh_addr = ssh_listener
         .local_addr()
         .context("reading the SSH address")?;
@@ -123,6 +132,23 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         live_cert.clone(),
         shutdown.clone(),
     ));
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            let handle = crate::metrics::endpoint::install()?;
+            let task = tokio::spawn(crate::metrics::endpoint::serve(
+                listener,
+                handle,
+                Arc::clone(&relay),
+                live_cert.clone(),
+                shutdown.clone(),
+            ));
+            Some((addr, task))
+        }
+        None => None,
+    };
     let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));
     let mut ssh_task = tokio::spawn(ssh::server::serve(
         ssh_listener,
@@ -169,6 +195,9 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     ready.push(format!("ssh listening on {ssh_addr}"));
     ready.push(format!("api listening on {scheme}://{api_addr}"));
+    if let Some((addr, _)) = &metrics_task {
+        ready.push(format!("metrics listening on http://{addr}/metrics"));
+    }
     print_ready(&ready)?;
     tracing::info!(%ssh_addr, %api_addr, %fingerprint, api_scheme = scheme, "jump host ready");
 
@@ -207,6 +236,11 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = sweeper.await;
     let _ = admin_task.await;
+    if let Some((_, task)) = metrics_task {
+        task.await
+            .context("metrics task")?
+            .context("metrics endpoint")?;
+    }
     ssh_result.context("SSH server")?;
     api_result.context("registration API")?;
     Ok(())

@@ -53,6 +53,8 @@ pub struct Jumphost {
     pub host_key_fingerprint: String,
     /// The printed `sha256:…` of the API's TLS certificate, with `[api_tls]`.
     pub api_tls_fingerprint: Option<String>,
+    /// Where `GET /metrics` is served, with `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Lines appended to the four contract keys of jumphost.toml (kept across restarts).
     extra_config: String,
 }
@@ -120,6 +122,10 @@ impl Jumphost {
                 .trim_start_matches("http://")
                 .trim_start_matches("https://"),
         );
+        let metrics_addr = extra_config.contains("metrics_listen").then(|| {
+            let url = proc.wait_line("metrics listening on http://", READY_TIMEOUT);
+            parse_addr(url.trim_end_matches("/metrics"))
+        });
         Jumphost {
             proc,
             dir: dir.to_path_buf(),
@@ -131,6 +137,7 @@ impl Jumphost {
             api_url,
             host_key_fingerprint,
             api_tls_fingerprint,
+            metrics_addr,
             extra_config: extra_config.to_string(),
         }
     }

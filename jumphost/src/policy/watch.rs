@@ -83,6 +83,7 @@ async fn reload(dir: &Path, handle: &PolicyHandle, trigger: &'static str) {
             let warnings: Vec<String> = policy.warnings().iter().map(ToString::to_string).collect();
             // In force before it is logged, as for a failure below.
             handle.replace(policy);
+            crate::metrics::policy_reload("loaded");
             tracing::info!(dir = %dir.display(), trigger, files, engineers, serial_patterns, "policy reloaded");
             for warning in warnings {
                 tracing::warn!(dir = %dir.display(), "{warning}");
@@ -91,6 +92,7 @@ async fn reload(dir: &Path, handle: &PolicyHandle, trigger: &'static str) {
         Ok(Err(err)) => {
             // State first, then the log line: whoever reads the log can ask status at once.
             handle.set_last_error(Some(err.to_string()));
+            crate::metrics::policy_reload("failed");
             tracing::error!(dir = %dir.display(), trigger, error = %err, "policy not reloaded; keeping the last good policy");
         }
         Err(err) => {

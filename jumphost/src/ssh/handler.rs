@@ -98,6 +98,7 @@ impl ConnHandler {
     /// Records a refused login attempt (logged and audited, never the key itself).
     fn refused(&self, user: &str, refusal: Refusal) -> Refusal {
         self.refused.store(true, Ordering::Relaxed);
+        crate::metrics::login_refused(if refusal.fatal { "not_allowed" } else { "key" });
         tracing::warn!(parent: &self.span, user, reason = %refusal.reason, "login refused");
         self.relay.audit(
             "ssh.auth",
@@ -116,6 +117,7 @@ impl ConnHandler {
             Identity::Device { .. } => String::new(),
         };
         tracing::info!(parent: &self.span, role = id.role(), user, via, "logged in");
+        crate::metrics::login_accepted(id.role());
         self.relay.audit(
             "ssh.auth",
             Some(user),

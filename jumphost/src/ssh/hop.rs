@@ -63,6 +63,7 @@ impl Hop {
                 .await;
         };
         reply.accept().await;
+        crate::metrics::hop_started();
         tracing::info!(engineer = %self.engineer.name, source = %self.source, "hop started");
         let stop = Revoke::new();
         self.relay.hops.insert(
@@ -109,10 +110,12 @@ impl Hop {
             secs = started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             "hop ended"
         );
+        crate::metrics::relayed(moved.to_device, moved.from_device);
         self.record_end(hop_id, moved).await;
     }
 
     async fn refuse(&self, reply: ChannelOpenHandle, why: String) {
+        crate::metrics::hop_refused();
         let reason = format!("device {} port {}: {why}", self.serial, self.port);
         tracing::warn!(%reason, "hop failed");
         self.relay.audit(

@@ -75,12 +75,14 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
             peer.ip(),
             "refused: address not in support_cidrs or client_cidrs".into(),
         );
+        crate::metrics::connection_refused("address");
         return Err(NotAdmitted::Address(peer.ip()));
     }
     if let Some(block) = relay.penalties.block(peer.ip(), std::time::Instant::now()) {
         // Not audited: a penalized source reconnecting in a loop would flood the trail;
         // the start of the penalty was audited.
         tracing::debug!(%peer, left_ms = block.left.as_millis(), "penalized source; closed");
+        crate::metrics::connection_refused("penalized");
         return Err(NotAdmitted::Penalized {
             ip: peer.ip(),
             block,
@@ -95,10 +97,12 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
             limit = relay.limits.max_startups_per_source,
             "too many unauthenticated connections from this source; closed"
         );
+        crate::metrics::connection_refused("busy");
         return Err(NotAdmitted::Busy);
     };
     let Ok(permit) = Arc::clone(&relay.startups).try_acquire_owned() else {
         tracing::warn!(%peer, "too many unauthenticated connections; closed");
+        crate::metrics::connection_refused("busy");
         return Err(NotAdmitted::Busy);
     };
     Ok(Startup {
@@ -229,6 +233,7 @@ async fn connection<S>(
             failure.count();
             tracing::info!("no SSH banner within the login grace time");
             let outcome = "refused: no SSH banner within the login grace time";
+            crate::metrics::login_refused("login_grace");
             return relay.audit("ssh.auth", None, peer.ip(), outcome.into());
         }
     };
@@ -253,6 +258,7 @@ async fn connection<S>(
             // holding unauthenticated slots is how one host would lock everyone out.
             failure.count();
             tracing::info!("login grace time expired; disconnecting");
+            crate::metrics::login_refused("login_grace");
             relay.audit("ssh.auth", None, peer.ip(), "refused: login grace time expired".into());
             return disconnect(&handle, session, &kill, "login grace time expired").await;
         }

@@ -109,9 +109,14 @@ where
     E: From<StoreError> + Send + 'static,
 {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || call(&*store))
-        .await
-        .map_err(|e| E::from(StoreError(format!("store task failed: {e}"))))?
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let done = call(&*store);
+        crate::metrics::store_call(started.elapsed());
+        done
+    })
+    .await
+    .map_err(|e| E::from(StoreError(format!("store task failed: {e}"))))?
 }
 
 /// Forgets the key bound to `serial` (expired or not) and audits it as the admin's act.
