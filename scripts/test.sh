@@ -28,6 +28,13 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # promtool checks the jump host's /metrics (tests/tests/metrics.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The Debian packages: built with dpkg-deb, man pages from --help, checked by lintian
+# (packaging/test-debs.sh); systemd-analyze verifies their units.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v help2man >/dev/null 2>&1 || missing+=(help2man)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -47,6 +54,9 @@ fi
 # Build everything once up front so test binaries do not race each other to build.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+# The three .deb packages from the binaries just built: lintian, dpkg -i, the installed
+# programs run, systemd-analyze verify on the units, dpkg --purge.
+packaging/test-debs.sh target/debug
 # The benchmarks' smoke run: both chains (ours and stock OpenSSH) end to end with checksums,
 # small sizes; it fails on breakage only, never on timing.
 python3 bench/run.py --smoke --no-build
