@@ -28,7 +28,7 @@ from benchlib.procs import BenchError, keygen, log  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = ("assist-jumphost", "assist-client", "support-cli", "bench-loadgen")
-FIGURES = ("throughput", "login", "fan_in", "idle", "storm")
+FIGURES = ("throughput", "device", "login", "fan_in", "idle", "storm")
 
 FULL = dict(transfer_mib=512, reps=3, marker_mib=16, login_runs=10, idle_ours=[1000, 10000],
             idle_openssh=[100], fan_in_hops=100, fan_in_mib=16, storm=1000, storm_openssh=1000,
@@ -83,6 +83,13 @@ def build(profile, only_loadgen):
     if profile == "release":
         cmd.append("--release")
     cmd += ["-p", "assist-bench"] if only_loadgen else ["--workspace", "--bins"]
+    cargo(cmd)
+    if profile == "release" and not only_loadgen:
+        # The agent as shipped (Cargo.toml's dist profile), for its size on disk.
+        cargo(["cargo", "build", "--quiet", "--profile", "dist", "-p", "assist-client"])
+
+
+def cargo(cmd):
     log(" ".join(cmd))
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode != 0:
@@ -103,6 +110,10 @@ def main():
         build(profile, args.only_openssh)
     target_dir = os.path.join(ROOT, "target", profile)
     bins = {b: os.path.join(target_dir, b) for b in BINS}
+    # The agent as shipped, when built: its RSS is a target of its own (issue 20).
+    shipped = os.path.join(ROOT, "target", "dist", "assist-client")
+    if profile == "release" and os.path.exists(shipped):
+        bins["assist-client"] = shipped
     for b, path in bins.items():
         if (b == "bench-loadgen" or not args.only_openssh) and not os.path.exists(path):
             raise BenchError(f"{path} missing (build it, or drop --no-build)")
@@ -175,6 +186,9 @@ def main():
             result["throughput"] = figures.throughput(chains + extra, target, random_file, size,
                                                       cfg["reps"], cfg["marker_mib"] << 20)
             openssh_aes.close()
+        if ours and "device" not in args.skip:
+            result["device"] = figures.device_footprint(
+                [openssh, ours], size, shipped if bins["assist-client"] == shipped else None)
         if args.perf and ours:
             result["perf"] = perf_profile.profile_ours(ours, random_file, size, out_dir)
             if ours_ws:

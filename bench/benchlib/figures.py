@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .chains import ENGINEER
-from .procs import BenchError, Proc, log, run, tree_cpu_s, wait_until
+from .procs import BenchError, Proc, log, memory_kib, run, tree_cpu_s, wait_until
 
 MB = 1_000_000
 CHUNK = 1 << 20
@@ -95,6 +95,45 @@ def upload(chain, path, size, marker, on_start=None):
         raise BenchError(f"{chain.name} upload: exit {p.returncode}, remote counted {counted}"
                          f" of {size}; {err.decode(errors='replace')[-500:]}")
     return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
+
+
+def device_footprint(chains, size, shipped):
+    """The device side's cost: the size on disk of the agent as shipped (`shipped`, built with
+    the `dist` profile; None when not built), and for each chain the RSS of its device
+    process (stock `ssh -R`, or the agent) idle with the tunnel up and assistance enabled,
+    and the most seen (sampled every 20 ms) while a `size` download runs through it."""
+    out = {"binary_bytes": os.path.getsize(shipped) if shipped else None}
+    for chain in chains:
+        pid = chain.device.pid
+        idle = memory_kib([pid])[0]
+        peak = [idle]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], memory_kib([pid])[0])
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            download(chain, size, 0)
+        finally:
+            done.set()
+            sampler.join()
+        out[chain.name] = {"idle_rss_kib": idle, "idle_anon_kib": _anon_kib(pid),
+                           "relaying_rss_kib": peak[0]}
+        log(f"{chain.name} device: RSS {idle} KiB idle, {peak[0]} KiB relaying")
+    return out
+
+
+def _anon_kib(pid):
+    """Of a process's RSS, what is its own memory (heap, stacks) rather than mapped files
+    (its program's and libraries' pages)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    return 0
 
 
 def sha256(path):
