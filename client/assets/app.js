@@ -119,6 +119,7 @@ async function poll() {
 
 async function post(path, body) {
   $("error").textContent = "";
+  $("notice").textContent = "";
   const r = await fetch(path, {
     method: "POST",
     credentials: "same-origin",
@@ -159,8 +160,17 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("extend-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    if (!confirm("Extending makes a new code and closes the current sessions. Continue?")) return;
-    busy($("extend"), () => post("/web/extend", { minutes: Number($("extend-minutes").value) }));
+    busy($("extend"), async () => {
+      const a = await post("/web/extend", { minutes: Number($("extend-minutes").value) });
+      if (!a) return;
+      const kept = a.connections_kept;
+      $("notice").textContent = `Extended until ${localTime(a.until)}. The code stays the same` +
+        (kept ? ` and the ${kept} open session${kept === 1 ? "" : "s"} go${kept === 1 ? "es" : ""} on.` : ".");
+    });
+  });
+  $("new-code").addEventListener("click", () => {
+    if (!confirm("A new code ends the open sessions and the old code stops working. Continue?")) return;
+    busy($("new-code"), () => post("/web/enable", { minutes: Number($("extend-minutes").value) }));
   });
   $("stop").addEventListener("click", () => busy($("stop"), () => post("/web/disable")));
   $("copy").addEventListener("click", async () => {

@@ -29,7 +29,8 @@ const APP_CSS: &str = include_str!("../../assets/app.css");
 
 /// The code of the window the page enabled, kept only in memory for the page session.
 struct CurrentCode {
-    until: String,
+    /// The window's number: the code is shown while that window is open, extended or not.
+    window: u64,
     code: Secret,
     max_seconds: u64,
 }
@@ -58,7 +59,7 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .route("/web/logout", post(logout))
         .route("/web/state", get(page_state))
         .route("/web/enable", post(enable))
-        .route("/web/extend", post(enable))
+        .route("/web/extend", post(extend))
         .route("/web/disable", post(disable))
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::check_host))
@@ -158,7 +159,7 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
         let max = current.as_ref().map(|c| c.max_seconds);
         // The window the code belongs to is over (ended, stopped, or the CLI made a new
         // one): forget it.
-        if current.as_ref().map(|c| Some(&c.until)) != Some(status.until.as_ref()) {
+        if current.as_ref().map(|c| c.window) != s.agent.window_number() {
             *current = None;
         }
         (current.as_ref().map(|c| c.code.expose().to_owned()), max)
@@ -172,7 +173,36 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-/// Enable and extend: a new window (and a new code) of the chosen length.
+/// Extend: the open window ends later; the code and the open sessions stay.
+async fn extend(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    JsonBody(req, _): ApiJson<EnableRequest>,
+) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    match s.agent.extend(req.minutes).await {
+        Ok(extended) => {
+            let until = rfc3339(extended.until);
+            // The code shown belongs to this window still.
+            if let Some(current) = lock::mutex(&s.code).as_mut() {
+                current.max_seconds = extended.max_secs;
+            }
+            Json(serde_json::json!({
+                "until": until,
+                "seconds": extended.window_secs,
+                "max_seconds": extended.max_secs,
+                "connections_kept": extended.connections_kept,
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError::Agent(e).into_response(),
+    }
+}
+
+/// Enable and New code: a new window (and a new code) of the chosen length; the sessions
+/// of a window open before are closed.
 async fn enable(
     State(s): State<WebState>,
     headers: HeaderMap,
@@ -185,7 +215,7 @@ async fn enable(
         Ok(enabled) => {
             let until = rfc3339(enabled.until);
             *lock::mutex(&s.code) = Some(CurrentCode {
-                until: until.clone(),
+                window: enabled.window,
                 code: Secret::new(enabled.code.to_string()),
                 max_seconds: enabled.max_secs,
             });
