@@ -34,6 +34,7 @@ function duration(secs) {
 }
 
 function localTime(rfc) { return rfc ? new Date(rfc).toLocaleTimeString() : ""; }
+function clock(rfc) { return rfc ? new Date(rfc).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
 
 function bytes(n) {
   if (n < 1024) return `${n} B`;
@@ -82,10 +83,13 @@ function render(st) {
   const open = sessions.filter((s) => !s.ended);
   let who;
   if (c.active > 0) {
-    const first = open[0];
-    const what = first && first.service ? ` to ${first.service}` : "";
-    const since = first ? ` since ${localTime(first.since)}` : "";
-    who = `A support engineer is connected now (${c.active} connection${c.active === 1 ? "" : "s"}${what}${since}).`;
+    // "alice (vendor key 'alice@laptop') from 203.0.113.5 → ssh, since 14:02", one per
+    // open connection; the name is the jump host's word, the address when it sent none.
+    who = "Connected now: " + open.map((s) => {
+      const from = s.originator ? s.originator.replace(/:\d+$/, "") : "";
+      const name = s.engineer || "a support engineer";
+      return `${name}${from ? ` from ${from}` : ""}${s.service ? ` → ${s.service}` : ""}, since ${localTime(s.since)}`;
+    }).join("; ") + ".";
   } else {
     who = st.enabled ? "No support engineer is connected right now." : "Nobody can connect while assistance is off.";
   }
@@ -93,7 +97,7 @@ function render(st) {
   show($("history"), sessions.length > 0);
   $("history-rows").replaceChildren(...sessions.slice().reverse().map((s) => {
     const tr = document.createElement("tr");
-    for (const v of [s.service || "—", s.originator || "—", localTime(s.since), s.ended ? localTime(s.ended) : "open",
+    for (const v of [s.engineer || "—", s.service || "—", s.originator || "—", localTime(s.since), s.ended ? localTime(s.ended) : "open",
       `↓${bytes(s.bytes_to_engineer)} ↑${bytes(s.bytes_from_engineer)}`]) {
       const td = document.createElement("td");
       td.textContent = v;

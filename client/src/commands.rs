@@ -166,6 +166,9 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         "connections: {} now, {} in this window",
         s.connections.active, s.connections.total
     );
+    for session in s.connections.sessions.iter().filter(|x| x.ended.is_none()) {
+        println!("  {}", session.line());
+    }
     if let Some(server) = &s.ssh_server {
         println!(
             "ssh server: {} at {}: {}",

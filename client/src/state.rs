@@ -1,6 +1,7 @@
 //! State shared by the tunnel, the agent and the control API, and the status they report.
 
 use assist_proto::lock;
+use assist_proto::note::HopNote;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,10 @@ use time::format_description::well_known::Rfc3339;
 
 /// How many sessions of a window the history keeps (the oldest finished ones go first).
 const HISTORY_LIMIT: usize = 100;
+/// Notes waiting for their connection; past this the oldest is dropped.
+const PENDING_NOTES: usize = 64;
+/// How long a note waits for its connection to open.
+const NOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the tunnel is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +55,10 @@ pub struct SessionInfo {
     pub service: Option<String>,
     /// The engineer's address as the jump host reported it, if the relay said.
     pub originator: Option<String>,
+    /// Who the engineer is, from the jump host's note: `alice (vendor key 'alice@laptop')`.
+    /// Absent when the jump host sent none (an older jump host, or the note is late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engineer: Option<String>,
     /// RFC 3339 UTC.
     pub since: String,
     pub ended: Option<String>,
@@ -57,11 +66,32 @@ pub struct SessionInfo {
     pub bytes_from_engineer: u64,
 }
 
+impl SessionInfo {
+    /// The session as a customer reads it:
+    /// `alice (vendor key 'alice@laptop') from 203.0.113.5 → ssh, since 2026-…Z`.
+    pub fn line(&self) -> String {
+        let who = self.engineer.as_deref().unwrap_or("a support engineer");
+        let from = self
+            .originator
+            .as_deref()
+            .map(|o| o.rsplit_once(':').map_or(o, |(ip, _)| ip))
+            .map(|ip| format!(" from {ip}"))
+            .unwrap_or_default();
+        let to = self
+            .service
+            .as_deref()
+            .map(|s| format!(" → {s}"))
+            .unwrap_or_default();
+        format!("{who}{from}{to}, since {}", self.since)
+    }
+}
+
 /// What the relay learns of a session after it opened.
 #[derive(Debug, Clone, Default)]
 struct SessionDetail {
     service: Option<String>,
     originator: Option<String>,
+    engineer: Option<HopNote>,
     ended: Option<OffsetDateTime>,
 }
 
@@ -79,11 +109,13 @@ impl SessionRecord {
         let SessionDetail {
             service,
             originator,
+            engineer,
             ended,
         } = lock::mutex(&self.detail).clone();
         SessionInfo {
             service,
             originator,
+            engineer: engineer.as_ref().map(HopNote::who),
             since: rfc3339(self.since),
             ended: ended.map(rfc3339),
             bytes_to_engineer: self.to_engineer.load(Ordering::Relaxed),
@@ -120,6 +152,8 @@ pub struct Shared {
     /// Why the relayed sessions are being closed, in the engineer's words; each relay
     /// sends it on its channel before closing.
     farewell: Mutex<Option<String>>,
+    /// The jump host's notes that came before their connection: (originator, note, when).
+    notes: Mutex<Vec<(String, HopNote, std::time::Instant)>>,
 }
 
 impl Default for Shared {
@@ -133,6 +167,7 @@ impl Default for Shared {
             total: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
             farewell: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
         }
     }
 }
@@ -195,6 +230,38 @@ impl Shared {
         }
     }
 
+    /// The jump host's note of who opens a connection from `originator` (`ip:port`): it
+    /// names the open, still unnamed connection from there, or waits for it to open (the
+    /// note and the connection travel on separate channels, either may come first).
+    pub fn note_arrived(&self, originator: &str, note: HopNote) {
+        let sessions = lock::mutex(&self.sessions);
+        for record in sessions.iter() {
+            let mut d = lock::mutex(&record.detail);
+            if d.ended.is_none()
+                && d.engineer.is_none()
+                && d.originator.as_deref() == Some(originator)
+            {
+                d.engineer = Some(note);
+                return;
+            }
+        }
+        drop(sessions);
+        let mut notes = lock::mutex(&self.notes);
+        notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
+        if notes.len() >= PENDING_NOTES {
+            notes.remove(0);
+        }
+        notes.push((originator.to_owned(), note, std::time::Instant::now()));
+    }
+
+    /// The waiting note for a connection from `originator`, if one came first.
+    fn take_note(&self, originator: &str) -> Option<HopNote> {
+        let mut notes = lock::mutex(&self.notes);
+        notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
+        let i = notes.iter().position(|(from, _, _)| from == originator)?;
+        Some(notes.remove(i).1)
+    }
+
     pub fn connections(&self) -> Connections {
         let sessions = lock::mutex(&self.sessions)
             .iter()
@@ -234,10 +301,15 @@ pub struct ConnectionGuard<'a> {
 
 impl ConnectionGuard<'_> {
     /// Names the service and the engineer's address (`ip:port`) for the history.
+    /// A note of who it is that came first is taken now.
     pub fn describe(&self, service: &str, originator: Option<&str>) {
+        let note = originator.and_then(|o| self.shared.take_note(o));
         let mut d = lock::mutex(&self.record.detail);
         d.service = Some(service.to_owned());
         d.originator = originator.map(str::to_owned);
+        if note.is_some() {
+            d.engineer = note;
+        }
     }
 
     /// Adds bytes moved (to the engineer, from the engineer); may be called as they flow.
@@ -300,5 +372,52 @@ mod tests {
         assert_eq!((c.active, c.total, c.sessions.len()), (1, 0, 1));
         drop(first);
         assert_eq!(shared.connections().active, 0);
+    }
+
+    fn note(name: &str) -> HopNote {
+        HopNote {
+            engineer: name.into(),
+            via: assist_proto::note::NoteVia::Key {
+                comment: Some(format!("{name}@laptop")),
+                fingerprint: "SHA256:x".into(),
+            },
+            source: "127.0.0.1:7".into(),
+        }
+    }
+
+    #[test]
+    fn a_note_names_its_connection_whichever_comes_first_and_only_that_one() {
+        let shared = Shared::default();
+        // The connection first, then its note.
+        let first = shared.connection_opened();
+        first.describe("ssh", Some("127.0.0.1:7"));
+        let other = shared.connection_opened();
+        other.describe("ssh", Some("127.0.0.1:8"));
+        shared.note_arrived("127.0.0.1:7", note("alice"));
+        // The note first, then its connection.
+        shared.note_arrived("127.0.0.1:9", note("bob"));
+        let late = shared.connection_opened();
+        late.describe("ssh", Some("127.0.0.1:9"));
+        let who: Vec<_> = shared
+            .connections()
+            .sessions
+            .into_iter()
+            .map(|s| s.engineer)
+            .collect();
+        assert_eq!(
+            who,
+            [
+                Some("alice (vendor key 'alice@laptop')".to_owned()),
+                None,
+                Some("bob (vendor key 'bob@laptop')".to_owned()),
+            ]
+        );
+        assert_eq!(
+            shared.connections().sessions[0].line(),
+            format!(
+                "alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since {}",
+                shared.connections().sessions[0].since
+            )
+        );
     }
 }

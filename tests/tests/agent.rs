@@ -501,3 +501,69 @@ fn a_sessions_bytes_show_while_it_runs_and_stay_after_stop() {
     let _ = engineer.wait();
     assert!(reader.join().unwrap() >= 300_000);
 }
+
+/// The name on the customer's page is the jump host's word: an engineer who tries to open
+/// the notes port (to write a note naming someone else) is refused, and the page keeps
+/// showing who really connected.
+#[test]
+fn an_engineer_cannot_open_the_notes_port_to_forge_a_name() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+
+    // alice (an engineer in the policy) asks for SN-0001:2 and sends a forged note.
+    let forged = r#"{"engineer":"the-vendors-ceo","via":{"kind":"key","comment":"ceo","fingerprint":"x"},"source":"127.0.0.1:1"}"#;
+    let mut forge = assist_e2e::ssh(&[
+        "-i",
+        w.path("alice").to_str().unwrap(),
+        "-p",
+        &w.jump.ssh_port(),
+        "-W",
+        &format!("{SERIAL}:{}", assist_proto::limits::NOTES_PORT),
+        "alice@127.0.0.1",
+    ]);
+    let mut child = forge
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = writeln!(stdin, "{forged}");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the notes port was opened");
+    wait_until(SHORT, "the refusal in the audit trail", || {
+        w.jump
+            .sql("SELECT outcome FROM audit_events WHERE kind = 'ssh.channel' AND who = 'alice'")
+            .contains(
+                "refused direct-tcpip to SN-0001:2: port 2 is reserved for the jump host's notes",
+            )
+    });
+
+    // A real hop right after, from a connection of alice's: named as the jump host knows her.
+    let mut engineer = agent_world::support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &["connect", SERIAL, "--code", &code, "--", "sleep", "120"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until(SHORT, "the engineer to show by name", || {
+        status(&config)["connections"]["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["ended"].is_null() && s["engineer"] == "alice (vendor key 'test')")
+    });
+    let s = status(&config).to_string();
+    assert!(!s.contains("the-vendors-ceo"), "{s}");
+    let _ = engineer.kill();
+    let _ = engineer.wait();
+}

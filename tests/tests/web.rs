@@ -108,7 +108,8 @@ async fn click(c: &Client, css: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let alice_pub = keygen(&dir.path().join("alice"));
+    // The policy's line names the key: the page shows that name.
+    let alice_pub = keygen(&dir.path().join("alice")).replace(" test", " alice@laptop");
     let sshd = Sshd::start(dir.path());
     fs::write(&sshd.authorized_keys, "# admin keys\n").unwrap();
     let policy = format!(
@@ -184,13 +185,19 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Who, by the name the jump host logged them in with, not only an address.
     wait_text(&c, "#engineer", "the engineer", |t| {
-        t.contains("support engineer is connected now") && t.contains("to ssh")
+        t.starts_with(
+            "Connected now: alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since ",
+        )
     })
     .await;
-    // The history names the service and the engineer's address as the jump host saw it.
+    // The history names the engineer, the service and the address as the jump host saw it.
     wait_text(&c, "#history-rows", "the history", |t| {
-        t.contains("open") && t.contains("ssh") && t.contains("127.0.0.1:")
+        t.contains("open")
+            && t.contains("alice (vendor key 'alice@laptop')")
+            && t.contains("ssh")
+            && t.contains("127.0.0.1:")
     })
     .await;
     c.execute(
@@ -341,13 +348,26 @@ async fn the_page_command_prints_a_url_that_logs_a_browser_straight_in() {
 /// `support-cli connect … -- sleep` session goes on, the code on the page and in the key
 /// line stays (only `expiry-time` moves), and a later hop with the same code works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extend_keeps_the_code_and_the_open_session() {
+async fn extend_keeps_the_code_and_the_open_sessions_and_the_page_names_each_engineer() {
     let dir = tempfile::tempdir().unwrap();
-    let alice_pub = keygen(&dir.path().join("alice"));
+    let alice_pub = keygen(&dir.path().join("alice")).replace(" test", " alice@laptop");
+    // carol has no [[support]] entry: a certificate of the vendor's CA logs her in.
+    let ca_pub = keygen(&dir.path().join("ca"));
+    let carol = dir.path().join("carol");
+    keygen(&carol);
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.path().join("ca"))
+        .args(["-I", "carol@corp", "-n", "carol", "-V", "-5m:+1h"])
+        .arg(carol.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
     let sshd = Sshd::start(dir.path());
     let policy = format!(
         "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
-         [[support]]\nname = \"alice\"\npublic_key = \"{alice_pub}\"\n"
+         [[support]]\nname = \"alice\"\npublic_key = \"{alice_pub}\"\n\n\
+         [[support_ca]]\npublic_key = \"{ca_pub}\"\n"
     );
     let jump = Jumphost::start(dir.path(), &policy);
     let folder = dir.path().join("client");
@@ -400,10 +420,41 @@ async fn extend_keeps_the_code_and_the_open_session() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_text(&c, "#engineer", "the engineer", |t| {
-        t.contains("connected now")
+    // carol holds a stock ssh session with her certificate.
+    let key = dir.path().join("derived");
+    write_derived_key(&key, SERIAL, code.trim());
+    let proxy = format!(
+        "ProxyCommand=ssh {} -i {} -p {} -W %h:%p carol@127.0.0.1",
+        ssh_options("ERROR").join(" "),
+        carol.display(),
+        jump.ssh_port()
+    );
+    let mut held = ssh(&["-o", &proxy, "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg(format!("root@{SERIAL}"))
+        .arg("sleep 300")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let who = wait_text(&c, "#engineer", "both engineers by name", |t| {
+        t.contains("alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since ")
+            && t.contains("carol (certificate 'carol@corp' of CA SHA256:")
     })
     .await;
+    assert!(who.starts_with("Connected now: "), "{who}");
+    // The CLI says the same.
+    let out = Command::new(bin("assist-client"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("  alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since 20")
+            && human.contains("  carol (certificate 'carol@corp' of CA SHA256:"),
+        "{human}"
+    );
 
     // Extend to two hours from now.
     c.execute(
@@ -415,7 +466,7 @@ async fn extend_keeps_the_code_and_the_open_session() {
     click(&c, "#extend").await;
     let notice = wait_text(&c, "#notice", "the extension's notice", |t| !t.is_empty()).await;
     assert!(
-        notice.contains("code stays the same") && notice.contains("1 open session goes on"),
+        notice.contains("code stays the same") && notice.contains("2 open sessions go on"),
         "{notice}"
     );
     wait_text(&c, "#countdown", "the countdown moved", |t| {
@@ -438,11 +489,12 @@ async fn extend_keeps_the_code_and_the_open_session() {
         "{line_before} → {line_after}"
     );
 
-    // The engineer's session is still there, and the same code opens another one.
+    // The engineers' sessions are still there, and the same code opens another one.
     assert!(
         long.try_wait().unwrap().is_none(),
         "the session ended at Extend"
     );
+    assert!(held.try_wait().unwrap().is_none(), "carol's session ended");
     let out = engineer(&["echo", "still-welcome"]).output().unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("still-welcome"),
@@ -455,6 +507,7 @@ async fn extend_keeps_the_code_and_the_open_session() {
     wait_text(&c, "#state", "off after stop", |t| t.contains("is OFF")).await;
     let status = long.wait().unwrap();
     assert!(!status.success(), "the session outlived Stop");
+    assert!(!held.wait().unwrap().success());
     c.close().await.unwrap();
     agent.terminate();
 }
