@@ -88,7 +88,7 @@ function render(st) {
     who = "Connected now: " + open.map((s) => {
       const from = s.originator ? s.originator.replace(/:\d+$/, "") : "";
       const name = s.engineer || "a support engineer";
-      return `${name}${from ? ` from ${from}` : ""}${s.service ? ` → ${s.service}` : ""}, since ${localTime(s.since)}`;
+      return `${name}${from ? ` from ${from}` : ""}${s.service ? ` → ${s.service}` : ""}, since ${clock(s.since)}`;
     }).join("; ") + ".";
   } else {
     who = st.enabled ? "No support engineer is connected right now." : "Nobody can connect while assistance is off.";
@@ -97,13 +97,50 @@ function render(st) {
   show($("history"), sessions.length > 0);
   $("history-rows").replaceChildren(...sessions.slice().reverse().map((s) => {
     const tr = document.createElement("tr");
-    for (const v of [s.engineer || "—", s.service || "—", s.originator || "—", localTime(s.since), s.ended ? localTime(s.ended) : "open",
+    for (const v of [s.engineer || "—", s.service || "—", s.originator || "—", localTime(s.since),
+      s.ended ? localTime(s.ended) : `open, ${duration(Math.max(0, Math.floor((Date.now() - new Date(s.since)) / 1000)))}`,
       `↓${bytes(s.bytes_to_engineer)} ↑${bytes(s.bytes_from_engineer)}`]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);
     }
     return tr;
+  }));
+}
+
+// The past windows change only when a window ends: read them at login and whenever the
+// state flips.
+let pastFor = null;
+async function loadPast(enabled) {
+  if (pastFor === enabled) return;
+  pastFor = enabled;
+  const r = await fetch("/web/history", { credentials: "same-origin", cache: "no-store" });
+  if (!r.ok) return;
+  const windows = await r.json();
+  show($("past-empty"), windows.length === 0);
+  $("past").replaceChildren(...windows.map((w) => {
+    const li = document.createElement("li");
+    const head = document.createElement("p");
+    const by = w.user ? `${w.by} by ${w.user}` : w.by;
+    head.textContent = `${new Date(w.start).toLocaleString()} – ${localTime(w.end)}: enabled on the ${by}` +
+      `${w.extended ? `, extended ${w.extended}×` : ""}; ${w.reason}.`;
+    li.appendChild(head);
+    const list = document.createElement("ul");
+    if (w.connections.length === 0) {
+      const none = document.createElement("li");
+      none.textContent = "Nobody connected.";
+      list.appendChild(none);
+    }
+    for (const c of w.connections) {
+      const item = document.createElement("li");
+      const from = c.source ? ` from ${c.source.replace(/:\d+$/, "")}` : "";
+      item.textContent = `${c.engineer || "a support engineer"}${from}${c.service ? ` → ${c.service}` : ""}, ` +
+        `${localTime(c.start)}–${c.end ? localTime(c.end) : "?"}, ↓${bytes(c.bytes_to_engineer)} ↑${bytes(c.bytes_from_engineer)}` +
+        `${c.how ? ` (${c.how})` : ""}`;
+      list.appendChild(item);
+    }
+    li.appendChild(list);
+    return li;
   }));
 }
 
@@ -115,7 +152,11 @@ async function poll() {
       show($("login"), true);
       return;
     }
-    if (r.ok) render(await r.json());
+    if (r.ok) {
+      const st = await r.json();
+      render(st);
+      await loadPast(st.enabled);
+    }
   } catch (e) {
     $("tunnel").textContent = "The agent is not answering.";
   }

@@ -4,6 +4,7 @@
 use crate::attest::Attestor;
 use crate::authorized_keys::{Account, KeysFile, KeysFileError, key_line};
 use crate::config::Config;
+use crate::history::{Event, History, Origin};
 use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
 use crate::register::{self, RegisterError};
@@ -108,6 +109,8 @@ pub struct DisableReport {
 /// One enabled window.
 struct Window {
     epoch: u64,
+    /// Its id in the history file.
+    id: String,
     cancel: CancellationToken,
     relays: TaskTracker,
     task: JoinHandle<()>,
@@ -160,6 +163,8 @@ pub struct Agent {
     until: std::sync::Mutex<Option<(u64, OffsetDateTime)>>,
     /// The `ssh` service's server as the last enable found it.
     server: std::sync::Mutex<Option<target::Server>>,
+    /// The customer's record of windows and connections.
+    history: Arc<History>,
 }
 
 impl Agent {
@@ -179,7 +184,6 @@ impl Agent {
             config.jumphost_fingerprint.clone(),
         );
         Ok(Self {
-            config,
             device_key,
             keys_file,
             pin,
@@ -187,6 +191,8 @@ impl Agent {
             window: tokio::sync::Mutex::new(Windows::default()),
             until: std::sync::Mutex::new(None),
             server: std::sync::Mutex::new(None),
+            history: Arc::new(History::new(config.history_path())),
+            config,
         })
     }
 
@@ -198,6 +204,22 @@ impl Agent {
         &self.keys_file
     }
 
+    /// At start: ends in the history what an earlier run left open, and forgets windows
+    /// older than `history_keep`.
+    pub fn recover_history(&self) -> Result<(), crate::history::HistoryError> {
+        self.history
+            .recover(self.config.history_keep, OffsetDateTime::now_utc())
+    }
+
+    /// The history's windows, oldest first.
+    pub fn history(
+        &self,
+    ) -> Result<Vec<crate::history::WindowRecord>, crate::history::HistoryError> {
+        Ok(crate::history::fold(&crate::history::read_events(
+            &self.config.history_path(),
+        )?))
+    }
+
     /// Removes lines an earlier run left behind (after a crash or `kill -9`).
     pub fn purge_stale(&self) -> Result<usize, AgentError> {
         Ok(self.keys_file.remove(&self.config.serial)?)
@@ -205,7 +227,11 @@ impl Agent {
 
     /// Registers the device, makes a fresh code, installs its key line and starts the tunnel.
     /// Enabling while enabled starts a new window with a new code.
-    pub async fn enable(self: &Arc<Self>, minutes: Option<u64>) -> Result<Enabled, AgentError> {
+    pub async fn enable(
+        self: &Arc<Self>,
+        minutes: Option<u64>,
+        origin: Origin,
+    ) -> Result<Enabled, AgentError> {
         let minutes = minutes.unwrap_or(DEFAULT_ASSISTANCE_MINUTES);
         if minutes == 0 {
             return Err(AgentError::BadMinutes);
@@ -260,8 +286,14 @@ impl Agent {
             self.shared.set_farewell(
                 "the customer started a new assistance window; ask them for the new code".into(),
             );
+            let id = old.id.clone();
             stop_window(old).await;
             self.set_until(None);
+            self.history.record(&Event::WindowEnded {
+                window: id,
+                at: rfc3339(OffsetDateTime::now_utc()),
+                reason: format!("replaced by a new code ({})", origin.by),
+            });
         }
         let permit_open: Vec<String> = self
             .config
@@ -319,7 +351,20 @@ impl Agent {
 
         guard.last_epoch += 1;
         let epoch = guard.last_epoch;
-        self.shared.start_window();
+        let started = OffsetDateTime::now_utc();
+        // Unique across runs: the start to the nanosecond.
+        let id = format!("{}", started.unix_timestamp_nanos());
+        self.history.record(&Event::WindowStarted {
+            window: id.clone(),
+            at: rfc3339(started),
+            until: rfc3339(until),
+            by: origin.by.to_owned(),
+            user: origin.user.clone(),
+        });
+        self.shared.start_window(Some(crate::state::WindowLog {
+            history: self.history.clone(),
+            window: id.clone(),
+        }));
         let cancel = CancellationToken::new();
         let relays = TaskTracker::new();
         let tunnel = Tunnel {
@@ -367,6 +412,7 @@ impl Agent {
         self.set_until(Some((epoch, until)));
         guard.open = Some(Window {
             epoch,
+            id,
             cancel,
             relays,
             task,
@@ -437,7 +483,11 @@ impl Agent {
     /// Moves the open window's end to `minutes` from now (capped by the policy), keeping
     /// the code, the tunnel and every open session: the key line is written again with the
     /// new `expiry-time` (one atomic rename) and the window's timer follows.
-    pub async fn extend(&self, minutes: Option<u64>) -> Result<Extended, AgentError> {
+    pub async fn extend(
+        &self,
+        minutes: Option<u64>,
+        origin: Origin,
+    ) -> Result<Extended, AgentError> {
         let minutes = minutes.unwrap_or(DEFAULT_ASSISTANCE_MINUTES);
         if minutes == 0 {
             return Err(AgentError::BadMinutes);
@@ -475,6 +525,13 @@ impl Agent {
         )?;
         window.until.send_replace(until);
         self.set_until(Some((window.epoch, until)));
+        self.history.record(&Event::WindowExtended {
+            window: window.id.clone(),
+            at: rfc3339(OffsetDateTime::now_utc()),
+            until: rfc3339(until),
+            by: origin.by.to_owned(),
+            user: origin.user,
+        });
         let connections_kept = self.shared.connections().active;
         tracing::info!(until = %rfc3339(until), window_secs, connections_kept, "assistance extended");
         Ok(Extended {
@@ -512,12 +569,11 @@ impl Agent {
             return;
         }
         let window = guard.open.take();
-        let reason = if fatal.is_some() {
-            "tunnel failed"
-        } else {
-            "window ended"
+        let reason = match &fatal {
+            Some(e) => format!("the tunnel failed: {e}"),
+            None => "the window's time was up".to_owned(),
         };
-        if let Err(e) = self.finish(window, reason, fatal).await {
+        if let Err(e) = self.finish(window, &reason, fatal).await {
             tracing::error!("cannot end assistance cleanly: {e}");
         }
     }
@@ -533,7 +589,14 @@ impl Agent {
         let removed = self.keys_file.remove(&self.config.serial);
         let connections_closed = self.shared.connections().active;
         if let Some(w) = window {
+            let id = w.id.clone();
             stop_window(w).await;
+            // After the relays: their ends are in the file before the window's.
+            self.history.record(&Event::WindowEnded {
+                window: id,
+                at: rfc3339(OffsetDateTime::now_utc()),
+                reason: reason.to_owned(),
+            });
         }
         match fatal {
             Some(e) => self.shared.set_tunnel(TunnelState::Failed, Some(e)),

@@ -1,5 +1,6 @@
 //! State shared by the tunnel, the agent and the control API, and the status they report.
 
+use crate::history::{Event, History};
 use assist_proto::lock;
 use assist_proto::note::HopNote;
 use serde::{Deserialize, Serialize};
@@ -93,11 +94,33 @@ struct SessionDetail {
     originator: Option<String>,
     engineer: Option<HopNote>,
     ended: Option<OffsetDateTime>,
+    /// How it ended, for the history (`closed`, …).
+    how: Option<String>,
+}
+
+/// Where a window's events go in the history file.
+#[derive(Clone)]
+pub struct WindowLog {
+    pub history: Arc<History>,
+    /// The window's id in the file.
+    pub window: String,
+}
+
+impl std::fmt::Debug for WindowLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowLog")
+            .field("window", &self.window)
+            .finish()
+    }
 }
 
 /// A session record, shared between the relay (which counts) and the history (which shows).
 #[derive(Debug)]
 struct SessionRecord {
+    /// Its number in the history file, unique within the agent's run.
+    number: u64,
+    /// The window it was opened in, if the history is kept.
+    log: Option<WindowLog>,
     since: OffsetDateTime,
     detail: Mutex<SessionDetail>,
     to_engineer: AtomicU64,
@@ -111,6 +134,7 @@ impl SessionRecord {
             originator,
             engineer,
             ended,
+            how: _,
         } = lock::mutex(&self.detail).clone();
         SessionInfo {
             service,
@@ -154,6 +178,10 @@ pub struct Shared {
     farewell: Mutex<Option<String>>,
     /// The jump host's notes that came before their connection: (originator, note, when).
     notes: Mutex<Vec<(String, HopNote, std::time::Instant)>>,
+    /// The open window's place in the history, if it is kept.
+    log: Mutex<Option<WindowLog>>,
+    /// Numbers the connections in the history.
+    numbered: AtomicU64,
 }
 
 impl Default for Shared {
@@ -168,6 +196,8 @@ impl Default for Shared {
             sessions: Mutex::new(Vec::new()),
             farewell: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
+            log: Mutex::new(None),
+            numbered: AtomicU64::new(0),
         }
     }
 }
@@ -211,6 +241,8 @@ impl Shared {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(SessionRecord {
+            number: self.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+            log: lock::mutex(&self.log).clone(),
             since: OffsetDateTime::now_utc(),
             detail: Mutex::new(SessionDetail::default()),
             to_engineer: AtomicU64::new(0),
@@ -234,32 +266,31 @@ impl Shared {
     /// names the open, still unnamed connection from there, or waits for it to open (the
     /// note and the connection travel on separate channels, either may come first).
     pub fn note_arrived(&self, originator: &str, note: HopNote) {
-        let sessions = lock::mutex(&self.sessions);
-        for record in sessions.iter() {
+        // Held throughout, as `describe` holds it, so a connection cannot slip between the
+        // look at the open connections and the note joining the waiting ones.
+        let mut notes = lock::mutex(&self.notes);
+        for record in lock::mutex(&self.sessions).iter() {
             let mut d = lock::mutex(&record.detail);
             if d.ended.is_none()
                 && d.engineer.is_none()
                 && d.originator.as_deref() == Some(originator)
             {
+                if let Some(log) = &record.log {
+                    log.history.record(&Event::ConnectionNamed {
+                        window: log.window.clone(),
+                        connection: record.number,
+                        engineer: note.who(),
+                    });
+                }
                 d.engineer = Some(note);
                 return;
             }
         }
-        drop(sessions);
-        let mut notes = lock::mutex(&self.notes);
         notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
         if notes.len() >= PENDING_NOTES {
             notes.remove(0);
         }
         notes.push((originator.to_owned(), note, std::time::Instant::now()));
-    }
-
-    /// The waiting note for a connection from `originator`, if one came first.
-    fn take_note(&self, originator: &str) -> Option<HopNote> {
-        let mut notes = lock::mutex(&self.notes);
-        notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
-        let i = notes.iter().position(|(from, _, _)| from == originator)?;
-        Some(notes.remove(i).1)
     }
 
     pub fn connections(&self) -> Connections {
@@ -275,8 +306,9 @@ impl Shared {
     }
 
     /// A new window: no error from an earlier one, a fresh total (the active count drains
-    /// by itself).
-    pub fn start_window(&self) {
+    /// by itself); its connections are recorded in `log`.
+    pub fn start_window(&self, log: Option<WindowLog>) {
+        *lock::mutex(&self.log) = log;
         self.tunnel.send_modify(|t| {
             t.state = TunnelState::Connecting;
             t.last_error = None;
@@ -301,15 +333,38 @@ pub struct ConnectionGuard<'a> {
 
 impl ConnectionGuard<'_> {
     /// Names the service and the engineer's address (`ip:port`) for the history.
-    /// A note of who it is that came first is taken now.
+    /// A note of who it is that came first is taken now. The connection is in the history
+    /// from here on.
     pub fn describe(&self, service: &str, originator: Option<&str>) {
-        let note = originator.and_then(|o| self.shared.take_note(o));
+        // Lock order: notes, then the record (as in `note_arrived`).
+        let mut notes = lock::mutex(&self.shared.notes);
+        let note = originator.and_then(|o| {
+            notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
+            let i = notes.iter().position(|(from, _, _)| from == o)?;
+            Some(notes.remove(i).1)
+        });
         let mut d = lock::mutex(&self.record.detail);
         d.service = Some(service.to_owned());
         d.originator = originator.map(str::to_owned);
+        drop(notes);
         if note.is_some() {
             d.engineer = note;
         }
+        if let Some(log) = &self.record.log {
+            log.history.record(&Event::ConnectionStarted {
+                window: log.window.clone(),
+                connection: self.record.number,
+                at: rfc3339(self.record.since),
+                service: d.service.clone(),
+                source: d.originator.clone(),
+                engineer: d.engineer.as_ref().map(HopNote::who),
+            });
+        }
+    }
+
+    /// Says how the connection ended, for the history.
+    pub fn ended_how(&self, how: String) {
+        lock::mutex(&self.record.detail).how = Some(how);
     }
 
     /// Adds bytes moved (to the engineer, from the engineer); may be called as they flow.
@@ -325,8 +380,23 @@ impl ConnectionGuard<'_> {
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
-        lock::mutex(&self.record.detail).ended = Some(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        let how = {
+            let mut d = lock::mutex(&self.record.detail);
+            d.ended = Some(now);
+            d.how.clone()
+        };
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(log) = &self.record.log {
+            log.history.record(&Event::ConnectionEnded {
+                window: log.window.clone(),
+                connection: self.record.number,
+                at: rfc3339(now),
+                bytes_to_engineer: self.record.to_engineer.load(Ordering::Relaxed),
+                bytes_from_engineer: self.record.from_engineer.load(Ordering::Relaxed),
+                how: how.unwrap_or_else(|| "closed".to_owned()),
+            });
+        }
     }
 }
 
@@ -367,7 +437,7 @@ mod tests {
         assert!(c.sessions[0].ended.is_none());
         assert!(c.sessions[1].ended.is_some());
 
-        shared.start_window();
+        shared.start_window(None);
         let c = shared.connections();
         assert_eq!((c.active, c.total, c.sessions.len()), (1, 0, 1));
         drop(first);

@@ -527,12 +527,16 @@ async fn relay(
         inner: &mut tcp,
         guard: &counted,
     };
-    tokio::select! {
+    let how = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut local, &mut stream) => match r {
             Ok((up, down)) => {
                 tracing::info!(to_engineer = up, from_engineer = down, "relay done");
+                "closed by the engineer or the service".to_owned()
             }
-            Err(e) => tracing::info!("relay ended: {e}"),
+            Err(e) => {
+                tracing::info!("relay ended: {e}");
+                format!("broken: {e}")
+            }
         },
         () = cancel.cancelled() => {
             let why = shared
@@ -547,8 +551,10 @@ async fn relay(
                 tracing::debug!("the engineer was not told why the relay closed");
             }
             tracing::info!(%why, "relay closed by disable");
+            format!("closed: {why}")
         }
-    }
+    };
+    counted.ended_how(how);
 }
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and

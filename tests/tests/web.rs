@@ -193,6 +193,12 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     })
     .await;
     // The history names the engineer, the service and the address as the jump host saw it.
+    // The open session's duration counts up while it runs (bytes are polled the same way,
+    // see agent::a_sessions_bytes_show_while_it_runs_and_stay_after_stop).
+    wait_text(&c, "#history-rows", "a running duration", |t| {
+        t.contains("open, 0:02")
+    })
+    .await;
     wait_text(&c, "#history-rows", "the history", |t| {
         t.contains("open")
             && t.contains("alice (vendor key 'alice@laptop')")
@@ -508,6 +514,25 @@ async fn extend_keeps_the_code_and_the_open_sessions_and_the_page_names_each_eng
     let status = long.wait().unwrap();
     assert!(!status.success(), "the session outlived Stop");
     assert!(!held.wait().unwrap().success());
+    // The window stays on the page as a past one, with who was on and how it ended.
+    let past = wait_text(&c, "#past", "the past window", |t| {
+        t.contains("stopped on the web page")
+    })
+    .await;
+    assert!(
+        past.contains("enabled on the web page")
+            && past.contains("extended 1×")
+            && past.contains("alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh")
+            && past.contains("carol (certificate 'carol@corp' of CA SHA256:"),
+        "{past}"
+    );
+    c.execute(
+        "document.getElementById('past-title').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "history.png").await;
     c.close().await.unwrap();
     agent.terminate();
 }

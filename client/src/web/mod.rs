@@ -8,6 +8,8 @@
 pub mod guard;
 
 use crate::agent::Agent;
+use crate::control::local_user;
+use crate::history::Origin;
 use crate::local_api::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
 use crate::state::rfc3339;
@@ -22,6 +24,9 @@ use axum::{Json, Router};
 use guard::Sessions;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
+
+/// Past windows the page lists; `assist-client history` shows them all.
+const PAGE_HISTORY: usize = 50;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
@@ -58,6 +63,7 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .route("/web/login", post(login))
         .route("/web/logout", post(logout))
         .route("/web/state", get(page_state))
+        .route("/web/history", get(page_history))
         .route("/web/enable", post(enable))
         .route("/web/extend", post(extend))
         .route("/web/disable", post(disable))
@@ -173,16 +179,40 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
+/// Past windows and their connections, newest first, for the page's history.
+async fn page_history(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    if s.sessions.csrf_for(&headers).is_none() {
+        return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
+    }
+    match s.agent.history() {
+        Ok(mut windows) => {
+            windows.retain(|w| w.end.is_some());
+            windows.reverse();
+            windows.truncate(PAGE_HISTORY);
+            Json(windows).into_response()
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the history cannot be read; see the agent's log",
+            )
+        }
+    }
+}
+
 /// Extend: the open window ends later; the code and the open sessions stay.
 async fn extend(
     State(s): State<WebState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
-    match s.agent.extend(req.minutes).await {
+    let origin = Origin::page(local_user(&extensions));
+    match s.agent.extend(req.minutes, origin).await {
         Ok(extended) => {
             let until = rfc3339(extended.until);
             // The code shown belongs to this window still.
@@ -206,12 +236,14 @@ async fn extend(
 async fn enable(
     State(s): State<WebState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
-    match s.agent.enable(req.minutes).await {
+    let origin = Origin::page(local_user(&extensions));
+    match s.agent.enable(req.minutes, origin).await {
         Ok(enabled) => {
             let until = rfc3339(enabled.until);
             *lock::mutex(&s.code) = Some(CurrentCode {
@@ -231,14 +263,22 @@ async fn enable(
     }
 }
 
-async fn disable(State(s): State<WebState>, headers: HeaderMap) -> Response {
+async fn disable(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
     *lock::mutex(&s.code) = None;
+    let reason = match local_user(&extensions) {
+        Some(user) => format!("stopped on the web page by {user}"),
+        None => "stopped on the web page".to_owned(),
+    };
     match s
         .agent
-        .disable("stopped on the web page", crate::agent::STOPPED_BY_CUSTOMER)
+        .disable(&reason, crate::agent::STOPPED_BY_CUSTOMER)
         .await
     {
         Ok(report) => Json(report).into_response(),
