@@ -35,17 +35,21 @@ impl Hop {
     /// Runs in its own task: the device may take a while to accept, and the engineer's
     /// session must keep serving other channels meanwhile.
     pub async fn run(self, engineer: russh::Channel<Msg>, reply: ChannelOpenHandle) {
-        self.send_note().await;
-        let opened = tokio::time::timeout(
-            self.relay.limits.open_timeout,
-            self.route.handle.channel_open_forwarded_tcpip(
-                self.route.address.clone(),
-                self.port,
-                self.source.ip().to_string(),
-                u32::from(self.source.port()),
-            ),
-        )
-        .await;
+        // The note is polled first, so its channel open goes to the device before the hop's;
+        // both then wait for the device together, and the note costs the hop no round trip.
+        let ((), opened) = tokio::join!(
+            biased;
+            self.send_note(),
+            tokio::time::timeout(
+                self.relay.limits.open_timeout,
+                self.route.handle.channel_open_forwarded_tcpip(
+                    self.route.address.clone(),
+                    self.port,
+                    self.source.ip().to_string(),
+                    u32::from(self.source.port()),
+                ),
+            )
+        );
         let device = match opened {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => return self.refuse(reply, format!("device refused: {e}")).await,
