@@ -565,6 +565,23 @@ http = "127.0.0.1:80"
     }
 
     #[test]
+    fn history_keep_is_a_duration_ninety_days_by_default() {
+        assert_eq!(parse(GOOD).unwrap().history_keep, DEFAULT_HISTORY_KEEP);
+        let with = |value: &str| {
+            parse(&GOOD.replace(
+                "target_user = \"root\"",
+                &format!("target_user = \"root\"\nhistory_keep = \"{value}\""),
+            ))
+        };
+        assert_eq!(
+            with("30d").unwrap().history_keep,
+            std::time::Duration::from_secs(30 * 24 * 3600)
+        );
+        let err = with("forever").unwrap_err().to_string();
+        assert!(err.contains("history_keep"), "{err}");
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let cases = [
             (GOOD.replace("SN-0001", "-bad"), "serial"),
