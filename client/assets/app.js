@@ -34,6 +34,7 @@ function duration(secs) {
 }
 
 function localTime(rfc) { return rfc ? new Date(rfc).toLocaleTimeString() : ""; }
+function clock(rfc) { return rfc ? new Date(rfc).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : ""; }
 
 function bytes(n) {
   if (n < 1024) return `${n} B`;
@@ -82,10 +83,13 @@ function render(st) {
   const open = sessions.filter((s) => !s.ended);
   let who;
   if (c.active > 0) {
-    const first = open[0];
-    const what = first && first.service ? ` to ${first.service}` : "";
-    const since = first ? ` since ${localTime(first.since)}` : "";
-    who = `A support engineer is connected now (${c.active} connection${c.active === 1 ? "" : "s"}${what}${since}).`;
+    // "alice (vendor key 'alice@laptop') from 203.0.113.5 → ssh, since 14:02", one per
+    // open connection; the name is the jump host's word, the address when it sent none.
+    who = "Connected now: " + open.map((s) => {
+      const from = s.originator ? s.originator.replace(/:\d+$/, "") : "";
+      const name = s.engineer || "a support engineer";
+      return `${name}${from ? ` from ${from}` : ""}${s.service ? ` → ${s.service}` : ""}, since ${clock(s.since)}`;
+    }).join("; ") + ".";
   } else {
     who = st.enabled ? "No support engineer is connected right now." : "Nobody can connect while assistance is off.";
   }
@@ -93,13 +97,50 @@ function render(st) {
   show($("history"), sessions.length > 0);
   $("history-rows").replaceChildren(...sessions.slice().reverse().map((s) => {
     const tr = document.createElement("tr");
-    for (const v of [s.service || "—", s.originator || "—", localTime(s.since), s.ended ? localTime(s.ended) : "open",
+    for (const v of [s.engineer || "—", s.service || "—", s.originator || "—", localTime(s.since),
+      s.ended ? localTime(s.ended) : `open, ${duration(Math.max(0, Math.floor((Date.now() - new Date(s.since)) / 1000)))}`,
       `↓${bytes(s.bytes_to_engineer)} ↑${bytes(s.bytes_from_engineer)}`]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);
     }
     return tr;
+  }));
+}
+
+// The past windows change only when a window ends: read them at login and whenever the
+// state flips.
+let pastFor = null;
+async function loadPast(enabled) {
+  if (pastFor === enabled) return;
+  pastFor = enabled;
+  const r = await fetch("/web/history", { credentials: "same-origin", cache: "no-store" });
+  if (!r.ok) return;
+  const windows = await r.json();
+  show($("past-empty"), windows.length === 0);
+  $("past").replaceChildren(...windows.map((w) => {
+    const li = document.createElement("li");
+    const head = document.createElement("p");
+    const by = w.user ? `${w.by} by ${w.user}` : w.by;
+    head.textContent = `${new Date(w.start).toLocaleString()} – ${localTime(w.end)}: enabled on the ${by}` +
+      `${w.extended ? `, extended ${w.extended}×` : ""}; ${w.reason}.`;
+    li.appendChild(head);
+    const list = document.createElement("ul");
+    if (w.connections.length === 0) {
+      const none = document.createElement("li");
+      none.textContent = "Nobody connected.";
+      list.appendChild(none);
+    }
+    for (const c of w.connections) {
+      const item = document.createElement("li");
+      const from = c.source ? ` from ${c.source.replace(/:\d+$/, "")}` : "";
+      item.textContent = `${c.engineer || "a support engineer"}${from}${c.service ? ` → ${c.service}` : ""}, ` +
+        `${localTime(c.start)}–${c.end ? localTime(c.end) : "?"}, ↓${bytes(c.bytes_to_engineer)} ↑${bytes(c.bytes_from_engineer)}` +
+        `${c.how ? ` (${c.how})` : ""}`;
+      list.appendChild(item);
+    }
+    li.appendChild(list);
+    return li;
   }));
 }
 
@@ -111,7 +152,11 @@ async function poll() {
       show($("login"), true);
       return;
     }
-    if (r.ok) render(await r.json());
+    if (r.ok) {
+      const st = await r.json();
+      render(st);
+      await loadPast(st.enabled);
+    }
   } catch (e) {
     $("tunnel").textContent = "The agent is not answering.";
   }
@@ -119,6 +164,7 @@ async function poll() {
 
 async function post(path, body) {
   $("error").textContent = "";
+  $("notice").textContent = "";
   const r = await fetch(path, {
     method: "POST",
     credentials: "same-origin",
@@ -159,8 +205,17 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("extend-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    if (!confirm("Extending makes a new code and closes the current sessions. Continue?")) return;
-    busy($("extend"), () => post("/web/extend", { minutes: Number($("extend-minutes").value) }));
+    busy($("extend"), async () => {
+      const a = await post("/web/extend", { minutes: Number($("extend-minutes").value) });
+      if (!a) return;
+      const kept = a.connections_kept;
+      $("notice").textContent = `Extended until ${localTime(a.until)}. The code stays the same` +
+        (kept ? ` and the ${kept} open session${kept === 1 ? "" : "s"} go${kept === 1 ? "es" : ""} on.` : ".");
+    });
+  });
+  $("new-code").addEventListener("click", () => {
+    if (!confirm("A new code ends the open sessions and the old code stops working. Continue?")) return;
+    busy($("new-code"), () => post("/web/enable", { minutes: Number($("extend-minutes").value) }));
   });
   $("stop").addEventListener("click", () => busy($("stop"), () => post("/web/disable")));
   $("copy").addEventListener("click", async () => {

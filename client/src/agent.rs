@@ -4,6 +4,7 @@
 use crate::attest::Attestor;
 use crate::authorized_keys::{Account, KeysFile, KeysFileError, key_line};
 use crate::config::Config;
+use crate::history::{Event, History, Origin};
 use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
 use crate::register::{self, RegisterError};
@@ -46,6 +47,8 @@ pub enum AgentError {
     DeviceKey(#[from] KeyError),
     #[error("the number of minutes must be at least 1")]
     BadMinutes,
+    #[error("assistance is not enabled: there is no window to extend")]
+    NotEnabled,
     #[error("the jump host's policy allows no assistance window (max_assistance is 0)")]
     NoWindowAllowed,
     #[error("cannot derive the one-time key: {0}")]
@@ -66,6 +69,8 @@ pub enum AgentError {
 /// What enable hands back to the owner (over the authenticated local API only).
 pub struct Enabled {
     pub code: OneTimeCode,
+    /// The window's number, as [`Agent::window_number`] tells it while the window is open.
+    pub window: u64,
     pub until: OffsetDateTime,
     /// Length of the window: what was asked, capped by the policy.
     pub window_secs: u64,
@@ -83,6 +88,16 @@ enum TunnelWait {
     Pending(String),
 }
 
+/// What extend did, for the owner: the same code, a later end.
+pub struct Extended {
+    pub until: OffsetDateTime,
+    /// Length of the window from now: what was asked, capped by the policy.
+    pub window_secs: u64,
+    pub max_secs: u64,
+    /// Relayed connections that stay open through the extension.
+    pub connections_kept: u64,
+}
+
 /// What disable did, for the owner.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DisableReport {
@@ -94,9 +109,37 @@ pub struct DisableReport {
 /// One enabled window.
 struct Window {
     epoch: u64,
+    /// Its id in the history file.
+    id: String,
     cancel: CancellationToken,
     relays: TaskTracker,
     task: JoinHandle<()>,
+    /// The window's end; extend sends a later one and the supervisor's timer follows.
+    until: tokio::sync::watch::Sender<OffsetDateTime>,
+    /// What the key line is made of, so extend can write it again with a new expiry.
+    line: LineParts,
+    /// The policy's longest window, as the enable's registration told it.
+    max_secs: u64,
+}
+
+/// The parts of a window's key line other than its expiry.
+struct LineParts {
+    derived_public: String,
+    permit_open: Vec<String>,
+    enforced_by_server: bool,
+}
+
+impl LineParts {
+    fn line(&self, serial: &str, until: OffsetDateTime) -> String {
+        let permit_open: Vec<&str> = self.permit_open.iter().map(String::as_str).collect();
+        key_line(
+            &self.derived_public,
+            serial,
+            until,
+            &permit_open,
+            self.enforced_by_server,
+        )
+    }
 }
 
 /// The window now open, if any, and the number of the last one opened (so a window's own
@@ -117,9 +160,11 @@ pub struct Agent {
     window: tokio::sync::Mutex<Windows>,
     /// End of the current window, readable while an enable (which may wait seconds on the
     /// jump host) holds `window`, so status never stalls.
-    until: std::sync::Mutex<Option<OffsetDateTime>>,
+    until: std::sync::Mutex<Option<(u64, OffsetDateTime)>>,
     /// The `ssh` service's server as the last enable found it.
     server: std::sync::Mutex<Option<target::Server>>,
+    /// The customer's record of windows and connections.
+    history: Arc<History>,
 }
 
 impl Agent {
@@ -139,7 +184,6 @@ impl Agent {
             config.jumphost_fingerprint.clone(),
         );
         Ok(Self {
-            config,
             device_key,
             keys_file,
             pin,
@@ -147,6 +191,8 @@ impl Agent {
             window: tokio::sync::Mutex::new(Windows::default()),
             until: std::sync::Mutex::new(None),
             server: std::sync::Mutex::new(None),
+            history: Arc::new(History::new(config.history_path())),
+            config,
         })
     }
 
@@ -158,6 +204,22 @@ impl Agent {
         &self.keys_file
     }
 
+    /// At start: ends in the history what an earlier run left open, and forgets windows
+    /// older than `history_keep`.
+    pub fn recover_history(&self) -> Result<(), crate::history::HistoryError> {
+        self.history
+            .recover(self.config.history_keep, OffsetDateTime::now_utc())
+    }
+
+    /// The history's windows, oldest first.
+    pub fn history(
+        &self,
+    ) -> Result<Vec<crate::history::WindowRecord>, crate::history::HistoryError> {
+        Ok(crate::history::fold(&crate::history::read_events(
+            &self.config.history_path(),
+        )?))
+    }
+
     /// Removes lines an earlier run left behind (after a crash or `kill -9`).
     pub fn purge_stale(&self) -> Result<usize, AgentError> {
         Ok(self.keys_file.remove(&self.config.serial)?)
@@ -165,7 +227,11 @@ impl Agent {
 
     /// Registers the device, makes a fresh code, installs its key line and starts the tunnel.
     /// Enabling while enabled starts a new window with a new code.
-    pub async fn enable(self: &Arc<Self>, minutes: Option<u64>) -> Result<Enabled, AgentError> {
+    pub async fn enable(
+        self: &Arc<Self>,
+        minutes: Option<u64>,
+        origin: Origin,
+    ) -> Result<Enabled, AgentError> {
         let minutes = minutes.unwrap_or(DEFAULT_ASSISTANCE_MINUTES);
         if minutes == 0 {
             return Err(AgentError::BadMinutes);
@@ -191,12 +257,7 @@ impl Agent {
         if max_secs == 0 {
             return Err(AgentError::NoWindowAllowed);
         }
-        // Seconds, not minutes: a policy may allow less than a minute.
-        // A policy maximum of centuries (or a bogus answer) must not overflow the clock.
-        let window_secs = minutes
-            .saturating_mul(60)
-            .min(max_secs)
-            .min(LONGEST_WINDOW_SECS);
+        let window_secs = window_secs(minutes, max_secs);
         let until = OffsetDateTime::now_utc() + time::Duration::seconds(window_secs as i64);
 
         let code = OneTimeCode::generate();
@@ -225,15 +286,21 @@ impl Agent {
             self.shared.set_farewell(
                 "the customer started a new assistance window; ask them for the new code".into(),
             );
+            let id = old.id.clone();
             stop_window(old).await;
             self.set_until(None);
+            self.history.record(&Event::WindowEnded {
+                window: id,
+                at: rfc3339(OffsetDateTime::now_utc()),
+                reason: format!("replaced by a new code ({})", origin.by),
+            });
         }
-        let permit_open: Vec<&str> = self
+        let permit_open: Vec<String> = self
             .config
             .services
             .iter()
             .filter(|s| !is_tunnelled(s))
-            .map(|s| s.target.as_str())
+            .map(|s| s.target.clone())
             .collect();
         // Which server the key line is for decides its options; a server that cannot be
         // reached cannot be proven to let the engineer in, so enable stops here.
@@ -245,15 +312,13 @@ impl Agent {
             },
             None => None,
         };
-        let enforced_by_server = server.as_ref().is_none_or(target::Server::enforces_expiry);
-        let line = key_line(
-            &derived_public,
-            &self.config.serial,
-            until,
-            &permit_open,
-            enforced_by_server,
-        );
-        self.keys_file.install(&self.config.serial, &line)?;
+        let parts = LineParts {
+            derived_public,
+            permit_open,
+            enforced_by_server: server.as_ref().is_none_or(target::Server::enforces_expiry),
+        };
+        self.keys_file
+            .install(&self.config.serial, &parts.line(&self.config.serial, until))?;
         // Enable proves the login works: the agent logs in as the engineer will, and only
         // then shows the code. A refusal takes the line out again; nothing is half-enabled.
         if let Some(server) = &server {
@@ -286,7 +351,20 @@ impl Agent {
 
         guard.last_epoch += 1;
         let epoch = guard.last_epoch;
-        self.shared.start_window();
+        let started = OffsetDateTime::now_utc();
+        // Unique across runs: the start to the nanosecond.
+        let id = format!("{}", started.unix_timestamp_nanos());
+        self.history.record(&Event::WindowStarted {
+            window: id.clone(),
+            at: rfc3339(started),
+            until: rfc3339(until),
+            by: origin.by.to_owned(),
+            user: origin.user.clone(),
+        });
+        self.shared.start_window(Some(crate::state::WindowLog {
+            history: self.history.clone(),
+            window: id.clone(),
+        }));
         let cancel = CancellationToken::new();
         let relays = TaskTracker::new();
         let tunnel = Tunnel {
@@ -323,19 +401,24 @@ impl Agent {
                 }
             });
         }
+        let (until_tx, until_rx) = tokio::sync::watch::channel(until);
         let task = tokio::spawn(supervise(
             self.clone(),
             epoch,
             tunnel,
-            until,
+            until_rx,
             cancel.clone(),
         ));
-        self.set_until(Some(until));
+        self.set_until(Some((epoch, until)));
         guard.open = Some(Window {
             epoch,
+            id,
             cancel,
             relays,
             task,
+            until: until_tx,
+            line: parts,
+            max_secs,
         });
         // A code is only shown when it can work: the tunnel must hold its forwards first.
         let started = std::time::Instant::now();
@@ -362,6 +445,7 @@ impl Agent {
         );
         Ok(Enabled {
             code,
+            window: epoch,
             until,
             window_secs,
             max_secs,
@@ -396,6 +480,68 @@ impl Agent {
         }
     }
 
+    /// Moves the open window's end to `minutes` from now (capped by the policy), keeping
+    /// the code, the tunnel and every open session: the key line is written again with the
+    /// new `expiry-time` (one atomic rename) and the window's timer follows.
+    pub async fn extend(
+        &self,
+        minutes: Option<u64>,
+        origin: Origin,
+    ) -> Result<Extended, AgentError> {
+        let minutes = minutes.unwrap_or(DEFAULT_ASSISTANCE_MINUTES);
+        if minutes == 0 {
+            return Err(AgentError::BadMinutes);
+        }
+        let mut guard = self.window.lock().await;
+        if guard.open.is_none() {
+            return Err(AgentError::NotEnabled);
+        }
+        // The policy may have changed since the window opened: ask again, so an extension
+        // never outlasts the maximum in force now. The registration also renews the device
+        // key's binding, as enable does.
+        let public = keys::public_line(&self.device_key)?;
+        let secret = self.config.enrollment_secret()?;
+        let reg = register::register(
+            &self.config.api_url,
+            &self.config.api_trust,
+            &self.config.serial,
+            &public,
+            secret.as_ref(),
+            self.config.proxy.as_ref(),
+        )
+        .await?;
+        let Some(window) = guard.open.as_mut() else {
+            return Err(AgentError::NotEnabled);
+        };
+        window.max_secs = reg.max_assistance_secs;
+        if window.max_secs == 0 {
+            return Err(AgentError::NoWindowAllowed);
+        }
+        let window_secs = window_secs(minutes, window.max_secs);
+        let until = OffsetDateTime::now_utc() + time::Duration::seconds(window_secs as i64);
+        self.keys_file.install(
+            &self.config.serial,
+            &window.line.line(&self.config.serial, until),
+        )?;
+        window.until.send_replace(until);
+        self.set_until(Some((window.epoch, until)));
+        self.history.record(&Event::WindowExtended {
+            window: window.id.clone(),
+            at: rfc3339(OffsetDateTime::now_utc()),
+            until: rfc3339(until),
+            by: origin.by.to_owned(),
+            user: origin.user,
+        });
+        let connections_kept = self.shared.connections().active;
+        tracing::info!(until = %rfc3339(until), window_secs, connections_kept, "assistance extended");
+        Ok(Extended {
+            until,
+            window_secs,
+            max_secs: window.max_secs,
+            connections_kept,
+        })
+    }
+
     /// With no window open, status and the page say why enabling did not work.
     fn enable_failed(&self, e: AgentError) -> AgentError {
         self.shared.set_tunnel(
@@ -423,12 +569,11 @@ impl Agent {
             return;
         }
         let window = guard.open.take();
-        let reason = if fatal.is_some() {
-            "tunnel failed"
-        } else {
-            "window ended"
+        let reason = match &fatal {
+            Some(e) => format!("the tunnel failed: {e}"),
+            None => "the window's time was up".to_owned(),
         };
-        if let Err(e) = self.finish(window, reason, fatal).await {
+        if let Err(e) = self.finish(window, &reason, fatal).await {
             tracing::error!("cannot end assistance cleanly: {e}");
         }
     }
@@ -444,7 +589,14 @@ impl Agent {
         let removed = self.keys_file.remove(&self.config.serial);
         let connections_closed = self.shared.connections().active;
         if let Some(w) = window {
+            let id = w.id.clone();
             stop_window(w).await;
+            // After the relays: their ends are in the file before the window's.
+            self.history.record(&Event::WindowEnded {
+                window: id,
+                at: rfc3339(OffsetDateTime::now_utc()),
+                reason: reason.to_owned(),
+            });
         }
         match fatal {
             Some(e) => self.shared.set_tunnel(TunnelState::Failed, Some(e)),
@@ -469,12 +621,18 @@ impl Agent {
         })
     }
 
-    fn set_until(&self, until: Option<OffsetDateTime>) {
+    fn set_until(&self, until: Option<(u64, OffsetDateTime)>) {
         *lock::mutex(&self.until) = until;
     }
 
+    /// The number of the window open now, if any: the same through extensions, a new one
+    /// at each enable.
+    pub fn window_number(&self) -> Option<u64> {
+        lock::mutex(&self.until).map(|(epoch, _)| epoch)
+    }
+
     pub async fn status(&self) -> Status {
-        let until = *lock::mutex(&self.until);
+        let until = lock::mutex(&self.until).map(|(_, until)| until);
         let remaining = until.map(|u| {
             let left = u - OffsetDateTime::now_utc();
             left.whole_seconds().max(0) as u64
@@ -492,32 +650,52 @@ impl Agent {
     }
 }
 
-/// Runs the tunnel until the window's end, a fatal error, or cancellation by disable.
+/// A window's length in seconds: `minutes`, capped by the policy and by a year.
+fn window_secs(minutes: u64, max_secs: u64) -> u64 {
+    // Seconds, not minutes: a policy may allow less than a minute.
+    // A policy maximum of centuries (or a bogus answer) must not overflow the clock.
+    minutes
+        .saturating_mul(60)
+        .min(max_secs)
+        .min(LONGEST_WINDOW_SECS)
+}
+
+/// Time left until `until`, zero once it passed.
+fn left_until(until: OffsetDateTime) -> Duration {
+    (until - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Runs the tunnel until the window's end (which extend may move), a fatal error, or
+/// cancellation by disable.
 async fn supervise(
     agent: Arc<Agent>,
     epoch: u64,
     tunnel: Tunnel,
-    until: OffsetDateTime,
+    mut until: tokio::sync::watch::Receiver<OffsetDateTime>,
     cancel: CancellationToken,
 ) {
-    let left = (until - OffsetDateTime::now_utc())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
     let run = tunnel.run();
     tokio::pin!(run);
-    let fatal = tokio::select! {
-        r = &mut run => match r {
-            Ok(()) => return, // cancelled by disable, which does the rest
-            Err(e) => Some(e.to_string()),
-        },
-        () = tokio::time::sleep(left) => {
-            agent.shared.set_farewell(format!(
-                "the assistance window ended at {}",
-                clock_time(until)
-            ));
-            cancel.cancel();
-            let _ = run.await;
-            None
+    let fatal = loop {
+        let end = *until.borrow_and_update();
+        tokio::select! {
+            r = &mut run => match r {
+                Ok(()) => return, // cancelled by disable, which does the rest
+                Err(e) => break Some(e.to_string()),
+            },
+            // Extended: wait again, for the new end.
+            Ok(()) = until.changed() => continue,
+            () = tokio::time::sleep(left_until(end)) => {
+                agent.shared.set_farewell(format!(
+                    "the assistance window ended at {}",
+                    clock_time(end)
+                ));
+                cancel.cancel();
+                let _ = run.await;
+                break None;
+            }
         }
     };
     if let Some(e) = &fatal {

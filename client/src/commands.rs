@@ -1,5 +1,5 @@
 //! `assist-client enable|disable|status|page`: talk to the running agent over its local API
-//! with the token it left in `data_dir`.
+//! with the token it left in `data_dir`; `history` reads the agent's file itself.
 
 use crate::agent::DisableReport;
 use crate::config::Config;
@@ -166,6 +166,9 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         "connections: {} now, {} in this window",
         s.connections.active, s.connections.total
     );
+    for session in s.connections.sessions.iter().filter(|x| x.ended.is_none()) {
+        println!("  {}", session.line());
+    }
     if let Some(server) = &s.ssh_server {
         println!(
             "ssh server: {} at {}: {}",
@@ -179,6 +182,21 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         "web page: run `assist-client page --config {}` to open it logged in",
         config.path.display()
     );
+    Ok(())
+}
+
+/// `assist-client history`: the windows and connections in `data_dir/history.jsonl`.
+pub fn history(config: &Config, json: bool) -> anyhow::Result<()> {
+    let events = crate::history::read_events(&config.history_path())?;
+    let windows = crate::history::fold(&events);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&windows).context("cannot encode the history")?
+        );
+    } else {
+        print!("{}", crate::history::print(&windows));
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ struct RawConfig {
     /// through this HTTP proxy. Absent: `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY`.
     #[serde(default)]
     proxy: Option<String>,
+    /// Optional: how long the history of windows and connections is kept (`90d`).
+    #[serde(default)]
+    history_keep: Option<String>,
 }
 
 /// Where the serial's enrollment secret comes from.
@@ -113,7 +116,15 @@ pub struct Config {
     pub enrollment: Option<EnrollmentSecret>,
     /// The configured HTTP proxy; `None`: the environment's, if any.
     pub proxy: Option<assist_proto::proxy::Proxy>,
+    /// How long the history keeps a window (and its connections) after it ended.
+    pub history_keep: std::time::Duration,
 }
+
+/// `history_keep` when the config does not say.
+pub const DEFAULT_HISTORY_KEEP: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
+/// The history file in `data_dir`.
+pub const HISTORY_FILE: &str = "history.jsonl";
 
 impl Config {
     /// Reads, parses and validates `path`.
@@ -255,8 +266,18 @@ impl Config {
             .map(assist_proto::proxy::Proxy::parse)
             .transpose()
             .map_err(|e| invalid("proxy", e))?;
+        let history_keep = match raw.history_keep.as_deref() {
+            None => DEFAULT_HISTORY_KEEP,
+            Some(text) => humantime::parse_duration(text).map_err(|e| {
+                invalid(
+                    "history_keep",
+                    format!("{text:?} is not a duration like \"90d\": {e}"),
+                )
+            })?,
+        };
         Ok(Config {
             proxy,
+            history_keep,
             path: path.to_owned(),
             serial: raw.serial,
             jumphost: raw.jumphost,
@@ -306,6 +327,10 @@ impl Config {
 
     pub fn device_key_path(&self) -> PathBuf {
         self.data_dir.join(DEVICE_KEY_FILE)
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.data_dir.join(HISTORY_FILE)
     }
 
     pub fn pinned_host_key_path(&self) -> PathBuf {
@@ -537,6 +562,23 @@ http = "127.0.0.1:80"
             .to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn history_keep_is_a_duration_ninety_days_by_default() {
+        assert_eq!(parse(GOOD).unwrap().history_keep, DEFAULT_HISTORY_KEEP);
+        let with = |value: &str| {
+            parse(&GOOD.replace(
+                "target_user = \"root\"",
+                &format!("target_user = \"root\"\nhistory_keep = \"{value}\""),
+            ))
+        };
+        assert_eq!(
+            with("30d").unwrap().history_keep,
+            std::time::Duration::from_secs(30 * 24 * 3600)
+        );
+        let err = with("forever").unwrap_err().to_string();
+        assert!(err.contains("history_keep"), "{err}");
     }
 
     #[test]

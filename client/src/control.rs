@@ -3,6 +3,7 @@
 //! read or changed. The customer's web page (`crate::web`) is mounted next to it.
 
 use crate::agent::{Agent, DisableReport};
+use crate::history::Origin;
 use crate::local_api::{
     ApiError, ApiJson, EnableRequest, EnableResponse, MAX_BODY, method_not_allowed, not_found,
 };
@@ -10,7 +11,7 @@ use crate::state::Status;
 use crate::state::rfc3339;
 use assist_proto::Secret;
 use assist_proto::body::JsonBody;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -81,9 +82,11 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 
 async fn enable(
     State(state): State<AppState>,
+    extensions: axum::http::Extensions,
     JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Result<Json<EnableResponse>, ApiError> {
-    let enabled = state.agent.enable(req.minutes).await?;
+    let origin = Origin::command_line(local_user(&extensions));
+    let enabled = state.agent.enable(req.minutes, origin).await?;
     Ok(Json(EnableResponse {
         code: enabled.code.to_string(),
         until: rfc3339(enabled.until),
@@ -93,13 +96,26 @@ async fn enable(
     }))
 }
 
-async fn disable(State(state): State<AppState>) -> Result<Json<DisableReport>, ApiError> {
+async fn disable(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+) -> Result<Json<DisableReport>, ApiError> {
+    let reason = match local_user(&extensions) {
+        Some(user) => format!("disabled on the command line by {user}"),
+        None => "disabled on the command line".to_owned(),
+    };
     Ok(Json(
         state
             .agent
-            .disable("disabled by the owner", crate::agent::STOPPED_BY_CUSTOMER)
+            .disable(&reason, crate::agent::STOPPED_BY_CUSTOMER)
             .await?,
     ))
+}
+
+/// The local account that opened this request's connection, for the history.
+pub fn local_user(extensions: &axum::http::Extensions) -> Option<String> {
+    let ConnectInfo(peer) = extensions.get::<ConnectInfo<std::net::SocketAddr>>()?;
+    crate::peer_user::of(*peer)
 }
 
 /// A fresh random token: 32 bytes from the OS RNG, hex.

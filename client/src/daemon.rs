@@ -36,6 +36,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
     }
 
+    agent
+        .recover_history()
+        .context("cannot prepare the history file")?;
+
     let token = control::new_token();
     write_private(&token_path, token.expose())?;
     let listener = tokio::net::TcpListener::bind(web_listen)

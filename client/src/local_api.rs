@@ -80,6 +80,7 @@ impl IntoResponse for ApiError {
             ApiError::Agent(e) => {
                 let status = match &e {
                     AgentError::BadMinutes => StatusCode::BAD_REQUEST,
+                    AgentError::NotEnabled => StatusCode::CONFLICT,
                     AgentError::NoWindowAllowed => StatusCode::FORBIDDEN,
                     AgentError::Register(RegisterError::BoundToOtherKey { .. }) => {
                         StatusCode::CONFLICT

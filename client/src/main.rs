@@ -56,6 +56,15 @@ enum Command {
         #[arg(long)]
         no_open: bool,
     },
+    /// Past assistance windows and their connections (who, from where, when, bytes), read
+    /// from data_dir/history.jsonl; works with the agent stopped.
+    History {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON (a list of windows, oldest first) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show whether assistance is enabled and the tunnel's state (and how to open the page).
     Status {
         /// The agent's configuration file (client.toml).
@@ -102,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Enable { config, minutes } => commands::enable(&load(&config)?, minutes).await,
         Command::Disable { config } => commands::disable(&load(&config)?).await,
         Command::Status { config, json } => commands::status(&load(&config)?, json).await,
+        Command::History { config, json } => commands::history(&load(&config)?, json),
         Command::Page { config, no_open } => commands::page(&load(&config)?, !no_open).await,
     }
 }

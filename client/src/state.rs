@@ -1,6 +1,8 @@
 //! State shared by the tunnel, the agent and the control API, and the status they report.
 
+use crate::history::{Event, History};
 use assist_proto::lock;
+use assist_proto::note::HopNote;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,10 @@ use time::format_description::well_known::Rfc3339;
 
 /// How many sessions of a window the history keeps (the oldest finished ones go first).
 const HISTORY_LIMIT: usize = 100;
+/// Notes waiting for their connection; past this the oldest is dropped.
+const PENDING_NOTES: usize = 64;
+/// How long a note waits for its connection to open.
+const NOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the tunnel is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +56,10 @@ pub struct SessionInfo {
     pub service: Option<String>,
     /// The engineer's address as the jump host reported it, if the relay said.
     pub originator: Option<String>,
+    /// Who the engineer is, from the jump host's note: `alice (vendor key 'alice@laptop')`.
+    /// Absent when the jump host sent none (an older jump host, or the note is late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engineer: Option<String>,
     /// RFC 3339 UTC.
     pub since: String,
     pub ended: Option<String>,
@@ -57,17 +67,60 @@ pub struct SessionInfo {
     pub bytes_from_engineer: u64,
 }
 
+impl SessionInfo {
+    /// The session as a customer reads it:
+    /// `alice (vendor key 'alice@laptop') from 203.0.113.5 → ssh, since 2026-…Z`.
+    pub fn line(&self) -> String {
+        let who = self.engineer.as_deref().unwrap_or("a support engineer");
+        let from = self
+            .originator
+            .as_deref()
+            .map(|o| o.rsplit_once(':').map_or(o, |(ip, _)| ip))
+            .map(|ip| format!(" from {ip}"))
+            .unwrap_or_default();
+        let to = self
+            .service
+            .as_deref()
+            .map(|s| format!(" → {s}"))
+            .unwrap_or_default();
+        format!("{who}{from}{to}, since {}", self.since)
+    }
+}
+
 /// What the relay learns of a session after it opened.
 #[derive(Debug, Clone, Default)]
 struct SessionDetail {
     service: Option<String>,
     originator: Option<String>,
+    engineer: Option<HopNote>,
     ended: Option<OffsetDateTime>,
+    /// How it ended, for the history (`closed`, …).
+    how: Option<String>,
+}
+
+/// Where a window's events go in the history file.
+#[derive(Clone)]
+pub struct WindowLog {
+    pub history: Arc<History>,
+    /// The window's id in the file.
+    pub window: String,
+}
+
+impl std::fmt::Debug for WindowLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowLog")
+            .field("window", &self.window)
+            .finish()
+    }
 }
 
 /// A session record, shared between the relay (which counts) and the history (which shows).
 #[derive(Debug)]
 struct SessionRecord {
+    /// Its number in the history file, unique within the agent's run.
+    number: u64,
+    /// The window it was opened in, if the history is kept.
+    log: Option<WindowLog>,
     since: OffsetDateTime,
     detail: Mutex<SessionDetail>,
     to_engineer: AtomicU64,
@@ -79,11 +132,14 @@ impl SessionRecord {
         let SessionDetail {
             service,
             originator,
+            engineer,
             ended,
+            how: _,
         } = lock::mutex(&self.detail).clone();
         SessionInfo {
             service,
             originator,
+            engineer: engineer.as_ref().map(HopNote::who),
             since: rfc3339(self.since),
             ended: ended.map(rfc3339),
             bytes_to_engineer: self.to_engineer.load(Ordering::Relaxed),
@@ -120,6 +176,12 @@ pub struct Shared {
     /// Why the relayed sessions are being closed, in the engineer's words; each relay
     /// sends it on its channel before closing.
     farewell: Mutex<Option<String>>,
+    /// The jump host's notes that came before their connection: (originator, note, when).
+    notes: Mutex<Vec<(String, HopNote, std::time::Instant)>>,
+    /// The open window's place in the history, if it is kept.
+    log: Mutex<Option<WindowLog>>,
+    /// Numbers the connections in the history.
+    numbered: AtomicU64,
 }
 
 impl Default for Shared {
@@ -133,6 +195,9 @@ impl Default for Shared {
             total: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
             farewell: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
+            log: Mutex::new(None),
+            numbered: AtomicU64::new(0),
         }
     }
 }
@@ -176,6 +241,8 @@ impl Shared {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(SessionRecord {
+            number: self.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+            log: lock::mutex(&self.log).clone(),
             since: OffsetDateTime::now_utc(),
             detail: Mutex::new(SessionDetail::default()),
             to_engineer: AtomicU64::new(0),
@@ -195,6 +262,37 @@ impl Shared {
         }
     }
 
+    /// The jump host's note of who opens a connection from `originator` (`ip:port`): it
+    /// names the open, still unnamed connection from there, or waits for it to open (the
+    /// note and the connection travel on separate channels, either may come first).
+    pub fn note_arrived(&self, originator: &str, note: HopNote) {
+        // Held throughout, as `describe` holds it, so a connection cannot slip between the
+        // look at the open connections and the note joining the waiting ones.
+        let mut notes = lock::mutex(&self.notes);
+        for record in lock::mutex(&self.sessions).iter() {
+            let mut d = lock::mutex(&record.detail);
+            if d.ended.is_none()
+                && d.engineer.is_none()
+                && d.originator.as_deref() == Some(originator)
+            {
+                if let Some(log) = &record.log {
+                    log.history.record(&Event::ConnectionNamed {
+                        window: log.window.clone(),
+                        connection: record.number,
+                        engineer: note.who(),
+                    });
+                }
+                d.engineer = Some(note);
+                return;
+            }
+        }
+        notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
+        if notes.len() >= PENDING_NOTES {
+            notes.remove(0);
+        }
+        notes.push((originator.to_owned(), note, std::time::Instant::now()));
+    }
+
     pub fn connections(&self) -> Connections {
         let sessions = lock::mutex(&self.sessions)
             .iter()
@@ -208,8 +306,9 @@ impl Shared {
     }
 
     /// A new window: no error from an earlier one, a fresh total (the active count drains
-    /// by itself).
-    pub fn start_window(&self) {
+    /// by itself); its connections are recorded in `log`.
+    pub fn start_window(&self, log: Option<WindowLog>) {
+        *lock::mutex(&self.log) = log;
         self.tunnel.send_modify(|t| {
             t.state = TunnelState::Connecting;
             t.last_error = None;
@@ -234,10 +333,38 @@ pub struct ConnectionGuard<'a> {
 
 impl ConnectionGuard<'_> {
     /// Names the service and the engineer's address (`ip:port`) for the history.
+    /// A note of who it is that came first is taken now. The connection is in the history
+    /// from here on.
     pub fn describe(&self, service: &str, originator: Option<&str>) {
+        // Lock order: notes, then the record (as in `note_arrived`).
+        let mut notes = lock::mutex(&self.shared.notes);
+        let note = originator.and_then(|o| {
+            notes.retain(|(_, _, at)| at.elapsed() < NOTE_WAIT);
+            let i = notes.iter().position(|(from, _, _)| from == o)?;
+            Some(notes.remove(i).1)
+        });
         let mut d = lock::mutex(&self.record.detail);
         d.service = Some(service.to_owned());
         d.originator = originator.map(str::to_owned);
+        drop(notes);
+        if note.is_some() {
+            d.engineer = note;
+        }
+        if let Some(log) = &self.record.log {
+            log.history.record(&Event::ConnectionStarted {
+                window: log.window.clone(),
+                connection: self.record.number,
+                at: rfc3339(self.record.since),
+                service: d.service.clone(),
+                source: d.originator.clone(),
+                engineer: d.engineer.as_ref().map(HopNote::who),
+            });
+        }
+    }
+
+    /// Says how the connection ended, for the history.
+    pub fn ended_how(&self, how: String) {
+        lock::mutex(&self.record.detail).how = Some(how);
     }
 
     /// Adds bytes moved (to the engineer, from the engineer); may be called as they flow.
@@ -253,8 +380,23 @@ impl ConnectionGuard<'_> {
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
-        lock::mutex(&self.record.detail).ended = Some(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        let how = {
+            let mut d = lock::mutex(&self.record.detail);
+            d.ended = Some(now);
+            d.how.clone()
+        };
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(log) = &self.record.log {
+            log.history.record(&Event::ConnectionEnded {
+                window: log.window.clone(),
+                connection: self.record.number,
+                at: rfc3339(now),
+                bytes_to_engineer: self.record.to_engineer.load(Ordering::Relaxed),
+                bytes_from_engineer: self.record.from_engineer.load(Ordering::Relaxed),
+                how: how.unwrap_or_else(|| "closed".to_owned()),
+            });
+        }
     }
 }
 
@@ -295,10 +437,57 @@ mod tests {
         assert!(c.sessions[0].ended.is_none());
         assert!(c.sessions[1].ended.is_some());
 
-        shared.start_window();
+        shared.start_window(None);
         let c = shared.connections();
         assert_eq!((c.active, c.total, c.sessions.len()), (1, 0, 1));
         drop(first);
         assert_eq!(shared.connections().active, 0);
+    }
+
+    fn note(name: &str) -> HopNote {
+        HopNote {
+            engineer: name.into(),
+            via: assist_proto::note::NoteVia::Key {
+                comment: Some(format!("{name}@laptop")),
+                fingerprint: "SHA256:x".into(),
+            },
+            source: "127.0.0.1:7".into(),
+        }
+    }
+
+    #[test]
+    fn a_note_names_its_connection_whichever_comes_first_and_only_that_one() {
+        let shared = Shared::default();
+        // The connection first, then its note.
+        let first = shared.connection_opened();
+        first.describe("ssh", Some("127.0.0.1:7"));
+        let other = shared.connection_opened();
+        other.describe("ssh", Some("127.0.0.1:8"));
+        shared.note_arrived("127.0.0.1:7", note("alice"));
+        // The note first, then its connection.
+        shared.note_arrived("127.0.0.1:9", note("bob"));
+        let late = shared.connection_opened();
+        late.describe("ssh", Some("127.0.0.1:9"));
+        let who: Vec<_> = shared
+            .connections()
+            .sessions
+            .into_iter()
+            .map(|s| s.engineer)
+            .collect();
+        assert_eq!(
+            who,
+            [
+                Some("alice (vendor key 'alice@laptop')".to_owned()),
+                None,
+                Some("bob (vendor key 'bob@laptop')".to_owned()),
+            ]
+        );
+        assert_eq!(
+            shared.connections().sessions[0].line(),
+            format!(
+                "alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since {}",
+                shared.connections().sessions[0].since
+            )
+        );
     }
 }

@@ -9,7 +9,7 @@ use crate::register::RegisterError;
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
 use assist_proto::greeting::{self, Greeting, Recorder};
-use assist_proto::limits::ATTESTATION_PORT;
+use assist_proto::limits::{ATTESTATION_PORT, NOTES_PORT};
 use assist_proto::lock;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, Disconnect, client};
@@ -248,6 +248,12 @@ impl Tunnel {
                         )
                     })?;
             }
+            // Asking for the notes port tells the jump host this agent reads its notes of
+            // who opens each connection; a jump host that does not know it refuses, and the
+            // page then shows addresses only.
+            if let Err(e) = handle.tcpip_forward("localhost", NOTES_PORT).await {
+                tracing::info!("the jump host sends no notes of who connects: {e}");
+            }
             if self.attestor.is_some() {
                 handle
                     .tcpip_forward("localhost", ATTESTATION_PORT)
@@ -381,6 +387,14 @@ impl client::Handler for Handler {
                 .spawn(serve_attestation(channel, reply, attestor).instrument(span));
             return Ok(());
         }
+        if connected_port == NOTES_PORT {
+            // Only the jump host opens forwarded-tcpip channels, and it refuses engineers'
+            // direct-tcpip to this port: what arrives here is its word.
+            let from = format!("{originator_address}:{originator_port}");
+            self.relays
+                .spawn(read_note(channel, reply, from, self.shared.clone()));
+            return Ok(());
+        }
         let service = self
             .services
             .iter()
@@ -407,6 +421,41 @@ impl client::Handler for Handler {
             .instrument(span),
         );
         Ok(())
+    }
+}
+
+/// Reads the jump host's note of who opens the connection from `from` and hands it to the
+/// session records.
+async fn read_note(
+    channel: russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    from: String,
+    shared: Arc<Shared>,
+) {
+    use tokio::io::AsyncReadExt;
+    reply.accept().await;
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        LOCAL_CONNECT_TIMEOUT,
+        channel
+            .into_stream()
+            .take(assist_proto::note::MAX_NOTE as u64 + 1)
+            .read_to_end(&mut line),
+    )
+    .await;
+    match read {
+        Ok(Ok(_)) if line.len() <= assist_proto::note::MAX_NOTE => {
+            match assist_proto::note::HopNote::parse(&line) {
+                Some(note) => {
+                    tracing::info!(from, engineer = %note.who(), "the jump host names the engineer");
+                    shared.note_arrived(&from, note);
+                }
+                None => tracing::warn!(from, "the jump host's note cannot be read"),
+            }
+        }
+        Ok(Ok(_)) => tracing::warn!(from, "the jump host's note is too long"),
+        Ok(Err(e)) => tracing::warn!(from, "the jump host's note was cut: {e}"),
+        Err(_) => tracing::warn!(from, "the jump host's note did not end in time"),
     }
 }
 
@@ -478,12 +527,16 @@ async fn relay(
         inner: &mut tcp,
         guard: &counted,
     };
-    tokio::select! {
+    let how = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut local, &mut stream) => match r {
             Ok((up, down)) => {
                 tracing::info!(to_engineer = up, from_engineer = down, "relay done");
+                "closed by the engineer or the service".to_owned()
             }
-            Err(e) => tracing::info!("relay ended: {e}"),
+            Err(e) => {
+                tracing::info!("relay ended: {e}");
+                format!("broken: {e}")
+            }
         },
         () = cancel.cancelled() => {
             let why = shared
@@ -498,8 +551,10 @@ async fn relay(
                 tracing::debug!("the engineer was not told why the relay closed");
             }
             tracing::info!(%why, "relay closed by disable");
+            format!("closed: {why}")
         }
-    }
+    };
+    counted.ended_how(how);
 }
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and

@@ -34,6 +34,7 @@ pub mod limits;
 pub mod lock;
 pub mod logging;
 pub mod name;
+pub mod note;
 pub mod per_source;
 pub mod private_file;
 #[cfg(feature = "ws")]

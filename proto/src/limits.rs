@@ -49,6 +49,9 @@ pub const SSH_SERVICE_PORT: u32 = 22;
 /// Virtual port on which a device hands out its proof of the code (`attest`); reserved,
 /// never a service of its own.
 pub const ATTESTATION_PORT: u32 = 1;
+/// Virtual port on which a device that asks for it receives the jump host's note of who
+/// opens each relayed connection (`note`); reserved: engineers can never open it.
+pub const NOTES_PORT: u32 = 2;
 /// Virtual port of the `http` service.
 pub const HTTP_SERVICE_PORT: u32 = 80;
 /// Time a client of the registration API gets to finish its TLS handshake.

@@ -501,3 +501,162 @@ fn a_sessions_bytes_show_while_it_runs_and_stay_after_stop() {
     let _ = engineer.wait();
     assert!(reader.join().unwrap() >= 300_000);
 }
+
+/// The name on the customer's page is the jump host's word: an engineer who tries to open
+/// the notes port (to write a note naming someone else) is refused, and the page keeps
+/// showing who really connected.
+#[test]
+fn an_engineer_cannot_open_the_notes_port_to_forge_a_name() {
+    let w = World::start();
+    let config = w.client_config("agent");
+    let _agent = start_agent(&config, "agent");
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+
+    // alice (an engineer in the policy) asks for SN-0001:2 and sends a forged note.
+    let forged = r#"{"engineer":"the-vendors-ceo","via":{"kind":"key","comment":"ceo","fingerprint":"x"},"source":"127.0.0.1:1"}"#;
+    let mut forge = assist_e2e::ssh(&[
+        "-i",
+        w.path("alice").to_str().unwrap(),
+        "-p",
+        &w.jump.ssh_port(),
+        "-W",
+        &format!("{SERIAL}:{}", assist_proto::limits::NOTES_PORT),
+        "alice@127.0.0.1",
+    ]);
+    let mut child = forge
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = writeln!(stdin, "{forged}");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the notes port was opened");
+    wait_until(SHORT, "the refusal in the audit trail", || {
+        w.jump
+            .sql("SELECT outcome FROM audit_events WHERE kind = 'ssh.channel' AND who = 'alice'")
+            .contains(
+                "refused direct-tcpip to SN-0001:2: port 2 is reserved for the jump host's notes",
+            )
+    });
+
+    // A real hop right after, from a connection of alice's: named as the jump host knows her.
+    let mut engineer = agent_world::support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &["connect", SERIAL, "--code", &code, "--", "sleep", "120"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until(SHORT, "the engineer to show by name", || {
+        status(&config)["connections"]["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["ended"].is_null() && s["engineer"] == "alice (vendor key 'test')")
+    });
+    let s = status(&config).to_string();
+    assert!(!s.contains("the-vendors-ceo"), "{s}");
+    let _ = engineer.kill();
+    let _ = engineer.wait();
+}
+
+/// The customer's history outlives the window and the agent: a window that ran out, with a
+/// connection that moved bytes, and a window cut by `kill -9` with a connection open, are
+/// both in `assist-client history --json` after a restart, with the engineer by name.
+#[test]
+fn the_history_keeps_windows_and_connections_across_restarts_and_crashes() {
+    let w = World::start_with("[keys]\nmax_assistance = \"15s\"\n");
+    let config = w.client_config("agent");
+    let mut agent = start_agent(&config, "agent");
+
+    // Window 1 runs out after a connection moved 5000 bytes to the engineer.
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+    let out = agent_world::support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &[
+            "connect",
+            SERIAL,
+            "--code",
+            &code,
+            "--",
+            "head",
+            "-c",
+            "5000",
+            "/dev/zero",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 5000);
+    wait_until(SHORT, "the window to run out", || {
+        status(&config)["enabled"] == false
+    });
+
+    // Window 2 is cut by kill -9 while alice holds a session.
+    let (code, _) = enable(&config, "10");
+    wait_tunnel(&config, "connected");
+    let mut held = agent_world::support_cli(
+        &w,
+        &w.jump.ssh_addr.to_string(),
+        &["connect", SERIAL, "--code", &code, "--", "sleep", "60"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until(SHORT, "the session to open", || {
+        status(&config)["connections"]["active"] == 1
+    });
+    agent.kill9();
+    let _ = held.kill();
+    let _ = held.wait();
+    let _agent = start_agent(&config, "agent again");
+
+    let out = cli(&config, &["history", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let windows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = windows.as_array().unwrap();
+    assert_eq!(windows.len(), 2, "{windows:?}");
+    let (first, second) = (&windows[0], &windows[1]);
+    assert_eq!(first["by"], "command line", "{first}");
+    assert!(first["user"].is_string(), "{first}");
+    assert_eq!(first["reason"], "the window's time was up", "{first}");
+    let c = &first["connections"][0];
+    assert_eq!(c["engineer"], "alice (vendor key 'test')", "{c}");
+    assert_eq!(c["service"], "ssh", "{c}");
+    assert!(
+        c["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{c}"
+    );
+    assert!(c["bytes_to_engineer"].as_u64().unwrap() >= 5000, "{c}");
+    assert!(c["bytes_from_engineer"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["end"].is_string() && c["how"].is_string(), "{c}");
+    // What the crash left open is closed, and says so.
+    assert!(
+        second["reason"].as_str().unwrap().contains("crash or kill"),
+        "{second}"
+    );
+    let c = &second["connections"][0];
+    assert_eq!(c["engineer"], "alice (vendor key 'test')", "{c}");
+    assert!(c["how"].as_str().unwrap().contains("crash or kill"), "{c}");
+
+    let out = cli(&config, &["history"]);
+    let human = text(&out.stdout);
+    assert!(
+        human.contains("alice (vendor key 'test') from 127.0.0.1 → ssh")
+            && human.contains("the window's time was up")
+            && human.contains("bytes to the engineer"),
+        "{human}"
+    );
+}

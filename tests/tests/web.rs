@@ -108,7 +108,8 @@ async fn click(c: &Client, css: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let alice_pub = keygen(&dir.path().join("alice"));
+    // The policy's line names the key: the page shows that name.
+    let alice_pub = keygen(&dir.path().join("alice")).replace(" test", " alice@laptop");
     let sshd = Sshd::start(dir.path());
     fs::write(&sshd.authorized_keys, "# admin keys\n").unwrap();
     let policy = format!(
@@ -184,13 +185,25 @@ async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Who, by the name the jump host logged them in with, not only an address.
     wait_text(&c, "#engineer", "the engineer", |t| {
-        t.contains("support engineer is connected now") && t.contains("to ssh")
+        t.starts_with(
+            "Connected now: alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since ",
+        )
     })
     .await;
-    // The history names the service and the engineer's address as the jump host saw it.
+    // The history names the engineer, the service and the address as the jump host saw it.
+    // The open session's duration counts up while it runs (bytes are polled the same way,
+    // see agent::a_sessions_bytes_show_while_it_runs_and_stay_after_stop).
+    wait_text(&c, "#history-rows", "a running duration", |t| {
+        t.contains("open, 0:02")
+    })
+    .await;
     wait_text(&c, "#history-rows", "the history", |t| {
-        t.contains("open") && t.contains("ssh") && t.contains("127.0.0.1:")
+        t.contains("open")
+            && t.contains("alice (vendor key 'alice@laptop')")
+            && t.contains("ssh")
+            && t.contains("127.0.0.1:")
     })
     .await;
     c.execute(
@@ -335,4 +348,200 @@ async fn the_page_command_prints_a_url_that_logs_a_browser_straight_in() {
 
     c.close().await.unwrap();
     agent.terminate();
+}
+
+/// The page's Extend moves the window's end and keeps everything else: the engineer's open
+/// `support-cli connect … -- sleep` session goes on, the code on the page and in the key
+/// line stays (only `expiry-time` moves), and a later hop with the same code works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_keeps_the_code_and_the_open_sessions_and_the_page_names_each_engineer() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_pub = keygen(&dir.path().join("alice")).replace(" test", " alice@laptop");
+    // carol has no [[support]] entry: a certificate of the vendor's CA logs her in.
+    let ca_pub = keygen(&dir.path().join("ca"));
+    let carol = dir.path().join("carol");
+    keygen(&carol);
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(dir.path().join("ca"))
+        .args(["-I", "carol@corp", "-n", "carol", "-V", "-5m:+1h"])
+        .arg(carol.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
+    let sshd = Sshd::start(dir.path());
+    let policy = format!(
+        "[allowlist]\nsupport_cidrs = [\"127.0.0.0/8\"]\n\n[serials]\nallow = [\"SN-*\"]\n\n\
+         [[support]]\nname = \"alice\"\npublic_key = \"{alice_pub}\"\n\n\
+         [[support_ca]]\npublic_key = \"{ca_pub}\"\n"
+    );
+    let jump = Jumphost::start(dir.path(), &policy);
+    let folder = dir.path().join("client");
+    let config = write_client_config(&folder, SERIAL, &jump, &sshd);
+    let mut cmd = Command::new(bin("assist-client"));
+    cmd.arg("run").arg("--config").arg(&config);
+    let mut agent = Proc::spawn(cmd, "agent");
+    let web = agent.wait_line("web listening on http://", READY_TIMEOUT);
+    let token = fs::read_to_string(folder.join("data/control-token")).unwrap();
+
+    let (_driver, port) = start_chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(port, profile.path()).await;
+    c.goto(&format!("http://{web}/#token={}", token.trim()))
+        .await
+        .unwrap();
+    wait_text(&c, "#state", "off", |t| t.contains("is OFF")).await;
+    click(&c, "#enable").await;
+    let code = wait_text(&c, "#code", "the code", |t| {
+        t.len() == 11 && t.as_bytes()[5] == b'-'
+    })
+    .await;
+    wait_text(&c, "#tunnel", "connected", |t| t.starts_with("Connected")).await;
+    // The default hour: under an hour left.
+    wait_text(&c, "#countdown", "an hour's countdown", |t| {
+        t.contains(" 59:")
+    })
+    .await;
+    let line_before = key_line(&sshd.authorized_keys);
+
+    let engineer = |args: &[&str]| {
+        let mut cmd = Command::new(bin("support-cli"));
+        cmd.args([
+            "--jumphost",
+            &jump.ssh_addr.to_string(),
+            "--engineer",
+            "alice",
+        ])
+        .arg("--identity")
+        .arg(dir.path().join("alice"))
+        .arg("--known-hosts")
+        .arg(dir.path().join("engineer_known_hosts"))
+        .args(["connect", SERIAL, "--code", code.trim(), "--"])
+        .args(args)
+        .stdin(Stdio::null());
+        cmd
+    };
+    let mut long = engineer(&["sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // carol holds a stock ssh session with her certificate.
+    let key = dir.path().join("derived");
+    write_derived_key(&key, SERIAL, code.trim());
+    let proxy = format!(
+        "ProxyCommand=ssh {} -i {} -p {} -W %h:%p carol@127.0.0.1",
+        ssh_options("ERROR").join(" "),
+        carol.display(),
+        jump.ssh_port()
+    );
+    let mut held = ssh(&["-o", &proxy, "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg(format!("root@{SERIAL}"))
+        .arg("sleep 300")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let who = wait_text(&c, "#engineer", "both engineers by name", |t| {
+        t.contains("alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since ")
+            && t.contains("carol (certificate 'carol@corp' of CA SHA256:")
+    })
+    .await;
+    assert!(who.starts_with("Connected now: "), "{who}");
+    // The CLI says the same.
+    let out = Command::new(bin("assist-client"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("  alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since 20")
+            && human.contains("  carol (certificate 'carol@corp' of CA SHA256:"),
+        "{human}"
+    );
+
+    // Extend to two hours from now.
+    c.execute(
+        "document.getElementById('extend-minutes').value = '120'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(&c, "#extend").await;
+    let notice = wait_text(&c, "#notice", "the extension's notice", |t| !t.is_empty()).await;
+    assert!(
+        notice.contains("code stays the same") && notice.contains("2 open sessions go on"),
+        "{notice}"
+    );
+    wait_text(&c, "#countdown", "the countdown moved", |t| {
+        t.contains(" 1:59:") || t.contains(" 2:00:00")
+    })
+    .await;
+    assert_eq!(
+        wait_text(&c, "#code", "the same code", |t| !t.is_empty()).await,
+        code,
+        "the code changed"
+    );
+    // The key line: the same key and options, a later expiry-time.
+    let line_after = key_line(&sshd.authorized_keys);
+    assert_ne!(line_before, line_after);
+    let without_expiry = |l: &str| l.split_once("\",").map(|(_, rest)| rest.to_owned());
+    assert_eq!(without_expiry(&line_before), without_expiry(&line_after));
+    assert!(line_after.starts_with("expiry-time=\"20"), "{line_after}");
+    assert!(
+        line_after["expiry-time=\"".len()..] > line_before["expiry-time=\"".len()..],
+        "{line_before} → {line_after}"
+    );
+
+    // The engineers' sessions are still there, and the same code opens another one.
+    assert!(
+        long.try_wait().unwrap().is_none(),
+        "the session ended at Extend"
+    );
+    assert!(held.try_wait().unwrap().is_none(), "carol's session ended");
+    let out = engineer(&["echo", "still-welcome"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still-welcome"),
+        "a hop after Extend failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(long.try_wait().unwrap().is_none());
+
+    click(&c, "#stop").await;
+    wait_text(&c, "#state", "off after stop", |t| t.contains("is OFF")).await;
+    let status = long.wait().unwrap();
+    assert!(!status.success(), "the session outlived Stop");
+    assert!(!held.wait().unwrap().success());
+    // The window stays on the page as a past one, with who was on and how it ended.
+    let past = wait_text(&c, "#past", "the past window", |t| {
+        t.contains("stopped on the web page")
+    })
+    .await;
+    assert!(
+        past.contains("enabled on the web page")
+            && past.contains("extended 1×")
+            && past.contains("alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh")
+            && past.contains("carol (certificate 'carol@corp' of CA SHA256:"),
+        "{past}"
+    );
+    c.execute(
+        "document.getElementById('past-title').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "history.png").await;
+    c.close().await.unwrap();
+    agent.terminate();
+}
+
+/// The one line the agent keeps in `authorized_keys`.
+fn key_line(path: &Path) -> String {
+    let keys = fs::read_to_string(path).unwrap();
+    let mut ours = keys.lines().filter(|l| l.ends_with(MARKER));
+    let line = ours.next().expect("the agent's key line").to_owned();
+    assert!(ours.next().is_none(), "{keys}");
+    line
 }

@@ -8,6 +8,8 @@
 pub mod guard;
 
 use crate::agent::Agent;
+use crate::control::local_user;
+use crate::history::Origin;
 use crate::local_api::{ApiError, ApiErrorBody, ApiJson, EnableRequest};
 use crate::state::Status;
 use crate::state::rfc3339;
@@ -23,13 +25,17 @@ use guard::Sessions;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
+/// Past windows the page lists; `assist-client history` shows them all.
+const PAGE_HISTORY: usize = 50;
+
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
 
 /// The code of the window the page enabled, kept only in memory for the page session.
 struct CurrentCode {
-    until: String,
+    /// The window's number: the code is shown while that window is open, extended or not.
+    window: u64,
     code: Secret,
     max_seconds: u64,
 }
@@ -57,8 +63,9 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .route("/web/login", post(login))
         .route("/web/logout", post(logout))
         .route("/web/state", get(page_state))
+        .route("/web/history", get(page_history))
         .route("/web/enable", post(enable))
-        .route("/web/extend", post(enable))
+        .route("/web/extend", post(extend))
         .route("/web/disable", post(disable))
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::check_host))
@@ -158,7 +165,7 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
         let max = current.as_ref().map(|c| c.max_seconds);
         // The window the code belongs to is over (ended, stopped, or the CLI made a new
         // one): forget it.
-        if current.as_ref().map(|c| Some(&c.until)) != Some(status.until.as_ref()) {
+        if current.as_ref().map(|c| c.window) != s.agent.window_number() {
             *current = None;
         }
         (current.as_ref().map(|c| c.code.expose().to_owned()), max)
@@ -172,20 +179,75 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-/// Enable and extend: a new window (and a new code) of the chosen length.
-async fn enable(
+/// Past windows and their connections, newest first, for the page's history.
+async fn page_history(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    if s.sessions.csrf_for(&headers).is_none() {
+        return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
+    }
+    match s.agent.history() {
+        Ok(mut windows) => {
+            windows.retain(|w| w.end.is_some());
+            windows.reverse();
+            windows.truncate(PAGE_HISTORY);
+            Json(windows).into_response()
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the history cannot be read; see the agent's log",
+            )
+        }
+    }
+}
+
+/// Extend: the open window ends later; the code and the open sessions stay.
+async fn extend(
     State(s): State<WebState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     JsonBody(req, _): ApiJson<EnableRequest>,
 ) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
-    match s.agent.enable(req.minutes).await {
+    let origin = Origin::page(local_user(&extensions));
+    match s.agent.extend(req.minutes, origin).await {
+        Ok(extended) => {
+            let until = rfc3339(extended.until);
+            // The code shown belongs to this window still.
+            if let Some(current) = lock::mutex(&s.code).as_mut() {
+                current.max_seconds = extended.max_secs;
+            }
+            Json(serde_json::json!({
+                "until": until,
+                "seconds": extended.window_secs,
+                "max_seconds": extended.max_secs,
+                "connections_kept": extended.connections_kept,
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError::Agent(e).into_response(),
+    }
+}
+
+/// Enable and New code: a new window (and a new code) of the chosen length; the sessions
+/// of a window open before are closed.
+async fn enable(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    JsonBody(req, _): ApiJson<EnableRequest>,
+) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    let origin = Origin::page(local_user(&extensions));
+    match s.agent.enable(req.minutes, origin).await {
         Ok(enabled) => {
             let until = rfc3339(enabled.until);
             *lock::mutex(&s.code) = Some(CurrentCode {
-                until: until.clone(),
+                window: enabled.window,
                 code: Secret::new(enabled.code.to_string()),
                 max_seconds: enabled.max_secs,
             });
@@ -201,14 +263,22 @@ async fn enable(
     }
 }
 
-async fn disable(State(s): State<WebState>, headers: HeaderMap) -> Response {
+async fn disable(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
     if !s.sessions.check_change(&headers) {
         return csrf_refused();
     }
     *lock::mutex(&s.code) = None;
+    let reason = match local_user(&extensions) {
+        Some(user) => format!("stopped on the web page by {user}"),
+        None => "stopped on the web page".to_owned(),
+    };
     match s
         .agent
-        .disable("stopped on the web page", crate::agent::STOPPED_BY_CUSTOMER)
+        .disable(&reason, crate::agent::STOPPED_BY_CUSTOMER)
         .await
     {
         Ok(report) => Json(report).into_response(),

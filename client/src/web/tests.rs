@@ -181,11 +181,13 @@ async fn changes_without_the_session_and_its_csrf_token_are_refused() {
 async fn reading_needs_a_session_and_a_session_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _) = app(dir.path());
-    let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &[], "")).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let bogus = [("cookie", "assist_session=1234")];
-    let (status, _, _) = send(&app, req("GET", "/web/state", HOST, &bogus, "")).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for path in ["/web/state", "/web/history"] {
+        let (status, _, _) = send(&app, req("GET", path, HOST, &[], "")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _, _) = send(&app, req("GET", path, HOST, &bogus, "")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
     for body in [
         r#"{"token":"wrong"}"#,
         r#"{"token":""}"#,
@@ -216,6 +218,19 @@ async fn reading_needs_a_session_and_a_session_needs_the_token() {
     assert_eq!(state["serial"], "SN-1");
     assert_eq!(state["enabled"], false);
     assert!(state["code"].is_null());
+    // The session reads the past windows too (none yet).
+    let (status, _, body) = send(
+        &app,
+        req(
+            "GET",
+            "/web/history",
+            HOST,
+            &[("cookie", cookie.as_str())],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
 
     // Logging out ends the session.
     let good = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];

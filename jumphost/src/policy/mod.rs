@@ -213,6 +213,17 @@ impl Policy {
             .map(|k| &k.scope)
     }
 
+    /// The comment of engineer `name`'s listed key `key` (`alice@laptop`), if it has one:
+    /// the key a client presents carries none, the policy's line does.
+    pub fn engineer_key_comment(&self, name: &str, key: &PublicKey) -> Option<&str> {
+        self.engineers
+            .get(name)?
+            .iter()
+            .find(|k| k.key.key_data() == key.key_data())
+            .map(|k| AsRef::<str>::as_ref(k.key.comment()))
+            .filter(|c| !c.is_empty())
+    }
+
     /// The `[[support_ca]]` with this signing key, if it is listed.
     pub fn support_ca(&self, key: &russh::keys::ssh_key::public::KeyData) -> Option<&SupportCa> {
         self.support_cas.iter().find(|ca| ca.key.key_data() == key)

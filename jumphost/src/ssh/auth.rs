@@ -60,6 +60,34 @@ impl Engineer {
         }
     }
 
+    /// Who this is and how they logged in, for the device's note (`policy` gives the listed
+    /// key's comment).
+    pub fn note(
+        &self,
+        policy: &Policy,
+        source: std::net::SocketAddr,
+    ) -> assist_proto::note::HopNote {
+        use assist_proto::note::{HopNote, NoteVia};
+        let sha256 = |k: &PublicKey| k.fingerprint(russh::keys::HashAlg::Sha256).to_string();
+        let via = match &self.credential {
+            Credential::Key(key) => NoteVia::Key {
+                comment: policy
+                    .engineer_key_comment(&self.name, key)
+                    .map(str::to_owned),
+                fingerprint: sha256(key),
+            },
+            Credential::Certificate { ca, key_id, .. } => NoteVia::Certificate {
+                key_id: key_id.clone(),
+                ca: sha256(ca),
+            },
+        };
+        HopNote {
+            engineer: self.name.clone(),
+            via,
+            source: source.to_string(),
+        }
+    }
+
     /// How the engineer logged in, for the audit trail: never the key material.
     pub fn via(&self) -> String {
         match &self.credential {

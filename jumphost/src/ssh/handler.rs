@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
+use assist_proto::limits::NOTES_PORT;
 use russh::keys::{Certificate, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
@@ -291,6 +292,17 @@ impl russh::server::Handler for ConnHandler {
             );
             return Ok(());
         };
+        // The jump host's own channel to a device: an engineer who could open it could put
+        // any name on the customer's page.
+        if port_to_connect == NOTES_PORT {
+            self.refuse_channel(
+                &what,
+                reply,
+                PROHIBITED,
+                format!("port {NOTES_PORT} is reserved for the jump host's notes to devices"),
+            );
+            return Ok(());
+        }
         let Some(serial) = self.relay.routes.connected_as(host_to_connect) else {
             let reason = format!(
                 "device {host_to_connect} is not connected (has the customer enabled assistance?)"

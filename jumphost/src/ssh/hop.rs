@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use assist_proto::limits::{ATTESTATION_PORT, NOTES_PORT};
 use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 
@@ -34,16 +35,21 @@ impl Hop {
     /// Runs in its own task: the device may take a while to accept, and the engineer's
     /// session must keep serving other channels meanwhile.
     pub async fn run(self, engineer: russh::Channel<Msg>, reply: ChannelOpenHandle) {
-        let opened = tokio::time::timeout(
-            self.relay.limits.open_timeout,
-            self.route.handle.channel_open_forwarded_tcpip(
-                self.route.address.clone(),
-                self.port,
-                self.source.ip().to_string(),
-                u32::from(self.source.port()),
-            ),
-        )
-        .await;
+        // The note is polled first, so its channel open goes to the device before the hop's;
+        // both then wait for the device together, and the note costs the hop no round trip.
+        let ((), opened) = tokio::join!(
+            biased;
+            self.send_note(),
+            tokio::time::timeout(
+                self.relay.limits.open_timeout,
+                self.route.handle.channel_open_forwarded_tcpip(
+                    self.route.address.clone(),
+                    self.port,
+                    self.source.ip().to_string(),
+                    u32::from(self.source.port()),
+                ),
+            )
+        );
         let device = match opened {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => return self.refuse(reply, format!("device refused: {e}")).await,
@@ -112,6 +118,41 @@ impl Hop {
         );
         crate::metrics::relayed(moved.to_device, moved.from_device);
         self.record_end(hop_id, moved).await;
+    }
+
+    /// Tells the device who opens the channel that follows, if the device asked for notes:
+    /// a `forwarded-tcpip` to [`NOTES_PORT`] from the same originator, one JSON line, closed.
+    /// A note that cannot be delivered costs the customer the name, not the engineer the hop.
+    async fn send_note(&self) {
+        if self.port == ATTESTATION_PORT {
+            return;
+        }
+        let Some(notes) = self.relay.routes.lookup(&self.serial, NOTES_PORT) else {
+            return;
+        };
+        let line = self
+            .engineer
+            .note(&self.relay.policy.current(), self.source)
+            .to_line();
+        let send = async {
+            let channel = notes
+                .handle
+                .channel_open_forwarded_tcpip(
+                    notes.address.clone(),
+                    NOTES_PORT,
+                    self.source.ip().to_string(),
+                    u32::from(self.source.port()),
+                )
+                .await?;
+            channel.data(line.as_bytes()).await?;
+            channel.eof().await?;
+            channel.close().await
+        };
+        match tokio::time::timeout(self.relay.limits.open_timeout, send).await {
+            Ok(Ok(())) => tracing::debug!("note sent to the device"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "note not delivered to the device"),
+            Err(_) => tracing::warn!("note not delivered to the device in time"),
+        }
     }
 
     async fn refuse(&self, reply: ChannelOpenHandle, why: String) {
