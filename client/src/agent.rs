@@ -7,10 +7,10 @@ use crate::config::Config;
 use crate::history::{Event, History, Origin};
 use crate::keys::{self, KeyError};
 use crate::pin::HostKeyPin;
-use crate::register::{self, RegisterError};
+use crate::register::{RegisterError, Registration};
 use crate::state::{Shared, Status, TunnelState, rfc3339};
 use crate::target;
-use crate::tunnel::{Registration, Tunnel};
+use crate::tunnel::Tunnel;
 use assist_proto::OneTimeCode;
 use assist_proto::limits::{DEFAULT_ASSISTANCE_MINUTES, ENABLE_TUNNEL_WAIT, SHUTDOWN_GRACE};
 use assist_proto::lock;
@@ -225,6 +225,18 @@ impl Agent {
         Ok(self.keys_file.remove(&self.config.serial)?)
     }
 
+    /// This device's registration as the configuration says.
+    fn registration(&self) -> Result<Registration, AgentError> {
+        Ok(Registration {
+            api_url: self.config.api_url.clone(),
+            trust: self.config.api_trust.clone(),
+            serial: self.config.serial.clone(),
+            public_key: keys::public_line(&self.device_key)?,
+            enrollment_secret: self.config.enrollment_secret()?,
+            proxy: self.config.proxy.clone(),
+        })
+    }
+
     /// Registers the device, makes a fresh code, installs its key line and starts the tunnel.
     /// Enabling while enabled starts a new window with a new code.
     pub async fn enable(
@@ -237,17 +249,8 @@ impl Agent {
             return Err(AgentError::BadMinutes);
         }
         let mut guard = self.window.lock().await;
-        let public = keys::public_line(&self.device_key)?;
-        let secret = self.config.enrollment_secret()?;
-        let registered = register::register(
-            &self.config.api_url,
-            &self.config.api_trust,
-            &self.config.serial,
-            &public,
-            secret.as_ref(),
-            self.config.proxy.as_ref(),
-        )
-        .await;
+        let registration = self.registration()?;
+        let registered = registration.send().await;
         let reg = match registered {
             Ok(reg) => reg,
             Err(e) if guard.open.is_none() => return Err(self.enable_failed(e.into())),
@@ -383,13 +386,7 @@ impl Agent {
             shared: self.shared.clone(),
             cancel: cancel.clone(),
             relays: relays.clone(),
-            registration: Registration {
-                api_url: self.config.api_url.clone(),
-                trust: self.config.api_trust.clone(),
-                public_key: public,
-                enrollment_secret: secret,
-                proxy: self.config.proxy.clone(),
-            },
+            registration,
             attestor: attestor.clone(),
         };
         // Read the host keys now, while the customer reads out the code, so the first
@@ -499,17 +496,7 @@ impl Agent {
         // The policy may have changed since the window opened: ask again, so an extension
         // never outlasts the maximum in force now. The registration also renews the device
         // key's binding, as enable does.
-        let public = keys::public_line(&self.device_key)?;
-        let secret = self.config.enrollment_secret()?;
-        let reg = register::register(
-            &self.config.api_url,
-            &self.config.api_trust,
-            &self.config.serial,
-            &public,
-            secret.as_ref(),
-            self.config.proxy.as_ref(),
-        )
-        .await?;
+        let reg = self.registration()?.send().await?;
         let Some(window) = guard.open.as_mut() else {
             return Err(AgentError::NotEnabled);
         };

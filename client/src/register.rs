@@ -45,6 +45,35 @@ pub enum RegisterError {
     BadAnswer { url: String, message: String },
 }
 
+/// Where and how this device's key is registered: at enable, at extend, and again when a
+/// login is refused.
+pub struct Registration {
+    pub api_url: String,
+    pub trust: ApiTrust,
+    pub serial: String,
+    /// The device key's public line.
+    pub public_key: String,
+    /// The serial's enrollment secret, for a registration that binds anew (after a reset).
+    pub enrollment_secret: Option<Secret>,
+    /// The configured proxy; `None`: the environment's, if any.
+    pub proxy: Option<assist_proto::proxy::Proxy>,
+}
+
+impl Registration {
+    /// Registers (or renews) the key now.
+    pub async fn send(&self) -> Result<RegisterResponse, RegisterError> {
+        register(
+            &self.api_url,
+            &self.trust,
+            &self.serial,
+            &self.public_key,
+            self.enrollment_secret.as_ref(),
+            self.proxy.as_ref(),
+        )
+        .await
+    }
+}
+
 /// Registers `public_key` for `serial` at `api_url` (without trailing slash); an
 /// `https://` URL is verified according to `trust`. With the serial's enrollment `secret`,
 /// the request carries a proof of it made now.

@@ -1,11 +1,10 @@
 //! The reverse tunnel: an SSH session to the jump host as the serial, a `tcpip-forward` per
 //! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled.
 
-use crate::api_tls::ApiTrust;
 use crate::attest::Attestor;
 use crate::config::Service;
 use crate::pin::{HostKeyPin, PinError};
-use crate::register::RegisterError;
+use crate::register::{RegisterError, Registration};
 use crate::state::{Shared, TunnelState};
 use assist_proto::backoff::backoff;
 use assist_proto::greeting::{self, Greeting, Recorder};
@@ -40,18 +39,6 @@ pub enum FatalError {
     /// bound to another key, or no longer allowed).
     #[error(transparent)]
     Register(RegisterError),
-}
-
-/// Where and how the device key is registered, for renewing it when a login is refused.
-pub struct Registration {
-    pub api_url: String,
-    pub trust: ApiTrust,
-    /// The device key's public line.
-    pub public_key: String,
-    /// The serial's enrollment secret, for a registration that binds anew (after a reset).
-    pub enrollment_secret: Option<assist_proto::Secret>,
-    /// The configured HTTP proxy; `None`: the environment's, if any.
-    pub proxy: Option<assist_proto::proxy::Proxy>,
 }
 
 /// Everything a tunnel needs; one per enabled window.
@@ -127,17 +114,7 @@ impl Tunnel {
     /// failed logins that count against this network's address. A refusal of the
     /// registration itself ends the tunnel; an unreachable API is retried with the login.
     async fn register_again(&self) -> Result<(), FatalError> {
-        let r = &self.registration;
-        let registered = crate::register::register(
-            &r.api_url,
-            &r.trust,
-            &self.serial,
-            &r.public_key,
-            r.enrollment_secret.as_ref(),
-            r.proxy.as_ref(),
-        )
-        .await;
-        match registered {
+        match self.registration.send().await {
             Ok(_) => {
                 tracing::info!("device key registered again after a refused login");
                 Ok(())
