@@ -310,12 +310,7 @@ impl client::Handler for Handler {
     ) -> Result<(), Self::Error> {
         match reason {
             client::DisconnectReason::ReceivedDisconnect(info) => {
-                let words: String = info
-                    .message
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(400)
-                    .collect();
+                let words = greeting::printable(&info.message);
                 let words = words.strip_prefix("refused: ").unwrap_or(&words).to_owned();
                 if !words.is_empty() {
                     self.farewell.send_replace(Some(words));

@@ -88,7 +88,7 @@ pub fn read(seen: &Mutex<Vec<u8>>) -> Option<Greeting> {
         .lines()
         .find_map(|l| l.strip_prefix(crate::limits::REFUSAL_LINE_PREFIX))
     {
-        return Some(Greeting::Refused(clean(words)));
+        return Some(Greeting::Refused(printable(words)));
     }
     let what = match seen.as_slice() {
         [] => return None,
@@ -98,13 +98,14 @@ pub fn read(seen: &Mutex<Vec<u8>>) -> Option<Greeting> {
         s if s.starts_with(b"HTTP/") => "HTTP".to_owned(),
         // A TLS record: an alert (21) or a handshake (22), version 3.x.
         [21 | 22, 3, ..] => "TLS".to_owned(),
-        _ => format!("{:?}", clean(text.lines().next().unwrap_or_default())),
+        _ => format!("{:?}", printable(text.lines().next().unwrap_or_default())),
     };
     Some(Greeting::NotSsh(what))
 }
 
-/// At most one line of printable text.
-fn clean(s: &str) -> String {
+/// What a peer said, safe to show: control characters (line breaks, escapes) dropped, at
+/// most 400 characters.
+pub fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(400).collect()
 }
 

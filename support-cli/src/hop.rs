@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use assist_proto::greeting::{self, Greeting, Recorder};
+use assist_proto::lock;
 
 use crate::config::{IdentitySource, JumpAddr};
 use crate::error::HopError;
@@ -114,7 +115,7 @@ impl client::Handler for Client {
     ) -> Result<(), Self::Error> {
         // The jump host's sentence (no longer allowed, outside the engineer's serials, …),
         // which russh does not put in the error the open returns.
-        let description = clean(description);
+        let description = greeting::printable(description);
         self.refusals.send_modify(|r| {
             r.seq += 1;
             r.description = description;
@@ -129,12 +130,9 @@ impl client::Handler for Client {
         data: &[u8],
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let words = clean(String::from_utf8_lossy(data).trim());
-        if ext == 1
-            && !words.is_empty()
-            && let Ok(mut notices) = self.notices.lock()
-        {
-            notices.insert(channel, words);
+        let words = greeting::printable(String::from_utf8_lossy(data).trim());
+        if ext == 1 && !words.is_empty() {
+            lock::mutex(&self.notices).insert(channel, words);
         }
         Ok(())
     }
@@ -145,11 +143,9 @@ impl client::Handler for Client {
     ) -> Result<(), Self::Error> {
         match reason {
             client::DisconnectReason::ReceivedDisconnect(info) => {
-                let words = clean(&info.message);
-                if !words.is_empty()
-                    && let Ok(mut slot) = self.farewell.lock()
-                {
-                    *slot = Some(words);
+                let words = greeting::printable(&info.message);
+                if !words.is_empty() {
+                    *lock::mutex(&self.farewell) = Some(words);
                 }
                 self.closed.cancel();
                 Ok(())
@@ -160,11 +156,6 @@ impl client::Handler for Client {
             }
         }
     }
-}
-
-/// At most 400 printable characters of a server's words.
-fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(400).collect()
 }
 
 /// A logged-in session to the jump host; channels to devices are opened through it.
@@ -302,7 +293,7 @@ pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<J
         Err(HopError::EngineerRefused { .. } | HopError::JumpClosed)
             if hung_up(&handle, &closed).await =>
         {
-            let said = farewell.lock().ok().and_then(|mut f| f.take());
+            let said = lock::mutex(&farewell).take();
             let said = said.map(|s| s.strip_prefix("refused: ").map(str::to_owned).unwrap_or(s));
             Err(said.map_or(HopError::JumpClosed, HopError::JumpRefused))
         }
@@ -584,7 +575,7 @@ impl Device {
     /// assistance, the window ended).
     pub fn farewell(&self) -> Option<String> {
         let (id, notices) = self.notice.as_ref()?;
-        notices.lock().ok()?.get(id).cloned()
+        lock::mutex(notices).get(id).cloned()
     }
 
     /// Opens `direct-tcpip` to `host:port` as the device sees it, inside this session (the
