@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod history;
 pub mod keys;
+pub mod live;
 pub mod local_api;
 pub mod peer_user;
 pub mod pin;

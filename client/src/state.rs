@@ -182,6 +182,8 @@ pub struct Shared {
     log: Mutex<Option<WindowLog>>,
     /// Numbers the connections in the history.
     numbered: AtomicU64,
+    /// The built-in target's terminals, which the page shows live.
+    live: Arc<crate::live::Board>,
 }
 
 impl Default for Shared {
@@ -198,6 +200,7 @@ impl Default for Shared {
             notes: Mutex::new(Vec::new()),
             log: Mutex::new(None),
             numbered: AtomicU64::new(0),
+            live: Arc::default(),
         }
     }
 }
@@ -227,6 +230,11 @@ impl Shared {
     /// Why the relayed sessions are closing, if said.
     pub fn farewell(&self) -> Option<String> {
         lock::mutex(&self.farewell).clone()
+    }
+
+    /// The built-in target's terminals, as the page sees them.
+    pub fn live(&self) -> &Arc<crate::live::Board> {
+        &self.live
     }
 
     /// Follows the tunnel's state as it changes.
