@@ -233,8 +233,9 @@ class OurChain:
             f.write(f'ssh_listen = "{ssh}"\napi_listen = "{api}"\n'
                     f'data_dir = "{self.jdata}"\npolicies_dir = "{self.policies}"\n'
                     # Every bench device comes from 127.0.0.1; stock sshd has no per-source
-                    # cap here either, only MaxStartups 256.
-                    'max_startups_per_source = 256\n')
+                    # cap here either, only MaxStartups 256. Ours is turned off the same way
+                    # (it counts the startup queue too); max_startups keeps its default.
+                    'max_startups_per_source = 1000000\n')
 
     def _start_jump(self):
         env = dict(os.environ, RUST_LOG="warn")

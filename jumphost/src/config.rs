@@ -26,9 +26,14 @@ pub struct JumphostConfig {
     /// How long an unauthenticated SSH connection may take to log in (`"30s"`).
     #[serde(default = "default_login_grace", with = "humantime_serde")]
     pub login_grace: Duration,
-    /// Unauthenticated SSH connections held at once before new ones are dropped.
+    /// Unauthenticated SSH connections in their handshake at once (default 128 per core);
+    /// more wait for a place in the startup queue.
     #[serde(default = "default_max_startups")]
     pub max_startups: usize,
+    /// Connections that may wait for one of those places, each at most 10 s; more are
+    /// refused at once. Default: 16 per place of `max_startups`; 0 refuses at once.
+    #[serde(default)]
+    pub startup_queue: Option<usize>,
     /// Unauthenticated SSH connections one source may hold at once; more are dropped.
     #[serde(default = "default_max_startups_per_source")]
     pub max_startups_per_source: usize,
@@ -129,7 +134,7 @@ fn default_login_grace() -> Duration {
 }
 
 fn default_max_startups() -> usize {
-    limits::MAX_STARTUPS
+    limits::max_startups()
 }
 
 fn default_max_startups_per_source() -> usize {
@@ -253,7 +258,8 @@ policies_dir = "/etc/assist/policies"
         assert_eq!(config.data_dir, dir.path().join("data"));
         assert_eq!(config.policies_dir, PathBuf::from("/etc/assist/policies"));
         assert_eq!(config.login_grace, limits::LOGIN_GRACE);
-        assert_eq!(config.max_startups, limits::MAX_STARTUPS);
+        assert_eq!(config.max_startups, limits::max_startups());
+        assert_eq!(config.startup_queue, None);
         assert_eq!(
             config.max_startups_per_source,
             limits::MAX_STARTUPS_PER_SOURCE

@@ -15,8 +15,22 @@ pub const MAX_HTTP_CONNECTIONS: usize = 1024;
 pub const MAX_HTTP_CONNECTIONS_PER_SOURCE: usize = 32;
 /// How long an unauthenticated SSH connection may take to log in (OpenSSH's LoginGraceTime).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
-/// Unauthenticated SSH connections held at once before new ones are dropped (MaxStartups).
-pub const MAX_STARTUPS: usize = 256;
+/// Unauthenticated SSH connections in their handshake at once, per core (MaxStartups is
+/// this times the cores the jump host may use): a login costs CPU, so more cores can take
+/// more at once.
+pub const MAX_STARTUPS_PER_CORE: usize = 128;
+/// Connections that found every startup slot taken and wait for one, per startup slot;
+/// past that they are refused at once. Waiting costs a socket and a small task, not a
+/// handshake, so a fleet reconnecting at once queues instead of being dropped.
+pub const STARTUP_QUEUE_PER_SLOT: usize = 16;
+/// Longest a connection waits in that queue before it is refused (well inside the agent's
+/// 20 s connection timeout, leaving it time for the handshake itself).
+pub const STARTUP_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// The default MaxStartups: [`MAX_STARTUPS_PER_CORE`] times the cores this process may use.
+pub fn max_startups() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    MAX_STARTUPS_PER_CORE * cores
+}
 /// Unauthenticated SSH connections one source (IPv4 address, IPv6 /64) may hold at once;
 /// more are dropped (OpenSSH's PerSourceMaxStartups), so one host cannot take every slot.
 pub const MAX_STARTUPS_PER_SOURCE: usize = 32;

@@ -55,8 +55,10 @@ impl Nginx {
                 .replace("CERT", &cert.display().to_string())
                 .replace("KEY", &key.display().to_string());
             let d = dir.display();
+            // One process: a master's worker outlives the master's SIGKILL on drop, and an
+            // orphaned worker keeps the files its parent held (seen: the build lock).
             let conf = format!(
-                "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
+                "daemon off;\nmaster_process off;\nworker_processes 1;\nuser root;\n\
                  pid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
                  events {{ worker_connections 256; }}\n\
                  http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n\

@@ -41,8 +41,13 @@ pub struct Limits {
     pub login_grace: Duration,
     /// Unauthenticated connections held at once (OpenSSH's MaxStartups).
     pub max_startups: usize,
-    /// Unauthenticated connections one source may hold at once (PerSourceMaxStartups).
+    /// Unauthenticated connections one source may hold at once (PerSourceMaxStartups),
+    /// waiting in the startup queue included.
     pub max_startups_per_source: usize,
+    /// Connections that may wait for a place among `max_startups`; more are refused.
+    pub startup_queue: usize,
+    /// Longest such a wait; then the connection is refused.
+    pub startup_wait: Duration,
     /// Time a device gets to accept a `forwarded-tcpip` open for an engineer.
     pub open_timeout: Duration,
     /// Reverse forwards one device session may hold.
@@ -53,8 +58,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             login_grace: limits::LOGIN_GRACE,
-            max_startups: limits::MAX_STARTUPS,
+            max_startups: limits::max_startups(),
             max_startups_per_source: limits::MAX_STARTUPS_PER_SOURCE,
+            startup_queue: limits::max_startups() * limits::STARTUP_QUEUE_PER_SLOT,
+            startup_wait: limits::STARTUP_QUEUE_WAIT,
             open_timeout: Duration::from_secs(30),
             max_forwards_per_device: limits::MAX_FORWARDS_PER_DEVICE,
         }
@@ -67,6 +74,9 @@ impl From<&JumphostConfig> for Limits {
             login_grace: config.login_grace,
             max_startups: config.max_startups,
             max_startups_per_source: config.max_startups_per_source,
+            startup_queue: config
+                .startup_queue
+                .unwrap_or(config.max_startups * limits::STARTUP_QUEUE_PER_SLOT),
             max_forwards_per_device: config.max_forwards_per_device,
             ..Limits::default()
         }
@@ -92,6 +102,9 @@ pub struct Relay {
     pub audit: AuditQueue,
     /// Unauthenticated connections held (MaxStartups), whichever way they came.
     pub startups: Arc<tokio::sync::Semaphore>,
+    /// Places for connections waiting for one of `startups` (tokio's semaphore serves
+    /// waiters in order, so the queue is first come, first served).
+    pub startup_queue: Arc<tokio::sync::Semaphore>,
     /// Unauthenticated connections held per source.
     pub startups_per_source: Arc<assist_proto::per_source::PerSource>,
     /// Ids of sessions, unique in this process.
@@ -109,6 +122,7 @@ impl Relay {
         Self {
             audit,
             startups: Arc::new(tokio::sync::Semaphore::new(limits.max_startups)),
+            startup_queue: Arc::new(tokio::sync::Semaphore::new(limits.startup_queue)),
             startups_per_source: Arc::default(),
             next_session: std::sync::atomic::AtomicU64::new(1),
             sessions: Arc::default(),

@@ -100,13 +100,24 @@ pub fn admit(relay: &Relay, peer: SocketAddr) -> Result<Startup, NotAdmitted> {
         crate::metrics::connection_refused("busy");
         return Err(NotAdmitted::Busy);
     };
-    let Ok(permit) = Arc::clone(&relay.startups).try_acquire_owned() else {
-        tracing::warn!(%peer, "too many unauthenticated connections; closed");
-        crate::metrics::connection_refused("busy");
-        return Err(NotAdmitted::Busy);
+    let place = match Arc::clone(&relay.startups).try_acquire_owned() {
+        Ok(permit) => Place::Held { _permit: permit },
+        // Every handshake slot is taken: wait for one in the queue, unless it is full too.
+        Err(_) => match Arc::clone(&relay.startup_queue).try_acquire_owned() {
+            Ok(queued) => Place::Queued {
+                _queued: queued,
+                slots: Arc::clone(&relay.startups),
+                wait: relay.limits.startup_wait,
+            },
+            Err(_) => {
+                tracing::warn!(%peer, "too many unauthenticated connections; closed");
+                crate::metrics::connection_refused("busy");
+                return Err(NotAdmitted::Busy);
+            }
+        },
     };
     Ok(Startup {
-        _global: permit,
+        place,
         _source: slot,
     })
 }
@@ -166,6 +177,27 @@ fn refuse_before_handshake(stream: &tokio::net::TcpStream, why: &NotAdmitted) {
     let _ = stream.try_write(line.as_bytes());
 }
 
+/// Like [`refuse_before_handshake`], for a connection that waited in the startup queue
+/// and got no place: the refusal line, then the close. Bounded: a client that reads
+/// nothing does not hold the task.
+async fn refuse_in_stream<S>(stream: &mut S, why: &NotAdmitted)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let line = format!("{}{why}\r\n", assist_proto::limits::REFUSAL_LINE_PREFIX);
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent (its version line) until it closes too: unread input
+        // would turn our close into a reset that may discard the line at the client.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// Runs one admitted connection in its own tracked task, whatever carries its bytes.
 pub fn spawn_connection<S>(
     relay: &Arc<Relay>,
@@ -201,6 +233,28 @@ async fn connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut startup = startup;
+    let mut stream = stream;
+    let queued_at = Instant::now();
+    let waited = tokio::select! {
+        placed = startup.take_place() => placed,
+        _ = shutdown.cancelled() => return,
+    };
+    if let Err(why) = waited {
+        tracing::warn!(
+            "no place among the unauthenticated connections within the queue's wait; closed"
+        );
+        crate::metrics::connection_refused("busy");
+        return refuse_in_stream(&mut stream, &why).await;
+    }
+    let queued_for = queued_at.elapsed();
+    if queued_for > Duration::from_millis(100) {
+        tracing::debug!(
+            waited_ms = queued_for.as_millis() as u64,
+            "waited for a startup place"
+        );
+    }
+    // The grace time counts from the handshake's start, not from the wait before it.
     let deadline = Instant::now() + relay.limits.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
     let (fatal_tx, mut fatal_rx) = oneshot::channel::<String>();
@@ -335,10 +389,40 @@ async fn connection<S>(
 }
 
 /// What an unauthenticated connection holds until it logs in: a place among
-/// `max_startups`, and one among its source's `max_startups_per_source`.
+/// `max_startups` (or in the queue for one), and one among its source's
+/// `max_startups_per_source`.
 pub struct Startup {
-    _global: OwnedSemaphorePermit,
+    place: Place,
     _source: SourceSlot,
+}
+
+enum Place {
+    Held {
+        _permit: OwnedSemaphorePermit,
+    },
+    Queued {
+        _queued: OwnedSemaphorePermit,
+        slots: Arc<tokio::sync::Semaphore>,
+        wait: Duration,
+    },
+}
+
+impl Startup {
+    /// Waits, if admission queued this connection, for a place among `max_startups`; at
+    /// most the queue's wait, then the connection is refused as busy.
+    async fn take_place(&mut self) -> Result<(), NotAdmitted> {
+        let Place::Queued { slots, wait, .. } = &self.place else {
+            return Ok(());
+        };
+        match tokio::time::timeout(*wait, Arc::clone(slots).acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                self.place = Place::Held { _permit: permit };
+                Ok(())
+            }
+            // Closed only if the relay is gone; either way this connection is not served.
+            Ok(Err(_)) | Err(_) => Err(NotAdmitted::Busy),
+        }
+    }
 }
 
 /// Counts the connection as a failed login when it ends (on any path) without a login

@@ -258,6 +258,7 @@ async fn silent_connections_are_dropped_after_the_login_grace() {
 async fn unauthenticated_connections_are_capped() {
     let f = start(Limits {
         max_startups: 1,
+        startup_queue: 0,
         ..Limits::default()
     })
     .await;
@@ -271,6 +272,68 @@ async fn unauthenticated_connections_are_capped() {
     let _ = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut buf))
         .await
         .expect("closed at once");
+    assert_eq!(
+        String::from_utf8_lossy(&buf),
+        "assist-jumphost: refused: too many connections are logging in at once; retry shortly\r\n"
+    );
+}
+
+#[tokio::test]
+async fn over_the_cap_a_connection_waits_in_the_queue_for_a_place() {
+    let f = start(Limits {
+        max_startups: 1,
+        startup_queue: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(f.addr).await.unwrap();
+    let mut banner = [0u8; 8];
+    first.read_exact(&mut banner).await.unwrap();
+    // The second waits (it takes the queue's only place), so a third is refused at once.
+    let mut second = TcpStream::connect(f.addr).await.unwrap();
+    let mut third = TcpStream::connect(f.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut buf))
+        .await
+        .expect("the third is closed at once")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&buf),
+        "assist-jumphost: refused: too many connections are logging in at once; retry shortly\r\n"
+    );
+    // The first gives its place back: the second gets it and its handshake starts.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut banner))
+        .await
+        .expect("the waiting connection is served once a place is free")
+        .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+}
+
+#[tokio::test]
+async fn a_connection_that_waits_too_long_for_a_place_is_told_why() {
+    let f = start(Limits {
+        max_startups: 1,
+        startup_queue: 4,
+        startup_wait: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(f.addr).await.unwrap();
+    let mut banner = [0u8; 8];
+    first.read_exact(&mut banner).await.unwrap();
+    let asked = std::time::Instant::now();
+    let mut second = TcpStream::connect(f.addr).await.unwrap();
+    second.write_all(b"SSH-2.0-waiting\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut buf))
+        .await
+        .expect("refused once the queue's wait is over")
+        .unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_millis(200),
+        "it waited for a place before the refusal, not refused at once"
+    );
     assert_eq!(
         String::from_utf8_lossy(&buf),
         "assist-jumphost: refused: too many connections are logging in at once; retry shortly\r\n"
