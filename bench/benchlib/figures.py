@@ -334,19 +334,27 @@ def idle(chain, loadgen, key, levels, logdir, timeout):
 
 
 def fan_in(chains, hops, size):
-    """`hops` engineers downloading `size` bytes each at once through one device tunnel."""
+    """`hops` engineers downloading `size` bytes each at once through one device tunnel.
+
+    Every hop logs in and says it is ready before any transfer starts, then all start
+    together: slowest ÷ fastest then measures how the chain shares one tunnel, not how far
+    apart the logins happened to finish (a hop that logs in last used to find the tunnel
+    nearly free). How far apart the logins finished is reported beside it."""
     res = {}
+    remote = f"echo R; read go; exec head -c {size} /dev/zero"
     for c in chains:
-        procs = [subprocess.Popen(c.cmd(["head", "-c", str(size), "/dev/zero"]),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL) for _ in range(hops)]
+        procs = [subprocess.Popen(c.cmd([remote]), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                 for _ in range(hops)]
         timers = [_watchdog(p) for p in procs]
         sel = selectors.DefaultSelector()
         stat = {}
         for i, p in enumerate(procs):
             sel.register(p.stdout, selectors.EVENT_READ, i)
-            stat[i] = {"got": 0, "first": None, "last": None}
+            stat[i] = {"got": 0, "first": None, "last": None, "ready": None, "head": b""}
         open_ = hops
+        ready = 0
+        started = False
         deadline = time.monotonic() + 600
         while open_ and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=5):
@@ -358,9 +366,26 @@ def fan_in(chains, hops, size):
                     open_ -= 1
                     continue
                 s = stat[i]
+                if s["ready"] is None:
+                    s["head"] += block
+                    if len(s["head"]) < 2:
+                        continue
+                    if not s["head"].startswith(b"R\n"):
+                        raise BenchError(f"{c.name} fan-in: hop {i} said {s['head'][:20]!r}")
+                    s["ready"] = now
+                    ready += 1
+                    block = s["head"][2:]
+                    if not block:
+                        continue
                 s["got"] += len(block)
                 s["first"] = s["first"] or now
                 s["last"] = now
+            if ready == hops and not started:
+                # Everybody is logged in: the same go for all, as close together as can be.
+                for p in procs:
+                    p.stdin.write(b"\n")
+                    p.stdin.close()
+                started = True
         for p in procs:
             if p.poll() is None and open_:
                 p.kill()
@@ -370,16 +395,21 @@ def fan_in(chains, hops, size):
         bad = [i for i in range(hops) if rcs[i] != 0 or stat[i]["got"] != size]
         if bad:
             raise BenchError(f"{c.name} fan-in: {len(bad)}/{hops} hops failed "
-                             f"(e.g. exit {rcs[bad[0]]}, {stat[bad[0]]['got']}/{size} bytes)")
+                             f"(e.g. exit {rcs[bad[0]]}, {stat[bad[0]]['got']}/{size} bytes, "
+                             f"{ready} logged in)")
         rates = [_rate(size, s["last"] - s["first"]) for s in stat.values()]
         span = max(s["last"] for s in stat.values()) - min(s["first"] for s in stat.values())
         firsts = [s["first"] for s in stat.values()]
+        readies = [s["ready"] for s in stat.values()]
         res[c.name] = {"aggregate": _rate(size * hops, span), "slowest": min(rates),
                        "fastest": max(rates), "fairness": min(rates) / max(rates),
                        "median_hop": statistics.median(rates),
-                       "first_byte_spread_s": max(firsts) - min(firsts)}
+                       "first_byte_spread_s": max(firsts) - min(firsts),
+                       "login_spread_s": max(readies) - min(readies)}
         log(f"fan-in {c.name}: {res[c.name]['aggregate']:.0f} MB/s aggregate, "
-            f"slowest/fastest {res[c.name]['fairness']:.2f}")
+            f"slowest/fastest {res[c.name]['fairness']:.2f}, logins spread "
+            f"{res[c.name]['login_spread_s']:.1f} s, first bytes "
+            f"{res[c.name]['first_byte_spread_s']:.2f} s")
     return res
 
 
