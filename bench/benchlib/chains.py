@@ -265,6 +265,13 @@ class OurChain:
         if not codes:
             raise BenchError(f"assist-client enable printed no code: {out!r}")
         self.code = codes[0]
+        # Stock `ssh -J` as the engineer needs the derived key in a file, as support
+        # engineers export it.
+        self.derived = os.path.join(self.dir, "derived_key")
+        if self.engineer_mode == "ssh":
+            run([self.bins["support-cli"], "--jumphost", self.jumphost(), "--engineer",
+                 ENGINEER, "--identity", self.keys.engineer, "--known-hosts", self.known_hosts,
+                 "key", self.serial, "--code", self.code, "--out", self.derived], timeout=60)
 
     def _start_stock_device(self, target):
         """Stand-in device: stock `ssh -R 22:…` as the serial, with the derived key installed

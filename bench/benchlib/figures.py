@@ -355,13 +355,25 @@ def fan_in(chains, hops, size):
         open_ = hops
         ready = 0
         started = False
+        # This one thread reads every hop; on two cores shared with hundreds of the chains'
+        # processes its fair share of CPU was too small to keep up, and hops waited on it
+        # (their client had written, the reader had not read: seen with timestamps on both
+        # sides). It reads at a higher priority than the chains, into one buffer, as a
+        # hundred engineers on their own machines would not be short of CPU to read with.
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+        except PermissionError:
+            log("fan-in: cannot raise the reader's priority (not root); hops may wait on it")
+        buf = bytearray(CHUNK)
         deadline = time.monotonic() + 600
         while open_ and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=5):
                 i = key.data
-                block = os.read(key.fileobj.fileno(), CHUNK)
+                n = os.readv(key.fileobj.fileno(), [buf])
                 now = time.monotonic()
-                if not block:
+                block = buf[:n] if stat[i]["ready"] is None else n
+                if not n:
                     sel.unregister(key.fileobj)
                     open_ -= 1
                     continue
@@ -374,10 +386,10 @@ def fan_in(chains, hops, size):
                         raise BenchError(f"{c.name} fan-in: hop {i} said {s['head'][:20]!r}")
                     s["ready"] = now
                     ready += 1
-                    block = s["head"][2:]
+                    block = len(s["head"]) - 2
                     if not block:
                         continue
-                s["got"] += len(block)
+                s["got"] += block
                 s["first"] = s["first"] or now
                 s["last"] = now
             if ready == hops and not started:
@@ -386,6 +398,7 @@ def fan_in(chains, hops, size):
                     p.stdin.write(b"\n")
                     p.stdin.close()
                 started = True
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
         for p in procs:
             if p.poll() is None and open_:
                 p.kill()

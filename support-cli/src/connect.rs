@@ -4,7 +4,6 @@ use anyhow::Context;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, Sig};
 use std::io::IsTerminal;
-use tokio::io::AsyncWriteExt;
 
 use crate::config::Settings;
 use crate::error::HopError;
@@ -164,16 +163,16 @@ async fn exec(channel: Channel<Msg>, command: Option<String>) -> anyhow::Result<
 /// Copies the channel to stdout/stderr until it closes; returns the remote exit status
 /// (128 + signal number for a signal, as ssh and shells do).
 async fn pump(rx: &mut ChannelReadHalf) -> anyhow::Result<i32> {
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
+    let mut stdout = terminal::Output::stdout().context("opening stdout")?;
+    let mut stderr = terminal::Output::stderr().context("opening stderr")?;
     let mut status = None;
     while let Some(msg) = rx.wait().await {
         match msg {
             ChannelMsg::Data { data } => {
-                stdout.write_all(&data).await.context("writing to stdout")?;
+                stdout.write_all(&data).context("writing to stdout")?;
             }
             ChannelMsg::ExtendedData { data, ext: 1 } => {
-                stderr.write_all(&data).await.context("writing to stderr")?;
+                stderr.write_all(&data).context("writing to stderr")?;
             }
             ChannelMsg::Failure => {
                 return Err(HopError::Ssh {
@@ -192,7 +191,6 @@ async fn pump(rx: &mut ChannelReadHalf) -> anyhow::Result<i32> {
                 ..
             } => {
                 let dumped = if core_dumped { " (core dumped)" } else { "" };
-                let _ = stdout.flush().await;
                 eprintln!(
                     "remote command killed by signal {signal_name:?}{dumped} {error_message}"
                 );
@@ -202,8 +200,6 @@ async fn pump(rx: &mut ChannelReadHalf) -> anyhow::Result<i32> {
             _ => {}
         }
     }
-    stdout.flush().await.context("writing to stdout")?;
-    stderr.flush().await.context("writing to stderr")?;
     status.ok_or_else(|| HopError::NoExitStatus.into())
 }
 

@@ -61,3 +61,34 @@ pub fn stdin_chunks() -> mpsc::Receiver<Vec<u8>> {
     });
     rx
 }
+
+/// The engineer's stdout or stderr, written in place from the async task that has the
+/// bytes. tokio's own stdout hands every chunk to a blocking-pool thread and waits for it
+/// (and std's `Stdout` scans each chunk for a newline to flush at): under a loaded CPU
+/// those hand-offs, not the network, set the pace of a download (bench/NOTES.md, fan-in).
+/// A write that blocks (the reader is slow) holds this worker thread only, which
+/// `block_in_place` tells the runtime about so other tasks move on.
+pub struct Output {
+    file: std::fs::File,
+}
+
+impl Output {
+    pub fn stdout() -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        Ok(Self {
+            file: std::io::stdout().as_fd().try_clone_to_owned()?.into(),
+        })
+    }
+
+    pub fn stderr() -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        Ok(Self {
+            file: std::io::stderr().as_fd().try_clone_to_owned()?.into(),
+        })
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        tokio::task::block_in_place(|| self.file.write_all(bytes))
+    }
+}
