@@ -158,9 +158,14 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         TunnelState::Reconnecting => "reconnecting",
         TunnelState::Failed => "failed",
     };
+    let at = match (&s.tunnel.jumphost, s.tunnel.state) {
+        (Some(j), TunnelState::Connected) => format!(" to {j}"),
+        (Some(j), _) => format!(", trying {j}"),
+        (None, _) => String::new(),
+    };
     match &s.tunnel.last_error {
-        Some(e) => println!("tunnel: {state} (last error: {e})"),
-        None => println!("tunnel: {state}"),
+        Some(e) => println!("tunnel: {state}{at} (last error: {e})"),
+        None => println!("tunnel: {state}{at}"),
     }
     println!(
         "connections: {} now, {} in this window",

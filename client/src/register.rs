@@ -48,7 +48,9 @@ pub enum RegisterError {
 /// Where and how this device's key is registered: at enable, at extend, and again when a
 /// login is refused.
 pub struct Registration {
-    pub api_url: String,
+    /// The API's URLs, tried in order: several jump hosts on one database each serve it, so
+    /// the first that answers decides.
+    pub api_urls: Vec<String>,
     pub trust: ApiTrust,
     pub serial: String,
     /// The device key's public line.
@@ -60,17 +62,56 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers (or renews) the key now.
+    /// Registers (or renews) the key now, at the first API URL that answers.
     pub async fn send(&self) -> Result<RegisterResponse, RegisterError> {
-        register(
-            &self.api_url,
-            &self.trust,
-            &self.serial,
-            &self.public_key,
-            self.enrollment_secret.as_ref(),
-            self.proxy.as_ref(),
-        )
-        .await
+        self.send_from(0).await
+    }
+
+    /// As [`Registration::send`], starting with `api_urls[first]` (the API of the jump host
+    /// that refused the device key, when each jump host has its own) and going round.
+    pub async fn send_from(&self, first: usize) -> Result<RegisterResponse, RegisterError> {
+        let n = self.api_urls.len();
+        let mut last = None;
+        for url in (0..n).map(|i| &self.api_urls[(first + i) % n]) {
+            let sent = register(
+                url,
+                &self.trust,
+                &self.serial,
+                &self.public_key,
+                self.enrollment_secret.as_ref(),
+                self.proxy.as_ref(),
+            )
+            .await;
+            match sent {
+                Err(e) if n > 1 && e.another_url_may_answer() => {
+                    tracing::warn!(api_url = %url, "registration failed, trying the next API URL: {e}");
+                    last = Some(e);
+                }
+                answer => return answer,
+            }
+        }
+        Err(last.unwrap_or_else(|| RegisterError::Unreachable {
+            url: String::new(),
+            message: "no api_url configured".to_owned(),
+        }))
+    }
+}
+
+impl RegisterError {
+    /// Whether this says nothing about the serial or its key, only about one API server or
+    /// the way to it: another jump host's API may well answer.
+    fn another_url_may_answer(&self) -> bool {
+        match self {
+            RegisterError::Tls { .. }
+            | RegisterError::Unreachable { .. }
+            | RegisterError::BadAnswer { .. }
+            | RegisterError::Proxy { .. } => true,
+            RegisterError::Refused { status, .. } => *status >= 500,
+            RegisterError::BoundToOtherKey { .. }
+            | RegisterError::NotAllowed { .. }
+            | RegisterError::Enrollment { .. }
+            | RegisterError::ProxyAuth { .. } => false,
+        }
     }
 }
 
