@@ -619,6 +619,11 @@ impl Agent {
         lock::mutex(&self.until).map(|(epoch, _)| epoch)
     }
 
+    /// Tunnel attempts after a failure or a lost session since the agent started.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects()
+    }
+
     pub async fn status(&self) -> Status {
         let until = lock::mutex(&self.until).map(|(_, until)| until);
         let remaining = until.map(|u| {

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod history;
 pub mod keys;
 pub mod local_api;
+pub mod metrics;
 pub mod peer_user;
 pub mod pin;
 pub mod register;

@@ -165,3 +165,41 @@ fn metrics_follow_devices_hops_and_refusals_and_pass_promtool() {
     }
     promtool_accepts(&body);
 }
+
+/// With `[api_tls]`, the certificate's expiry is exported as the certificate says it (the
+/// notAfter that `openssl x509 -enddate` reads from the file the jump host serves).
+#[test]
+fn the_api_certificates_expiry_is_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let jump = assist_e2e::Jumphost::start_configured(
+        dir.path(),
+        &assist_e2e::alice_policy(
+            "",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJqE7egDfQoF+LPGvaRdEJjNURSRmJ2U+vQ9XSbMvnLX",
+        ),
+        "127.0.0.1:0",
+        "metrics_listen = \"127.0.0.1:0\"\n[api_tls]\nself_signed = true\n",
+    );
+    let addr = jump.metrics_addr.unwrap();
+    let (status, body) = assist_e2e::http(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let expiry = value(&body, "assist_api_certificate_expiry_timestamp_seconds");
+    let loaded = value(&body, "assist_api_certificate_loaded_timestamp_seconds");
+
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(jump.data_dir.join("api-cert.pem"))
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let end = text(&out.stdout);
+    let end = end.trim().strip_prefix("notAfter=").unwrap().to_owned();
+    let out = Command::new("date")
+        .args(["-u", "-d", &end, "+%s"])
+        .output()
+        .unwrap();
+    let want: f64 = text(&out.stdout).trim().parse().unwrap();
+    assert_eq!(expiry, want, "{body}");
+    assert!(expiry > loaded && loaded > 0.0, "{body}");
+    promtool_accepts(&body);
+}
