@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod history;
+pub mod http_client;
 pub mod keys;
 pub mod local_api;
 pub mod metrics;

@@ -1,9 +1,13 @@
 //! Registration (or renewal) of the device key with the jump host's `POST /v1/register`,
-//! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP.
+//! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP, through the proxy
+//! the tunnel uses.
 
 use crate::api_tls::{self, ApiTrust};
+use crate::http_client::{self, Outgoing, RequestError, Target};
 use assist_proto::Secret;
 use assist_proto::api::{EnrollmentProof, ErrorBody, RegisterRequest, RegisterResponse};
+use axum::http::Method;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a registration call may take before the agent gives up.
@@ -127,36 +131,30 @@ pub async fn register(
     proxy: Option<&assist_proto::proxy::Proxy>,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
-    // Without a configured proxy, the environment's, read as the tunnel reads it (not as
-    // reqwest would: it knows no socks5h:// in HTTPS_PROXY and no NO_PROXY domains alike).
+    let target = Target::parse(&url).map_err(|message| RegisterError::Unreachable {
+        url: url.clone(),
+        message,
+    })?;
+    // Without a configured proxy, the environment's, read as the tunnel reads it.
     let from_env = match proxy {
         Some(_) => None,
-        None => env_proxy(&url).map_err(|message| RegisterError::Proxy { message })?,
+        None => {
+            let env = |k: &str| std::env::var(k).ok();
+            assist_proto::proxy::Proxy::from_env(&target.host, &env)
+                .transpose()
+                .map_err(|message| RegisterError::Proxy { message })?
+        }
     };
     let proxy = proxy.or(from_env.as_ref());
-    let mut builder = reqwest::Client::builder()
-        .timeout(REGISTER_TIMEOUT)
-        .no_proxy();
-    if let Some(proxy) = proxy {
-        let proxy = reqwest::Proxy::all(proxy.url_with_credentials().expose()).map_err(|e| {
-            RegisterError::Unreachable {
+    let tls = match target.tls {
+        true => Some(Arc::new(api_tls::client_config(trust).map_err(
+            |message| RegisterError::Tls {
                 url: url.clone(),
-                message: format!("the proxy {proxy}: {e}"),
-            }
-        })?;
-        builder = builder.proxy(proxy);
-    }
-    if url.starts_with("https://") {
-        let tls = api_tls::client_config(trust).map_err(|message| RegisterError::Tls {
-            url: url.clone(),
-            message,
-        })?;
-        builder = builder.use_preconfigured_tls(tls);
-    }
-    let client = builder.build().map_err(|e| RegisterError::Unreachable {
-        url: url.clone(),
-        message: e.to_string(),
-    })?;
+                message,
+            },
+        )?)),
+        false => None,
+    };
     let enrollment = match secret {
         None => None,
         Some(secret) => {
@@ -179,32 +177,45 @@ pub async fn register(
         rotation_proof: None,
         enrollment,
     };
-    let response = match client.post(&url).json(&request).send().await {
+    let json = serde_json::to_vec(&request).map_err(|e| RegisterError::BadAnswer {
+        url: url.clone(),
+        message: format!("cannot encode the request: {e}"),
+    })?;
+    let outgoing = Outgoing {
+        method: Method::POST,
+        bearer: None,
+        json: Some(json),
+    };
+    let response = match http_client::send(&target, outgoing, tls, proxy, REGISTER_TIMEOUT).await {
         Ok(response) => response,
+        Err(RequestError::Tls(e)) => {
+            let message =
+                api_tls::describe_tls_failure(&e).unwrap_or_else(|| http_client::chain(&e));
+            return Err(RegisterError::Tls { url, message });
+        }
+        // An HTTP proxy's 401 or 407 to CONNECT: its credentials, not the jump host.
+        Err(RequestError::Connect(message))
+            if proxy.is_some()
+                && (message.contains("refused: 407") || message.contains("refused: 401")) =>
+        {
+            return Err(RegisterError::ProxyAuth { message });
+        }
+        Err(RequestError::Connect(message)) if proxy.is_some() => {
+            return Err(RegisterError::Proxy { message });
+        }
         Err(e) => {
-            if let Some(message) = api_tls::describe_tls_failure(&e) {
-                return Err(RegisterError::Tls { url, message });
-            }
-            if let Some(message) = proxy_refusal(&url, proxy).await {
-                return Err(RegisterError::Proxy { message });
-            }
             return Err(RegisterError::Unreachable {
                 url,
-                message: error_chain(&e),
+                message: e.to_string(),
             });
         }
     };
-    let status = response.status().as_u16();
-    let body = match response.text().await {
+    let status = response.status;
+    let body = match response.body {
         Ok(body) => body,
         // A proxy refusing us may hang up before its body: the status says enough.
         Err(_) if status == 401 || status == 407 => String::new(),
-        Err(e) => {
-            return Err(RegisterError::Unreachable {
-                url: url.clone(),
-                message: error_chain(&e),
-            });
-        }
+        Err(message) => return Err(RegisterError::Unreachable { url, message }),
     };
     if status == 200 || status == 201 {
         return serde_json::from_str(&body).map_err(|e| RegisterError::BadAnswer {
@@ -229,40 +240,4 @@ pub async fn register(
         403 => RegisterError::NotAllowed { serial, message },
         status => RegisterError::Refused { status, message },
     })
-}
-
-/// The proxy that `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` name for the API at `url`.
-fn env_proxy(url: &str) -> Result<Option<assist_proto::proxy::Proxy>, String> {
-    let Some(host) = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-    else {
-        return Ok(None);
-    };
-    let env = |k: &str| std::env::var(k).ok();
-    assist_proto::proxy::Proxy::from_env(&host, &env).transpose()
-}
-
-/// Why the proxy would not carry us to the API at `url`, in the words the tunnel uses: the
-/// HTTP client only says "socks connect error", so the proxy is asked once more.
-async fn proxy_refusal(url: &str, proxy: Option<&assist_proto::proxy::Proxy>) -> Option<String> {
-    let proxy = proxy?;
-    let url = reqwest::Url::parse(url).ok()?;
-    let host = url.host_str()?;
-    let port = url.port_or_known_default()?;
-    assist_proto::proxy::tcp_connect(host, port, Some(proxy))
-        .await
-        .err()
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"); show the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
