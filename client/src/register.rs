@@ -241,3 +241,89 @@ pub async fn register(
         status => RegisterError::Refused { status, message },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An API on loopback answering every registration with `status` and `body`; counts them.
+    async fn api(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.ends_with(b"}") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, asked)
+    }
+
+    fn registration(api_urls: Vec<String>) -> Registration {
+        Registration {
+            api_urls,
+            trust: ApiTrust::SystemRoots,
+            serial: "SN-1".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            enrollment_secret: None,
+            proxy: None,
+        }
+    }
+
+    const BOUND: &str =
+        r#"{"serial":"SN-1","fingerprint":"SHA256:x","expires_at":1,"max_assistance_secs":60}"#;
+
+    #[tokio::test]
+    async fn the_next_api_url_is_tried_only_when_the_first_says_nothing_about_the_serial() {
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (busy, _) = api("503 Service Unavailable", "later").await;
+        let (good, good_asked) = api("201 Created", BOUND).await;
+        // Nothing listening, then a 503: both passed over, the third binds.
+        let r = registration(vec![dead.clone(), busy, good.clone()]);
+        assert_eq!(r.send().await.unwrap().max_assistance_secs, 60);
+        assert_eq!(good_asked.load(Ordering::SeqCst), 1);
+
+        // A 409 is the database's answer about the serial: the next URL (the same database
+        // behind another jump host) is not asked.
+        let (taken, _) = api("409 Conflict", r#"{"error":"bound to another key"}"#).await;
+        let r = registration(vec![taken, good.clone()]);
+        let err = r.send().await.unwrap_err();
+        assert!(
+            matches!(err, RegisterError::BoundToOtherKey { .. }),
+            "{err}"
+        );
+        assert_eq!(good_asked.load(Ordering::SeqCst), 1);
+
+        // send_from starts at the given URL and goes round.
+        let r = registration(vec![dead.clone(), good]);
+        r.send_from(1).await.unwrap();
+        assert_eq!(good_asked.load(Ordering::SeqCst), 2);
+
+        // All unreachable: the last one's reason.
+        let err = registration(vec![dead.clone(), dead.clone()])
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&dead), "{err}");
+    }
+}
