@@ -181,7 +181,8 @@ impl Agent {
         }
         let pin = HostKeyPin::new(
             config.pinned_host_key_path(),
-            config.jumphost_fingerprint.clone(),
+            config.jumphost_fingerprints.clone(),
+            config.jumphosts[0].clone(),
         );
         Ok(Self {
             device_key,
@@ -228,7 +229,7 @@ impl Agent {
     /// This device's registration as the configuration says.
     fn registration(&self) -> Result<Registration, AgentError> {
         Ok(Registration {
-            api_url: self.config.api_url.clone(),
+            api_urls: self.config.api_urls.clone(),
             trust: self.config.api_trust.clone(),
             serial: self.config.serial.clone(),
             public_key: keys::public_line(&self.device_key)?,
@@ -372,7 +373,7 @@ impl Agent {
         let relays = TaskTracker::new();
         let tunnel = Tunnel {
             serial: self.config.serial.clone(),
-            jumphost: self.config.jumphost.clone(),
+            jumphosts: self.config.jumphosts.clone(),
             device_key: self.device_key.clone(),
             services: Arc::new(
                 self.config
@@ -428,7 +429,7 @@ impl Agent {
                     tracing::error!("cannot end the failed window cleanly: {e}");
                 }
                 return Err(self.enable_failed(AgentError::Tunnel {
-                    jumphost: self.config.jumphost.clone(),
+                    jumphost: self.config.jumphosts.join(", "),
                     reason,
                 }));
             }
@@ -471,7 +472,7 @@ impl Agent {
             (Err(_), _) => TunnelWait::Pending(format!(
                 "no answer from the jump host {} within {} s; the code works once \
                  `assist-client status` says connected",
-                self.config.jumphost,
+                self.config.jumphosts.join(", "),
                 wait.as_secs()
             )),
         }
@@ -616,6 +617,11 @@ impl Agent {
     /// at each enable.
     pub fn window_number(&self) -> Option<u64> {
         lock::mutex(&self.until).map(|(epoch, _)| epoch)
+    }
+
+    /// Tunnel attempts after a failure or a lost session since the agent started.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects()
     }
 
     pub async fn status(&self) -> Status {

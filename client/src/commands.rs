@@ -3,9 +3,11 @@
 
 use crate::agent::DisableReport;
 use crate::config::Config;
+use crate::http_client::{self, Outgoing, Target};
 use crate::local_api::{ApiErrorBody, EnableRequest, EnableResponse};
 use crate::state::{Status, TunnelState};
 use anyhow::{Context, bail};
+use axum::http::Method;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,7 +20,6 @@ struct AgentEndpoint {
     base: String,
     addr: String,
     token: String,
-    client: reqwest::Client,
 }
 
 impl AgentEndpoint {
@@ -36,25 +37,28 @@ impl AgentEndpoint {
         let token_path = config.control_token_path();
         let token = std::fs::read_to_string(&token_path)
             .with_context(|| format!("cannot read {}: {}", token_path.display(), hint()))?;
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("cannot set up an HTTP client")?;
         Ok(Self {
             base: format!("http://{}", addr.trim()),
             addr: addr.trim().to_owned(),
             token: token.trim().to_owned(),
-            client,
         })
     }
 
+    /// `method` on `path` of the agent's API, with the token and, if given, a JSON body.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
     ) -> anyhow::Result<T> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
+        let url = format!("{}{path}", self.base);
+        let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
+        let outgoing = Outgoing {
+            method,
+            bearer: Some(&self.token),
+            json,
+        };
+        let response = http_client::send(&target, outgoing, None, None, REQUEST_TIMEOUT)
             .await
             .with_context(|| {
                 format!(
@@ -62,12 +66,12 @@ impl AgentEndpoint {
                     self.base
                 )
             })?;
-        let status = response.status();
+        let status = response.status;
         let body = response
-            .text()
-            .await
+            .body
+            .map_err(anyhow::Error::msg)
             .context("cannot read the agent's answer")?;
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             let message = serde_json::from_str::<ApiErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or(body);
@@ -79,14 +83,8 @@ impl AgentEndpoint {
 
 pub async fn enable(config: &Config, minutes: Option<u64>) -> anyhow::Result<()> {
     let agent = AgentEndpoint::find(config)?;
-    let r: EnableResponse = agent
-        .call(
-            agent
-                .client
-                .post(format!("{}/api/enable", agent.base))
-                .json(&EnableRequest { minutes }),
-        )
-        .await?;
+    let body = serde_json::to_vec(&EnableRequest { minutes }).context("cannot encode")?;
+    let r: EnableResponse = agent.call(Method::POST, "/api/enable", Some(body)).await?;
     println!("code: {}", r.code);
     println!("until: {}", r.until);
     if let Some(pending) = &r.tunnel_pending {
@@ -112,9 +110,7 @@ fn humanize(secs: u64) -> String {
 
 pub async fn disable(config: &Config) -> anyhow::Result<()> {
     let agent = AgentEndpoint::find(config)?;
-    let r: DisableReport = agent
-        .call(agent.client.post(format!("{}/api/disable", agent.base)))
-        .await?;
+    let r: DisableReport = agent.call(Method::POST, "/api/disable", None).await?;
     if r.was_enabled {
         println!("remote assistance disabled");
     } else {
@@ -133,9 +129,7 @@ pub async fn disable(config: &Config) -> anyhow::Result<()> {
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let agent = AgentEndpoint::find(config)?;
-    let s: Status = agent
-        .call(agent.client.get(format!("{}/api/status", agent.base)))
-        .await?;
+    let s: Status = agent.call(Method::GET, "/api/status", None).await?;
     if json {
         println!(
             "{}",
@@ -158,9 +152,14 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         TunnelState::Reconnecting => "reconnecting",
         TunnelState::Failed => "failed",
     };
+    let at = match (&s.tunnel.jumphost, s.tunnel.state) {
+        (Some(j), TunnelState::Connected) => format!(" to {j}"),
+        (Some(j), _) => format!(", trying {j}"),
+        (None, _) => String::new(),
+    };
     match &s.tunnel.last_error {
-        Some(e) => println!("tunnel: {state} (last error: {e})"),
-        None => println!("tunnel: {state}"),
+        Some(e) => println!("tunnel: {state}{at} (last error: {e})"),
+        None => println!("tunnel: {state}{at}"),
     }
     println!(
         "connections: {} now, {} in this window",
@@ -205,9 +204,7 @@ pub fn history(config: &Config, json: bool) -> anyhow::Result<()> {
 pub async fn page(config: &Config, open: bool) -> anyhow::Result<()> {
     let agent = AgentEndpoint::find(config)?;
     // A token left by an agent that is gone would print a link that does not log in.
-    let _: Status = agent
-        .call(agent.client.get(format!("{}/api/status", agent.base)))
-        .await?;
+    let _: Status = agent.call(Method::GET, "/api/status", None).await?;
     let addr: SocketAddr = agent.addr.parse().with_context(|| {
         format!(
             "{} holds {:?}, not an address",

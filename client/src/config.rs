@@ -41,10 +41,12 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     serial: String,
-    jumphost: String,
-    /// Optional when `jumphost` is a ws(s):// URL: the API is then at that URL's origin.
+    /// One jump host, or a list tried in order (the agent moves on when one fails).
+    jumphost: OneOrMany,
+    /// Optional when `jumphost` is (or holds) a ws(s):// URL: the API is then at that URL's
+    /// origin. A list is tried in order.
     #[serde(default)]
-    api_url: Option<String>,
+    api_url: Option<OneOrMany>,
     data_dir: PathBuf,
     web_listen: SocketAddr,
     target_user: String,
@@ -52,10 +54,10 @@ struct RawConfig {
     authorized_keys: Option<PathBuf>,
     #[serde(default)]
     services: BTreeMap<String, String>,
-    /// Optional `SHA256:…` fingerprint of the jump host key; without it the key is pinned on
-    /// first use.
+    /// Optional `SHA256:…` fingerprint of the jump host key (or a list, one per key of the
+    /// jump hosts); without it each jump host's key is pinned on first use.
     #[serde(default)]
-    jumphost_fingerprint: Option<String>,
+    jumphost_fingerprint: Option<OneOrMany>,
     /// Optional PEM file of the CA (or the self-signed certificate) to trust for an
     /// `https://` api_url instead of the system's CAs.
     #[serde(default)]
@@ -77,6 +79,48 @@ struct RawConfig {
     /// Optional: how long the history of windows and connections is kept (`90d`).
     #[serde(default)]
     history_keep: Option<String>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Debug)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut list = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    list.push(item);
+                }
+                Ok(OneOrMany::Many(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl OneOrMany {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// Where the serial's enrollment secret comes from.
@@ -101,15 +145,19 @@ pub struct Service {
 pub struct Config {
     pub path: PathBuf,
     pub serial: String,
-    pub jumphost: String,
-    pub api_url: String,
+    /// The jump hosts in the order they are tried; never empty.
+    pub jumphosts: Vec<String>,
+    /// The registration API's URLs (without trailing slash) in the order they are tried;
+    /// never empty. When there are as many as jump hosts, `api_urls[i]` is `jumphosts[i]`'s.
+    pub api_urls: Vec<String>,
     pub data_dir: PathBuf,
     pub web_listen: SocketAddr,
     pub target_user: String,
     /// `None`: the target user's `~/.ssh/authorized_keys`, looked up when needed.
     pub authorized_keys: Option<PathBuf>,
     pub services: Vec<Service>,
-    pub jumphost_fingerprint: Option<String>,
+    /// Fingerprints the jump hosts' keys must have; empty: pinned on first use.
+    pub jumphost_fingerprints: Vec<String>,
     /// How an `https://` api_url is verified; unused for `http://`.
     pub api_trust: ApiTrust,
     /// The serial's enrollment secret, if configured.
@@ -158,53 +206,30 @@ impl Config {
             message,
         };
         assist_proto::validate_name(&raw.serial).map_err(|e| invalid("serial", e.to_string()))?;
-        if raw.jumphost.starts_with("ws://") || raw.jumphost.starts_with("wss://") {
-            assist_proto::ws::WsUrl::parse(&raw.jumphost).map_err(|e| invalid("jumphost", e))?;
-        } else if split_host_port(&raw.jumphost).is_none() {
-            return Err(invalid(
-                "jumphost",
-                format!(
-                    "{:?} is not HOST:PORT (like jump.example.com:2222) or a wss:// URL \
-                     (like wss://jump.example.com/v1/ssh)",
-                    raw.jumphost
-                ),
-            ));
-        }
-        let api_url = match &raw.api_url {
-            Some(url) => url.clone(),
-            None => api_origin(&raw.jumphost).ok_or_else(|| {
-                invalid(
-                    "api_url",
-                    format!(
-                        "missing: with jumphost = {:?} (raw SSH) the registration API's URL \
-                         cannot be guessed; set api_url = \"https://HOST[:PORT]\", or use a \
-                         wss:// jumphost, whose origin the API then shares",
-                        raw.jumphost
-                    ),
-                )
-            })?,
-        };
-        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
-            return Err(invalid(
-                "api_url",
-                format!("{api_url:?} must start with http:// or https://"),
-            ));
-        }
+        let jumphosts = jumphost_list(&raw.jumphost).map_err(|m| invalid("jumphost", m))?;
+        let api_urls =
+            api_url_list(raw.api_url.as_ref(), &jumphosts).map_err(|m| invalid("api_url", m))?;
         if raw.target_user.is_empty() || raw.target_user.contains([':', '/', '\n']) {
             return Err(invalid(
                 "target_user",
                 format!("{:?} is not a user name", raw.target_user),
             ));
         }
-        if let Some(fp) = &raw.jumphost_fingerprint
-            && !fp.starts_with("SHA256:")
+        let jumphost_fingerprints = raw
+            .jumphost_fingerprint
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default();
+        if let Some(fp) = jumphost_fingerprints
+            .iter()
+            .find(|fp| !fp.starts_with("SHA256:"))
         {
             return Err(invalid(
                 "jumphost_fingerprint",
                 format!("{fp:?} must look like SHA256:… (as `ssh-keygen -lf` prints)"),
             ));
         }
-        let api_trust = api_trust(&raw, &api_url, path.parent().unwrap_or(Path::new(".")))
+        let api_trust = api_trust(&raw, &api_urls, path.parent().unwrap_or(Path::new(".")))
             .map_err(|(key, message)| invalid(key, message))?;
         let mut services = Vec::new();
         for (name, target) in &raw.services {
@@ -280,14 +305,14 @@ impl Config {
             history_keep,
             path: path.to_owned(),
             serial: raw.serial,
-            jumphost: raw.jumphost,
-            api_url: api_url.trim_end_matches('/').to_owned(),
+            jumphosts,
+            api_urls,
             data_dir: base.join(raw.data_dir),
             web_listen: raw.web_listen,
             target_user: raw.target_user,
             authorized_keys: raw.authorized_keys.map(|p| base.join(p)),
             services,
-            jumphost_fingerprint: raw.jumphost_fingerprint,
+            jumphost_fingerprints,
             api_trust,
             enrollment,
         })
@@ -346,6 +371,78 @@ impl Config {
     }
 }
 
+/// `jumphost`: each entry `HOST:PORT` or a `ws://` / `wss://` URL, at least one, none twice.
+fn jumphost_list(value: &OneOrMany) -> Result<Vec<String>, String> {
+    let list = value.to_vec();
+    if list.is_empty() {
+        return Err("the list is empty: name at least one jump host".to_owned());
+    }
+    for (i, entry) in list.iter().enumerate() {
+        let at = entry_place(&list, i);
+        if entry.starts_with("ws://") || entry.starts_with("wss://") {
+            assist_proto::ws::WsUrl::parse(entry).map_err(|e| format!("{at}{e}"))?;
+        } else if split_host_port(entry).is_none() {
+            return Err(format!(
+                "{at}{entry:?} is not HOST:PORT (like jump.example.com:2222) or a wss:// URL \
+                 (like wss://jump.example.com/v1/ssh)"
+            ));
+        }
+        if list[..i].contains(entry) {
+            return Err(format!("{at}{entry:?} is listed twice"));
+        }
+    }
+    Ok(list)
+}
+
+/// `api_url`: the given URL or list (`http://` / `https://`, trailing slash dropped), else
+/// the origins of the `ws://` / `wss://` jump hosts.
+fn api_url_list(value: Option<&OneOrMany>, jumphosts: &[String]) -> Result<Vec<String>, String> {
+    let list = match value {
+        Some(value) => value.to_vec(),
+        None => {
+            let origins: Vec<String> = jumphosts.iter().filter_map(|j| api_origin(j)).collect();
+            if origins.is_empty() {
+                return Err(format!(
+                    "missing: with jumphost = {:?} (raw SSH) the registration API's URL \
+                     cannot be guessed; set api_url = \"https://HOST[:PORT]\", or use a \
+                     wss:// jumphost, whose origin the API then shares",
+                    jumphosts.join(", ")
+                ));
+            }
+            origins
+        }
+    };
+    if list.is_empty() {
+        return Err(
+            "the list is empty: name at least one API URL, or leave api_url out \
+                    with a wss:// jumphost"
+                .to_owned(),
+        );
+    }
+    let mut urls: Vec<String> = Vec::new();
+    for (i, url) in list.iter().enumerate() {
+        let at = entry_place(&list, i);
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("{at}{url:?} must start with http:// or https://"));
+        }
+        let url = url.trim_end_matches('/').to_owned();
+        if urls.contains(&url) {
+            return Err(format!("{at}{url:?} is listed twice"));
+        }
+        urls.push(url);
+    }
+    Ok(urls)
+}
+
+/// Which entry an error is about, when the key holds a list: `entry 2: `.
+fn entry_place(list: &[String], i: usize) -> String {
+    if list.len() > 1 {
+        format!("entry {}: ", i + 1)
+    } else {
+        String::new()
+    }
+}
+
 /// The API's URL for a `ws://` / `wss://` jumphost: the same scheme's HTTP origin
 /// (`wss://jump.example.com/v1/ssh` → `https://jump.example.com:443`).
 fn api_origin(jumphost: &str) -> Option<String> {
@@ -362,10 +459,10 @@ fn api_origin(jumphost: &str) -> Option<String> {
 /// `api_ca_file` / `api_fingerprint`: at most one, and only for an `https://` api_url.
 fn api_trust(
     raw: &RawConfig,
-    api_url: &str,
+    api_urls: &[String],
     base: &Path,
 ) -> Result<ApiTrust, (&'static str, String)> {
-    let https = api_url.starts_with("https://");
+    let https = api_urls.iter().any(|u| u.starts_with("https://"));
     match (&raw.api_ca_file, &raw.api_fingerprint) {
         (Some(_), Some(_)) => Err((
             "api_fingerprint",
@@ -380,7 +477,7 @@ fn api_trust(
             };
             Err((
                 key,
-                format!("only applies to an https:// api_url, and api_url is {api_url:?}"),
+                format!("only applies to an https:// api_url, and api_url is {api_urls:?}"),
             ))
         }
         (Some(file), None) if file.as_os_str().is_empty() => {
@@ -449,17 +546,17 @@ http = "127.0.0.1:80"
             .replace("api_url = \"http://jump.example.com:8080/\"\n", "")
         };
         let c = parse(&ws("wss://jump.example.com/v1/ssh")).unwrap();
-        assert_eq!(c.api_url, "https://jump.example.com:443");
+        assert_eq!(c.api_urls, ["https://jump.example.com:443"]);
         let c = parse(&ws("ws://[::1]:8080/v1/ssh")).unwrap();
-        assert_eq!(c.api_url, "http://[::1]:8080");
+        assert_eq!(c.api_urls, ["http://[::1]:8080"]);
         // An api_url given still wins.
         let both = GOOD.replace(
             "jumphost = \"jump.example.com:2222\"",
             "jumphost = \"wss://jump.example.com/v1/ssh\"",
         );
         assert_eq!(
-            parse(&both).unwrap().api_url,
-            "http://jump.example.com:8080"
+            parse(&both).unwrap().api_urls,
+            ["http://jump.example.com:8080"]
         );
         // Raw SSH gives no clue where the API is.
         let err = parse(&GOOD.replace("api_url = \"http://jump.example.com:8080/\"\n", ""))
@@ -472,10 +569,97 @@ http = "127.0.0.1:80"
     }
 
     #[test]
+    fn jumphost_and_api_url_take_lists() {
+        let c = parse(&GOOD.replace(
+            "jumphost = \"jump.example.com:2222\"\napi_url = \"http://jump.example.com:8080/\"",
+            "jumphost = [\"a.example.com:2222\", \"wss://b.example.com/v1/ssh\"]\n\
+             api_url = [\"https://a.example.com:8443/\", \"https://b.example.com\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.jumphosts,
+            ["a.example.com:2222", "wss://b.example.com/v1/ssh"]
+        );
+        assert_eq!(
+            c.api_urls,
+            ["https://a.example.com:8443", "https://b.example.com"]
+        );
+        // Without api_url, the WebSocket jump hosts' origins, in order.
+        let c = parse(&GOOD.replace(
+            "jumphost = \"jump.example.com:2222\"\napi_url = \"http://jump.example.com:8080/\"",
+            "jumphost = [\"wss://a.example.com/v1/ssh\", \"b.example.com:2222\", \
+             \"ws://c.example.com:8080/v1/ssh\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.api_urls,
+            ["https://a.example.com:443", "http://c.example.com:8080"]
+        );
+        // Several fingerprints: one per key of the jump hosts.
+        let c = parse(&GOOD.replace(
+            "target_user = \"root\"",
+            "target_user = \"root\"\njumphost_fingerprint = [\"SHA256:a\", \"SHA256:b\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.jumphost_fingerprints, ["SHA256:a", "SHA256:b"]);
+    }
+
+    #[test]
+    fn bad_lists_name_the_key_and_the_entry() {
+        let top = |jumphost: &str, api_url: &str| {
+            GOOD.replace(
+                "jumphost = \"jump.example.com:2222\"\napi_url = \"http://jump.example.com:8080/\"",
+                &format!("jumphost = {jumphost}\napi_url = {api_url}"),
+            )
+        };
+        let ok_api = "\"http://a:1\"";
+        let cases = [
+            (top("[]", ok_api), "jumphost", "empty"),
+            (
+                top("[\"a.example.com:2222\", \"b.example.com\"]", ok_api),
+                "jumphost",
+                "entry 2: \"b.example.com\" is not HOST:PORT",
+            ),
+            (
+                top("[\"a:1\", \"a:1\"]", ok_api),
+                "jumphost",
+                "entry 2: \"a:1\" is listed twice",
+            ),
+            (top("[\"a:1\", 5]", ok_api), "jumphost", "a string"),
+            (
+                top("5", ok_api),
+                "jumphost",
+                "a string or a list of strings",
+            ),
+            (
+                top("\"a:1\"", "[\"http://a:1\", \"ftp://b\"]"),
+                "api_url",
+                "entry 2: \"ftp://b\" must start with http://",
+            ),
+            (top("\"a:1\"", "[]"), "api_url", "empty"),
+            (
+                GOOD.replace(
+                    "target_user = \"root\"",
+                    "target_user = \"root\"\njumphost_fingerprint = [\"SHA256:a\", \"md5:b\"]",
+                ),
+                "jumphost_fingerprint",
+                "\"md5:b\" must look like SHA256:",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+            assert!(err.contains(words), "{key}: {words}: {err}");
+            assert!(err.contains("/etc/assist/client.toml"), "{err}");
+        }
+    }
+
+    #[test]
     fn the_contract_keys_alone_work() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.serial, "SN-0001");
-        assert_eq!(c.api_url, "http://jump.example.com:8080");
+        assert_eq!(c.api_urls, ["http://jump.example.com:8080"]);
+        assert_eq!(c.jumphosts, ["jump.example.com:2222"]);
         assert_eq!(c.data_dir, Path::new("/etc/assist/state"));
         assert_eq!(c.authorized_keys, None);
         let ports: Vec<_> = c
@@ -503,7 +687,7 @@ http = "127.0.0.1:80"
             .replace("ssh = \"127.0.0.1:22\"", "22 = \"127.0.0.1:2222\"");
         let c = parse(&text).unwrap();
         assert_eq!(c.authorized_keys.as_deref(), Some(Path::new("/srv/keys")));
-        assert_eq!(c.jumphost_fingerprint.as_deref(), Some("SHA256:abc"));
+        assert_eq!(c.jumphost_fingerprints, ["SHA256:abc"]);
         assert!(
             c.services
                 .iter()

@@ -1,6 +1,7 @@
 //! The local control API (JSON over HTTP on `web_listen`), used by `assist-client
 //! enable|disable|status`. Every request must carry the owner's token; without it nothing is
-//! read or changed. The customer's web page (`crate::web`) is mounted next to it.
+//! read or changed. The customer's web page (`crate::web`) and the token-free `GET /metrics`
+//! (`crate::metrics`) are mounted next to it.
 
 use crate::agent::{Agent, DisableReport};
 use crate::history::Origin;
@@ -33,6 +34,7 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
         token: Arc::new(token),
     };
     let web = crate::web::router(state.agent.clone(), state.token.clone());
+    let metrics = crate::metrics::router(state.agent.clone());
     Router::new()
         .route("/api/status", get(status))
         .route("/api/enable", post(enable))
@@ -43,6 +45,7 @@ pub fn router(agent: Arc<Agent>, token: Secret) -> Router {
         ))
         .with_state(state)
         .merge(web)
+        .merge(metrics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

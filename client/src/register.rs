@@ -1,9 +1,13 @@
 //! Registration (or renewal) of the device key with the jump host's `POST /v1/register`,
-//! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP.
+//! over HTTPS verified as `client.toml` says ([`ApiTrust`]) or plain HTTP, through the proxy
+//! the tunnel uses.
 
 use crate::api_tls::{self, ApiTrust};
+use crate::http_client::{self, Outgoing, RequestError, Target};
 use assist_proto::Secret;
 use assist_proto::api::{EnrollmentProof, ErrorBody, RegisterRequest, RegisterResponse};
+use axum::http::Method;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a registration call may take before the agent gives up.
@@ -48,7 +52,9 @@ pub enum RegisterError {
 /// Where and how this device's key is registered: at enable, at extend, and again when a
 /// login is refused.
 pub struct Registration {
-    pub api_url: String,
+    /// The API's URLs, tried in order: several jump hosts on one database each serve it, so
+    /// the first that answers decides.
+    pub api_urls: Vec<String>,
     pub trust: ApiTrust,
     pub serial: String,
     /// The device key's public line.
@@ -60,17 +66,56 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers (or renews) the key now.
+    /// Registers (or renews) the key now, at the first API URL that answers.
     pub async fn send(&self) -> Result<RegisterResponse, RegisterError> {
-        register(
-            &self.api_url,
-            &self.trust,
-            &self.serial,
-            &self.public_key,
-            self.enrollment_secret.as_ref(),
-            self.proxy.as_ref(),
-        )
-        .await
+        self.send_from(0).await
+    }
+
+    /// As [`Registration::send`], starting with `api_urls[first]` (the API of the jump host
+    /// that refused the device key, when each jump host has its own) and going round.
+    pub async fn send_from(&self, first: usize) -> Result<RegisterResponse, RegisterError> {
+        let n = self.api_urls.len();
+        let mut last = None;
+        for url in (0..n).map(|i| &self.api_urls[(first + i) % n]) {
+            let sent = register(
+                url,
+                &self.trust,
+                &self.serial,
+                &self.public_key,
+                self.enrollment_secret.as_ref(),
+                self.proxy.as_ref(),
+            )
+            .await;
+            match sent {
+                Err(e) if n > 1 && e.another_url_may_answer() => {
+                    tracing::warn!(api_url = %url, "registration failed, trying the next API URL: {e}");
+                    last = Some(e);
+                }
+                answer => return answer,
+            }
+        }
+        Err(last.unwrap_or_else(|| RegisterError::Unreachable {
+            url: String::new(),
+            message: "no api_url configured".to_owned(),
+        }))
+    }
+}
+
+impl RegisterError {
+    /// Whether this says nothing about the serial or its key, only about one API server or
+    /// the way to it: another jump host's API may well answer.
+    fn another_url_may_answer(&self) -> bool {
+        match self {
+            RegisterError::Tls { .. }
+            | RegisterError::Unreachable { .. }
+            | RegisterError::BadAnswer { .. }
+            | RegisterError::Proxy { .. } => true,
+            RegisterError::Refused { status, .. } => *status >= 500,
+            RegisterError::BoundToOtherKey { .. }
+            | RegisterError::NotAllowed { .. }
+            | RegisterError::Enrollment { .. }
+            | RegisterError::ProxyAuth { .. } => false,
+        }
     }
 }
 
@@ -86,36 +131,30 @@ pub async fn register(
     proxy: Option<&assist_proto::proxy::Proxy>,
 ) -> Result<RegisterResponse, RegisterError> {
     let url = format!("{api_url}/v1/register");
-    // Without a configured proxy, the environment's, read as the tunnel reads it (not as
-    // reqwest would: it knows no socks5h:// in HTTPS_PROXY and no NO_PROXY domains alike).
+    let target = Target::parse(&url).map_err(|message| RegisterError::Unreachable {
+        url: url.clone(),
+        message,
+    })?;
+    // Without a configured proxy, the environment's, read as the tunnel reads it.
     let from_env = match proxy {
         Some(_) => None,
-        None => env_proxy(&url).map_err(|message| RegisterError::Proxy { message })?,
+        None => {
+            let env = |k: &str| std::env::var(k).ok();
+            assist_proto::proxy::Proxy::from_env(&target.host, &env)
+                .transpose()
+                .map_err(|message| RegisterError::Proxy { message })?
+        }
     };
     let proxy = proxy.or(from_env.as_ref());
-    let mut builder = reqwest::Client::builder()
-        .timeout(REGISTER_TIMEOUT)
-        .no_proxy();
-    if let Some(proxy) = proxy {
-        let proxy = reqwest::Proxy::all(proxy.url_with_credentials().expose()).map_err(|e| {
-            RegisterError::Unreachable {
+    let tls = match target.tls {
+        true => Some(Arc::new(api_tls::client_config(trust).map_err(
+            |message| RegisterError::Tls {
                 url: url.clone(),
-                message: format!("the proxy {proxy}: {e}"),
-            }
-        })?;
-        builder = builder.proxy(proxy);
-    }
-    if url.starts_with("https://") {
-        let tls = api_tls::client_config(trust).map_err(|message| RegisterError::Tls {
-            url: url.clone(),
-            message,
-        })?;
-        builder = builder.use_preconfigured_tls(tls);
-    }
-    let client = builder.build().map_err(|e| RegisterError::Unreachable {
-        url: url.clone(),
-        message: e.to_string(),
-    })?;
+                message,
+            },
+        )?)),
+        false => None,
+    };
     let enrollment = match secret {
         None => None,
         Some(secret) => {
@@ -138,32 +177,45 @@ pub async fn register(
         rotation_proof: None,
         enrollment,
     };
-    let response = match client.post(&url).json(&request).send().await {
+    let json = serde_json::to_vec(&request).map_err(|e| RegisterError::BadAnswer {
+        url: url.clone(),
+        message: format!("cannot encode the request: {e}"),
+    })?;
+    let outgoing = Outgoing {
+        method: Method::POST,
+        bearer: None,
+        json: Some(json),
+    };
+    let response = match http_client::send(&target, outgoing, tls, proxy, REGISTER_TIMEOUT).await {
         Ok(response) => response,
+        Err(RequestError::Tls(e)) => {
+            let message =
+                api_tls::describe_tls_failure(&e).unwrap_or_else(|| http_client::chain(&e));
+            return Err(RegisterError::Tls { url, message });
+        }
+        // An HTTP proxy's 401 or 407 to CONNECT: its credentials, not the jump host.
+        Err(RequestError::Connect(message))
+            if proxy.is_some()
+                && (message.contains("refused: 407") || message.contains("refused: 401")) =>
+        {
+            return Err(RegisterError::ProxyAuth { message });
+        }
+        Err(RequestError::Connect(message)) if proxy.is_some() => {
+            return Err(RegisterError::Proxy { message });
+        }
         Err(e) => {
-            if let Some(message) = api_tls::describe_tls_failure(&e) {
-                return Err(RegisterError::Tls { url, message });
-            }
-            if let Some(message) = proxy_refusal(&url, proxy).await {
-                return Err(RegisterError::Proxy { message });
-            }
             return Err(RegisterError::Unreachable {
                 url,
-                message: error_chain(&e),
+                message: e.to_string(),
             });
         }
     };
-    let status = response.status().as_u16();
-    let body = match response.text().await {
+    let status = response.status;
+    let body = match response.body {
         Ok(body) => body,
         // A proxy refusing us may hang up before its body: the status says enough.
         Err(_) if status == 401 || status == 407 => String::new(),
-        Err(e) => {
-            return Err(RegisterError::Unreachable {
-                url: url.clone(),
-                message: error_chain(&e),
-            });
-        }
+        Err(message) => return Err(RegisterError::Unreachable { url, message }),
     };
     if status == 200 || status == 201 {
         return serde_json::from_str(&body).map_err(|e| RegisterError::BadAnswer {
@@ -190,38 +242,88 @@ pub async fn register(
     })
 }
 
-/// The proxy that `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` name for the API at `url`.
-fn env_proxy(url: &str) -> Result<Option<assist_proto::proxy::Proxy>, String> {
-    let Some(host) = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-    else {
-        return Ok(None);
-    };
-    let env = |k: &str| std::env::var(k).ok();
-    assist_proto::proxy::Proxy::from_env(&host, &env).transpose()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Why the proxy would not carry us to the API at `url`, in the words the tunnel uses: the
-/// HTTP client only says "socks connect error", so the proxy is asked once more.
-async fn proxy_refusal(url: &str, proxy: Option<&assist_proto::proxy::Proxy>) -> Option<String> {
-    let proxy = proxy?;
-    let url = reqwest::Url::parse(url).ok()?;
-    let host = url.host_str()?;
-    let port = url.port_or_known_default()?;
-    assist_proto::proxy::tcp_connect(host, port, Some(proxy))
-        .await
-        .err()
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"); show the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+    /// An API on loopback answering every registration with `status` and `body`; counts them.
+    async fn api(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.ends_with(b"}") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, asked)
     }
-    out
+
+    fn registration(api_urls: Vec<String>) -> Registration {
+        Registration {
+            api_urls,
+            trust: ApiTrust::SystemRoots,
+            serial: "SN-1".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            enrollment_secret: None,
+            proxy: None,
+        }
+    }
+
+    const BOUND: &str =
+        r#"{"serial":"SN-1","fingerprint":"SHA256:x","expires_at":1,"max_assistance_secs":60}"#;
+
+    #[tokio::test]
+    async fn the_next_api_url_is_tried_only_when_the_first_says_nothing_about_the_serial() {
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (busy, _) = api("503 Service Unavailable", "later").await;
+        let (good, good_asked) = api("201 Created", BOUND).await;
+        // Nothing listening, then a 503: both passed over, the third binds.
+        let r = registration(vec![dead.clone(), busy, good.clone()]);
+        assert_eq!(r.send().await.unwrap().max_assistance_secs, 60);
+        assert_eq!(good_asked.load(Ordering::SeqCst), 1);
+
+        // A 409 is the database's answer about the serial: the next URL (the same database
+        // behind another jump host) is not asked.
+        let (taken, _) = api("409 Conflict", r#"{"error":"bound to another key"}"#).await;
+        let r = registration(vec![taken, good.clone()]);
+        let err = r.send().await.unwrap_err();
+        assert!(
+            matches!(err, RegisterError::BoundToOtherKey { .. }),
+            "{err}"
+        );
+        assert_eq!(good_asked.load(Ordering::SeqCst), 1);
+
+        // send_from starts at the given URL and goes round.
+        let r = registration(vec![dead.clone(), good]);
+        r.send_from(1).await.unwrap();
+        assert_eq!(good_asked.load(Ordering::SeqCst), 2);
+
+        // All unreachable: the last one's reason.
+        let err = registration(vec![dead.clone(), dead.clone()])
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&dead), "{err}");
+    }
 }

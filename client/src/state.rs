@@ -36,6 +36,9 @@ pub enum TunnelState {
 pub struct TunnelStatus {
     pub state: TunnelState,
     pub last_error: Option<String>,
+    /// The jump host (as client.toml names it) the tunnel holds, or is trying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jumphost: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +187,8 @@ pub struct Shared {
     numbered: AtomicU64,
     /// The built-in target's terminals, which the page shows live.
     live: Arc<crate::live::Board>,
+    /// Tunnel attempts after a failure or a loss, since the agent started.
+    reconnects: AtomicU64,
 }
 
 impl Default for Shared {
@@ -192,7 +197,9 @@ impl Default for Shared {
             tunnel: tokio::sync::watch::Sender::new(TunnelStatus {
                 state: TunnelState::Disabled,
                 last_error: None,
+                jumphost: None,
             }),
+            reconnects: AtomicU64::new(0),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             sessions: Mutex::new(Vec::new()),
@@ -208,13 +215,38 @@ impl Default for Shared {
 impl Shared {
     /// Sets the tunnel state; `last_error` is kept unless a new one is given or the tunnel
     /// connected (then the old error no longer describes anything).
+    /// Off or failed for good, the tunnel is at no jump host.
     pub fn set_tunnel(&self, state: TunnelState, error: Option<String>) {
         self.tunnel.send_modify(|t| {
             t.state = state;
             if error.is_some() || state == TunnelState::Connected {
                 t.last_error = error;
             }
+            if matches!(state, TunnelState::Disabled | TunnelState::Failed) {
+                t.jumphost = None;
+            }
         });
+    }
+
+    /// Sets the tunnel state at `jumphost`, which it now holds or tries.
+    pub fn set_tunnel_at(&self, state: TunnelState, jumphost: &str) {
+        self.tunnel.send_modify(|t| {
+            t.state = state;
+            if state == TunnelState::Connected {
+                t.last_error = None;
+            }
+            t.jumphost = Some(jumphost.to_owned());
+        });
+    }
+
+    /// Counts a tunnel attempt after a failure or a loss.
+    pub fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tunnel attempts after a failure or a loss since the agent started.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     pub fn tunnel(&self) -> TunnelStatus {
@@ -320,6 +352,7 @@ impl Shared {
         self.tunnel.send_modify(|t| {
             t.state = TunnelState::Connecting;
             t.last_error = None;
+            t.jumphost = None;
         });
         self.total.store(0, Ordering::Relaxed);
         *lock::mutex(&self.farewell) = None;

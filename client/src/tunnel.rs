@@ -1,5 +1,6 @@
 //! The reverse tunnel: an SSH session to the jump host as the serial, a `tcpip-forward` per
-//! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled.
+//! service, a relay per `forwarded-tcpip`, and reconnection with backoff while enabled,
+//! moving to the next jump host of the list when one fails.
 
 use crate::attest::Attestor;
 use crate::config::Service;
@@ -44,7 +45,8 @@ pub enum FatalError {
 /// Everything a tunnel needs; one per enabled window.
 pub struct Tunnel {
     pub serial: String,
-    pub jumphost: String,
+    /// The jump hosts in the order they are tried; never empty.
+    pub jumphosts: Vec<String>,
     pub device_key: Arc<PrivateKey>,
     pub services: Arc<Vec<Service>>,
     pub pin: HostKeyPin,
@@ -72,40 +74,64 @@ enum Attempt {
 
 impl Tunnel {
     /// Keeps the tunnel up until cancelled; returns only early on a fatal error.
+    ///
+    /// A failed attempt moves on to the next jump host of the list; a session that worked
+    /// and was lost is tried once more where it was (a restart, a blip) before moving on.
+    /// The backoff counts failed attempts whichever jump host they were at, so a fleet
+    /// leaving a dead jump host spreads over time as it does after any loss.
     pub async fn run(self) -> Result<(), FatalError> {
         let mut failures: u32 = 0;
+        let mut at = 0;
+        let mut connected_once = false;
         loop {
-            self.shared.set_tunnel(
-                if failures == 0 {
+            // Until every jump host was tried once, the first connection is still being
+            // made: enable waits for it rather than reporting the first one's failure.
+            let first_round = !connected_once && (failures as usize) < self.jumphosts.len();
+            let jumphost = &self.jumphosts[at];
+            self.shared.set_tunnel_at(
+                if first_round {
                     TunnelState::Connecting
                 } else {
                     TunnelState::Reconnecting
                 },
-                None,
+                jumphost,
             );
-            let reason = match self.attempt().await {
+            let reason = match self.attempt(jumphost).await {
                 Attempt::Cancelled => return Ok(()),
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Lost(reason) => {
                     // The session worked: start the backoff over.
+                    connected_once = true;
                     failures = 0;
                     reason
                 }
-                Attempt::Failed(reason) => reason,
+                Attempt::Failed(reason) => {
+                    at = (at + 1) % self.jumphosts.len();
+                    reason
+                }
                 Attempt::Refused(reason) => {
-                    self.register_again().await?;
+                    self.register_again(at).await?;
                     reason
                 }
             };
             failures = failures.saturating_add(1);
             let delay = backoff(failures);
-            tracing::warn!(%reason, retry_in = ?delay, "tunnel down, reconnecting");
-            self.shared
-                .set_tunnel(TunnelState::Reconnecting, Some(reason));
+            let next = &self.jumphosts[at];
+            tracing::warn!(%reason, retry_in = ?delay, jumphost = %next, "tunnel down, reconnecting");
+            let still_first = !connected_once && (failures as usize) < self.jumphosts.len();
+            self.shared.set_tunnel(
+                if still_first {
+                    TunnelState::Connecting
+                } else {
+                    TunnelState::Reconnecting
+                },
+                Some(reason),
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => return Ok(()),
             }
+            self.shared.count_reconnect();
         }
     }
 
@@ -113,8 +139,15 @@ impl Tunnel {
     /// after an admin's `serial reset`), so the next attempt can log in instead of adding
     /// failed logins that count against this network's address. A refusal of the
     /// registration itself ends the tunnel; an unreachable API is retried with the login.
-    async fn register_again(&self) -> Result<(), FatalError> {
-        match self.registration.send().await {
+    /// With as many API URLs as jump hosts, the refusing jump host's own (`at`) is asked
+    /// first.
+    async fn register_again(&self, at: usize) -> Result<(), FatalError> {
+        let first = if self.registration.api_urls.len() == self.jumphosts.len() {
+            at
+        } else {
+            0
+        };
+        match self.registration.send_from(first).await {
             Ok(_) => {
                 tracing::info!("device key registered again after a refused login");
                 Ok(())
@@ -140,11 +173,12 @@ impl Tunnel {
         assist_proto::proxy::Proxy::from_env(host, &env).transpose()
     }
 
-    async fn attempt(&self) -> Attempt {
+    async fn attempt(&self, jumphost: &str) -> Attempt {
         let pin_error = Arc::new(Mutex::new(None));
         let (farewell_tx, mut farewell) = tokio::sync::watch::channel(None);
         let handler = Handler {
             farewell: farewell_tx,
+            jumphost: jumphost.to_owned(),
             pin: self.pin.clone(),
             pin_error: pin_error.clone(),
             services: self.services.clone(),
@@ -155,7 +189,7 @@ impl Tunnel {
         };
         let config = assist_proto::ssh::client_config();
         let setup = async {
-            let mut handle = match assist_proto::ws::WsUrl::parse(&self.jumphost) {
+            let mut handle = match assist_proto::ws::WsUrl::parse(jumphost) {
                 // SSH inside a WebSocket on the jump host's API port, verified as the API is.
                 Ok(url) => {
                     let tls = match url.tls {
@@ -174,8 +208,8 @@ impl Tunnel {
                         })?
                 }
                 Err(_) => {
-                    let (host, port) = crate::config::split_host_port(&self.jumphost)
-                        .ok_or_else(|| format!("{:?} is not HOST:PORT", self.jumphost))?;
+                    let (host, port) = crate::config::split_host_port(jumphost)
+                        .ok_or_else(|| format!("{jumphost:?} is not HOST:PORT"))?;
                     let host = host.trim_start_matches('[').trim_end_matches(']');
                     let proxy = self.proxy_for(host)?;
                     let tcp = assist_proto::proxy::tcp_connect(host, port, proxy.as_ref()).await?;
@@ -192,9 +226,9 @@ impl Tunnel {
                             Some(Greeting::NotSsh(what)) => format!(
                                 "{} answered {what}, not SSH: is jumphost in client.toml the \
                                  jump host's SSH port?",
-                                self.jumphost
+                                jumphost
                             ),
-                            None => format!("cannot connect to jump host {}: {e}", self.jumphost),
+                            None => format!("cannot connect to jump host {jumphost}: {e}"),
                         })?
                 }
             };
@@ -202,7 +236,7 @@ impl Tunnel {
             let auth = handle
                 .authenticate_publickey(self.serial.as_str(), key)
                 .await
-                .map_err(|e| format!("login to jump host failed: {e}"))?;
+                .map_err(|e| format!("login to jump host {jumphost} failed: {e}"))?;
             if !auth.success() {
                 let said =
                     tokio::time::timeout(FAREWELL_WAIT, farewell.wait_for(Option::is_some)).await;
@@ -260,14 +294,18 @@ impl Tunnel {
                 }
                 return Attempt::Failed(reason);
             }
-            Err(_) => return Attempt::Failed("timed out connecting to the jump host".into()),
+            Err(_) => {
+                return Attempt::Failed(format!(
+                    "timed out connecting to the jump host {jumphost}"
+                ));
+            }
         };
-        tracing::info!(jumphost = %self.jumphost, "tunnel connected");
-        self.shared.set_tunnel(TunnelState::Connected, None);
+        tracing::info!(%jumphost, "tunnel connected");
+        self.shared.set_tunnel_at(TunnelState::Connected, jumphost);
         tokio::select! {
             r = &mut handle => Attempt::Lost(match r {
-                Ok(()) => "the jump host closed the session".to_owned(),
-                Err(e) => format!("lost the jump host session: {e}"),
+                Ok(()) => format!("the jump host {jumphost} closed the session"),
+                Err(e) => format!("lost the session with the jump host {jumphost}: {e}"),
             }),
             () = self.cancel.cancelled() => {
                 // The relays tell their engineers why first; the disconnect would cut them.
@@ -290,6 +328,8 @@ impl Tunnel {
 /// The russh client handler: checks the host key and hands each forwarded connection to a
 /// relay task.
 struct Handler {
+    /// The jump host as the config names it, whose pin the host key must match.
+    jumphost: String,
     pin: HostKeyPin,
     pin_error: Arc<Mutex<Option<PinError>>>,
     /// The reason the jump host gave when it disconnected, if it gave one.
@@ -328,7 +368,7 @@ impl client::Handler for Handler {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             return Ok(false);
         };
-        match self.pin.check(key) {
+        match self.pin.check(&self.jumphost, key) {
             Ok(()) => Ok(true),
             Err(e) => {
                 tracing::error!("{e}");

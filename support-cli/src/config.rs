@@ -168,8 +168,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The jump host, or a usage error saying the three ways to give it.
-    pub fn jump_addr(&self) -> Result<JumpAddr, UsageError> {
+    /// The jump hosts, in the order to try them (`A,B,…`), or a usage error saying the
+    /// three ways to give them.
+    pub fn jump_addrs(&self) -> Result<Vec<JumpAddr>, UsageError> {
         let s = self.jumphost.as_deref().ok_or_else(|| {
             UsageError(
                 "no jump host given: pass --jumphost HOST:PORT, set ASSIST_JUMPHOST, or put \
@@ -177,7 +178,17 @@ impl Settings {
                     .into(),
             )
         })?;
-        JumpAddr::parse(s)
+        let mut addrs = Vec::new();
+        for entry in s.split(',').map(str::trim) {
+            if entry.is_empty() {
+                return Err(UsageError(format!(
+                    "--jumphost {s:?} has an empty entry: give HOST:PORT or a comma-separated \
+                     list of them (A:2222,B:2222)"
+                )));
+            }
+            addrs.push(JumpAddr::parse(entry)?);
+        }
+        Ok(addrs)
     }
 
     /// The engineer name, checked, or a usage error saying how to give it.
@@ -329,7 +340,7 @@ mod tests {
             "{told}"
         );
         assert_eq!(s.jumphost, None);
-        assert!(s.jump_addr().unwrap_err().0.contains("ASSIST_JUMPHOST"));
+        assert!(s.jump_addrs().unwrap_err().0.contains("ASSIST_JUMPHOST"));
         assert_eq!(
             s.identity,
             IdentitySource::Default("/home/me/.ssh/id_ed25519".into())
@@ -394,6 +405,27 @@ mod tests {
         assert!(JumpAddr::parse("ws://:1").is_err());
         for bad in ["", ":22", "j:0", "j:x", "j:70000", "[::1]x", "a b:1"] {
             assert!(JumpAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_comma_separated_list_of_jump_hosts() {
+        let with = |jumphost: &str| Settings {
+            jumphost: Some(jumphost.to_owned()),
+            ..resolve(Flags::default(), &env(&[]), FileConfig::default())
+        };
+        let addrs = with("a.example:2222, wss://b.example/v1/ssh,[::1]:22")
+            .jump_addrs()
+            .unwrap();
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["a.example:2222", "wss://b.example:443/v1/ssh", "[::1]:22"]
+        );
+        assert_eq!(with("a:1").jump_addrs().unwrap().len(), 1);
+        for bad in ["a:1,", ",a:1", "a:1,,b:2", "a:1,b:x"] {
+            let err = with(bad).jump_addrs().unwrap_err().0;
+            assert!(err.contains("--jumphost"), "{bad}: {err}");
         }
     }
 }

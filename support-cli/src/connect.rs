@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 
 use crate::config::Settings;
 use crate::error::HopError;
-use crate::hop::{self, JumpLogin};
+use crate::hop;
 use crate::keys;
 use crate::progress::Progress;
 use crate::prove;
@@ -28,12 +28,11 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     keys::check_serial(&args.serial)?;
     let code = keys::parse_code(&args.code)?;
-    let addr = settings.jump_addr()?;
+    let addrs = settings.jump_addrs()?;
 
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
     let derivation = prove::start_derivation(&args.serial, &code);
-    let login = JumpLogin::from_settings(settings, &addr)?;
-    let jump = hop::connect_jump(login, progress).await?;
+    let (jump, _) = hop::connect_first(settings, &addrs, progress).await?;
     let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;
     let serial = proven.serial.clone();
     let device = jump

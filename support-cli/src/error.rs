@@ -89,6 +89,24 @@ pub enum HopError {
     SessionEnded { serial: String },
     #[error("{what}: {cause}")]
     Ssh { what: String, cause: russh::Error },
+    /// Every jump host of the list failed; each one's reason.
+    #[error("no jump host of the list let us in: {tried}")]
+    NoJumpHost { tried: String },
+}
+
+impl HopError {
+    /// Whether the failure was this jump host's (down, refusing this address, not SSH), so
+    /// another jump host of the list may well answer.
+    pub fn another_jump_host_may_answer(&self) -> bool {
+        matches!(
+            self,
+            HopError::Unreachable { .. }
+                | HopError::JumpClosed
+                | HopError::JumpRefused(_)
+                | HopError::NotSsh { .. }
+                | HopError::Ssh { .. }
+        )
+    }
 }
 
 /// The exit status for an error chain: the first error of ours found in it decides.

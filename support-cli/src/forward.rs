@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Settings;
 use crate::error::UsageError;
-use crate::hop::{self, Device, Jump, JumpLogin};
+use crate::hop::{self, Device, Jump};
 use crate::keys;
 use crate::progress::Progress;
 use crate::prove;
@@ -163,7 +163,7 @@ pub async fn run(
     keys::check_serial(&args.serial)?;
     let service = Service::parse(&args.service)?;
     let inside = plan(&service, args.code.as_deref(), args.to.as_deref())?;
-    let addr = settings.jump_addr()?;
+    let addrs = settings.jump_addrs()?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -171,13 +171,12 @@ pub async fn run(
         .local_addr()
         .context("reading the listening address")?;
 
-    let login = JumpLogin::from_settings(settings, &addr)?;
     // Argon2 and the jump host login each take a good part of the startup; overlap them.
     let inside = inside.map(|(code, target)| {
         let derivation = prove::start_derivation(&args.serial, &code);
         (code, derivation, target)
     });
-    let jump = Arc::new(hop::connect_jump(login, progress).await?);
+    let jump = Arc::new(hop::connect_first(settings, &addrs, progress).await?.0);
     let route = match inside {
         Some((code, derivation, target)) => {
             let proven = prove::prove(&jump, &args.serial, &code, derivation, progress).await?;

@@ -192,6 +192,35 @@ impl<'a> JumpLogin<'a> {
     }
 }
 
+/// Connects and logs in to the first of `addrs` that lets us in. A jump host that cannot
+/// be reached or refuses the connection is reported (as a note) and the next one tried; a
+/// refusal that another jump host of the same service would repeat (this engineer or key
+/// unknown, a changed host key) ends the search. Also returns the jump host that answered.
+pub async fn connect_first<'a>(
+    settings: &crate::config::Settings,
+    addrs: &'a [JumpAddr],
+    progress: &Progress,
+) -> anyhow::Result<(Jump, &'a JumpAddr)> {
+    let mut failed = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let login = JumpLogin::from_settings(settings, addr)?;
+        match connect_jump(login, progress).await {
+            Ok(jump) => return Ok((jump, addr)),
+            Err(e) if addrs.len() > 1 && e.another_jump_host_may_answer() => {
+                if let Some(next) = addrs.get(i + 1) {
+                    progress.note(&format!("jump host {addr} failed: {e}; trying {next}"));
+                }
+                failed.push(format!("{addr}: {e}"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HopError::NoJumpHost {
+        tried: failed.join("; "),
+    }
+    .into())
+}
+
 /// Connects and authenticates to the jump host.
 pub async fn connect_jump(login: JumpLogin<'_>, progress: &Progress) -> Result<Jump, HopError> {
     let addr = login.addr;

@@ -41,10 +41,9 @@ pub async fn run(
     }
     // The key is only worth writing for a device that proves it knows the code, and its
     // proven host keys are what stock ssh must pin.
-    let addr = settings.jump_addr()?;
+    let addrs = settings.jump_addrs()?;
     let derivation = crate::prove::start_derivation(&args.serial, &code);
-    let login = crate::hop::JumpLogin::from_settings(settings, &addr)?;
-    let jump = crate::hop::connect_jump(login, progress).await?;
+    let (jump, addr) = crate::hop::connect_first(settings, &addrs, progress).await?;
     let proven = crate::prove::prove(&jump, &args.serial, &code, derivation, progress).await;
     jump.disconnect().await;
     let proven = proven?;
@@ -72,7 +71,7 @@ pub async fn run(
         serial: &proven.serial,
         key: &absolute(&args.out)?,
         pins: &absolute(&pins)?,
-        jump: &addr,
+        jump: addr,
         engineer: settings.engineer()?,
         engineer_identity: match &settings.identity {
             crate::config::IdentitySource::File(path) => Some(absolute(path)?),

@@ -32,8 +32,9 @@ Exit status:
           cannot prove it knows the code (wrong code, or not the customer's machine), code
           refused, host key changed
 
-Example:
-  support-cli --jumphost jump.example.com:2222 connect SN-0001 --code 7K3QM-2XPD9";
+Examples:
+  support-cli --jumphost jump.example.com:2222 connect SN-0001 --code 7K3QM-2XPD9
+  support-cli --jumphost jump1.example.com:2222,jump2.example.com:2222 connect SN-0001 --code …";
 
 /// Reach a customer's machine through the assistance jump host.
 ///
@@ -42,8 +43,10 @@ Example:
 #[derive(Parser)]
 #[command(name = "support-cli", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// Jump host as HOST:PORT [env: ASSIST_JUMPHOST].
-    #[arg(long, global = true, value_name = "HOST:PORT")]
+    /// Jump host as HOST:PORT or wss://HOST[:PORT]/v1/ssh, or a comma-separated list of
+    /// them tried in order: one that cannot be reached or refuses the connection is
+    /// reported and the next one tried [env: ASSIST_JUMPHOST].
+    #[arg(long, global = true, value_name = "HOST:PORT[,…]")]
     jumphost: Option<String>,
     /// Your engineer name in the jump host's policy [env: ASSIST_ENGINEER, default: $USER].
     #[arg(long, global = true, value_name = "NAME")]

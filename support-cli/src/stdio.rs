@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::error::UsageError;
-use crate::hop::{self, JumpLogin};
+use crate::hop;
 use crate::keys;
 use crate::progress::Progress;
 
@@ -32,9 +32,8 @@ pub fn parse_target(target: &str) -> Result<(String, u32), UsageError> {
 pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyhow::Result<i32> {
     let (serial, port) = parse_target(target)?;
     keys::check_serial(&serial)?;
-    let addr = settings.jump_addr()?;
-    let login = JumpLogin::from_settings(settings, &addr)?;
-    let jump = hop::connect_jump(login, progress).await?;
+    let addrs = settings.jump_addrs()?;
+    let (jump, _) = hop::connect_first(settings, &addrs, progress).await?;
     progress.stop();
     let channel = jump
         .open(&serial, port, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use assist_e2e::{keygen, text, wait_until};
 
+mod agent_world;
 mod relay_world;
 
 use relay_world::{SHORT, World};
@@ -163,5 +164,127 @@ fn metrics_follow_devices_hops_and_refusals_and_pass_promtool() {
     for secret in ["SN-0001", "sn-0001", "alice", "mallory", "127.0.0.1"] {
         assert!(!body.contains(secret), "{secret} in the metrics:\n{body}");
     }
+    promtool_accepts(&body);
+}
+
+/// With `[api_tls]`, the certificate's expiry is exported as the certificate says it (the
+/// notAfter that `openssl x509 -enddate` reads from the file the jump host serves).
+#[test]
+fn the_api_certificates_expiry_is_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let jump = assist_e2e::Jumphost::start_configured(
+        dir.path(),
+        &assist_e2e::alice_policy(
+            "",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJqE7egDfQoF+LPGvaRdEJjNURSRmJ2U+vQ9XSbMvnLX",
+        ),
+        "127.0.0.1:0",
+        "metrics_listen = \"127.0.0.1:0\"\n[api_tls]\nself_signed = true\n",
+    );
+    let addr = jump.metrics_addr.unwrap();
+    let (status, body) = assist_e2e::http(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let expiry = value(&body, "assist_api_certificate_expiry_timestamp_seconds");
+    let loaded = value(&body, "assist_api_certificate_loaded_timestamp_seconds");
+
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(jump.data_dir.join("api-cert.pem"))
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let end = text(&out.stdout);
+    let end = end.trim().strip_prefix("notAfter=").unwrap().to_owned();
+    let out = Command::new("date")
+        .args(["-u", "-d", &end, "+%s"])
+        .output()
+        .unwrap();
+    let want: f64 = text(&out.stdout).trim().parse().unwrap();
+    assert_eq!(expiry, want, "{body}");
+    assert!(expiry > loaded && loaded > 0.0, "{body}");
+    promtool_accepts(&body);
+}
+
+/// One scrape of the agent's `GET /metrics` on its web_listen, without the control token.
+fn scrape_agent(folder: &std::path::Path) -> String {
+    let addr = std::fs::read_to_string(folder.join("data/web.addr")).unwrap();
+    let (status, body) =
+        assist_e2e::http(addr.trim().parse().unwrap(), "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The agent's own gauges follow enable, a lost jump host and disable; they need no token
+/// and carry neither the serial, nor the code, nor the jump host's address.
+#[test]
+fn the_agents_metrics_follow_its_window_and_tunnel_and_pass_promtool() {
+    let mut w = agent_world::World::start();
+    let config = w.client_config("agent");
+    let folder = w.path("agent");
+    let _agent = agent_world::start_agent(&config, "agent");
+    let state =
+        |body: &str, s: &str| value(body, &format!("assist_agent_tunnel_state{{state=\"{s}\"}}"));
+
+    let body = scrape_agent(&folder);
+    assert_eq!(
+        value(&body, "assist_agent_assistance_enabled"),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(state(&body, "disabled"), 1.0, "{body}");
+    assert_eq!(state(&body, "connected"), 0.0, "{body}");
+    promtool_accepts(&body);
+
+    let (code, _) = agent_world::enable(&config, "10");
+    agent_world::wait_tunnel(&config, "connected");
+    let body = scrape_agent(&folder);
+    assert_eq!(
+        value(&body, "assist_agent_assistance_enabled"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(state(&body, "connected"), 1.0, "{body}");
+    assert_eq!(state(&body, "disabled"), 0.0, "{body}");
+    let left = value(&body, "assist_agent_window_remaining_seconds");
+    assert!(left > 500.0 && left <= 600.0, "{body}");
+    let reconnects = value(&body, "assist_agent_tunnel_reconnects_total");
+
+    // The jump host dies and comes back: the agent reconnects, and counts it.
+    w.jump.restart();
+    wait_until(SHORT, "a reconnect counted and the tunnel back", || {
+        let body = scrape_agent(&folder);
+        value(&body, "assist_agent_tunnel_reconnects_total") > reconnects
+            && state(&body, "connected") == 1.0
+    });
+
+    let body = scrape_agent(&folder);
+    let jump = w.jump.ssh_addr.to_string();
+    for secret in [
+        agent_world::SERIAL,
+        code.as_str(),
+        jump.as_str(),
+        "127.0.0.1",
+    ] {
+        assert!(
+            !body.contains(secret),
+            "{secret} in the agent's metrics:\n{body}"
+        );
+    }
+    promtool_accepts(&body);
+
+    let out = agent_world::cli(&config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body = scrape_agent(&folder);
+    assert_eq!(
+        value(&body, "assist_agent_assistance_enabled"),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "assist_agent_window_remaining_seconds"),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(state(&body, "disabled"), 1.0, "{body}");
     promtool_accepts(&body);
 }

@@ -68,6 +68,14 @@ impl LiveCert {
             .map(|leaf| CertFingerprint::of_der(leaf))
     }
 
+    /// When the leaf in use expires (its notAfter, Unix seconds), if it can be read.
+    pub fn expiry(&self) -> Option<i64> {
+        let current = self.current();
+        let leaf = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     pub fn state(&self) -> CertState {
         let since = lock::read(&self.current).1;
         CertState {
@@ -236,6 +244,29 @@ mod tests {
         std::fs::copy(&key_b, &key_a).unwrap();
         reload(&cert_a, &key_a, &live, "test");
         assert_eq!(live.state().reload_error, None);
+    }
+
+    #[test]
+    fn expiry_is_the_leafs_not_after_and_follows_a_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |year: i32| {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, 5, 17);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (cert, key) = write(2031);
+        let live = live_from(&cert, &key);
+        // 2031-05-17T00:00:00Z (`date -u -d 2031-05-17 +%s`).
+        assert_eq!(live.expiry(), Some(1_936_742_400));
+        let (cert, key) = write(2032);
+        reload(&cert, &key, &live, "test");
+        // 2032-05-17T00:00:00Z: a year and a leap day later.
+        assert_eq!(live.expiry(), Some(1_936_742_400 + 366 * 86_400));
     }
 
     #[test]

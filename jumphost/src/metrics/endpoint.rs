@@ -77,6 +77,12 @@ fn describe() {
         Unit::Seconds,
         "When the API's TLS certificate in use was loaded (Unix time); with [api_tls] only."
     );
+    describe_gauge!(
+        API_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the API's TLS certificate in use expires, its notAfter (Unix time); with \
+         [api_tls] only. Alert on it minus time() falling below the renewal margin."
+    );
 }
 
 #[derive(Clone)]
@@ -118,6 +124,9 @@ async fn metrics(State(scrape): State<Scrape>) -> impl IntoResponse {
     }
     if let Some(cert) = &scrape.api_cert {
         metrics::gauge!(API_CERT_LOADED).set(cert.state().since as f64);
+        if let Some(expiry) = cert.expiry() {
+            metrics::gauge!(API_CERT_EXPIRY).set(expiry as f64);
+        }
     }
     scrape.handle.run_upkeep();
     (

@@ -21,6 +21,7 @@ pub const DEVICES_ONLINE: &str = "assist_devices_online";
 pub const HOPS_ACTIVE: &str = "assist_hops_active";
 pub const SOURCES_BLOCKED: &str = "assist_sources_blocked";
 pub const API_CERT_LOADED: &str = "assist_api_certificate_loaded_timestamp_seconds";
+pub const API_CERT_EXPIRY: &str = "assist_api_certificate_expiry_timestamp_seconds";
 
 /// A login that succeeded; `role` is "device" or "engineer".
 pub fn login_accepted(role: &'static str) {
