@@ -287,7 +287,7 @@ impl JumphostConfig {
             use std::os::unix::ffi::OsStrExt;
             url.set_password(password.as_bytes());
         }
-        Ok(Backend::Postgres(url))
+        Ok(Backend::Postgres(Box::new(url)))
     }
 }
 
@@ -570,5 +570,6 @@ policies_dir = "/etc/assist/policies"
             matches!(config.api_tls, Some(ApiTls::SelfSigned { .. })),
             "{config:?}"
         );
+        assert_eq!(config.node(), "eu-1");
     }
 }

@@ -40,7 +40,7 @@ fn registered(serial: &str) -> AuditEvent {
 fn backend(pg: &Postgres) -> Backend {
     let mut url = DatabaseUrl::parse(&pg.url()).unwrap();
     url.set_password(PASSWORD.as_bytes());
-    Backend::Postgres(url)
+    Backend::Postgres(Box::new(url))
 }
 
 fn node(pg: &Postgres, name: &str) -> Arc<dyn Store> {
@@ -229,7 +229,7 @@ fn a_wrong_password_or_a_closed_port_is_a_clear_error_without_the_password() {
     let pg = Postgres::start();
     let mut url = DatabaseUrl::parse(&pg.url()).unwrap();
     url.set_password(b"wrong-password-123");
-    let err = open(&Backend::Postgres(url), "a")
+    let err = open(&Backend::Postgres(Box::new(url)), "a")
         .err()
         .unwrap()
         .to_string();
@@ -247,7 +247,7 @@ fn a_wrong_password_or_a_closed_port_is_a_clear_error_without_the_password() {
         "postgresql://assist:{PASSWORD}@127.0.0.1:{port}/x"
     ))
     .unwrap();
-    let err = open(&Backend::Postgres(url), "a")
+    let err = open(&Backend::Postgres(Box::new(url)), "a")
         .err()
         .unwrap()
         .to_string();

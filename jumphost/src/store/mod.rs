@@ -28,7 +28,7 @@ pub enum Backend {
     /// `assist.db` in this folder.
     Sqlite(std::path::PathBuf),
     /// A PostgreSQL database shared by the cluster's nodes.
-    Postgres(DatabaseUrl),
+    Postgres(Box<DatabaseUrl>),
 }
 
 impl std::fmt::Display for Backend {
