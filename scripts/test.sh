@@ -37,6 +37,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
+# A private PostgreSQL cluster (initdb in a temporary folder) for the store on PostgreSQL and
+# several jump hosts sharing it (tests/tests/postgres_store.rs, tests/tests/cluster.rs).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

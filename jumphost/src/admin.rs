@@ -61,6 +61,9 @@ pub struct RemovedBinding {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: String,
+    /// This jump host's node name (`[cluster] node`).
+    #[serde(default)]
+    pub node: String,
     pub uptime_secs: u64,
     pub devices: Vec<Device>,
     pub hops: Vec<LiveHop>,
@@ -73,6 +76,40 @@ pub struct Snapshot {
     /// The registration API's certificate, with `[api_tls]`.
     #[serde(default)]
     pub api_tls: Option<CertState>,
+    /// Hops in progress as the store has them, of every node sharing its database.
+    #[serde(default)]
+    pub cluster_hops: Vec<ClusterHop>,
+    /// Why the store could not be read for `cluster_hops`.
+    #[serde(default)]
+    pub cluster_error: Option<String>,
+}
+
+/// A hop in progress on some node, as recorded in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterHop {
+    pub node: String,
+    pub engineer: String,
+    pub source: String,
+    pub serial: String,
+    pub port: u32,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+impl From<store::HopRecord> for ClusterHop {
+    fn from(h: store::HopRecord) -> Self {
+        ClusterHop {
+            node: h.node,
+            engineer: h.engineer,
+            source: h.source,
+            serial: h.serial,
+            port: h.port,
+            since: h
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,7 +195,14 @@ async fn answer(
         .await
         .context("reading the request")?;
     let body = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Status) => serde_json::to_vec(&snapshot(relay, api_cert, started.elapsed()))?,
+        Ok(Request::Status) => {
+            let mut snapshot = snapshot(relay, api_cert, started.elapsed());
+            match store::blocking(&relay.store, |s| s.open_hops()).await {
+                Ok(hops) => snapshot.cluster_hops = hops.into_iter().map(Into::into).collect(),
+                Err(e) => snapshot.cluster_error = Some(e.to_string()),
+            }
+            serde_json::to_vec(&snapshot)?
+        }
         Ok(Request::ResetSerial { serial }) => serde_json::to_vec(&reset(relay, serial).await)?,
         Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
     };
@@ -212,6 +256,7 @@ fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Sna
     let policy = relay.policy.current();
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        node: relay.store.node().to_owned(),
         uptime_secs: uptime.as_secs(),
         devices: relay
             .routes
@@ -223,6 +268,8 @@ fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Sna
         sources: relay.penalties.snapshot(policy.penalties(), Instant::now()),
         policy_error: relay.policy.last_reload_error(),
         api_tls: api_cert.map(LiveCert::state),
+        cluster_hops: Vec::new(),
+        cluster_error: None,
     }
 }
 

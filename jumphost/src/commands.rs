@@ -11,7 +11,6 @@ use crate::admin::{self, AskError, Request, ResetAnswer, Snapshot};
 use crate::config::JumphostConfig;
 use crate::enroll::EnrollmentKey;
 use crate::policy::Policy;
-use crate::store::SqliteStore;
 
 /// `assist-jumphost serial reset SERIAL --config FILE`: through the running jump host when
 /// there is one (so the device's live session ends at once), else on the store directly.
@@ -51,9 +50,10 @@ pub fn reset_command(config: &Path, serial: &str) -> anyhow::Result<()> {
 }
 
 fn reset_offline(config: &JumphostConfig, serial: &str) -> anyhow::Result<ResetAnswer> {
-    let store = SqliteStore::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let removed = crate::store::reset_serial_audited(&store, serial)?;
+    let backend = config.store_backend()?;
+    let store = crate::store::open(&backend, &config.node())
+        .with_context(|| format!("opening the store ({backend})"))?;
+    let removed = crate::store::reset_serial_audited(&*store, serial)?;
     Ok(ResetAnswer {
         removed: removed.map(|b| admin::RemovedBinding {
             fingerprint: b.fingerprint(),
@@ -112,8 +112,9 @@ pub fn status_command(config: &Path, json: bool) -> anyhow::Result<()> {
 /// The human form of a snapshot.
 pub fn render(s: &Snapshot, now: SystemTime) -> String {
     let mut out = format!(
-        "jump host {} up {}\n",
+        "jump host {} node {} up {}\n",
         s.version,
+        s.node,
         humantime::format_duration(Duration::from_secs(s.uptime_secs))
     );
     out += &format!("devices online: {}\n", s.devices.len());
@@ -135,6 +136,32 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             h.port,
             humantime::format_duration(age)
         );
+    }
+    let mut nodes: Vec<&str> = s.cluster_hops.iter().map(|h| h.node.as_str()).collect();
+    nodes.dedup();
+    if nodes.iter().any(|n| *n != s.node) {
+        nodes.sort_unstable();
+        nodes.dedup();
+        out += &format!(
+            "hops in progress in the shared database: {} on nodes {}\n",
+            s.cluster_hops.len(),
+            nodes.join(", ")
+        );
+        for h in &s.cluster_hops {
+            let age = Duration::from_secs(now_secs.saturating_sub(h.since));
+            out += &format!(
+                "  {} from {} -> {}:{} on {} for {}\n",
+                h.engineer,
+                h.source,
+                h.serial,
+                h.port,
+                h.node,
+                humantime::format_duration(age)
+            );
+        }
+    }
+    if let Some(error) = &s.cluster_error {
+        out += &format!("database: could not read the cluster's hops: {error}\n");
     }
     if let Some(error) = &s.policy_error {
         out += &format!(
@@ -178,11 +205,11 @@ mod tests {
     use russh::keys::ssh_key::private::Ed25519Keypair;
 
     use super::*;
-    use crate::admin::Device;
+    use crate::admin::{ClusterHop, Device};
     use crate::api::live_cert::CertState;
     use crate::penalty::SourceState;
     use crate::ssh::live::LiveHop;
-    use crate::store::{DeviceBinding, Store};
+    use crate::store::{DeviceBinding, SqliteStore, Store};
 
     fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
         let config = dir.join("jumphost.toml");
@@ -242,6 +269,7 @@ mod tests {
     fn render_lists_devices_hops_and_blocked_sources() {
         let s = Snapshot {
             version: "0.1.0".into(),
+            node: "eu-1".into(),
             uptime_secs: 61,
             devices: vec![Device {
                 serial: "SN-1".into(),
@@ -266,10 +294,40 @@ mod tests {
                 since: 1_030,
                 reload_error: Some("key does not fit".into()),
             }),
+            cluster_hops: vec![
+                ClusterHop {
+                    node: "eu-1".into(),
+                    engineer: "alice".into(),
+                    source: "127.0.0.1:5000".into(),
+                    serial: "SN-1".into(),
+                    port: 22,
+                    since: 1_000,
+                },
+                ClusterHop {
+                    node: "eu-2".into(),
+                    engineer: "bob".into(),
+                    source: "127.0.0.1:6000".into(),
+                    serial: "SN-2".into(),
+                    port: 80,
+                    since: 1_060,
+                },
+            ],
+            cluster_error: None,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_090);
         let text = render(&s, now);
-        assert!(text.starts_with("jump host 0.1.0 up 1m 1s\n"), "{text}");
+        assert!(
+            text.starts_with("jump host 0.1.0 node eu-1 up 1m 1s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hops in progress in the shared database: 2 on nodes eu-1, eu-2\n  \
+                 alice from 127.0.0.1:5000 -> SN-1:22 on eu-1 for 1m 30s\n  \
+                 bob from 127.0.0.1:6000 -> SN-2:80 on eu-2 for 30s\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("devices online: 1\n  SN-1"), "{text}");
         assert!(text.contains("ports 22, 80"), "{text}");
         assert!(

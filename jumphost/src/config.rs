@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use assist_proto::limits;
 
+use crate::store::{Backend, DatabaseUrl, LOCAL_NODE};
 use crate::toml_error;
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -60,6 +61,35 @@ pub struct JumphostConfig {
     /// `GET /metrics` in the Prometheus text format on this address. Absent: no metrics.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// `postgresql://USER@HOST:PORT/DB`: the store in this PostgreSQL database, which
+    /// several jump hosts (nodes) can share. Absent: SQLite in `data_dir`.
+    #[serde(default)]
+    pub database: Option<DatabaseUrl>,
+    /// File holding the database password (its first line), so it stays out of this file.
+    /// Without it and without a password in the URL, `PGPASSWORD` is used when set.
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
+    /// `[cluster]`: this jump host as one node of several sharing `database`.
+    #[serde(default)]
+    pub cluster: Cluster,
+}
+
+/// `[cluster]` as written.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The name stamped on the hops and audit rows this node writes, and shown by `status`.
+    /// Absent: the machine's host name.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        DatabaseUrl::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("key database: {e}")))
+    }
 }
 
 /// Where the API's certificate comes from.
@@ -164,6 +194,9 @@ impl JumphostConfig {
         if let Some(file) = &mut config.enrollment_key {
             *file = resolve(base, file);
         }
+        if let Some(file) = &mut config.database_password_file {
+            *file = resolve(base, file);
+        }
         if let Some(ApiTls::Files { cert, key }) = &mut config.api_tls {
             *cert = resolve(base, cert);
             *key = resolve(base, key);
@@ -203,7 +236,63 @@ impl JumphostConfig {
         {
             anyhow::bail!("key enrollment_key: must not be empty (a file path)");
         }
+        match (&self.database, &self.database_password_file) {
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "key database_password_file: only used with database = \"postgresql://…\""
+                )
+            }
+            (Some(url), Some(_)) if url.has_password() => anyhow::bail!(
+                "key database_password_file: the database URL has a password already; keep one"
+            ),
+            _ => {}
+        }
+        if let Some(node) = &self.cluster.node {
+            assist_proto::validate_name(node)
+                .map_err(|e| anyhow::anyhow!("key cluster.node: {node:?}: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// This jump host's node name: `[cluster] node`, else the host name, else `local`.
+    pub fn node(&self) -> String {
+        if let Some(node) = &self.cluster.node {
+            return node.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| assist_proto::validate_name(name).is_ok())
+            .unwrap_or_else(|| LOCAL_NODE.to_owned())
+    }
+
+    /// Where the store lives, with the database password read from
+    /// `database_password_file` or `PGPASSWORD` when the URL has none.
+    pub fn store_backend(&self) -> anyhow::Result<Backend> {
+        let Some(url) = &self.database else {
+            return Ok(Backend::Sqlite(self.data_dir.clone()));
+        };
+        let mut url = url.clone();
+        if let Some(file) = &self.database_password_file {
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(file).with_context(|| {
+                    format!("key database_password_file: reading {}", file.display())
+                })?);
+            let password = text.lines().next().unwrap_or_default();
+            if password.is_empty() {
+                anyhow::bail!(
+                    "key database_password_file: {} holds no password",
+                    file.display()
+                );
+            }
+            url.set_password(password.as_bytes());
+        } else if !url.has_password()
+            && let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty())
+        {
+            use std::os::unix::ffi::OsStrExt;
+            url.set_password(password.as_bytes());
+        }
+        Ok(Backend::Postgres(Box::new(url)))
     }
 }
 
@@ -383,6 +472,71 @@ policies_dir = "/etc/assist/policies"
     }
 
     #[test]
+    fn database_and_cluster_keys_are_read_and_the_password_file_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret-from-file\nignored\n").unwrap();
+        let text = format!(
+            "{FOUR_KEYS}database = \"postgresql://assist@db.example:5433/relay\"\n\
+             database_password_file = \"pw\"\n[cluster]\nnode = \"eu-1\"\n"
+        );
+        let config = JumphostConfig::parse(&text, dir.path()).unwrap();
+        assert_eq!(config.node(), "eu-1");
+        let Backend::Postgres(url) = config.store_backend().unwrap() else {
+            panic!("not on PostgreSQL");
+        };
+        assert!(url.has_password());
+        let shown = format!("{url} {url:?} {config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgresql://assist:***@db.example:5433/relay"),
+            "{shown}"
+        );
+
+        let config = JumphostConfig::parse(FOUR_KEYS, dir.path()).unwrap();
+        assert!(
+            matches!(config.store_backend().unwrap(), Backend::Sqlite(d) if d == dir.path().join("data"))
+        );
+        assert!(!config.node().is_empty());
+    }
+
+    #[test]
+    fn bad_database_and_cluster_keys_are_named_and_hide_the_password() {
+        let cases = [
+            ("database = \"mysql://a:pw-x@b/c\"", "key database"),
+            (
+                "database = \"postgresql://a:pw-x@b:nope/c\"",
+                "key database",
+            ),
+            (
+                "database = \"postgresql://a:pw-x@b/c\"\ndatabase_password_file = \"f\"",
+                "key database_password_file",
+            ),
+            ("database_password_file = \"f\"", "only used with database"),
+            ("[cluster]\nnode = \"a b\"", "key cluster.node"),
+            ("[cluster]\npeers = []", "peers"),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{FOUR_KEYS}{extra}\n");
+            let err = format!(
+                "{:#}",
+                JumphostConfig::parse(&text, Path::new("")).unwrap_err()
+            );
+            assert!(err.contains(want), "{extra:?}: {err}");
+            assert!(!err.contains("pw-x"), "{extra:?}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{FOUR_KEYS}database = \"postgresql://a@b/c\"\ndatabase_password_file = \"missing\"\n"
+        );
+        let config = JumphostConfig::parse(&text, dir.path()).unwrap();
+        let err = format!("{:#}", config.store_backend().unwrap_err());
+        assert!(
+            err.contains("key database_password_file") && err.contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn plain_http_is_loud_only_off_loopback() {
         for addr in [
             "127.0.0.1:8080",
@@ -422,5 +576,6 @@ policies_dir = "/etc/assist/policies"
             matches!(config.api_tls, Some(ApiTls::SelfSigned { .. })),
             "{config:?}"
         );
+        assert_eq!(config.node(), "eu-1");
     }
 }

@@ -20,7 +20,7 @@ use crate::policy::Policy;
 use crate::policy::watch::{self, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
 use crate::store::audit_queue::AuditQueue;
-use crate::store::{self, SqliteStore, Store};
+use crate::store::{self, Backend, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,13 +43,10 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // First: a second process on this data_dir stops here, before it could mark the
     // first one's open hops as interrupted.
     let admin_socket = admin::bind(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
-    let interrupted = store
-        .close_interrupted_hops(SystemTime::now())
-        .context("closing hops a previous run left open")?;
+    let backend = config.store_backend()?;
+    let node = config.node();
+    let (store, interrupted) = open_store(backend.clone(), node.clone()).await?;
+    tracing::info!(store = %backend, node, "store open");
     if interrupted > 0 {
         tracing::warn!(
             hops = interrupted,
@@ -189,7 +186,10 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         eprintln!("WARNING: {warning}");
         tracing::warn!("{warning}");
     }
-    let mut ready = vec![format!("host key fingerprint: {fingerprint}")];
+    let mut ready = vec![
+        format!("store: {backend} (node {node})"),
+        format!("host key fingerprint: {fingerprint}"),
+    ];
     if let Some(api_fp) = live_cert.as_ref().and_then(|c| c.fingerprint()) {
         ready.push(format!("api tls certificate fingerprint: {api_fp}"));
     }
@@ -244,6 +244,23 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     ssh_result.context("SSH server")?;
     api_result.context("registration API")?;
     Ok(())
+}
+
+/// Opens the store and closes the hops this node's previous run left open. On the blocking
+/// pool: connecting to a database and migrating block.
+async fn open_store(backend: Backend, node: String) -> anyhow::Result<(Arc<dyn Store>, usize)> {
+    tokio::task::spawn_blocking(move || {
+        let store = store::open(&backend, &node).with_context(|| match &backend {
+            Backend::Sqlite(dir) => format!("opening the store in {}", dir.display()),
+            Backend::Postgres(url) => format!("opening the store (key database = \"{url}\")"),
+        })?;
+        let interrupted = store
+            .close_interrupted_hops(SystemTime::now())
+            .context("closing hops a previous run left open")?;
+        Ok((store, interrupted))
+    })
+    .await
+    .context("opening the store")?
 }
 
 /// The ready lines on stdout are a contract with the tests and operators' scripts.

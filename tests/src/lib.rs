@@ -6,7 +6,7 @@
 //!
 //! By role: `process` (children, binaries, deadlines), `openssh` (ssh, sshd, keys),
 //! `jumphost` (the jump host and its policies), `http` (raw HTTP and TCP), `files` (test
-//! data); the others each start one third-party program or set up one thing.
+//! data), `postgres` (a private PostgreSQL cluster); the others each start one third-party program or set up one thing.
 
 pub mod account;
 pub mod attest;
@@ -17,6 +17,7 @@ pub mod http;
 pub mod jumphost;
 pub mod nginx;
 pub mod openssh;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod socks;

@@ -428,6 +428,18 @@ impl Store for BrokenStore {
     fn close_interrupted_hops(&self, _: SystemTime) -> Result<usize, StoreError> {
         Err(StoreError("nope".into()))
     }
+    fn recent_audit(&self, _: usize) -> Result<Vec<crate::store::AuditRecord>, StoreError> {
+        Err(StoreError("nope".into()))
+    }
+    fn hops(&self) -> Result<Vec<crate::store::HopRecord>, StoreError> {
+        Err(StoreError("nope".into()))
+    }
+    fn open_hops(&self) -> Result<Vec<crate::store::HopRecord>, StoreError> {
+        Err(StoreError("nope".into()))
+    }
+    fn node(&self) -> &str {
+        "broken"
+    }
 }
 
 #[tokio::test]

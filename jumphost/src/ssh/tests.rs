@@ -689,6 +689,21 @@ impl Store for SlowStore {
     fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, crate::store::StoreError> {
         self.0.close_interrupted_hops(now)
     }
+    fn recent_audit(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AuditRecord>, crate::store::StoreError> {
+        self.0.recent_audit(limit)
+    }
+    fn hops(&self) -> Result<Vec<crate::store::HopRecord>, crate::store::StoreError> {
+        self.0.hops()
+    }
+    fn open_hops(&self) -> Result<Vec<crate::store::HopRecord>, crate::store::StoreError> {
+        self.0.open_hops()
+    }
+    fn node(&self) -> &str {
+        self.0.node()
+    }
 }
 
 /// A flood of refused logins must not hold up a device's login behind their audit rows:

@@ -1,20 +1,83 @@
 //! Durable state behind a small trait: device key bindings, the audit trail and hops.
 //!
-//! [`SqliteStore`] is the embedded implementation; a shared database for several jump hosts
-//! can implement [`Store`] later. Every write is durable when the call returns, so an API
-//! answer sent after it survives `kill -9`. Calls are synchronous: async callers go through
-//! [`blocking`].
+//! [`SqliteStore`] is the embedded default; [`PgStore`] keeps the same tables in a
+//! PostgreSQL database that several jump hosts (nodes) share. Every write is durable when
+//! the call returns, so an API answer sent after it survives `kill -9`. Calls are
+//! synchronous: async callers go through [`blocking`]. Hops and audit rows carry the name
+//! of the node that wrote them.
 
 pub mod audit_queue;
+mod postgres;
 mod sqlite;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use russh::keys::{HashAlg, PublicKey};
 
-pub use sqlite::{AuditRecord, HopRecord, SqliteStore};
+pub use postgres::{DatabaseUrl, PgStore};
+pub use sqlite::SqliteStore;
+
+/// The node name of a store opened without one (a single jump host, admin commands).
+pub const LOCAL_NODE: &str = "local";
+
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `assist.db` in this folder.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database shared by the cluster's nodes.
+    Postgres(Box<DatabaseUrl>),
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(dir) => write!(f, "sqlite {}", dir.join(sqlite::DB_FILE).display()),
+            Backend::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Opens the store of `backend` as node `node`, bringing its schema up to date. Blocks
+/// (connects, migrates): async callers use `spawn_blocking`.
+pub fn open(backend: &Backend, node: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Sqlite(dir) => Arc::new(SqliteStore::open(dir)?.with_node(node)),
+        Backend::Postgres(url) => Arc::new(PgStore::open(url, node)?),
+    })
+}
+
+/// One row of the audit trail, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub at: SystemTime,
+    pub kind: String,
+    pub who: Option<String>,
+    pub source: String,
+    pub outcome: String,
+    /// The node that recorded it.
+    pub node: String,
+}
+
+/// One hop, as read back; `ended_at` and the byte counts are `None` while it is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopRecord {
+    pub id: i64,
+    pub engineer: String,
+    pub source: String,
+    pub serial: String,
+    pub port: u32,
+    pub started_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+    pub bytes_to_device: Option<u64>,
+    pub bytes_from_device: Option<u64>,
+    /// Closed at a restart: the process ended while it was open, its byte counts are lost.
+    pub interrupted: bool,
+    /// The node that relayed it.
+    pub node: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("store error: {0}")]
@@ -82,9 +145,18 @@ pub trait Store: Send + Sync + 'static {
         bytes_to_device: u64,
         bytes_from_device: u64,
     ) -> Result<(), StoreError>;
-    /// At start, before any hop can begin: closes the hops a previous process left open
-    /// (it died without recording their end) and marks them interrupted. Returns how many.
+    /// At start, before any hop can begin: closes the hops a previous process of this node
+    /// left open (it died without recording their end) and marks them interrupted; other
+    /// nodes' hops are theirs. Returns how many.
     fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, StoreError>;
+    /// The newest `limit` audit events, newest first.
+    fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Every hop, oldest first.
+    fn hops(&self) -> Result<Vec<HopRecord>, StoreError>;
+    /// Hops not ended yet, of every node writing to this store, oldest first.
+    fn open_hops(&self) -> Result<Vec<HopRecord>, StoreError>;
+    /// The name this store stamps on the hops and audit rows it writes.
+    fn node(&self) -> &str;
 
     /// Compare-and-set: stores `binding` only if the serial's current unexpired binding has
     /// the key `expected` (`None`: no unexpired binding), and `audit` with it in the same
@@ -97,6 +169,34 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<&PublicKey>,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError>;
+}
+
+/// Times as stored: Unix milliseconds.
+fn to_ms(t: SystemTime) -> i64 {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The key as stored: type and base64 only, since a comment is not part of the identity.
+fn key_text(key: &PublicKey) -> Result<String, StoreError> {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh()
+        .map(|s| s.trim().to_string())
+        .map_err(|e| StoreError(format!("encoding public key: {e}")))
+}
+
+fn parse_key(serial: &str, text: &str) -> Result<PublicKey, StoreError> {
+    PublicKey::from_openssh(text)
+        .map_err(|e| StoreError(format!("stored key of serial {serial} is unreadable: {e}")))
 }
 
 /// Runs `call` on the store from async code, on the blocking pool so a disk sync never

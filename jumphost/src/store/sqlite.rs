@@ -3,13 +3,16 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use assist_proto::lock;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use russh::keys::PublicKey;
 
-use super::{AuditEvent, DeviceBinding, HopStart, Store, StoreError};
+use super::{
+    AuditEvent, AuditRecord, DeviceBinding, HopRecord, HopStart, LOCAL_NODE, Store, StoreError,
+    from_ms, key_text, parse_key, to_i64, to_ms,
+};
 
 /// File name of the database inside `data_dir`.
 pub const DB_FILE: &str = "assist.db";
@@ -66,6 +69,10 @@ const MIGRATIONS: &[&str] = &[
     // 3: a hop still open when the process died (kill -9, power loss) is closed at the next
     // start and marked, so the trail tells an interrupted hop from one still running.
     "ALTER TABLE hops ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
+    // 4: the node that relayed a hop or recorded an event, for jump hosts sharing a
+    // database; rows from before were this one jump host's.
+    "ALTER TABLE hops ADD COLUMN node TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE audit_events ADD COLUMN node TEXT NOT NULL DEFAULT 'local';",
 ];
 
 /// How long a write waits for another process (e.g. `serial reset`) holding the lock.
@@ -73,63 +80,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-}
-
-/// One row of the audit trail, as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    pub at: SystemTime,
-    pub kind: String,
-    pub who: Option<String>,
-    pub source: String,
-    pub outcome: String,
-}
-
-/// One hop, as read back; `ended_at` and the byte counts are `None` while it is open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HopRecord {
-    pub id: i64,
-    pub engineer: String,
-    pub source: String,
-    pub serial: String,
-    pub port: u32,
-    pub started_at: SystemTime,
-    pub ended_at: Option<SystemTime>,
-    pub bytes_to_device: Option<u64>,
-    pub bytes_from_device: Option<u64>,
-    /// Closed at a restart: the process ended while it was open, its byte counts are lost.
-    pub interrupted: bool,
+    node: String,
 }
 
 fn err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {e}"))
-}
-
-fn to_ms(t: SystemTime) -> i64 {
-    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// The key as stored: type and base64 only, since a comment is not part of the identity.
-fn key_text(key: &PublicKey) -> Result<String, StoreError> {
-    let mut key = key.clone();
-    key.set_comment("");
-    key.to_openssh()
-        .map(|s| s.trim().to_string())
-        .map_err(|e| StoreError(format!("encoding public key: {e}")))
-}
-
-fn parse_key(serial: &str, text: &str) -> Result<PublicKey, StoreError> {
-    PublicKey::from_openssh(text)
-        .map_err(|e| StoreError(format!("stored key of serial {serial} is unreadable: {e}")))
 }
 
 impl SqliteStore {
@@ -165,7 +120,14 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            node: LOCAL_NODE.to_owned(),
         })
+    }
+
+    /// The same store stamping `node` on the hops and audit rows it writes.
+    pub fn with_node(mut self, node: &str) -> Self {
+        node.clone_into(&mut self.node);
+        self
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -178,57 +140,6 @@ impl SqliteStore {
     #[cfg(test)]
     pub fn hold_for_test(&self) -> MutexGuard<'_, Connection> {
         self.conn()
-    }
-
-    /// The newest `limit` audit events, newest first.
-    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT at, kind, who, source, outcome FROM audit_events ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(err("reading audit events"))?;
-        let rows = stmt
-            .query_map([to_i64(limit as u64)], |r| {
-                Ok(AuditRecord {
-                    at: from_ms(r.get(0)?),
-                    kind: r.get(1)?,
-                    who: r.get(2)?,
-                    source: r.get(3)?,
-                    outcome: r.get(4)?,
-                })
-            })
-            .map_err(err("reading audit events"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(err("reading audit events"))
-    }
-
-    /// Every hop, oldest first.
-    pub fn hops(&self) -> Result<Vec<HopRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, engineer, source, serial, port, started_at, ended_at,
-                        bytes_to_device, bytes_from_device, interrupted FROM hops ORDER BY id",
-            )
-            .map_err(err("reading hops"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(HopRecord {
-                    id: r.get(0)?,
-                    engineer: r.get(1)?,
-                    source: r.get(2)?,
-                    serial: r.get(3)?,
-                    port: r.get(4)?,
-                    started_at: from_ms(r.get(5)?),
-                    ended_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
-                    bytes_to_device: r.get::<_, Option<i64>>(7)?.map(|n| n.max(0) as u64),
-                    bytes_from_device: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
-                    interrupted: r.get::<_, i64>(9)? != 0,
-                })
-            })
-            .map_err(err("reading hops"))?;
-        rows.collect::<Result<_, _>>().map_err(err("reading hops"))
     }
 }
 
@@ -304,16 +215,17 @@ fn read_binding(
     .transpose()
 }
 
-fn insert_audit(conn: &Connection, event: &AuditEvent) -> Result<(), StoreError> {
+fn insert_audit(conn: &Connection, node: &str, event: &AuditEvent) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO audit_events (at, kind, who, source, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO audit_events (at, kind, who, source, outcome, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             to_ms(SystemTime::now()),
             event.kind,
             event.who,
             event.source.to_string(),
-            event.outcome
+            event.outcome,
+            node
         ],
     )
     .map_err(err("recording audit event"))?;
@@ -373,7 +285,7 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         write_binding(&tx, binding)?;
-        insert_audit(&tx, audit)?;
+        insert_audit(&tx, &self.node, audit)?;
         tx.commit().map_err(err("committing binding"))?;
         Ok(true)
     }
@@ -393,14 +305,14 @@ impl Store for SqliteStore {
     }
 
     fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        insert_audit(&self.conn(), event)
+        insert_audit(&self.conn(), &self.node, event)
     }
 
     fn record_batch(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(err("starting audit batch"))?;
         for event in events {
-            insert_audit(&tx, event)?;
+            insert_audit(&tx, &self.node, event)?;
         }
         tx.commit().map_err(err("committing audit batch"))
     }
@@ -408,14 +320,15 @@ impl Store for SqliteStore {
     fn hop_started(&self, hop: &HopStart) -> Result<i64, StoreError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO hops (engineer, source, serial, port, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO hops (engineer, source, serial, port, started_at, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 hop.engineer,
                 hop.source.to_string(),
                 hop.serial,
                 hop.port,
-                to_ms(hop.started_at)
+                to_ms(hop.started_at),
+                self.node
             ],
         )
         .map_err(err("recording hop start"))?;
@@ -451,6 +364,8 @@ impl Store for SqliteStore {
     }
 
     fn close_interrupted_hops(&self, now: SystemTime) -> Result<usize, StoreError> {
+        // The file is one jump host's (the admin socket keeps a second process out), so
+        // every open hop was this process's predecessor's, whatever node name it had.
         self.conn()
             .execute(
                 "UPDATE hops SET ended_at = ?1, interrupted = 1 WHERE ended_at IS NULL",
@@ -458,6 +373,71 @@ impl Store for SqliteStore {
             )
             .map_err(err("closing interrupted hops"))
     }
+
+    fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT at, kind, who, source, outcome, node FROM audit_events
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(err("reading audit events"))?;
+        let rows = stmt
+            .query_map([to_i64(limit as u64)], |r| {
+                Ok(AuditRecord {
+                    at: from_ms(r.get(0)?),
+                    kind: r.get(1)?,
+                    who: r.get(2)?,
+                    source: r.get(3)?,
+                    outcome: r.get(4)?,
+                    node: r.get(5)?,
+                })
+            })
+            .map_err(err("reading audit events"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(err("reading audit events"))
+    }
+
+    fn hops(&self) -> Result<Vec<HopRecord>, StoreError> {
+        read_hops(&self.conn(), "")
+    }
+
+    fn open_hops(&self) -> Result<Vec<HopRecord>, StoreError> {
+        read_hops(&self.conn(), "WHERE ended_at IS NULL")
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Hops matching `filter` (a fixed `WHERE` clause or nothing), oldest first.
+fn read_hops(conn: &Connection, filter: &str) -> Result<Vec<HopRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT id, engineer, source, serial, port, started_at, ended_at,
+                    bytes_to_device, bytes_from_device, interrupted, node
+             FROM hops {filter} ORDER BY id"
+        ))
+        .map_err(err("reading hops"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(HopRecord {
+                id: r.get(0)?,
+                engineer: r.get(1)?,
+                source: r.get(2)?,
+                serial: r.get(3)?,
+                port: r.get(4)?,
+                started_at: from_ms(r.get(5)?),
+                ended_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                bytes_to_device: r.get::<_, Option<i64>>(7)?.map(|n| n.max(0) as u64),
+                bytes_from_device: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+                interrupted: r.get::<_, i64>(9)? != 0,
+                node: r.get(10)?,
+            })
+        })
+        .map_err(err("reading hops"))?;
+    rows.collect::<Result<_, _>>().map_err(err("reading hops"))
 }
 
 #[cfg(test)]

@@ -284,3 +284,41 @@ fn migration_2_keeps_the_newest_of_case_variants() {
     assert_eq!(&bound_key(&store, "SN-1"), key(2).key_data());
     assert_eq!(&bound_key(&store, "sn-2"), key(3).key_data());
 }
+
+#[test]
+fn rows_carry_the_node_and_migration_4_marks_older_rows_local() {
+    let conn = Connection::open_in_memory().unwrap();
+    for step in &MIGRATIONS[..3] {
+        conn.execute_batch(step).unwrap();
+    }
+    conn.execute_batch("PRAGMA user_version = 3").unwrap();
+    conn.execute(
+        "INSERT INTO hops (engineer, source, serial, port, started_at) VALUES ('bob', 'x', 'SN-0', 22, 0)",
+        [],
+    )
+    .unwrap();
+    let store = SqliteStore::from_connection(conn)
+        .unwrap()
+        .with_node("eu-1");
+    assert_eq!(store.node(), "eu-1");
+    store.record(&registered()).unwrap();
+    let id = store
+        .hop_started(&HopStart {
+            engineer: "alice".into(),
+            source: "10.20.0.5:50000".parse().unwrap(),
+            serial: "SN-1".into(),
+            port: 22,
+            started_at: SystemTime::now(),
+        })
+        .unwrap();
+    assert_eq!(store.recent_audit(1).unwrap()[0].node, "eu-1");
+    let nodes: Vec<String> = store
+        .open_hops()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.node)
+        .collect();
+    assert_eq!(nodes, ["local", "eu-1"]);
+    store.hop_ended(id, SystemTime::now(), 1, 2).unwrap();
+    assert_eq!(store.open_hops().unwrap().len(), 1);
+}
