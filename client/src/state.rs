@@ -184,6 +184,8 @@ pub struct Shared {
     numbered: AtomicU64,
     /// The built-in target's terminals, which the page shows live.
     live: Arc<crate::live::Board>,
+    /// The open window's built-in target, when `ssh = "builtin"`.
+    builtin: Mutex<Option<Arc<crate::builtin::Window>>>,
 }
 
 impl Default for Shared {
@@ -201,6 +203,7 @@ impl Default for Shared {
             log: Mutex::new(None),
             numbered: AtomicU64::new(0),
             live: Arc::default(),
+            builtin: Mutex::new(None),
         }
     }
 }
@@ -233,6 +236,26 @@ impl Shared {
     }
 
     /// The built-in target's terminals, as the page sees them.
+    /// The built-in target of the open window (set by enable, cleared when it ends).
+    pub fn set_builtin(&self, window: Option<Arc<crate::builtin::Window>>) {
+        *lock::mutex(&self.builtin) = window;
+    }
+
+    pub fn builtin(&self) -> Option<Arc<crate::builtin::Window>> {
+        lock::mutex(&self.builtin).clone()
+    }
+
+    /// The engineer the jump host's note names for the open connection from `originator`.
+    pub fn engineer_from(&self, originator: &str) -> Option<String> {
+        lock::mutex(&self.sessions).iter().find_map(|record| {
+            let d = lock::mutex(&record.detail);
+            match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
+                true => d.engineer.as_ref().map(HopNote::who),
+                false => None,
+            }
+        })
+    }
+
     pub fn live(&self) -> &Arc<crate::live::Board> {
         &self.live
     }
