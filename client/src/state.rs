@@ -245,12 +245,13 @@ impl Shared {
         lock::mutex(&self.builtin).clone()
     }
 
-    /// The engineer the jump host's note names for the open connection from `originator`.
+    /// The name of the engineer the jump host's note names for the open connection from
+    /// `originator`.
     pub fn engineer_from(&self, originator: &str) -> Option<String> {
         lock::mutex(&self.sessions).iter().find_map(|record| {
             let d = lock::mutex(&record.detail);
             match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
-                true => d.engineer.as_ref().map(HopNote::who),
+                true => d.engineer.as_ref().map(|note| note.engineer.clone()),
                 false => None,
             }
         })
