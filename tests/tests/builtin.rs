@@ -491,4 +491,38 @@ fn a_terminal_session_is_recorded_in_asciicast_v2() {
         "{}",
         text(&out.stdout)
     );
+
+    // Disable ends an open terminal at once, and the engineer is told why.
+    let mut held = w
+        .ssh(&config, &user, &["-tt", "echo held-open; exec sleep 600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pty_out = held.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !text(&seen).contains("held-open") {
+        let n = pty_out.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let out = assist_e2e::assist_client(&w.config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assist_e2e::wait_until(SHORT, "the engineer's ssh to end", || {
+        held.try_wait().unwrap().is_some()
+    });
+    pty_out.read_to_end(&mut seen).unwrap();
+    let mut told = String::new();
+    held.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut told)
+        .unwrap();
+    assert!(
+        format!("{told}{}", text(&seen)).contains("the customer stopped remote assistance"),
+        "stderr {told:?} stdout {:?}",
+        text(&seen)
+    );
 }
