@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api_tls;
 pub mod attest;
 pub mod authorized_keys;
+pub mod builtin;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -506,6 +506,10 @@ async fn relay(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    if service.is_builtin() {
+        crate::builtin::serve(channel, reply, engineer, shared, cancel).await;
+        return;
+    }
     let mut tcp = match tokio::time::timeout(
         LOCAL_CONNECT_TIMEOUT,
         TcpStream::connect(&service.target),
@@ -571,9 +575,9 @@ async fn relay(
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and
 /// written to it (from the engineer) to the session's counts.
-struct Counting<'a, S> {
-    inner: S,
-    guard: &'a crate::state::ConnectionGuard<'a>,
+pub(crate) struct Counting<'a, S> {
+    pub(crate) inner: S,
+    pub(crate) guard: &'a crate::state::ConnectionGuard<'a>,
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, S> {
