@@ -52,6 +52,8 @@ pub struct Recording {
     started: Instant,
     output: Utf8Carry,
     input: Utf8Carry,
+    /// One event's line, reused: a busy session writes thousands a second.
+    line: Vec<u8>,
 }
 
 impl Recording {
@@ -104,8 +106,10 @@ impl Recording {
             started: Instant::now(),
             output: Utf8Carry::default(),
             input: Utf8Carry::default(),
+            line: Vec::new(),
         };
-        recording.line(&line.to_string())?;
+        recording.line = line.to_string().into_bytes();
+        recording.write_line()?;
         Ok(recording)
     }
 
@@ -134,18 +138,24 @@ impl Recording {
         if data.is_empty() {
             return Ok(());
         }
-        let t = self.started.elapsed().as_secs_f64();
-        let line = serde_json::json!([(t * 1e6).round() / 1e6, kind, data]);
-        self.line(&line.to_string())
+        let t = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        self.line.clear();
+        // Straight into the line: no JSON value in between, no copy of the text.
+        serde_json::to_writer(&mut self.line, &(t, kind, data))
+            .map_err(std::io::Error::from)
+            .map_err(|source| RecordError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.write_line()
     }
 
-    fn line(&mut self, line: &str) -> Result<(), RecordError> {
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
+    /// Writes `self.line` and its newline.
+    fn write_line(&mut self) -> Result<(), RecordError> {
+        self.line.push(b'\n');
         // One write per event, unbuffered: what was shown is on disk, whatever follows.
         self.file
-            .write_all(&bytes)
+            .write_all(&self.line)
             .map_err(|source| RecordError::Write {
                 path: self.path.clone(),
                 source,
@@ -177,7 +187,13 @@ struct Utf8Carry {
 }
 
 impl Utf8Carry {
-    fn decode(&mut self, bytes: &[u8]) -> String {
+    fn decode<'a>(&mut self, bytes: &'a [u8]) -> std::borrow::Cow<'a, str> {
+        // The usual case, whole characters only: the text is the bytes, not a copy.
+        if self.pending.is_empty()
+            && let Ok(text) = std::str::from_utf8(bytes)
+        {
+            return std::borrow::Cow::Borrowed(text);
+        }
         self.pending.extend_from_slice(bytes);
         let mut text = String::new();
         let mut rest: &[u8] = &self.pending;
@@ -206,7 +222,7 @@ impl Utf8Carry {
             }
         }
         self.pending = rest.to_vec();
-        text
+        std::borrow::Cow::Owned(text)
     }
 }
 
