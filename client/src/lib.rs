@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api_tls;
+pub mod approval;
 pub mod attest;
 pub mod authorized_keys;
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod live;
 pub mod local_api;
 pub mod peer_user;
 pub mod pin;
+pub mod recordings;
 pub mod register;
 pub mod state;
 pub mod target;

@@ -184,6 +184,8 @@ pub struct Shared {
     numbered: AtomicU64,
     /// The built-in target's terminals, which the page shows live.
     live: Arc<crate::live::Board>,
+    /// Connections waiting for the customer's Allow (`approve_connections`).
+    approvals: crate::approval::Approvals,
 }
 
 impl Default for Shared {
@@ -201,6 +203,7 @@ impl Default for Shared {
             log: Mutex::new(None),
             numbered: AtomicU64::new(0),
             live: Arc::default(),
+            approvals: crate::approval::Approvals::default(),
         }
     }
 }
@@ -235,6 +238,21 @@ impl Shared {
     /// The built-in target's terminals, as the page sees them.
     pub fn live(&self) -> &Arc<crate::live::Board> {
         &self.live
+    }
+
+    /// The connections waiting for the customer's answer.
+    pub fn approvals(&self) -> &crate::approval::Approvals {
+        &self.approvals
+    }
+
+    /// Who the jump host's note says is connecting from `originator`, when the note came
+    /// before its connection opened (as it does while the connection waits for approval).
+    pub fn noted_engineer(&self, originator: &str) -> Option<String> {
+        let notes = lock::mutex(&self.notes);
+        notes
+            .iter()
+            .find(|(from, _, at)| from == originator && at.elapsed() < NOTE_WAIT)
+            .map(|(_, note, _)| note.who())
     }
 
     /// Follows the tunnel's state as it changes.
@@ -497,5 +515,21 @@ mod tests {
                 shared.connections().sessions[0].since
             )
         );
+    }
+
+    #[test]
+    fn a_note_that_came_first_names_a_connection_still_waiting_to_open() {
+        let shared = Shared::default();
+        assert_eq!(shared.noted_engineer("127.0.0.1:9"), None);
+        shared.note_arrived("127.0.0.1:9", note("bob"));
+        assert_eq!(
+            shared.noted_engineer("127.0.0.1:9").as_deref(),
+            Some("bob (vendor key 'bob@laptop')")
+        );
+        assert_eq!(shared.noted_engineer("127.0.0.1:8"), None);
+        // Peeking leaves the note for the connection once it opens.
+        let opened = shared.connection_opened();
+        opened.describe("ssh", Some("127.0.0.1:9"));
+        assert!(shared.connections().sessions[0].engineer.is_some());
     }
 }

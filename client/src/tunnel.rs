@@ -466,6 +466,10 @@ async fn relay(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    let Some(reply) = ask_customer(&channel, reply, &service, engineer, &shared, &cancel).await
+    else {
+        return;
+    };
     let mut tcp = match tokio::time::timeout(
         LOCAL_CONNECT_TIMEOUT,
         TcpStream::connect(&service.target),
@@ -475,12 +479,12 @@ async fn relay(
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             tracing::warn!(target = %service.target, "cannot connect to local service: {e}");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            reply.reject(&channel).await;
             return;
         }
         Err(_) => {
             tracing::warn!(target = %service.target, "timed out connecting to local service");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            reply.reject(&channel).await;
             return;
         }
     };
@@ -514,19 +518,102 @@ async fn relay(
             let why = shared
                 .farewell()
                 .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned());
-            let said = tokio::time::timeout(NOTICE_TIMEOUT, async {
-                notice.write_all(format!("{why}\r\n").as_bytes()).await?;
-                notice.flush().await
-            })
-            .await;
-            if !matches!(said, Ok(Ok(()))) {
-                tracing::debug!("the engineer was not told why the relay closed");
-            }
+            tell(&mut notice, &why).await;
             tracing::info!(%why, "relay closed by disable");
             format!("closed: {why}")
         }
     };
     counted.ended_how(how);
+}
+
+/// An engineer's channel on its way to the local service: not answered yet, or accepted
+/// already while the customer was asked.
+enum Opening {
+    Unanswered(client::ChannelOpenHandle),
+    Accepted,
+}
+
+impl Opening {
+    async fn accept(self) {
+        if let Opening::Unanswered(reply) = self {
+            reply.accept().await;
+        }
+    }
+
+    /// The local service cannot be reached: refuses the channel, or closes it when the
+    /// customer's approval had it accepted.
+    async fn reject(self, channel: &russh::Channel<client::Msg>) {
+        match self {
+            Opening::Unanswered(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            Opening::Accepted => {
+                let _ = channel.close().await;
+            }
+        }
+    }
+}
+
+/// With `approve_connections`, asks the customer on the page and waits for the answer.
+/// The channel is accepted first: the jump host gives a channel open less time than the
+/// customer gets, and only an open channel can tell the engineer what is happening. A
+/// connection not allowed is told why on stderr, recorded in the history and closed: `None`.
+async fn ask_customer(
+    channel: &russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    service: &Service,
+    engineer: &str,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> Option<Opening> {
+    if !shared.approvals().required() {
+        return Some(Opening::Unanswered(reply));
+    }
+    reply.accept().await;
+    let mut notice = channel.make_writer_ext(Some(1));
+    tell(
+        &mut notice,
+        &format!(
+            "waiting for the customer to allow this connection (up to {} s)",
+            crate::approval::APPROVAL_WAIT.as_secs()
+        ),
+    )
+    .await;
+    let why = match shared
+        .approvals()
+        .ask(engineer, &service.name, cancel)
+        .await
+    {
+        crate::approval::Outcome::Allowed => {
+            tracing::info!(service = %service.name, "the customer allowed the connection");
+            return Some(Opening::Accepted);
+        }
+        crate::approval::Outcome::Denied => crate::approval::DENIED.to_owned(),
+        crate::approval::Outcome::NotAnswered => crate::approval::NOT_ANSWERED.to_owned(),
+        crate::approval::Outcome::Withdrawn => shared
+            .farewell()
+            .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned()),
+    };
+    tracing::info!(service = %service.name, %why, "connection not allowed");
+    tell(&mut notice, &format!("the connection was closed: {why}")).await;
+    let counted = shared.connection_opened();
+    counted.describe(&service.name, Some(engineer));
+    counted.ended_how(why);
+    drop(counted);
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+    None
+}
+
+/// Tells the engineer `words` on the relayed channel's stderr (`notice`), without holding up
+/// a close for long.
+async fn tell(notice: &mut (impl tokio::io::AsyncWrite + Unpin), words: &str) {
+    let said = tokio::time::timeout(NOTICE_TIMEOUT, async {
+        notice.write_all(format!("{words}\r\n").as_bytes()).await?;
+        notice.flush().await
+    })
+    .await;
+    if !matches!(said, Ok(Ok(()))) {
+        tracing::debug!("the engineer was not told: {words}");
+    }
 }
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and
