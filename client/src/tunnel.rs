@@ -554,7 +554,7 @@ impl Opening {
 
 /// With `approve_connections`, asks the customer on the page and waits for the answer.
 /// The channel is accepted first: the jump host gives a channel open less time than the
-/// customer gets, and only an open channel can tell the engineer what is happening. A
+/// customer gets, and only an open channel can tell the engineer why it closes. A
 /// connection not allowed is told why on stderr, recorded in the history and closed: `None`.
 async fn ask_customer(
     channel: &russh::Channel<client::Msg>,
@@ -568,16 +568,8 @@ async fn ask_customer(
         return Some(Opening::Unanswered(reply));
     }
     reply.accept().await;
-    let mut notice = channel.make_writer_ext(Some(1));
-    tell(
-        &mut notice,
-        &format!(
-            "waiting for the customer to allow this connection (up to {} s)",
-            crate::approval::APPROVAL_WAIT.as_secs()
-        ),
-    )
-    .await;
-    let why = match shared
+    // (how it ended for the history, what the engineer is told)
+    let (how, told) = match shared
         .approvals()
         .ask(engineer, &service.name, cancel)
         .await
@@ -586,17 +578,27 @@ async fn ask_customer(
             tracing::info!(service = %service.name, "the customer allowed the connection");
             return Some(Opening::Accepted);
         }
-        crate::approval::Outcome::Denied => crate::approval::DENIED.to_owned(),
-        crate::approval::Outcome::NotAnswered => crate::approval::NOT_ANSWERED.to_owned(),
-        crate::approval::Outcome::Withdrawn => shared
-            .farewell()
-            .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned()),
+        crate::approval::Outcome::Denied => (
+            crate::approval::DENIED.to_owned(),
+            format!("connection {}", crate::approval::DENIED),
+        ),
+        crate::approval::Outcome::NotAnswered => (
+            crate::approval::NOT_ANSWERED.to_owned(),
+            format!("connection {}", crate::approval::NOT_ANSWERED),
+        ),
+        crate::approval::Outcome::Withdrawn => {
+            let why = shared
+                .farewell()
+                .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned());
+            (format!("closed: {why}"), why)
+        }
     };
-    tracing::info!(service = %service.name, %why, "connection not allowed");
-    tell(&mut notice, &format!("the connection was closed: {why}")).await;
+    tracing::info!(service = %service.name, %how, "connection not allowed");
+    let mut notice = channel.make_writer_ext(Some(1));
+    tell(&mut notice, &told).await;
     let counted = shared.connection_opened();
     counted.describe(&service.name, Some(engineer));
-    counted.ended_how(why);
+    counted.ended_how(how);
     drop(counted);
     let _ = channel.eof().await;
     let _ = channel.close().await;
