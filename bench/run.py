@@ -57,6 +57,9 @@ def parse_args():
     p.add_argument("--ws", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure our chain over SSH-in-WebSocket (throughput, idle "
                         "memory per tunnel); default: on in full runs, off with --smoke")
+    p.add_argument("--builtin", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure our chain ending at the agent's built-in SSH target "
+                        "(throughput); default: on in full runs, off with --smoke")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
     p.add_argument("--note", default="2 shared CPUs; expect noise of tens of percent on the "
                    "timings", help="what to say about the run's conditions in RESULTS.md")
@@ -163,6 +166,7 @@ def main():
             closers.append(openssh_aes)
         ours = None
         ours_ws = None
+        ours_builtin = None
         if not args.only_openssh:
             ours = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer)
             closers.append(ours)
@@ -171,18 +175,23 @@ def main():
                 ours_ws = OurChain(tmp, target, keys, bins, logdir, args.device, args.engineer,
                                    transport="ws")
                 closers.append(ours_ws)
+            if args.builtin if args.builtin is not None else not args.smoke:
+                ours_builtin = OurChain(tmp, target, keys, bins, logdir, "agent",
+                                        args.engineer, builtin=True)
+                closers.append(ours_builtin)
         log(f"chains up: {', '.join(c.name for c in chains)}")
 
         # Integrity first: a chain that corrupts data makes every other figure moot.
         check = os.path.join(tmp, "check.bin")
         with open(check, "wb") as f:
             f.write(os.urandom(min(size, 8 << 20)))
-        for c in chains + ([ours_ws] if ours_ws else []):
+        side = [c for c in (ours_ws, ours_builtin) if c]
+        for c in chains + side:
             figures.verify_integrity(c, check)
         log("integrity: checksums match both ways on every chain")
 
         if "throughput" not in args.skip:
-            extra = [openssh_aes] + ([ours_ws] if ours_ws else [])
+            extra = [openssh_aes] + side
             result["throughput"] = figures.throughput(chains + extra, target, random_file, size,
                                                       cfg["reps"], cfg["marker_mib"] << 20)
             openssh_aes.close()

@@ -35,6 +35,10 @@ command -v help2man >/dev/null 2>&1 || missing+=(help2man)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
+# The built-in target serves scp/sftp with the system's sftp-server, and its recordings are
+# replayed with stock asciinema (tests/tests/builtin.rs).
+[ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-sftp-server)
+command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
 if [ ${#missing[@]} -gt 0 ]; then

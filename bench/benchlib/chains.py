@@ -190,15 +190,23 @@ class OurChain:
     name = "ours"
 
     def __init__(self, tmp, target, keys, bins, logdir, device_mode="agent", engineer_mode="cli",
-                 transport="ssh"):
+                 transport="ssh", builtin=False):
         # transport "ws": the agent, the engineer and the load generator reach the jump host
         # with SSH inside a WebSocket on its API port (issue 13's cost figure).
+        # builtin: the agent's own SSH server (`ssh = "builtin"`) is the end of the session
+        # instead of the target sshd (issue 19's figure).
         self.transport = transport
+        self.builtin = builtin
         self.serial = AGENT_SERIAL if transport == "ssh" else f"{AGENT_SERIAL}-WS"
+        suffix = "" if transport == "ssh" else "-ws"
         if transport == "ws":
             self.name = "ours (WebSocket)"
             self.max_login_concurrency = 24
-        self.dir = os.path.join(tmp, "ours" if transport == "ssh" else "ours-ws")
+        if builtin:
+            self.serial += "-BI"
+            suffix += "-builtin"
+            self.name = "ours (built-in target)"
+        self.dir = os.path.join(tmp, "ours" + suffix)
         self.bins, self.logdir, self.keys = bins, logdir, keys
         self.engineer_mode = engineer_mode
         jdir = os.path.join(self.dir, "jumphost")
@@ -249,12 +257,13 @@ class OurChain:
         cdir = os.path.join(self.dir, "agent")
         os.makedirs(cdir, exist_ok=True)
         cfg = os.path.join(cdir, "client.toml")
+        ssh = "builtin" if self.builtin else f"127.0.0.1:{target.port}"
         with open(cfg, "w") as f:
             f.write(f'serial = "{self.serial}"\njumphost = "{self.jumphost()}"\n'
                     f'api_url = "{self.api_url}"\ndata_dir = "{cdir}/data"\n'
                     f'web_listen = "127.0.0.1:0"\ntarget_user = "root"\n'
                     f'authorized_keys = "{target.authorized_keys}"\n\n'
-                    f'[services]\nssh = "127.0.0.1:{target.port}"\n')
+                    f'[services]\nssh = "{ssh}"\n')
         env = dict(os.environ, RUST_LOG="warn")
         self.device = Proc([self.bins["assist-client"], "run", "--config", cfg],
                            "assist-client", self.logdir, env=env)

@@ -276,7 +276,7 @@ def plot(r, path, allow_install):
     t = r.get("throughput") or {}
     labels = ["upload", "download"]
     series = (("OpenSSH", "#888888"), ("OpenSSH AES-GCM", "#bbbbbb"), ("ours", "#2a7ab9"),
-              ("ours (WebSocket)", "#7fb3de"))
+              ("ours (WebSocket)", "#7fb3de"), ("ours (built-in target)", "#e08a2c"))
     series = [(n, c) for n, c in series if n in t]
     width = 0.8 / max(len(series), 1)
     top = 1.0

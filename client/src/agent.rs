@@ -1,7 +1,7 @@
 //! The agent's core: enable (register, code, key line, tunnel), disable (tunnel down, line
 //! removed) and status, serialized so the key line and the tunnel never disagree.
 
-use crate::attest::Attestor;
+use crate::attest::{Attestor, HostKeys};
 use crate::authorized_keys::{Account, KeysFile, KeysFileError, key_line};
 use crate::config::Config;
 use crate::history::{Event, History, Origin};
@@ -116,8 +116,9 @@ struct Window {
     task: JoinHandle<()>,
     /// The window's end; extend sends a later one and the supervisor's timer follows.
     until: tokio::sync::watch::Sender<OffsetDateTime>,
-    /// What the key line is made of, so extend can write it again with a new expiry.
-    line: LineParts,
+    /// What the key line is made of, so extend can write it again with a new expiry; `None`
+    /// for the built-in target, which needs no key line.
+    line: Option<LineParts>,
     /// The policy's longest window, as the enable's registration told it.
     max_secs: u64,
 }
@@ -277,25 +278,44 @@ impl Agent {
 
         let code = OneTimeCode::generate();
         let (serial, c) = (self.config.serial.clone(), code.clone());
-        let (derived, attestation_key) =
+        let code_keys =
             tokio::task::spawn_blocking(move || assist_proto::attest::derive_keys(&serial, &c))
                 .await
                 .map_err(|e| AgentError::Derive(e.to_string()))?
                 .map_err(|e| AgentError::Derive(e.to_string()))?;
+        let derived = code_keys.login;
         let derived_public = keys::public_line(&derived)?;
+        let ssh = self.config.services.iter().find(|s| is_tunnelled(s));
+        // The built-in target is the agent itself: its host key comes from the code, and
+        // no sshd or key line is involved.
+        let builtin = match ssh {
+            Some(s) if s.is_builtin() => Some(Arc::new(crate::builtin::Window {
+                login: derived.public_key().clone(),
+                host_key: code_keys.host.clone(),
+                account: Account::lookup(&self.config.target_user)?,
+                forwards: self
+                    .config
+                    .services
+                    .iter()
+                    .filter(|s| !is_tunnelled(s))
+                    .cloned()
+                    .collect(),
+                data_dir: self.config.data_dir.clone(),
+            })),
+            _ => None,
+        };
         // The window's proof of the code is about the ssh service's host keys.
-        let attestor = self
-            .config
-            .services
-            .iter()
-            .find(|s| is_tunnelled(s))
-            .map(|ssh| {
-                Arc::new(Attestor::new(
-                    self.config.serial.clone(),
-                    ssh.target.clone(),
-                    attestation_key,
-                ))
-            });
+        let attestor = ssh.map(|ssh| {
+            let host_keys = match ssh.is_builtin() {
+                true => HostKeys::Known(vec![code_keys.host.public_key().clone()]),
+                false => HostKeys::Scan(ssh.target.clone()),
+            };
+            Arc::new(Attestor::new(
+                self.config.serial.clone(),
+                host_keys,
+                code_keys.attestation,
+            ))
+        });
 
         if let Some(old) = guard.open.take() {
             self.shared.set_farewell(
@@ -319,8 +339,8 @@ impl Agent {
             .collect();
         // Which server the key line is for decides its options; a server that cannot be
         // reached cannot be proven to let the engineer in, so enable stops here.
-        let ssh = self.config.services.iter().find(|s| is_tunnelled(s));
         let server = match ssh {
+            Some(ssh) if ssh.is_builtin() => None,
             Some(ssh) => match target::identify(&ssh.target).await {
                 Ok(server) => Some(server),
                 Err(why) => return Err(self.enable_failed(AgentError::Target(why))),
@@ -332,8 +352,14 @@ impl Agent {
             permit_open,
             enforced_by_server: server.as_ref().is_none_or(target::Server::enforces_expiry),
         };
-        self.keys_file
-            .install(&self.config.serial, &parts.line(&self.config.serial, until))?;
+        let parts = match builtin {
+            Some(_) => None,
+            None => Some(parts),
+        };
+        if let Some(parts) = &parts {
+            self.keys_file
+                .install(&self.config.serial, &parts.line(&self.config.serial, until))?;
+        }
         // Enable proves the login works: the agent logs in as the engineer will, and only
         // then shows the code. A refusal takes the line out again; nothing is half-enabled.
         if let Some(server) = &server {
@@ -380,6 +406,7 @@ impl Agent {
             history: self.history.clone(),
             window: id.clone(),
         }));
+        self.shared.set_builtin(builtin);
         let cancel = CancellationToken::new();
         let relays = TaskTracker::new();
         let tunnel = Tunnel {
@@ -518,10 +545,10 @@ impl Agent {
         }
         let window_secs = window_secs(minutes, window.max_secs);
         let until = OffsetDateTime::now_utc() + time::Duration::seconds(window_secs as i64);
-        self.keys_file.install(
-            &self.config.serial,
-            &window.line.line(&self.config.serial, until),
-        )?;
+        if let Some(line) = &window.line {
+            self.keys_file
+                .install(&self.config.serial, &line.line(&self.config.serial, until))?;
+        }
         window.until.send_replace(until);
         self.set_until(Some((window.epoch, until)));
         self.history.record(&Event::WindowExtended {
@@ -592,6 +619,7 @@ impl Agent {
         if let Some(w) = window {
             let id = w.id.clone();
             stop_window(w).await;
+            self.shared.set_builtin(None);
             // After the relays: their ends are in the file before the window's.
             self.history.record(&Event::WindowEnded {
                 window: id,

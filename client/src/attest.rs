@@ -32,21 +32,28 @@ const KEY_TYPES: &[Algorithm] = &[
     },
 ];
 
+/// Where the attested host keys come from.
+pub enum HostKeys {
+    /// Read from the SSH server at `HOST:PORT` (the `ssh` service's target).
+    Scan(String),
+    /// Already known: the built-in target's, derived from the code.
+    Known(Vec<PublicKey>),
+}
+
 /// Signs the window's attestation, reading the host keys once they are first needed (and
 /// again after a failure, so an SSH server started after enable is still attested).
 pub struct Attestor {
     serial: String,
-    /// `HOST:PORT` of the `ssh` service.
-    target: String,
+    host_keys: HostKeys,
     key: PrivateKey,
     document: tokio::sync::Mutex<Option<Arc<String>>>,
 }
 
 impl Attestor {
-    pub fn new(serial: String, target: String, key: PrivateKey) -> Self {
+    pub fn new(serial: String, host_keys: HostKeys, key: PrivateKey) -> Self {
         Self {
             serial,
-            target,
+            host_keys,
             key,
             document: tokio::sync::Mutex::new(None),
         }
@@ -58,7 +65,10 @@ impl Attestor {
         if let Some(doc) = slot.as_ref() {
             return Ok(doc.clone());
         }
-        let host_keys = host_keys(&self.target).await?;
+        let host_keys = match &self.host_keys {
+            HostKeys::Scan(target) => host_keys(target).await?,
+            HostKeys::Known(keys) => keys.clone(),
+        };
         let doc = Attestation {
             serial: self.serial.clone(),
             host_keys,

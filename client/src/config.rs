@@ -99,7 +99,18 @@ pub enum EnrollmentSecret {
 pub struct Service {
     pub name: String,
     pub port: u32,
+    /// `HOST:PORT`, or [`BUILTIN`] for the ssh service.
     pub target: String,
+}
+
+/// The ssh service's target that makes the agent's own SSH server the end of the session.
+pub const BUILTIN: &str = "builtin";
+
+impl Service {
+    /// Whether the agent itself serves this service (`ssh = "builtin"`).
+    pub fn is_builtin(&self) -> bool {
+        self.target == BUILTIN
+    }
 }
 
 /// A validated agent configuration with every path absolute.
@@ -232,10 +243,21 @@ impl Config {
                         .to_owned(),
                 )
             })?;
-            if split_host_port(target).is_none() {
+            if target == BUILTIN {
+                if port != assist_proto::limits::SSH_SERVICE_PORT {
+                    return Err(invalid(
+                        &key,
+                        "\"builtin\" is only for the ssh service (the agent's own SSH server); \
+                         give this service HOST:PORT (like 127.0.0.1:80)"
+                            .to_owned(),
+                    ));
+                }
+            } else if split_host_port(target).is_none() {
                 return Err(invalid(
                     &key,
-                    format!("{target:?} is not HOST:PORT (like 127.0.0.1:22)"),
+                    format!(
+                        "{target:?} is not HOST:PORT (like 127.0.0.1:22) or, for ssh, \"builtin\""
+                    ),
                 ));
             }
             if services.iter().any(|s: &Service| s.port == port) {
@@ -641,6 +663,18 @@ http = "127.0.0.1:80"
     }
 
     #[test]
+    fn ssh_may_be_the_builtin_target() {
+        let c = parse(&GOOD.replace("\"127.0.0.1:22\"", "\"builtin\"")).unwrap();
+        let ssh = c.services.iter().find(|s| s.name == "ssh").unwrap();
+        assert!(ssh.is_builtin());
+        assert!(
+            !c.services
+                .iter()
+                .any(|s| s.name == "http" && s.is_builtin())
+        );
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let cases = [
             (GOOD.replace("SN-0001", "-bad"), "serial"),
@@ -661,6 +695,11 @@ http = "127.0.0.1:80"
             assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
             assert!(err.contains("/etc/assist/client.toml"), "{err}");
         }
+        let err = parse(&GOOD.replace("\"127.0.0.1:80\"", "\"builtin\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `services.http`"), "{err}");
+        assert!(err.contains("only for the ssh service"), "{err}");
         let no_services = GOOD.split("[services]").next().unwrap();
         assert!(
             parse(no_services)

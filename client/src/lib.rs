@@ -7,6 +7,7 @@ pub mod api_tls;
 pub mod approval;
 pub mod attest;
 pub mod authorized_keys;
+pub mod builtin;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -74,10 +74,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// (internal) How the built-in target starts an engineer's program: as USER, in a
+    /// session of its own (with stdin as its terminal with --tty), in USER's home.
+    #[command(hide = true)]
+    AsUser {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        tty: bool,
+        /// argv[0] of the program (`-bash` for a login shell).
+        #[arg(long)]
+        login_as: Option<String>,
+        #[arg(last = true, required = true)]
+        program: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread or log exists: this process becomes the engineer's program.
+    if let Command::AsUser {
+        user,
+        tty,
+        login_as,
+        program,
+    } = cli.command
+    {
+        let mut program = program.into_iter();
+        let error = assist_client::builtin::become_user_and_exec(assist_client::builtin::AsUser {
+            user,
+            tty,
+            login_as,
+            program: program.next().unwrap_or_default(),
+            args: program.collect(),
+        });
+        eprintln!("assist-client: {error}");
+        return ExitCode::from(127);
+    }
     assist_proto::logging::init("info");
     let env = |k: &str| std::env::var(k).ok();
     let debug = assist_proto::report::debug_wanted(cli.debug, &env);
@@ -113,5 +146,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status { config, json } => commands::status(&load(&config)?, json).await,
         Command::History { config, json } => commands::history(&load(&config)?, json),
         Command::Page { config, no_open } => commands::page(&load(&config)?, !no_open).await,
+        Command::AsUser { .. } => anyhow::bail!("as-user runs before the runtime starts"),
     }
 }

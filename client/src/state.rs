@@ -186,6 +186,8 @@ pub struct Shared {
     live: Arc<crate::live::Board>,
     /// Connections waiting for the customer's Allow (`approve_connections`).
     approvals: crate::approval::Approvals,
+    /// The open window's built-in target, when `ssh = "builtin"`.
+    builtin: Mutex<Option<Arc<crate::builtin::Window>>>,
 }
 
 impl Default for Shared {
@@ -204,6 +206,7 @@ impl Default for Shared {
             numbered: AtomicU64::new(0),
             live: Arc::default(),
             approvals: crate::approval::Approvals::default(),
+            builtin: Mutex::new(None),
         }
     }
 }
@@ -236,6 +239,26 @@ impl Shared {
     }
 
     /// The built-in target's terminals, as the page sees them.
+    /// The built-in target of the open window (set by enable, cleared when it ends).
+    pub fn set_builtin(&self, window: Option<Arc<crate::builtin::Window>>) {
+        *lock::mutex(&self.builtin) = window;
+    }
+
+    pub fn builtin(&self) -> Option<Arc<crate::builtin::Window>> {
+        lock::mutex(&self.builtin).clone()
+    }
+
+    /// The engineer the jump host's note names for the open connection from `originator`.
+    pub fn engineer_from(&self, originator: &str) -> Option<String> {
+        lock::mutex(&self.sessions).iter().find_map(|record| {
+            let d = lock::mutex(&record.detail);
+            match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
+                true => d.engineer.as_ref().map(HopNote::who),
+                false => None,
+            }
+        })
+    }
+
     pub fn live(&self) -> &Arc<crate::live::Board> {
         &self.live
     }

@@ -470,6 +470,14 @@ async fn relay(
     else {
         return;
     };
+    if service.is_builtin() {
+        // The built-in target accepts the channel itself, so it is asked before accepting.
+        let Opening::Unanswered(reply) = reply else {
+            return;
+        };
+        crate::builtin::serve(channel, reply, engineer, shared, cancel).await;
+        return;
+    }
     let mut tcp = match tokio::time::timeout(
         LOCAL_CONNECT_TIMEOUT,
         TcpStream::connect(&service.target),
@@ -554,8 +562,11 @@ impl Opening {
 
 /// With `approve_connections`, asks the customer on the page and waits for the answer.
 /// The channel is accepted first: the jump host gives a channel open less time than the
-/// customer gets, and only an open channel can tell the engineer why it closes. A
-/// connection not allowed is told why on stderr, recorded in the history and closed: `None`.
+/// customer gets, and only an open channel can tell the engineer why it closes. The
+/// built-in target accepts its channels itself ([`crate::builtin::serve`] takes the open
+/// unanswered), so its connections are asked before accepting: the jump host's channel-open
+/// timeout bounds their wait, and a refusal reaches the engineer as a refused open. A
+/// connection not allowed is recorded in the history and closed: `None`.
 async fn ask_customer(
     channel: &russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
@@ -567,7 +578,12 @@ async fn ask_customer(
     if !shared.approvals().required() {
         return Some(Opening::Unanswered(reply));
     }
-    reply.accept().await;
+    let unanswered = if service.is_builtin() {
+        Some(reply)
+    } else {
+        reply.accept().await;
+        None
+    };
     // (how it ended for the history, what the engineer is told)
     let (how, told) = match shared
         .approvals()
@@ -576,7 +592,7 @@ async fn ask_customer(
     {
         crate::approval::Outcome::Allowed => {
             tracing::info!(service = %service.name, "the customer allowed the connection");
-            return Some(Opening::Accepted);
+            return Some(unanswered.map_or(Opening::Accepted, Opening::Unanswered));
         }
         crate::approval::Outcome::Denied => (
             crate::approval::DENIED.to_owned(),
@@ -594,14 +610,18 @@ async fn ask_customer(
         }
     };
     tracing::info!(service = %service.name, %how, "connection not allowed");
-    let mut notice = channel.make_writer_ext(Some(1));
-    tell(&mut notice, &told).await;
+    match unanswered {
+        Some(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        None => {
+            let mut notice = channel.make_writer_ext(Some(1));
+            tell(&mut notice, &told).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+        }
+    }
     let counted = shared.connection_opened();
     counted.describe(&service.name, Some(engineer));
     counted.ended_how(how);
-    drop(counted);
-    let _ = channel.eof().await;
-    let _ = channel.close().await;
     None
 }
 
@@ -620,9 +640,9 @@ async fn tell(notice: &mut (impl tokio::io::AsyncWrite + Unpin), words: &str) {
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and
 /// written to it (from the engineer) to the session's counts.
-struct Counting<'a, S> {
-    inner: S,
-    guard: &'a crate::state::ConnectionGuard<'a>,
+pub(crate) struct Counting<'a, S> {
+    pub(crate) inner: S,
+    pub(crate) guard: &'a crate::state::ConnectionGuard<'a>,
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, S> {

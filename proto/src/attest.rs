@@ -45,19 +45,30 @@ pub fn derive_attestation_key(serial: &str, code: &OneTimeCode) -> Result<Privat
     derive_labelled(SALT_PREFIX, serial, code)
 }
 
-/// Both keys of a code: `(login, attestation)`, derived on two threads at once (each is one
-/// Argon2 run of about 19 MiB).
-pub fn derive_keys(
-    serial: &str,
-    code: &OneTimeCode,
-) -> Result<(PrivateKey, PrivateKey), DeriveError> {
+/// The keys of a code.
+pub struct CodeKeys {
+    /// Logs in to the device.
+    pub login: PrivateKey,
+    /// Signs (agent) or checks (CLI) the device's attestation.
+    pub attestation: PrivateKey,
+    /// The built-in target's host key ([`crate::derive::derive_login_and_host`]).
+    pub host: PrivateKey,
+}
+
+/// Every key of a code, derived on two threads at once (each is one Argon2 run of about
+/// 19 MiB; the host key comes from the login key's run).
+pub fn derive_keys(serial: &str, code: &OneTimeCode) -> Result<CodeKeys, DeriveError> {
     std::thread::scope(|s| {
         let attestation = s.spawn(|| derive_attestation_key(serial, code));
-        let login = crate::derive::derive_key(serial, code)?;
+        let (login, host) = crate::derive::derive_login_and_host(serial, code)?;
         let attestation = attestation
             .join()
             .map_err(|_| DeriveError("the derivation thread panicked".into()))??;
-        Ok((login, attestation))
+        Ok(CodeKeys {
+            login,
+            attestation,
+            host,
+        })
     })
 }
 
@@ -217,8 +228,19 @@ mod tests {
             key.public_key().to_openssh().unwrap(),
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEmXfX0NDKekp6uWCX/8rlUmfEBbgneaL6CCiWhUEru0"
         );
-        let (login, attestation) = derive_keys("SN-0001", &code()).unwrap();
+        let CodeKeys {
+            login,
+            attestation,
+            host,
+        } = derive_keys("SN-0001", &code()).unwrap();
         assert_eq!(attestation.public_key(), key.public_key());
+        assert_eq!(
+            host.public_key(),
+            crate::derive::derive_login_and_host("SN-0001", &code())
+                .unwrap()
+                .1
+                .public_key()
+        );
         assert_eq!(
             login.public_key(),
             crate::derive_key("SN-0001", &code()).unwrap().public_key()
@@ -244,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_document_verifies_only_with_its_code_and_serial() {
-        let (_, key) = derive_keys("SN-0001", &code()).unwrap();
+        let key = derive_keys("SN-0001", &code()).unwrap().attestation;
         let doc = Attestation {
             serial: "SN-0001".into(),
             host_keys: vec![host_key()],

@@ -261,6 +261,37 @@ impl Folder {
         Ok(Some((bytes, meta)))
     }
 
+    /// Creates the new file `name` with `mode` for appending (a log, a recording): it must
+    /// not exist, and a link planted at the name is refused, not followed.
+    pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File, PrivateFileError> {
+        let path = self.path.join(name);
+        let flags = OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC;
+        match rustix::fs::openat(&self.dir, name, flags, Mode::from_raw_mode(mode)) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                // The umask may have narrowed it; never widened past `mode`.
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(PrivateFileError::std_io("set the mode of", &path))?;
+                Ok(file)
+            }
+            Err(Errno::EXIST) => match self.lstat(name) {
+                Some(stat)
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::Symlink =>
+                {
+                    Err(PrivateFileError::Symlink { path })
+                }
+                _ => Err(PrivateFileError::Exists { path }),
+            },
+            Err(errno) => Err(PrivateFileError::io("create", &path)(errno)),
+        }
+    }
+
     /// Writes `bytes` as the file `name` of this folder (see the module doc).
     pub fn write(
         &self,

@@ -630,8 +630,17 @@ pub async fn connect_device(
     let crate::keys::Proven {
         serial,
         login: key,
-        host_keys,
+        mut host_keys,
+        builtin_host,
     } = proven;
+    // The built-in target presents the key derived from the code, which only a holder of
+    // the code can present.
+    if !host_keys
+        .iter()
+        .any(|k| k.key_data() == builtin_host.key_data())
+    {
+        host_keys.push(builtin_host);
+    }
     let serial = serial.as_str();
     let client = Client {
         attested: Some(host_keys),

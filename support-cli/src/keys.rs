@@ -24,21 +24,29 @@ pub fn parse_code(code: &str) -> Result<OneTimeCode, UsageError> {
     })
 }
 
-/// The two keys of a code: the one that logs in to the device, and the one that checks the
-/// device's proof of the code.
+/// The keys of a code: the one that logs in to the device, the one that checks the device's
+/// proof of the code, and the built-in target's host key.
 pub struct Keys {
     pub login: PrivateKey,
     pub attestation: PrivateKey,
+    /// Only its public half is used: the built-in target must present it.
+    pub builtin_host: PublicKey,
 }
 
-/// Derives both keys (two Argon2 runs side by side: about 200 ms), on a blocking thread.
+/// Derives the keys (two Argon2 runs side by side: about 200 ms), on a blocking thread.
 pub async fn derive(serial: &str, code: OneTimeCode) -> anyhow::Result<(Keys, Duration)> {
     let serial = serial.to_string();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let (mut login, attestation) = assist_proto::attest::derive_keys(&serial, &code)?;
+        let keys = assist_proto::attest::derive_keys(&serial, &code)?;
+        let mut login = keys.login;
         login.set_comment(format!("assist {serial}"));
-        Ok((Keys { login, attestation }, started.elapsed()))
+        let keys = Keys {
+            login,
+            attestation: keys.attestation,
+            builtin_host: keys.host.public_key().clone(),
+        };
+        Ok((keys, started.elapsed()))
     })
     .await
     .context("key derivation task")?
@@ -67,8 +75,11 @@ pub struct Proven {
     pub serial: String,
     /// The key to log in to the device with.
     pub login: PrivateKey,
-    /// The only host keys the device's SSH server may present.
+    /// The host keys the device attested (for the built-in target, its derived one).
     pub host_keys: Vec<PublicKey>,
+    /// The built-in target's host key, derived from the code: accepted for the device in
+    /// addition to the attested ones.
+    pub builtin_host: PublicKey,
 }
 
 #[cfg(test)]

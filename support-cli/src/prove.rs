@@ -74,6 +74,7 @@ pub async fn prove(
         serial,
         login: keys.login,
         host_keys: attestation.host_keys,
+        builtin_host: keys.builtin_host,
     })
 }
 

@@ -60,7 +60,7 @@ fn derive(
     let mut times = Vec::with_capacity(rounds.max(1));
     for _ in 0..rounds.max(1) {
         let start = std::time::Instant::now();
-        let (login, _) = assist_proto::attest::derive_keys(serial, &code)?;
+        let login = assist_proto::attest::derive_keys(serial, &code)?.login;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         if let Some(out) = out {
             let pem = login.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
