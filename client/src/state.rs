@@ -248,14 +248,24 @@ impl Shared {
         lock::mutex(&self.builtin).clone()
     }
 
-    /// The engineer the jump host's note names for the open connection from `originator`.
+    /// The engineer the jump host's note names for the open connection from `originator`,
+    /// or for one still waiting to open (a note usually comes first, and a connection waits
+    /// while the customer is asked to approve it).
     pub fn engineer_from(&self, originator: &str) -> Option<String> {
-        lock::mutex(&self.sessions).iter().find_map(|record| {
+        // Lock order: notes, then the sessions (as in `note_arrived`).
+        let notes = lock::mutex(&self.notes);
+        let open = lock::mutex(&self.sessions).iter().find_map(|record| {
             let d = lock::mutex(&record.detail);
             match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
                 true => d.engineer.as_ref().map(HopNote::who),
                 false => None,
             }
+        });
+        open.or_else(|| {
+            notes
+                .iter()
+                .find(|(from, _, at)| from == originator && at.elapsed() < NOTE_WAIT)
+                .map(|(_, note, _)| note.who())
         })
     }
 
@@ -266,16 +276,6 @@ impl Shared {
     /// The connections waiting for the customer's answer.
     pub fn approvals(&self) -> &crate::approval::Approvals {
         &self.approvals
-    }
-
-    /// Who the jump host's note says is connecting from `originator`, when the note came
-    /// before its connection opened (as it does while the connection waits for approval).
-    pub fn noted_engineer(&self, originator: &str) -> Option<String> {
-        let notes = lock::mutex(&self.notes);
-        notes
-            .iter()
-            .find(|(from, _, at)| from == originator && at.elapsed() < NOTE_WAIT)
-            .map(|(_, note, _)| note.who())
     }
 
     /// Follows the tunnel's state as it changes.
@@ -543,16 +543,21 @@ mod tests {
     #[test]
     fn a_note_that_came_first_names_a_connection_still_waiting_to_open() {
         let shared = Shared::default();
-        assert_eq!(shared.noted_engineer("127.0.0.1:9"), None);
+        assert_eq!(shared.engineer_from("127.0.0.1:9"), None);
         shared.note_arrived("127.0.0.1:9", note("bob"));
         assert_eq!(
-            shared.noted_engineer("127.0.0.1:9").as_deref(),
+            shared.engineer_from("127.0.0.1:9").as_deref(),
             Some("bob (vendor key 'bob@laptop')")
         );
-        assert_eq!(shared.noted_engineer("127.0.0.1:8"), None);
+        assert_eq!(shared.engineer_from("127.0.0.1:8"), None);
         // Peeking leaves the note for the connection once it opens.
         let opened = shared.connection_opened();
         opened.describe("ssh", Some("127.0.0.1:9"));
         assert!(shared.connections().sessions[0].engineer.is_some());
+        assert_eq!(
+            shared.engineer_from("127.0.0.1:9").as_deref(),
+            Some("bob (vendor key 'bob@laptop')"),
+            "named by the open connection now"
+        );
     }
 }

@@ -210,7 +210,7 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
         approve_connections: shared.approvals().required(),
         approvals: shared
             .approvals()
-            .waiting(|from| shared.noted_engineer(from)),
+            .waiting(|from| shared.engineer_from(from)),
         terminals: shared.live().terminals(),
     })
     .into_response()
