@@ -186,9 +186,8 @@ struct PageState {
 }
 
 async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
-    let csrf = match logged_in(&s, &headers) {
-        Ok(csrf) => csrf,
-        Err(refused) => return refused,
+    let Some(csrf) = s.sessions.csrf_for(&headers) else {
+        return not_logged_in();
     };
     let status = s.agent.status().await;
     let (code, max_seconds) = {
@@ -239,17 +238,15 @@ async fn approve(
     }
 }
 
-/// The page session's CSRF token, or the refusal of a request without a live session.
-fn logged_in(s: &WebState, headers: &HeaderMap) -> Result<String, Response> {
-    s.sessions
-        .csrf_for(headers)
-        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "log in with the access key"))
+/// The answer to a read without a live page session.
+fn not_logged_in() -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "log in with the access key")
 }
 
 /// Past windows and their connections, newest first, for the page's history.
 async fn page_history(State(s): State<WebState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = logged_in(&s, &headers) {
-        return refused;
+    if s.sessions.csrf_for(&headers).is_none() {
+        return not_logged_in();
     }
     match s.agent.history() {
         Ok(mut windows) => {

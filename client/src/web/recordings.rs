@@ -31,8 +31,8 @@ fn failed(e: RecordingError) -> Response {
 
 /// `GET /web/recordings`: newest first.
 pub(super) async fn list(State(s): State<WebState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = super::logged_in(&s, &headers) {
-        return refused;
+    if s.sessions.csrf_for(&headers).is_none() {
+        return super::not_logged_in();
     }
     let dir = s.agent.recordings_dir();
     match tokio::task::spawn_blocking(move || recordings::list(&dir)).await {
@@ -48,8 +48,8 @@ pub(super) async fn file(
     headers: HeaderMap,
     Query(named): Query<Named>,
 ) -> Response {
-    if let Err(refused) = super::logged_in(&s, &headers) {
-        return refused;
+    if s.sessions.csrf_for(&headers).is_none() {
+        return super::not_logged_in();
     }
     let dir = s.agent.recordings_dir();
     match tokio::task::spawn_blocking(move || recordings::read(&dir, &named.name)).await {

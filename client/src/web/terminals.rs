@@ -37,8 +37,8 @@ pub(super) async fn watch(
             "the live view opens only from this page",
         );
     }
-    if let Err(refused) = super::logged_in(&s, &headers) {
-        return refused;
+    if s.sessions.csrf_for(&headers).is_none() {
+        return super::not_logged_in();
     }
     let Some(watch) = s.agent.shared().live().watch(which.id) else {
         return refuse(
