@@ -248,16 +248,16 @@ impl Shared {
         lock::mutex(&self.builtin).clone()
     }
 
-    /// The engineer the jump host's note names for the open connection from `originator`,
-    /// or for one still waiting to open (a note usually comes first, and a connection waits
-    /// while the customer is asked to approve it).
+    /// The name of the engineer the jump host's note names for the open connection from
+    /// `originator`, or for one still waiting to open (a note usually comes first, and a
+    /// connection waits while the customer is asked to approve it).
     pub fn engineer_from(&self, originator: &str) -> Option<String> {
         // Lock order: notes, then the sessions (as in `note_arrived`).
         let notes = lock::mutex(&self.notes);
         let open = lock::mutex(&self.sessions).iter().find_map(|record| {
             let d = lock::mutex(&record.detail);
             match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
-                true => d.engineer.as_ref().map(HopNote::who),
+                true => d.engineer.as_ref().map(|note| note.engineer.clone()),
                 false => None,
             }
         });
@@ -265,7 +265,7 @@ impl Shared {
             notes
                 .iter()
                 .find(|(from, _, at)| from == originator && at.elapsed() < NOTE_WAIT)
-                .map(|(_, note, _)| note.who())
+                .map(|(_, note, _)| note.engineer.clone())
         })
     }
 
@@ -545,10 +545,7 @@ mod tests {
         let shared = Shared::default();
         assert_eq!(shared.engineer_from("127.0.0.1:9"), None);
         shared.note_arrived("127.0.0.1:9", note("bob"));
-        assert_eq!(
-            shared.engineer_from("127.0.0.1:9").as_deref(),
-            Some("bob (vendor key 'bob@laptop')")
-        );
+        assert_eq!(shared.engineer_from("127.0.0.1:9").as_deref(), Some("bob"));
         assert_eq!(shared.engineer_from("127.0.0.1:8"), None);
         // Peeking leaves the note for the connection once it opens.
         let opened = shared.connection_opened();
@@ -556,7 +553,7 @@ mod tests {
         assert!(shared.connections().sessions[0].engineer.is_some());
         assert_eq!(
             shared.engineer_from("127.0.0.1:9").as_deref(),
-            Some("bob (vendor key 'bob@laptop')"),
+            Some("bob"),
             "named by the open connection now"
         );
     }

@@ -2,7 +2,8 @@
 //! end of the engineer's session. Stock OpenSSH with what `support-cli key` exported gets a
 //! shell and commands as an account the test makes, scp copies both ways through the
 //! system's sftp-server as that account, exit codes pass, support-cli connect works, the
-//! wrong keys and forwards are refused, and every session is recorded in asciicast v2.
+//! wrong keys and forwards are refused, and every session is recorded in asciicast v2 that
+//! stock `asciinema play` replays.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -433,7 +434,7 @@ fn a_terminal_session_is_recorded_in_asciicast_v2() {
     let file = &files[0];
     let name = file.file_name().unwrap().to_str().unwrap();
     assert!(
-        name.ends_with("-alice-1.cast") || name.contains("-alice-"),
+        name.ends_with(".cast") && name.contains("Z-alice-"),
         "{name}"
     );
     assert_eq!(fs::metadata(file).unwrap().mode() & 0o777, 0o600);
@@ -471,17 +472,57 @@ fn a_terminal_session_is_recorded_in_asciicast_v2() {
     assert!(input.contains("echo typed-$((6*7))"), "{input}");
     assert!(output.contains(&format!("typed-42 {user}")), "{output}");
 
-    // Stock asciinema reads it back.
-    let out = Command::new("asciinema")
-        .arg("cat")
-        .arg(file)
+    // Stock `asciinema play` replays it (on a terminal, which it insists on: script(1)
+    // gives it one), sped up.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("asciinema play -i 0.1 -s 20 '{}'", file.display()))
+        .arg("/dev/null")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "asciinema cat: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "asciinema play: {}",
+        text(&out.stdout)
+    );
     assert!(
         text(&out.stdout).contains(&format!("typed-42 {user}")),
         "{}",
         text(&out.stdout)
+    );
+
+    // Disable ends an open terminal at once, and the engineer is told why.
+    let mut held = w
+        .ssh(&config, &user, &["-tt", "echo held-open; exec sleep 600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pty_out = held.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !text(&seen).contains("held-open") {
+        let n = pty_out.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let out = assist_e2e::assist_client(&w.config, &["disable"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assist_e2e::wait_until(SHORT, "the engineer's ssh to end", || {
+        held.try_wait().unwrap().is_some()
+    });
+    pty_out.read_to_end(&mut seen).unwrap();
+    let mut told = String::new();
+    held.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut told)
+        .unwrap();
+    assert!(
+        format!("{told}{}", text(&seen)).contains("the customer stopped remote assistance"),
+        "stderr {told:?} stdout {:?}",
+        text(&seen)
     );
 }

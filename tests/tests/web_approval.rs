@@ -81,7 +81,7 @@ async fn a_connection_waits_for_allow_and_deny_closes_it_with_the_reason() {
             .spawn()
             .unwrap()
     };
-    let request = "alice (vendor key 'alice@laptop') from 127.0.0.1 asks to connect to ssh";
+    let request = "alice from 127.0.0.1 asks to connect to ssh";
 
     // Allow: the engineer waits on the page, by name, until the click; then it works.
     let mut waiting = engineer("allowed-in");

@@ -383,10 +383,11 @@ async fn pump_pipes(
         }
     };
     loop {
-        if out_done && err_done {
-            if let Some(status) = exited {
-                break End::Exited(status);
-            }
+        if out_done
+            && err_done
+            && let Some(status) = exited
+        {
+            break End::Exited(status);
         }
         tokio::select! {
             r = stdout.read(&mut out_buf), if !out_done => match r {
