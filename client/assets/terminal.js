@@ -143,6 +143,8 @@ async function openRecording(rec) {
     `${rec.engineer || "an engineer"}, ${new Date(rec.start).toLocaleString()}`;
   document.getElementById("player").hidden = false;
   document.getElementById("player").dataset.done = "false";
+  // xterm.js draws only what is in view.
+  document.getElementById("player").scrollIntoView();
   playerPlay();
 }
 
