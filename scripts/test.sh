@@ -39,6 +39,9 @@ command -v man >/dev/null 2>&1 || missing+=(man-db)
 # replayed with stock asciinema (tests/tests/builtin.rs).
 [ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-sftp-server)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
+# The agent's build fetches the page's terminal widget (xterm.js, pinned in
+# client/assets/package-lock.json) with `npm ci` (client/build.rs).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # Dropbear as the customer's SSH server, as on embedded devices (tests/tests/field_targets.rs).
 [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null 2>&1 || missing+=(dropbear-bin)
 # A private PostgreSQL cluster (initdb in a temporary folder) for the store on PostgreSQL and

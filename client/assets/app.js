@@ -1,5 +1,6 @@
 // The customer's page: polls /web/state every second and posts changes with the session's
-// CSRF token. No inline script (the CSP forbids it), no third-party code.
+// CSRF token. No inline script (the CSP forbids it); the only third-party code is xterm.js,
+// served by the agent itself (terminal.js draws with it).
 "use strict";
 
 const CHOICES = [15, 30, 60, 120, 240, 480];
@@ -94,6 +95,8 @@ function render(st) {
     who = st.enabled ? "No support engineer is connected right now." : "Nobody can connect while assistance is off.";
   }
   $("engineer").textContent = who;
+  renderApprovals(st);
+  renderTerminals(st.terminals || [], (id) => post("/web/terminals/stop", { id }));
   show($("history"), sessions.length > 0);
   $("history-rows").replaceChildren(...sessions.slice().reverse().map((s) => {
     const tr = document.createElement("tr");
@@ -104,6 +107,89 @@ function render(st) {
       td.textContent = v;
       tr.appendChild(td);
     }
+    return tr;
+  }));
+}
+
+// Connections waiting for the customer's Allow / Deny (approve_connections).
+function renderApprovals(st) {
+  const waiting = st.approvals || [];
+  show($("approvals"), waiting.length > 0);
+  const key = waiting.map((a) => `${a.id}:${a.engineer || ""}`).join(",");
+  const list = $("approval-list");
+  if (list.dataset.key !== key) {
+    list.dataset.key = key;
+    list.replaceChildren(...waiting.map((a) => {
+      const li = document.createElement("li");
+      li.dataset.approval = String(a.id);
+      const text = document.createElement("span");
+      text.className = "approval-who";
+      const allow = document.createElement("button");
+      allow.type = "button";
+      allow.className = "primary allow";
+      allow.textContent = "Allow";
+      allow.addEventListener("click", () => busy(allow, () => post("/web/approve", { id: a.id, answer: "allow" })));
+      const deny = document.createElement("button");
+      deny.type = "button";
+      deny.className = "danger deny";
+      deny.textContent = "Deny";
+      deny.addEventListener("click", () => busy(deny, () => post("/web/approve", { id: a.id, answer: "deny" })));
+      li.append(text, allow, deny);
+      return li;
+    }));
+  }
+  for (const a of waiting) {
+    const li = list.querySelector(`[data-approval="${a.id}"] .approval-who`);
+    if (li) {
+      li.textContent = `${a.engineer || "A support engineer"} from ${a.from.replace(/:\d+$/, "")} asks to ` +
+        `connect to ${a.service} (${a.seconds_left} s left to answer). `;
+    }
+  }
+}
+
+// The recordings of the built-in target: read at login, when a live session ends, and
+// every half minute.
+let recordingsKey = null;
+let recordingsRead = 0;
+async function loadRecordings(terminalCount) {
+  const key = String(terminalCount);
+  if (recordingsKey === key && Date.now() - recordingsRead < 30000) return;
+  recordingsKey = key;
+  recordingsRead = Date.now();
+  const r = await fetch("/web/recordings", { credentials: "same-origin", cache: "no-store" });
+  if (!r.ok) return;
+  const list = await r.json();
+  show($("recordings-empty"), list.length === 0);
+  show($("recordings-table"), list.length > 0);
+  $("recordings-rows").replaceChildren(...list.map((rec) => {
+    const tr = document.createElement("tr");
+    tr.dataset.recording = rec.name;
+    const what = rec.command ? ` (${rec.command})` : "";
+    for (const v of [`${rec.engineer || "—"}${what}`, rec.from ? rec.from.replace(/:\d+$/, "") : "—",
+      new Date(rec.start).toLocaleString(), duration(Math.round(rec.duration_secs)), bytes(rec.size)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    const actions = document.createElement("td");
+    const play = document.createElement("button");
+    play.type = "button";
+    play.className = "play";
+    play.textContent = "Play";
+    play.addEventListener("click", () => openRecording(rec));
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "danger delete-recording";
+    del.textContent = "Delete";
+    del.addEventListener("click", async () => {
+      if (!confirm("Delete this recording for good?")) return;
+      if (await post("/web/recordings/delete", { name: rec.name }) !== null) {
+        recordingsKey = null;
+        await loadRecordings(terminalCount);
+      }
+    });
+    actions.append(play, del);
+    tr.appendChild(actions);
     return tr;
   }));
 }
@@ -156,6 +242,7 @@ async function poll() {
       const st = await r.json();
       render(st);
       await loadPast(st.enabled);
+      await loadRecordings((st.terminals || []).length);
     }
   } catch (e) {
     $("tunnel").textContent = "The agent is not answering.";
@@ -172,7 +259,7 @@ async function post(path, body) {
     body: JSON.stringify(body || {}),
   });
   let answer = {};
-  try { answer = await r.json(); } catch (e) { /* empty body */ }
+  try { answer = await r.json(); } catch (e) { /* empty body (204) */ }
   if (!r.ok) {
     $("error").textContent = answer.error || `Request failed (${r.status})`;
     return null;
@@ -188,6 +275,7 @@ async function busy(button, work) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setupPlayer();
   $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const r = await fetch("/web/login", {

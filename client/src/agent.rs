@@ -185,11 +185,13 @@ impl Agent {
             config.jumphost_fingerprints.clone(),
             config.jumphosts[0].clone(),
         );
+        let shared = Arc::new(Shared::default());
+        shared.approvals().require(config.approve_connections);
         Ok(Self {
             device_key,
             keys_file,
             pin,
-            shared: Arc::new(Shared::default()),
+            shared,
             window: tokio::sync::Mutex::new(Windows::default()),
             until: std::sync::Mutex::new(None),
             server: std::sync::Mutex::new(None),
@@ -200,6 +202,16 @@ impl Agent {
 
     pub fn device_fingerprint(&self) -> String {
         keys::fingerprint(&self.device_key)
+    }
+
+    /// What the tunnel, the built-in target and the page share: approvals, live terminals.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Where the built-in target writes its recordings.
+    pub fn recordings_dir(&self) -> std::path::PathBuf {
+        self.config.recordings_dir()
     }
 
     pub fn keys_file(&self) -> &KeysFile {
@@ -603,6 +615,8 @@ impl Agent {
         // The key line goes first: from here on sshd refuses the code, whatever follows.
         let removed = self.keys_file.remove(&self.config.serial);
         let connections_closed = self.shared.connections().active;
+        // Connections still waiting for the customer's answer are refused with the rest.
+        self.shared.approvals().end_all();
         if let Some(w) = window {
             let id = w.id.clone();
             stop_window(w).await;

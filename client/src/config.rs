@@ -79,6 +79,12 @@ struct RawConfig {
     /// Optional: how long the history of windows and connections is kept (`90d`).
     #[serde(default)]
     history_keep: Option<String>,
+    /// Optional: each engineer connection waits for the customer's Allow on the page.
+    #[serde(default)]
+    approve_connections: bool,
+    /// Optional: how long the built-in target's recordings are kept (`30d`).
+    #[serde(default)]
+    recordings_keep: Option<String>,
 }
 
 /// A key that takes one string or a list of them.
@@ -177,6 +183,10 @@ pub struct Config {
     pub proxy: Option<assist_proto::proxy::Proxy>,
     /// How long the history keeps a window (and its connections) after it ended.
     pub history_keep: std::time::Duration,
+    /// Each engineer connection waits for the customer's Allow on the page.
+    pub approve_connections: bool,
+    /// How long a recording of the built-in target is kept after it started.
+    pub recordings_keep: std::time::Duration,
 }
 
 /// `history_keep` when the config does not say.
@@ -184,6 +194,11 @@ pub const DEFAULT_HISTORY_KEEP: std::time::Duration =
     std::time::Duration::from_secs(90 * 24 * 3600);
 /// The history file in `data_dir`.
 pub const HISTORY_FILE: &str = "history.jsonl";
+/// `recordings_keep` when the config does not say.
+pub const DEFAULT_RECORDINGS_KEEP: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
+/// The built-in target's recordings, in `data_dir`.
+pub const RECORDINGS_DIR: &str = "recordings";
 
 impl Config {
     /// Reads, parses and validates `path`.
@@ -313,18 +328,32 @@ impl Config {
             .map(assist_proto::proxy::Proxy::parse)
             .transpose()
             .map_err(|e| invalid("proxy", e))?;
-        let history_keep = match raw.history_keep.as_deref() {
-            None => DEFAULT_HISTORY_KEEP,
+        let keep = |key: &str, value: Option<&str>, default, example: &str| match value {
+            None => Ok(default),
             Some(text) => humantime::parse_duration(text).map_err(|e| {
                 invalid(
-                    "history_keep",
-                    format!("{text:?} is not a duration like \"90d\": {e}"),
+                    key,
+                    format!("{text:?} is not a duration like \"{example}\": {e}"),
                 )
-            })?,
+            }),
         };
+        let history_keep = keep(
+            "history_keep",
+            raw.history_keep.as_deref(),
+            DEFAULT_HISTORY_KEEP,
+            "90d",
+        )?;
+        let recordings_keep = keep(
+            "recordings_keep",
+            raw.recordings_keep.as_deref(),
+            DEFAULT_RECORDINGS_KEEP,
+            "30d",
+        )?;
         Ok(Config {
             proxy,
             history_keep,
+            recordings_keep,
+            approve_connections: raw.approve_connections,
             path: path.to_owned(),
             serial: raw.serial,
             jumphosts,
@@ -378,6 +407,10 @@ impl Config {
 
     pub fn history_path(&self) -> PathBuf {
         self.data_dir.join(HISTORY_FILE)
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.data_dir.join(RECORDINGS_DIR)
     }
 
     pub fn pinned_host_key_path(&self) -> PathBuf {
@@ -785,6 +818,32 @@ http = "127.0.0.1:80"
         );
         let err = with("forever").unwrap_err().to_string();
         assert!(err.contains("history_keep"), "{err}");
+    }
+
+    #[test]
+    fn approval_is_off_and_recordings_keep_thirty_days_by_default() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.approve_connections);
+        assert_eq!(c.recordings_keep, DEFAULT_RECORDINGS_KEEP);
+        let c = parse(&GOOD.replace(
+            "target_user = \"root\"",
+            "target_user = \"root\"\napprove_connections = true\nrecordings_keep = \"2h\"",
+        ))
+        .unwrap();
+        assert!(c.approve_connections);
+        assert_eq!(c.recordings_keep, std::time::Duration::from_secs(7200));
+        for (extra, key) in [
+            ("recordings_keep = \"a month\"", "recordings_keep"),
+            ("approve_connections = \"yes\"", "approve_connections"),
+        ] {
+            let err = parse(&GOOD.replace(
+                "target_user = \"root\"",
+                &format!("target_user = \"root\"\n{extra}"),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use assist_proto::private_file::{self, Existing};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let web_listen = config.web_listen;
     let token_path = config.control_token_path();
     let addr_path = config.web_addr_path();
+    let (recordings, recordings_keep) = (config.recordings_dir(), config.recordings_keep);
     let agent = Arc::new(Agent::new(config).context("cannot start the agent")?);
     println!("device key fingerprint: {}", agent.device_fingerprint());
 
@@ -39,6 +40,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     agent
         .recover_history()
         .context("cannot prepare the history file")?;
+
+    let sweeper = tokio::spawn(sweep_recordings(
+        recordings,
+        recordings_keep,
+        shutdown.clone(),
+    ));
 
     let token = control::new_token();
     write_private(&token_path, token.expose())?;
@@ -70,10 +77,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await;
     server_stop.cancel();
     let _ = server.await;
+    let _ = sweeper.await;
     let _ = std::fs::remove_file(&addr_path);
     let report = report.context("cannot disable assistance cleanly")?;
     tracing::info!(?report, "stopped");
     Ok(())
+}
+
+/// Removes recordings older than `recordings_keep` at start and then every
+/// [`SWEEP_INTERVAL`](crate::recordings::SWEEP_INTERVAL) until `shutdown`.
+async fn sweep_recordings(dir: PathBuf, keep: std::time::Duration, shutdown: CancellationToken) {
+    loop {
+        let d = dir.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            crate::recordings::sweep(&d, keep, std::time::SystemTime::now())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!("the recordings sweep failed: {e}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(crate::recordings::SWEEP_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Writes `text` and a newline to `path`, readable by the owner only and replaced atomically

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api_tls;
+pub mod approval;
 pub mod attest;
 pub mod authorized_keys;
 pub mod builtin;
@@ -19,6 +20,7 @@ pub mod local_api;
 pub mod metrics;
 pub mod peer_user;
 pub mod pin;
+pub mod recordings;
 pub mod register;
 pub mod state;
 pub mod target;

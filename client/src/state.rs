@@ -189,6 +189,8 @@ pub struct Shared {
     live: Arc<crate::live::Board>,
     /// Tunnel attempts after a failure or a loss, since the agent started.
     reconnects: AtomicU64,
+    /// Connections waiting for the customer's Allow (`approve_connections`).
+    approvals: crate::approval::Approvals,
     /// The open window's built-in target, when `ssh = "builtin"`.
     builtin: Mutex<Option<Arc<crate::builtin::Window>>>,
 }
@@ -210,6 +212,7 @@ impl Default for Shared {
             log: Mutex::new(None),
             numbered: AtomicU64::new(0),
             live: Arc::default(),
+            approvals: crate::approval::Approvals::default(),
             builtin: Mutex::new(None),
         }
     }
@@ -278,19 +281,33 @@ impl Shared {
     }
 
     /// The name of the engineer the jump host's note names for the open connection from
-    /// `originator`.
+    /// `originator`, or for one still waiting to open (a note usually comes first, and a
+    /// connection waits while the customer is asked to approve it).
     pub fn engineer_from(&self, originator: &str) -> Option<String> {
-        lock::mutex(&self.sessions).iter().find_map(|record| {
+        // Lock order: notes, then the sessions (as in `note_arrived`).
+        let notes = lock::mutex(&self.notes);
+        let open = lock::mutex(&self.sessions).iter().find_map(|record| {
             let d = lock::mutex(&record.detail);
             match d.ended.is_none() && d.originator.as_deref() == Some(originator) {
                 true => d.engineer.as_ref().map(|note| note.engineer.clone()),
                 false => None,
             }
+        });
+        open.or_else(|| {
+            notes
+                .iter()
+                .find(|(from, _, at)| from == originator && at.elapsed() < NOTE_WAIT)
+                .map(|(_, note, _)| note.engineer.clone())
         })
     }
 
     pub fn live(&self) -> &Arc<crate::live::Board> {
         &self.live
+    }
+
+    /// The connections waiting for the customer's answer.
+    pub fn approvals(&self) -> &crate::approval::Approvals {
+        &self.approvals
     }
 
     /// Follows the tunnel's state as it changes.
@@ -553,6 +570,24 @@ mod tests {
                 "alice (vendor key 'alice@laptop') from 127.0.0.1 → ssh, since {}",
                 shared.connections().sessions[0].since
             )
+        );
+    }
+
+    #[test]
+    fn a_note_that_came_first_names_a_connection_still_waiting_to_open() {
+        let shared = Shared::default();
+        assert_eq!(shared.engineer_from("127.0.0.1:9"), None);
+        shared.note_arrived("127.0.0.1:9", note("bob"));
+        assert_eq!(shared.engineer_from("127.0.0.1:9").as_deref(), Some("bob"));
+        assert_eq!(shared.engineer_from("127.0.0.1:8"), None);
+        // Peeking leaves the note for the connection once it opens.
+        let opened = shared.connection_opened();
+        opened.describe("ssh", Some("127.0.0.1:9"));
+        assert!(shared.connections().sessions[0].engineer.is_some());
+        assert_eq!(
+            shared.engineer_from("127.0.0.1:9").as_deref(),
+            Some("bob"),
+            "named by the open connection now"
         );
     }
 }

@@ -506,7 +506,15 @@ async fn relay(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    let Some(reply) = ask_customer(&channel, reply, &service, engineer, &shared, &cancel).await
+    else {
+        return;
+    };
     if service.is_builtin() {
+        // The built-in target accepts the channel itself, so it is asked before accepting.
+        let Opening::Unanswered(reply) = reply else {
+            return;
+        };
         crate::builtin::serve(channel, reply, engineer, shared, cancel).await;
         return;
     }
@@ -519,12 +527,12 @@ async fn relay(
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             tracing::warn!(target = %service.target, "cannot connect to local service: {e}");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            reply.reject(&channel).await;
             return;
         }
         Err(_) => {
             tracing::warn!(target = %service.target, "timed out connecting to local service");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            reply.reject(&channel).await;
             return;
         }
     };
@@ -558,19 +566,116 @@ async fn relay(
             let why = shared
                 .farewell()
                 .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned());
-            let said = tokio::time::timeout(NOTICE_TIMEOUT, async {
-                notice.write_all(format!("{why}\r\n").as_bytes()).await?;
-                notice.flush().await
-            })
-            .await;
-            if !matches!(said, Ok(Ok(()))) {
-                tracing::debug!("the engineer was not told why the relay closed");
-            }
+            tell(&mut notice, &why).await;
             tracing::info!(%why, "relay closed by disable");
             format!("closed: {why}")
         }
     };
     counted.ended_how(how);
+}
+
+/// An engineer's channel on its way to the local service: not answered yet, or accepted
+/// already while the customer was asked.
+enum Opening {
+    Unanswered(client::ChannelOpenHandle),
+    Accepted,
+}
+
+impl Opening {
+    async fn accept(self) {
+        if let Opening::Unanswered(reply) = self {
+            reply.accept().await;
+        }
+    }
+
+    /// The local service cannot be reached: refuses the channel, or closes it when the
+    /// customer's approval had it accepted.
+    async fn reject(self, channel: &russh::Channel<client::Msg>) {
+        match self {
+            Opening::Unanswered(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            Opening::Accepted => {
+                let _ = channel.close().await;
+            }
+        }
+    }
+}
+
+/// With `approve_connections`, asks the customer on the page and waits for the answer.
+/// The channel is accepted first: the jump host gives a channel open less time than the
+/// customer gets, and only an open channel can tell the engineer why it closes. The
+/// built-in target accepts its channels itself ([`crate::builtin::serve`] takes the open
+/// unanswered), so its connections are asked before accepting: the jump host's channel-open
+/// timeout bounds their wait, and a refusal reaches the engineer as a refused open. A
+/// connection not allowed is recorded in the history and closed: `None`.
+async fn ask_customer(
+    channel: &russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    service: &Service,
+    engineer: &str,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> Option<Opening> {
+    if !shared.approvals().required() {
+        return Some(Opening::Unanswered(reply));
+    }
+    let unanswered = if service.is_builtin() {
+        Some(reply)
+    } else {
+        reply.accept().await;
+        None
+    };
+    // (how it ended for the history, what the engineer is told)
+    let (how, told) = match shared
+        .approvals()
+        .ask(engineer, &service.name, cancel)
+        .await
+    {
+        crate::approval::Outcome::Allowed => {
+            tracing::info!(service = %service.name, "the customer allowed the connection");
+            return Some(unanswered.map_or(Opening::Accepted, Opening::Unanswered));
+        }
+        crate::approval::Outcome::Denied => (
+            crate::approval::DENIED.to_owned(),
+            format!("connection {}", crate::approval::DENIED),
+        ),
+        crate::approval::Outcome::NotAnswered => (
+            crate::approval::NOT_ANSWERED.to_owned(),
+            format!("connection {}", crate::approval::NOT_ANSWERED),
+        ),
+        crate::approval::Outcome::Withdrawn => {
+            let why = shared
+                .farewell()
+                .unwrap_or_else(|| crate::agent::STOPPED_BY_CUSTOMER.to_owned());
+            (format!("closed: {why}"), why)
+        }
+    };
+    tracing::info!(service = %service.name, %how, "connection not allowed");
+    match unanswered {
+        Some(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        None => {
+            let mut notice = channel.make_writer_ext(Some(1));
+            tell(&mut notice, &told).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+        }
+    }
+    let counted = shared.connection_opened();
+    counted.describe(&service.name, Some(engineer));
+    counted.ended_how(how);
+    None
+}
+
+/// Tells the engineer `words` on the relayed channel's stderr (`notice`), without holding up
+/// a close for long.
+async fn tell(notice: &mut (impl tokio::io::AsyncWrite + Unpin), words: &str) {
+    let said = tokio::time::timeout(NOTICE_TIMEOUT, async {
+        notice.write_all(format!("{words}\r\n").as_bytes()).await?;
+        notice.flush().await
+    })
+    .await;
+    if !matches!(said, Ok(Ok(()))) {
+        tracing::debug!("the engineer was not told: {words}");
+    }
 }
 
 /// The local service's end of a relay, adding what is read from it (to the engineer) and

@@ -577,7 +577,17 @@ impl Jump {
             .await?;
         let relayed = channel.id();
         progress.stage(format!("authenticating to {serial}"));
-        let mut device = connect_device(channel, proven, user, known_hosts, progress).await?;
+        let mut device = match connect_device(channel, proven, user, known_hosts, progress).await {
+            Ok(device) => device,
+            // The device's end says why when it closes the channel before the login (the
+            // customer denied the connection, or did not answer): that is the cause.
+            Err(e) => {
+                return Err(match lock::mutex(&self.notices).get(&relayed).cloned() {
+                    Some(why) => HopError::Ended { serial, why },
+                    None => e,
+                });
+            }
+        };
         device.notice = Some((relayed, Arc::clone(&self.notices)));
         Ok(device)
     }

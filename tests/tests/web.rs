@@ -3,9 +3,10 @@
 //! engineer, Stop ends it and the key line is gone. Screenshots of each state are taken every
 //! run; with `UPDATE_SCREENSHOTS=1` they replace the README's in docs/screenshots/.
 
+mod browser;
+
 use std::fs;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,97 +14,11 @@ use assist_e2e::{
     Jumphost, Proc, READY_TIMEOUT, Sshd, bin, keygen, ssh, ssh_options, write_client_config,
     write_derived_key,
 };
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser::{UI, browser, click, shot, start_chromedriver, wait_text};
+use fantoccini::Locator;
 
 const SERIAL: &str = "SN-0001";
 const MARKER: &str = "assist-client:SN-0001";
-const UI: Duration = Duration::from_secs(30);
-
-/// Where screenshots go: the README's folder only when asked, so a test run never changes
-/// tracked files; otherwise a folder under target/.
-fn screenshots_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
-        root.join("docs/screenshots")
-    } else {
-        root.join("target/screenshots")
-    };
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// chromedriver on a free port (it cannot pick one itself): bind :0, read, release, pass.
-fn start_chromedriver() -> (Proc, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new("chromedriver");
-    cmd.arg(format!("--port={port}"));
-    let mut proc = Proc::spawn(cmd, "chromedriver");
-    proc.wait_line("ChromeDriver was started successfully", READY_TIMEOUT);
-    (proc, port)
-}
-
-async fn browser(port: u16, profile: &Path) -> Client {
-    let caps = serde_json::json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=480,1100",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
-    });
-    let serde_json::Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect to chromedriver")
-}
-
-/// Text of `css`, polled until `ok` holds or the deadline passes.
-async fn wait_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + UI;
-    let mut last = String::new();
-    loop {
-        if let Ok(el) = c.find(Locator::Css(css)).await
-            && let Ok(t) = el.text().await
-        {
-            if ok(&t) {
-                return t;
-            }
-            last = t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what} in {css}; last text {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn shot(c: &Client, name: &str) {
-    let png = c.screenshot().await.expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
-    fs::write(screenshots_dir().join(name), png).unwrap();
-}
-
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("find {css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_enables_shows_the_engineer_and_stops_in_a_real_browser() {

@@ -1,11 +1,14 @@
 //! The customer's web page on `web_listen`: embedded assets, a login with the control token
-//! that opens a page session, a polled state endpoint, and enable / extend / stop.
+//! that opens a page session, a polled state endpoint, enable / extend / stop, the answers to
+//! connections waiting for approval, the built-in target's live terminals and its recordings.
 //!
 //! The page is for the machine's owner only: every route refuses foreign `Host`s (DNS
 //! rebinding), reading needs a session cookie (made by presenting the control token), and
 //! every change needs that session's CSRF token in a header.
 
 pub mod guard;
+mod recordings;
+mod terminals;
 
 use crate::agent::Agent;
 use crate::control::local_user;
@@ -31,6 +34,10 @@ const PAGE_HISTORY: usize = 50;
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
+const TERMINAL_JS: &str = include_str!("../../assets/terminal.js");
+/// xterm.js, pinned in `assets/package-lock.json` and fetched by `build.rs` (`npm ci`).
+const XTERM_JS: &str = include_str!("../../assets/node_modules/@xterm/xterm/lib/xterm.js");
+const XTERM_CSS: &str = include_str!("../../assets/node_modules/@xterm/xterm/css/xterm.css");
 
 /// The code of the window the page enabled, kept only in memory for the page session.
 struct CurrentCode {
@@ -41,7 +48,7 @@ struct CurrentCode {
 }
 
 #[derive(Clone)]
-struct WebState {
+pub(crate) struct WebState {
     agent: Arc<Agent>,
     token: Arc<Secret>,
     sessions: Arc<Sessions>,
@@ -60,6 +67,9 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
         .route("/assets/app.css", get(app_css))
+        .route("/assets/terminal.js", get(|| script(TERMINAL_JS)))
+        .route("/assets/xterm.js", get(|| script(XTERM_JS)))
+        .route("/assets/xterm.css", get(|| style(XTERM_CSS)))
         .route("/web/login", post(login))
         .route("/web/logout", post(logout))
         .route("/web/state", get(page_state))
@@ -67,6 +77,12 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .route("/web/enable", post(enable))
         .route("/web/extend", post(extend))
         .route("/web/disable", post(disable))
+        .route("/web/approve", post(approve))
+        .route("/web/terminals/watch", get(terminals::watch))
+        .route("/web/terminals/stop", post(terminals::stop))
+        .route("/web/recordings", get(recordings::list))
+        .route("/web/recordings/file", get(recordings::file))
+        .route("/web/recordings/delete", post(recordings::delete))
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::check_host))
         .layer(axum::middleware::from_fn(guard::security_headers))
@@ -81,15 +97,23 @@ async fn index() -> Response {
 }
 
 async fn app_js() -> Response {
+    script(APP_JS).await
+}
+
+async fn app_css() -> Response {
+    style(APP_CSS).await
+}
+
+async fn script(text: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        APP_JS,
+        text,
     )
         .into_response()
 }
 
-async fn app_css() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
+async fn style(text: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], text).into_response()
 }
 
 /// Body of `POST /web/login`.
@@ -153,11 +177,17 @@ struct PageState {
     code: Option<String>,
     /// The policy's longest window, once an enable told it.
     max_seconds: Option<u64>,
+    /// Whether connections wait for the customer's answer (`approve_connections`).
+    approve_connections: bool,
+    /// Connections waiting for Allow / Deny, oldest first.
+    approvals: Vec<crate::approval::Request>,
+    /// The built-in target's terminals open now.
+    terminals: Vec<crate::live::TerminalView>,
 }
 
 async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
     let Some(csrf) = s.sessions.csrf_for(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
+        return not_logged_in();
     };
     let status = s.agent.status().await;
     let (code, max_seconds) = {
@@ -170,19 +200,53 @@ async fn page_state(State(s): State<WebState>, headers: HeaderMap) -> Response {
         }
         (current.as_ref().map(|c| c.code.expose().to_owned()), max)
     };
+    let shared = s.agent.shared();
     Json(PageState {
         csrf,
         status,
         code,
         max_seconds,
+        approve_connections: shared.approvals().required(),
+        approvals: shared
+            .approvals()
+            .waiting(|from| shared.engineer_from(from)),
+        terminals: shared.live().terminals(),
     })
     .into_response()
+}
+
+/// Body of `POST /web/approve`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    id: u64,
+    answer: crate::approval::Verdict,
+}
+
+/// Allow or Deny of a connection waiting for the customer.
+async fn approve(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    JsonBody(req, _): ApiJson<ApproveRequest>,
+) -> Response {
+    if !s.sessions.check_change(&headers) {
+        return csrf_refused();
+    }
+    match s.agent.shared().approvals().answer(req.id, req.answer) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refuse(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+/// The answer to a read without a live page session.
+fn not_logged_in() -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "log in with the access key")
 }
 
 /// Past windows and their connections, newest first, for the page's history.
 async fn page_history(State(s): State<WebState>, headers: HeaderMap) -> Response {
     if s.sessions.csrf_for(&headers).is_none() {
-        return refuse(StatusCode::UNAUTHORIZED, "log in with the access key");
+        return not_logged_in();
     }
     match s.agent.history() {
         Ok(mut windows) => {
