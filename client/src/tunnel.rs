@@ -511,9 +511,9 @@ async fn relay(
         return;
     };
     if service.is_builtin() {
-        // The built-in target accepts the channel itself, so it is asked before accepting.
-        let Opening::Unanswered(reply) = reply else {
-            return;
+        let reply = match reply {
+            Opening::Unanswered(reply) => Some(reply),
+            Opening::Accepted => None,
         };
         crate::builtin::serve(channel, reply, engineer, shared, cancel).await;
         return;
@@ -601,12 +601,9 @@ impl Opening {
 }
 
 /// With `approve_connections`, asks the customer on the page and waits for the answer.
-/// The channel is accepted first: the jump host gives a channel open less time than the
-/// customer gets, and only an open channel can tell the engineer why it closes. The
-/// built-in target accepts its channels itself ([`crate::builtin::serve`] takes the open
-/// unanswered), so its connections are asked before accepting: the jump host's channel-open
-/// timeout bounds their wait, and a refusal reaches the engineer as a refused open. A
-/// connection not allowed is recorded in the history and closed: `None`.
+/// The channel is accepted first, whatever the target: the jump host gives a channel open
+/// less time than the customer gets, and only an open channel can tell the engineer why it
+/// closes. A connection not allowed is recorded in the history and closed: `None`.
 async fn ask_customer(
     channel: &russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
@@ -618,12 +615,7 @@ async fn ask_customer(
     if !shared.approvals().required() {
         return Some(Opening::Unanswered(reply));
     }
-    let unanswered = if service.is_builtin() {
-        Some(reply)
-    } else {
-        reply.accept().await;
-        None
-    };
+    reply.accept().await;
     // (how it ended for the history, what the engineer is told)
     let (how, told) = match shared
         .approvals()
@@ -632,7 +624,7 @@ async fn ask_customer(
     {
         crate::approval::Outcome::Allowed => {
             tracing::info!(service = %service.name, "the customer allowed the connection");
-            return Some(unanswered.map_or(Opening::Accepted, Opening::Unanswered));
+            return Some(Opening::Accepted);
         }
         crate::approval::Outcome::Denied => (
             crate::approval::DENIED.to_owned(),
@@ -650,15 +642,10 @@ async fn ask_customer(
         }
     };
     tracing::info!(service = %service.name, %how, "connection not allowed");
-    match unanswered {
-        Some(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-        None => {
-            let mut notice = channel.make_writer_ext(Some(1));
-            tell(&mut notice, &told).await;
-            let _ = channel.eof().await;
-            let _ = channel.close().await;
-        }
-    }
+    let mut notice = channel.make_writer_ext(Some(1));
+    tell(&mut notice, &told).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
     let counted = shared.connection_opened();
     counted.describe(&service.name, Some(engineer));
     counted.ended_how(how);

@@ -24,6 +24,18 @@ async fn finished(child: std::process::Child) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_waits_for_allow_and_deny_closes_it_with_the_reason() {
+    allow_then_deny(false).await;
+}
+
+/// The same on the built-in target, which is the end of the engineer's SSH session itself:
+/// its channel is accepted before the customer is asked too, so the wait is the customer's
+/// 60 s (not the jump host's channel-open timeout) and a Deny reaches the engineer in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_built_in_target_too() {
+    allow_then_deny(true).await;
+}
+
+async fn allow_then_deny(builtin: bool) {
     let dir = tempfile::tempdir().unwrap();
     let alice_pub = keygen(&dir.path().join("alice")).replace(" test", " alice@laptop");
     let sshd = Sshd::start(dir.path());
@@ -34,10 +46,15 @@ async fn a_connection_waits_for_allow_and_deny_closes_it_with_the_reason() {
     let jump = Jumphost::start(dir.path(), &policy);
     let folder = dir.path().join("client");
     let config = write_client_config(&folder, SERIAL, &jump, &sshd);
-    let text = fs::read_to_string(&config).unwrap().replace(
+    let mut text = fs::read_to_string(&config).unwrap().replace(
         "target_user = \"root\"\n",
         "target_user = \"root\"\napprove_connections = true\n",
     );
+    if builtin {
+        let sshd_line = format!("ssh = \"{}\"", sshd.addr);
+        assert!(text.contains(&sshd_line), "{text}");
+        text = text.replace(&sshd_line, "ssh = \"builtin\"");
+    }
     fs::write(&config, text).unwrap();
     let mut cmd = Command::new(bin("assist-client"));
     cmd.arg("run").arg("--config").arg(&config);

@@ -87,17 +87,25 @@ impl Connection {
 /// server on it until the engineer leaves or assistance ends.
 pub async fn serve(
     channel: Channel<client::Msg>,
-    reply: client::ChannelOpenHandle,
+    reply: Option<client::ChannelOpenHandle>,
     from: &str,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let Some(window) = shared.builtin() else {
         tracing::warn!("no assistance window for the built-in target; refused");
-        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+        match reply {
+            Some(reply) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            // Accepted while the customer was asked (`approve_connections`).
+            None => {
+                let _ = channel.close().await;
+            }
+        }
         return;
     };
-    reply.accept().await;
+    if let Some(reply) = reply {
+        reply.accept().await;
+    }
     let counted = shared.connection_opened();
     counted.describe("ssh", Some(from));
     tracing::info!("built-in target serving");
