@@ -124,16 +124,10 @@ function renderApprovals(st) {
       li.dataset.approval = String(a.id);
       const text = document.createElement("span");
       text.className = "approval-who";
-      const allow = document.createElement("button");
-      allow.type = "button";
-      allow.className = "primary allow";
-      allow.textContent = "Allow";
-      allow.addEventListener("click", () => busy(allow, () => post("/web/approve", { id: a.id, answer: "allow" })));
-      const deny = document.createElement("button");
-      deny.type = "button";
-      deny.className = "danger deny";
-      deny.textContent = "Deny";
-      deny.addEventListener("click", () => busy(deny, () => post("/web/approve", { id: a.id, answer: "deny" })));
+      const answer = (verdict) => (button) =>
+        busy(button, () => post("/web/approve", { id: a.id, answer: verdict }));
+      const allow = newButton("primary allow", "Allow", answer("allow"));
+      const deny = newButton("danger deny", "Deny", answer("deny"));
       li.append(text, allow, deny);
       return li;
     }));
@@ -172,16 +166,8 @@ async function loadRecordings(terminalCount) {
       tr.appendChild(td);
     }
     const actions = document.createElement("td");
-    const play = document.createElement("button");
-    play.type = "button";
-    play.className = "play";
-    play.textContent = "Play";
-    play.addEventListener("click", () => openRecording(rec));
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "danger delete-recording";
-    del.textContent = "Delete";
-    del.addEventListener("click", async () => {
+    const play = newButton("play", "Play", () => openRecording(rec));
+    const del = newButton("danger delete-recording", "Delete", async () => {
       if (!confirm("Delete this recording for good?")) return;
       if (await post("/web/recordings/delete", { name: rec.name }) !== null) {
         recordingsKey = null;

@@ -17,6 +17,16 @@ function newTerminal(parent, cols, rows) {
 }
 
 // One live view per open terminal, made when it appears in the state, gone when it ends.
+// A button of the page: its classes, its words, and what a click does (given the button).
+function newButton(className, text, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.textContent = text;
+  button.addEventListener("click", () => onClick(button));
+  return button;
+}
+
 const liveViews = new Map();
 
 function watchTerminal(t, box) {
@@ -58,11 +68,7 @@ function renderTerminals(terminals, stop) {
       item.dataset.terminal = String(t.id);
       const head = document.createElement("p");
       head.className = "live-who";
-      const stopButton = document.createElement("button");
-      stopButton.type = "button";
-      stopButton.className = "danger stop-terminal";
-      stopButton.textContent = "Stop this session";
-      stopButton.addEventListener("click", () => stop(t.id));
+      const stopButton = newButton("danger stop-terminal", "Stop this session", () => stop(t.id));
       const box = document.createElement("div");
       box.className = "terminal";
       item.append(head, stopButton, box);

@@ -152,13 +152,6 @@ impl Board {
             None => false,
         }
     }
-
-    /// Ends every terminal (assistance disabled).
-    pub fn stop_all(&self) {
-        for e in lock::mutex(&self.terminals).values() {
-            e.stop.cancel();
-        }
-    }
 }
 
 impl Terminal {
@@ -195,13 +188,6 @@ impl Terminal {
             e.view.cols = cols;
             e.view.rows = rows;
             let _ = e.feed.send(Frame::Resize { cols, rows });
-        }
-    }
-
-    /// The jump host's note named the engineer after the terminal opened.
-    pub fn name_engineer(&self, engineer: &str) {
-        if let Some(e) = lock::mutex(&self.board.terminals).get_mut(&self.id) {
-            e.view.engineer = engineer.to_owned();
         }
     }
 }
@@ -271,9 +257,6 @@ mod tests {
         assert!(a.stopped().is_cancelled());
         assert!(!b.stopped().is_cancelled());
         assert!(!board.stop(999));
-        board.stop_all();
-        assert!(b.stopped().is_cancelled());
-        b.name_engineer("bob smith");
-        assert_eq!(board.terminals()[1].engineer, "bob smith");
+        assert_eq!(board.terminals()[1].engineer, "bob");
     }
 }

@@ -17,7 +17,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 const TAIL: u64 = 64 * 1024;
 /// A header line longer than this is not one of ours.
 const MAX_HEADER: u64 = 64 * 1024;
-const EXTENSION: &str = "cast";
+/// The extension of a recording, as the built-in target writes it and the page lists it.
+pub const EXTENSION: &str = "cast";
 
 /// One recording, as the page lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

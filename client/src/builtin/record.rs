@@ -5,6 +5,8 @@
 //! Files are `data_dir/recordings/YYYYMMDDTHHMMSSZ-<engineer>-<n>.cast`, the folder 0700 and
 //! each file 0600, created without following a link planted at either name.
 
+use crate::config::RECORDINGS_DIR;
+use crate::recordings::EXTENSION;
 use assist_proto::private_file::{Folder, PrivateFileError};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -13,11 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use time::OffsetDateTime;
-
-/// The folder in `data_dir`.
-pub const FOLDER: &str = "recordings";
-/// The extension of a recording.
-pub const EXTENSION: &str = "cast";
 
 /// Numbers recordings within one run, so two sessions in the same second differ.
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -59,7 +56,8 @@ pub struct Recording {
 impl Recording {
     /// Creates the session's file in `data_dir/recordings` and writes its header.
     pub fn create(data_dir: &Path, header: &Header) -> Result<Self, RecordError> {
-        let folder = Folder::open(data_dir)?.create_folder(OsStr::new(FOLDER), 0o700, None)?;
+        let folder =
+            Folder::open(data_dir)?.create_folder(OsStr::new(RECORDINGS_DIR), 0o700, None)?;
         let now = OffsetDateTime::now_utc();
         let stamp = now
             .format(time::macros::format_description!(
@@ -259,7 +257,7 @@ mod tests {
         assert!(name.contains("-alice_.._x_y-"), "{name}");
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        let folder = std::fs::metadata(dir.path().join(FOLDER)).unwrap();
+        let folder = std::fs::metadata(dir.path().join(RECORDINGS_DIR)).unwrap();
         assert_eq!(folder.permissions().mode() & 0o777, 0o700);
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines = text.lines();
@@ -298,7 +296,7 @@ mod tests {
     fn a_planted_link_does_not_redirect_the_recordings() {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(FOLDER)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(RECORDINGS_DIR)).unwrap();
         let err = Recording::create(dir.path(), &header()).err().unwrap();
         assert!(err.to_string().contains("link"), "{err}");
         assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);

@@ -173,8 +173,13 @@ fn refuse_before_handshake(stream: &tokio::net::TcpStream, why: &NotAdmitted) {
     // client; what the client sent so far (its version line) is read and dropped first.
     let mut sink = [0u8; 1024];
     while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
-    let line = format!("{}{why}\r\n", assist_proto::limits::REFUSAL_LINE_PREFIX);
+    let line = refusal_line(why);
     let _ = stream.try_write(line.as_bytes());
+}
+
+/// The line a refused client reads ahead of any version line.
+fn refusal_line(why: &NotAdmitted) -> String {
+    format!("{}{why}\r\n", assist_proto::limits::REFUSAL_LINE_PREFIX)
 }
 
 /// Like [`refuse_before_handshake`], for a connection that waited in the startup queue
@@ -185,7 +190,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let line = format!("{}{why}\r\n", assist_proto::limits::REFUSAL_LINE_PREFIX);
+    let line = refusal_line(why);
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
         stream.write_all(line.as_bytes()).await?;
         stream.shutdown().await?;
