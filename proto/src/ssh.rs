@@ -8,9 +8,17 @@ use russh::{Preferred, cipher, client};
 
 use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_MAX};
 
-/// Flow-control window per channel: large, because a hop is windowed twice (the relayed
-/// channel and the session inside it) and OpenSSH's 2 MiB is the yardstick.
+/// Flow-control window per channel of a session with the jump host (the device tunnel's
+/// forwarded channels, the engineer's relayed channel): large, so one busy hop is never
+/// window-bound on the relay's legs.
 pub const WINDOW: u32 = 8 * 1024 * 1024;
+/// Window of the end-to-end session inside a hop (support-cli with the customer's sshd or
+/// the built-in target), OpenSSH's own default. This window bounds what one hop may have in
+/// flight across the whole chain, and every hop to a device shares its one tunnel: at 8 MiB,
+/// 100 hops could queue 800 MB in it, and a hop whose first bytes landed behind that queue
+/// waited 11-16 s for them (fan-in fairness 0.55-0.60; at 2 MiB 0.92 with the first bytes of
+/// every hop within 0.32 s, and a single transfer as fast within the noise: bench/NOTES.md).
+pub const INNER_WINDOW: u32 = 2 * 1024 * 1024;
 /// Largest channel packet russh sends (it warns above a TCP packet's 65535).
 pub const MAX_PACKET: u32 = 65_535;
 
@@ -42,10 +50,20 @@ pub fn client_ciphers() -> &'static [cipher::Name] {
     if aes_hw { CIPHERS_AES_HW } else { CIPHERS_SOFT }
 }
 
-/// Client settings for every SSH session the agent and the CLI open.
+/// Client settings for the sessions the agent and the CLI open with the jump host.
 pub fn client_config() -> Arc<client::Config> {
+    config(WINDOW)
+}
+
+/// Client settings for the end-to-end session inside a hop: as [`client_config`], with the
+/// smaller [`INNER_WINDOW`].
+pub fn inner_client_config() -> Arc<client::Config> {
+    config(INNER_WINDOW)
+}
+
+fn config(window_size: u32) -> Arc<client::Config> {
     Arc::new(client::Config {
-        window_size: WINDOW,
+        window_size,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: 256,
         preferred: Preferred {

@@ -689,7 +689,7 @@ pub async fn connect_device(
         serial: serial.to_string(),
     };
     let mut handle = client::connect_stream(
-        assist_proto::ssh::client_config(),
+        assist_proto::ssh::inner_client_config(),
         channel.into_stream(),
         client,
     )

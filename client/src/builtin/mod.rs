@@ -114,7 +114,7 @@ pub async fn serve(
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         auth_rejection_time: Duration::from_millis(200),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        window_size: assist_proto::ssh::WINDOW,
+        window_size: assist_proto::ssh::INNER_WINDOW,
         maximum_packet_size: assist_proto::ssh::MAX_PACKET,
         channel_buffer_size: 256,
         inactivity_timeout: None,
