@@ -72,8 +72,18 @@ def parse_args():
 
 def raise_fd_limit():
     """Thousands of tunnels need thousands of sockets in the jump host and the load
-    generator; children inherit the raised soft limit."""
+    generator; children inherit the raised soft limit. Returns the limit now in force. The
+    hard limit is raised too where the process may (CAP_SYS_RESOURCE); where it may not,
+    the hard limit caps how many tunnels one jump host process can hold here."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open("/proc/sys/fs/nr_open") as f:
+        wanted = min(int(f.read()), 1_048_576)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass
     if hard == resource.RLIM_INFINITY or hard > 1_048_576:
         hard = 1_048_576
     if soft < hard:

@@ -243,6 +243,9 @@ class Loadgen:
                 "--concurrency", str(concurrency), *chain.loadgen_args()]
         if reconnect:
             argv.append("--reconnect")
+        if "--ws" not in argv and first + count > 20000:
+            # One loopback source address has about 28,000 ephemeral ports to one port.
+            argv += ["--sources", str((first + count) // 20000 + 1)]
         self.proc = Proc(argv, label, logdir, stdin=subprocess.PIPE, on_line=self._event)
 
     def _event(self, line):

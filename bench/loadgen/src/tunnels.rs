@@ -49,6 +49,11 @@ pub struct Args {
     /// `--addr` is the jump host's API address: SSH inside a WebSocket at /v1/ssh.
     #[arg(long)]
     ws: bool,
+    /// Spread the sessions over this many loopback source addresses (127.0.0.1, .2, ...):
+    /// one source address reaches one port of the jump host through at most as many
+    /// connections as there are ephemeral ports (about 28,000 by default).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
 }
 
 struct Device;
@@ -126,7 +131,7 @@ async fn device(
             event("try", idx, "");
             tokio::time::timeout(
                 Duration::from_secs(60),
-                login(args, &user, key.clone(), config.clone()),
+                login(args, idx, &user, key.clone(), config.clone()),
             )
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")))
@@ -158,6 +163,7 @@ async fn device(
 
 async fn login(
     args: &Args,
+    idx: usize,
     user: &str,
     key: Arc<russh::keys::PrivateKey>,
     config: Arc<client::Config>,
@@ -169,6 +175,14 @@ async fn login(
             .await
             .map_err(anyhow::Error::msg)?;
         client::connect_stream(config, io, Device).await?
+    } else if args.sources > 1 {
+        let addr: std::net::SocketAddr = args.addr.parse().context("--addr with --sources")?;
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (idx % usize::from(args.sources)) as u8);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        client::connect_stream(config, tcp, Device).await?
     } else {
         client::connect(config, args.addr.as_str(), Device).await?
     };
