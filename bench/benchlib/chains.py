@@ -234,7 +234,7 @@ class OurChain:
             self._start_agent(target)
         else:
             self._start_stock_device(target)
-        wait_until(60, "our chain to carry a command", self._works)
+        wait_until(60, "our chain to carry a command", self.works)
 
     def _write_jconfig(self, ssh, api):
         with open(self.jconfig, "w") as f:
@@ -302,7 +302,7 @@ class OurChain:
                             f"{self.serial}@127.0.0.1"], "stock-device", self.logdir)
         self.derived = derived
 
-    def _works(self):
+    def works(self):
         r = subprocess.run(self.cmd(["true"]), stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=60)
         return r.returncode == 0

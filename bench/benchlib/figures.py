@@ -308,13 +308,20 @@ def register_all(chain, serials, public_key):
         list(pool.map(one, serials))
 
 
-def idle(chain, loadgen, key, levels, logdir, timeout):
+def idle(chain, loadgen, key, levels, logdir, timeout, hops=0):
     """Jump-host memory before and after holding each level of idle tunnels (cumulative).
     The jump host is restarted first, so memory freed by earlier figures (and kept by the
-    allocator) does not hide the first tunnels' cost."""
+    allocator) does not hide the first tunnels' cost. With `hops`, also how long an
+    engineer's hop (login and `true`) takes with no tunnel held and with the last level
+    held: the jump host must answer while it sits on them."""
     chain.restart()
+    out = {"levels": []}
+    if hops:
+        wait_until(60, f"{chain.name}: the device back after the restart", chain.works)
+        out["hop_ms_empty"] = statistics.median(timed(chain.cmd(["true"]))
+                                                for _ in range(hops))
     base = settled_memory(chain)
-    out = {"base_rss_kib": base[0], "base_pss_kib": base[1], "levels": []}
+    out.update(base_rss_kib=base[0], base_pss_kib=base[1])
     gens, held = [], 0
     try:
         for level in levels:
@@ -330,6 +337,11 @@ def idle(chain, loadgen, key, levels, logdir, timeout):
                                   "per_tunnel_rss_kib": (rss - base[0]) / level})
             log(f"idle {chain.name} {level} tunnels: PSS {pss / 1024:.1f} MiB, "
                 f"{per:.1f} KiB/tunnel ({procs} processes)")
+        if hops:
+            out["hop_ms_loaded"] = statistics.median(timed(chain.cmd(["true"]))
+                                                     for _ in range(hops))
+            log(f"idle {chain.name}: a hop takes {out['hop_ms_loaded']:.0f} ms with {held} "
+                f"tunnels held, {out['hop_ms_empty']:.0f} ms with none")
     finally:
         for gen in gens:
             gen.close()

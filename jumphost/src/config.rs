@@ -32,7 +32,7 @@ pub struct JumphostConfig {
     #[serde(default = "default_max_startups")]
     pub max_startups: usize,
     /// Connections that may wait for one of those places, each at most 10 s; more are
-    /// refused at once. Default: 16 per place of `max_startups`; 0 refuses at once.
+    /// refused at once. Default: 64 per place of `max_startups`; 0 refuses at once.
     #[serde(default)]
     pub startup_queue: Option<usize>,
     /// Unauthenticated SSH connections one source may hold at once; more are dropped.

@@ -21,8 +21,11 @@ pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 pub const MAX_STARTUPS_PER_CORE: usize = 128;
 /// Connections that found every startup slot taken and wait for one, per startup slot;
 /// past that they are refused at once. Waiting costs a socket and a small task, not a
-/// handshake, so a fleet reconnecting at once queues instead of being dropped.
-pub const STARTUP_QUEUE_PER_SLOT: usize = 16;
+/// handshake, so a fleet reconnecting at once queues instead of being dropped. 64 per slot
+/// is about what two cores log in within [`STARTUP_QUEUE_WAIT`] (~900 logins/s): with 16,
+/// 10,000 devices coming back after a restart met a full queue 18,806 times and took 37.5 s;
+/// with 64, 3,100 times and 17.7 s (bench/NOTES.md).
+pub const STARTUP_QUEUE_PER_SLOT: usize = 64;
 /// Longest a connection waits in that queue before it is refused (well inside the agent's
 /// 20 s connection timeout, leaving it time for the handshake itself).
 pub const STARTUP_QUEUE_WAIT: Duration = Duration::from_secs(10);
