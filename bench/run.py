@@ -235,7 +235,7 @@ def main():
                 f"{json.dumps(result.get('derivation'))}")
         if "fan_in" not in args.skip:
             result["fan_in"] = figures.fan_in(chains, cfg["fan_in_hops"],
-                                              cfg["fan_in_mib"] << 20)
+                                              cfg["fan_in_mib"] << 20, target)
         if ours and ("idle" not in args.skip or "storm" not in args.skip):
             n = max(cfg["idle_ours"] + [cfg["storm"]])
             t = time.monotonic()

@@ -14,7 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .chains import ENGINEER
-from .procs import BenchError, Proc, log, memory_kib, run, tree_cpu_s, wait_until
+from .procs import (CLK_TCK, BenchError, Proc, _ppid_map, log, memory_kib, run, tree_cpu_s,
+                    wait_until)
 
 MB = 1_000_000
 CHUNK = 1 << 20
@@ -348,7 +349,7 @@ def idle(chain, loadgen, key, levels, logdir, timeout, hops=0):
     return out
 
 
-def fan_in(chains, hops, size):
+def fan_in(chains, hops, size, target=None):
     """`hops` engineers downloading `size` bytes each at once through one device tunnel.
 
     Every hop logs in and says it is ready before any transfer starts, then all start
@@ -382,7 +383,13 @@ def fan_in(chains, hops, size):
             log("fan-in: cannot raise the reader's priority (not root); hops may wait on it")
         buf = bytearray(CHUNK)
         deadline = time.monotonic() + 600
+        # The engineers' CPU: each process of each engineer's tree (`ssh -J` has its
+        # ProxyJump child, which nobody reaps in time to count it otherwise), last seen.
+        seen, sampled = {}, 0.0
         while open_ and time.monotonic() < deadline:
+            if started and time.monotonic() - sampled > 0.25:
+                _sample_cpu(procs, seen)
+                sampled = time.monotonic()
             for key, _ in sel.select(timeout=5):
                 i = key.data
                 n = os.readv(key.fileobj.fileno(), [buf])
@@ -408,11 +415,19 @@ def fan_in(chains, hops, size):
                 s["first"] = s["first"] or now
                 s["last"] = now
             if ready == hops and not started:
+                # CPU from here on is the transfers' (the logins and derivations are done).
+                at_go = c.cpu_roles()
+                if target:
+                    at_go["target"] = tree_cpu_s(target.proc.pid)
+                _sample_cpu(procs, seen)
+                engineers_at_go = sum(seen.values())
                 # Everybody is logged in: the same go for all, as close together as can be.
                 for p in procs:
                     p.stdin.write(b"\n")
                     p.stdin.close()
                 started = True
+        if started:
+            _sample_cpu(procs, seen)
         os.setpriority(os.PRIO_PROCESS, 0, nice)
         for p in procs:
             if p.poll() is None and open_:
@@ -420,6 +435,14 @@ def fan_in(chains, hops, size):
         rcs = [p.wait(timeout=60) for p in procs]
         for timer in timers:
             timer.cancel()
+        cpu = None
+        if started:
+            end = c.cpu_roles()
+            if target:
+                end["target"] = tree_cpu_s(target.proc.pid)
+            gb = size * hops / 1e9
+            cpu = {"engineer": (sum(seen.values()) - engineers_at_go) / gb}
+            cpu.update({role: (end[role] - at_go[role]) / gb for role in at_go})
         bad = [i for i in range(hops) if rcs[i] != 0 or stat[i]["got"] != size]
         if bad:
             raise BenchError(f"{c.name} fan-in: {len(bad)}/{hops} hops failed "
@@ -433,12 +456,28 @@ def fan_in(chains, hops, size):
                        "fastest": max(rates), "fairness": min(rates) / max(rates),
                        "median_hop": statistics.median(rates),
                        "first_byte_spread_s": max(firsts) - min(firsts),
-                       "login_spread_s": max(readies) - min(readies)}
+                       "login_spread_s": max(readies) - min(readies), "cpu_s_per_gb": cpu}
         log(f"fan-in {c.name}: {res[c.name]['aggregate']:.0f} MB/s aggregate, "
             f"slowest/fastest {res[c.name]['fairness']:.2f}, logins spread "
             f"{res[c.name]['login_spread_s']:.1f} s, first bytes "
             f"{res[c.name]['first_byte_spread_s']:.2f} s")
     return res
+
+
+def _sample_cpu(procs, seen):
+    """Records in `seen` each process's own CPU seconds so far, for every process of the
+    trees under `procs` that is still there."""
+    children = _ppid_map()
+    todo = [p.pid for p in procs]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _peak(times_ms, window_ms):

@@ -161,6 +161,16 @@ def markdown(r, png_name):
         lines += ["", "Every hop logs in and says so before any transfer starts; then all "
                   "start at once, and a hop's rate runs from its first byte to its last. The "
                   "logins' spread is how far apart they finished.", ""]
+        cpu = {name: f.get(name, {}).get("cpu_s_per_gb") for name in (o, u)}
+        if all(cpu.values()):
+            roles = [k for k in cpu[u] if k in cpu[o]]
+            lines += ["CPU seconds per GB during the transfers (from the go to the last byte), "
+                      "by role:", "", "| chain | " + " | ".join(roles) + " | total |",
+                      "|---|" + "---:|" * (len(roles) + 1)]
+            for name in (o, u):
+                lines.append(f"| {name} | " + " | ".join(fmt(cpu[name][k], 1) for k in roles)
+                             + f" | {fmt(sum(cpu[name][k] for k in roles), 1)} |")
+            lines.append("")
         lines.append("")
     s = r.get("storm")
     if s:

@@ -158,7 +158,13 @@ fn main() {
     let progress = progress::Progress::new(cli.quiet);
     let env = |k: &str| std::env::var(k).ok();
     let debug = assist_proto::report::debug_wanted(cli.debug, &env);
-    let status = match tokio::runtime::Runtime::new() {
+    // One thread runs the whole session: the engineer's one connection needs no work
+    // stealing, and with a hundred engineers on one machine (bench/ fan-in) the hand-offs
+    // between a multi-threaded runtime's threads cost more than the decryption itself.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let status = match runtime {
         Ok(rt) => rt.block_on(run(cli, &progress)),
         Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
     };

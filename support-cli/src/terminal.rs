@@ -66,8 +66,9 @@ pub fn stdin_chunks() -> mpsc::Receiver<Vec<u8>> {
 /// bytes. tokio's own stdout hands every chunk to a blocking-pool thread and waits for it
 /// (and std's `Stdout` scans each chunk for a newline to flush at): under a loaded CPU
 /// those hand-offs, not the network, set the pace of a download (bench/NOTES.md, fan-in).
-/// A write that blocks (the reader is slow) holds this worker thread only, which
-/// `block_in_place` tells the runtime about so other tasks move on.
+/// The runtime is single-threaded (main.rs), so a write that blocks (the reader is slow)
+/// pauses the session until the reader catches up: the same back-pressure a full window
+/// gives, and nothing is buffered without bound.
 pub struct Output {
     file: std::fs::File,
 }
@@ -89,6 +90,6 @@ impl Output {
 
     pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
-        tokio::task::block_in_place(|| self.file.write_all(bytes))
+        self.file.write_all(bytes)
     }
 }
