@@ -552,7 +552,7 @@ async fn relay(
         guard: &counted,
     };
     let how = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut local, &mut stream) => match r {
+        r = assist_proto::ssh::relay(&mut local, &mut stream) => match r {
             Ok((up, down)) => {
                 tracing::info!(to_engineer = up, from_engineer = down, "relay done");
                 "closed by the engineer or the service".to_owned()

@@ -22,6 +22,20 @@ pub const INNER_WINDOW: u32 = 2 * 1024 * 1024;
 /// Largest channel packet russh sends (it warns above a TCP packet's 65535).
 pub const MAX_PACKET: u32 = 65_535;
 
+/// Bytes read at once when relaying between a socket and a channel: one SSH packet's worth of
+/// data. tokio's `copy_bidirectional` reads 8 KiB at a time, and every read becomes a packet
+/// that each hop of the chain encrypts, decrypts, splices and wakes up for.
+pub const RELAY_BUFFER: usize = MAX_PACKET as usize;
+
+/// Copies both ways between `a` and `b` until both are done, [`RELAY_BUFFER`] at a time.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
+}
+
 /// Ciphers when the CPU has AES instructions: ring's AES-GCM then outruns ChaCha20.
 const CIPHERS_AES_HW: &[cipher::Name] = &[
     cipher::AES_256_GCM,

@@ -274,7 +274,7 @@ async fn relay(jump: &Jump, route: &Route, mut tcp: TcpStream, serial: &str) -> 
         }
     };
     let mut stream = channel.into_stream();
-    let (up, down) = tokio::io::copy_bidirectional(&mut tcp, &mut stream)
+    let (up, down) = assist_proto::ssh::relay(&mut tcp, &mut stream)
         .await
         .context("relaying")?;
     tracing::debug!(%peer, up, down, "connection relayed");

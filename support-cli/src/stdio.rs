@@ -40,7 +40,7 @@ pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyh
         .await?;
     let mut stream = channel.into_stream();
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    tokio::io::copy_bidirectional(&mut stdio, &mut stream)
+    assist_proto::ssh::relay(&mut stdio, &mut stream)
         .await
         .context("relaying stdin/stdout")?;
     jump.disconnect().await;

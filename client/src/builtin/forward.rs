@@ -52,7 +52,7 @@ pub(super) async fn run(
     tracing::info!(to = %asked, "forwarding to a service");
     let mut stream = channel.into_stream();
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut tcp, &mut stream) => {
+        r = assist_proto::ssh::relay(&mut tcp, &mut stream) => {
             if let Err(e) = r {
                 tracing::debug!(to = %asked, "forward ended: {e}");
             }

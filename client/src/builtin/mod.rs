@@ -143,7 +143,7 @@ pub async fn serve(
         inner: &mut ours,
         guard: &counted,
     };
-    let copy = tokio::io::copy_bidirectional(&mut local, &mut stream);
+    let copy = assist_proto::ssh::relay(&mut local, &mut stream);
     tokio::pin!(copy);
     let session = tokio::select! {
         r = running => r,
