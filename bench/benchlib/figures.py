@@ -456,7 +456,9 @@ def fan_in(chains, hops, size, target=None):
                        "fastest": max(rates), "fairness": min(rates) / max(rates),
                        "median_hop": statistics.median(rates),
                        "first_byte_spread_s": max(firsts) - min(firsts),
-                       "login_spread_s": max(readies) - min(readies), "cpu_s_per_gb": cpu}
+                       "login_spread_s": max(readies) - min(readies), "cpu_s_per_gb": cpu,
+                       "hops": sorted((round(s["first"] - min(firsts), 3),
+                                       round(s["last"] - min(firsts), 3)) for s in stat.values())}
         log(f"fan-in {c.name}: {res[c.name]['aggregate']:.0f} MB/s aggregate, "
             f"slowest/fastest {res[c.name]['fairness']:.2f}, logins spread "
             f"{res[c.name]['login_spread_s']:.1f} s, first bytes "
