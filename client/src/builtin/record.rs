@@ -19,6 +19,12 @@ use time::OffsetDateTime;
 /// Numbers recordings within one run, so two sessions in the same second differ.
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
+/// Largest recording of one session. A bulk transfer through a command (`tar c / | ssh …`)
+/// is recorded as JSON text, up to 6 bytes for each byte that is not printable UTF-8, and
+/// must not fill a small device's disk: past this, the recording ends with a line saying so
+/// (shown when it is played back) and the session goes on unrecorded.
+pub const MAX_RECORDING: u64 = 64 * 1024 * 1024;
+
 /// What a recording's header says about its session.
 #[derive(Debug, Clone)]
 pub struct Header {
@@ -51,11 +57,21 @@ pub struct Recording {
     input: Utf8Carry,
     /// One event's line, reused: a busy session writes thousands a second.
     line: Vec<u8>,
+    /// Bytes in the file so far, and the most it may hold ([`MAX_RECORDING`]).
+    written: u64,
+    limit: u64,
+    /// Whether the limit was reached: later events are not written.
+    full: bool,
 }
 
 impl Recording {
     /// Creates the session's file in `data_dir/recordings` and writes its header.
     pub fn create(data_dir: &Path, header: &Header) -> Result<Self, RecordError> {
+        Self::create_limited(data_dir, header, MAX_RECORDING)
+    }
+
+    /// As [`Recording::create`], holding at most `limit` bytes.
+    fn create_limited(data_dir: &Path, header: &Header, limit: u64) -> Result<Self, RecordError> {
         let folder =
             Folder::open(data_dir)?.create_folder(OsStr::new(RECORDINGS_DIR), 0o700, None)?;
         let now = OffsetDateTime::now_utc();
@@ -105,6 +121,9 @@ impl Recording {
             output: Utf8Carry::default(),
             input: Utf8Carry::default(),
             line: Vec::new(),
+            written: 0,
+            limit,
+            full: false,
         };
         recording.line = line.to_string().into_bytes();
         recording.write_line()?;
@@ -133,19 +152,34 @@ impl Recording {
     }
 
     fn event(&mut self, kind: &str, data: &str) -> Result<(), RecordError> {
-        if data.is_empty() {
+        if data.is_empty() || self.full {
             return Ok(());
         }
+        self.encode(kind, data)?;
+        // The closing line's room is kept, so the file never passes the limit.
+        if self.written + self.line.len() as u64 + 1 + CLOSING_ROOM > self.limit {
+            self.full = true;
+            let note = format!(
+                "\r\n[assist-client: this recording stops here, at its limit of {} MiB; the \
+                 session went on unrecorded]\r\n",
+                self.limit >> 20
+            );
+            self.encode("o", &note)?;
+            tracing::warn!(path = %self.path.display(), "recording reached its limit; the rest of the session is not recorded");
+        }
+        self.write_line()
+    }
+
+    /// Puts one event in `self.line`, straight from the text: no JSON value in between.
+    fn encode(&mut self, kind: &str, data: &str) -> Result<(), RecordError> {
         let t = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
         self.line.clear();
-        // Straight into the line: no JSON value in between, no copy of the text.
         serde_json::to_writer(&mut self.line, &(t, kind, data))
             .map_err(std::io::Error::from)
             .map_err(|source| RecordError::Write {
                 path: self.path.clone(),
                 source,
-            })?;
-        self.write_line()
+            })
     }
 
     /// Writes `self.line` and its newline.
@@ -157,9 +191,14 @@ impl Recording {
             .map_err(|source| RecordError::Write {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        self.written += self.line.len() as u64;
+        Ok(())
     }
 }
+
+/// Room kept under the limit for the line that says the recording stopped.
+const CLOSING_ROOM: u64 = 256;
 
 /// An engineer's name as a file name's part: `[A-Za-z0-9._-]`, anything else `_`.
 fn file_safe(name: &str) -> String {
@@ -290,6 +329,40 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0][0].as_f64() <= w[1][0].as_f64())
         );
+    }
+
+    #[test]
+    fn a_recording_stops_at_its_limit_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 4096;
+        let mut r = Recording::create_limited(dir.path(), &header(), limit).unwrap();
+        r.output(b"kept\r\n").unwrap();
+        // Zero bytes are 6 JSON bytes each: the worst case of a bulk binary transfer.
+        for _ in 0..100 {
+            r.output(&[0u8; 1000]).unwrap();
+        }
+        r.input(b"typed after the limit").unwrap();
+        let path = r.path().to_owned();
+        drop(r);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= limit, "{size} > {limit}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events[0][2], "kept\r\n");
+        let last = events.last().unwrap();
+        assert_eq!(last[1], "o");
+        assert!(
+            last[2]
+                .as_str()
+                .unwrap()
+                .contains("stops here, at its limit"),
+            "{last}"
+        );
+        assert!(!text.contains("typed after the limit"));
     }
 
     #[test]
