@@ -177,7 +177,8 @@ async fn login(
         client::connect_stream(config, io, Device).await?
     } else if args.sources > 1 {
         let addr: std::net::SocketAddr = args.addr.parse().context("--addr with --sources")?;
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (idx % usize::from(args.sources)) as u8);
+        let source =
+            std::net::Ipv4Addr::new(127, 0, 0, 1 + (idx % usize::from(args.sources)) as u8);
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind((source, 0).into())?;
         let tcp = socket.connect(addr).await?;
