@@ -28,6 +28,9 @@ from benchlib.procs import BenchError, keygen, log  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = ("assist-jumphost", "assist-client", "support-cli", "bench-loadgen")
+SHIPPED = (os.path.join(ROOT, "target", "static", "x86_64-unknown-linux-gnu", "dist",
+                        "assist-client"),
+           os.path.join(ROOT, "target", "dist", "assist-client"))
 FIGURES = ("throughput", "device", "login", "fan_in", "idle", "storm")
 
 # OpenSSH's jump host forks a process per tunnel (~1.6 MiB PSS each), so it is measured
@@ -102,8 +105,10 @@ def build(profile, only_loadgen):
     cmd += ["-p", "assist-bench"] if only_loadgen else ["--workspace", "--bins"]
     cargo(cmd)
     if profile == "release" and not only_loadgen:
-        # The agent as shipped (Cargo.toml's dist profile), for its size on disk.
+        # The agent as shipped (Cargo.toml's dist profile), for its size on disk, and its
+        # static build (glibc linked in), which the device figures measure.
         cargo(["cargo", "build", "--quiet", "--profile", "dist", "-p", "assist-client"])
+        cargo(["packaging/build-static-agent.sh", "dist"])
 
 
 def cargo(cmd):
@@ -127,9 +132,10 @@ def main():
         build(profile, args.only_openssh)
     target_dir = os.path.join(ROOT, "target", profile)
     bins = {b: os.path.join(target_dir, b) for b in BINS}
-    # The agent as shipped, when built: its RSS is a target of its own (issue 20).
-    shipped = os.path.join(ROOT, "target", "dist", "assist-client")
-    if profile == "release" and os.path.exists(shipped):
+    # The agent as shipped, when built: its RSS is a target of its own (issue 20). The static
+    # build (packaging/build-static-agent.sh) when there is one, else the dist profile's.
+    shipped = next((p for p in SHIPPED if os.path.exists(p)), None)
+    if profile == "release" and shipped:
         bins["assist-client"] = shipped
     for b, path in bins.items():
         if (b == "bench-loadgen" or not args.only_openssh) and not os.path.exists(path):
@@ -221,7 +227,7 @@ def main():
             openssh_aes.close()
         if ours and "device" not in args.skip:
             result["device"] = figures.device_footprint(
-                [openssh, ours], size, shipped if bins["assist-client"] == shipped else None)
+                [openssh, ours], size, shipped if shipped and bins["assist-client"] == shipped else None)
         if args.perf and ours:
             result["perf"] = perf_profile.profile_ours(ours, random_file, size, out_dir)
             if ours_ws:

@@ -2,12 +2,51 @@
 //! `assets/package-lock.json`) from the npm registry when it is not there yet, so the
 //! binary can embed it: the page loads nothing from a CDN, and the repository holds none
 //! of its code.
+//!
+//! Then it gzips every asset the page serves into `OUT_DIR`, which the binary embeds
+//! (`web::assets`): xterm.js alone is 480 KB as text and 120 KB compressed, and every
+//! browser takes gzip.
 
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
+/// What the page serves, from `assets/`, and the name of its gzipped copy in `OUT_DIR`.
+const ASSETS: [(&str, &str); 6] = [
+    ("index.html", "index.html.gz"),
+    ("app.js", "app.js.gz"),
+    ("app.css", "app.css.gz"),
+    ("terminal.js", "terminal.js.gz"),
+    ("node_modules/@xterm/xterm/lib/xterm.js", "xterm.js.gz"),
+    ("node_modules/@xterm/xterm/css/xterm.css", "xterm.css.gz"),
+];
+
 fn main() {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    fetch_xterm(&assets);
+    let out = std::env::var_os("OUT_DIR").unwrap_or_else(|| panic!("cargo sets OUT_DIR"));
+    for (source, gz) in ASSETS {
+        let source = assets.join(source);
+        println!("cargo:rerun-if-changed={}", source.display());
+        let text =
+            std::fs::read(&source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
+        let packed = gzip(&text).unwrap_or_else(|e| panic!("gzip {}: {e}", source.display()));
+        let target = Path::new(&out).join(gz);
+        std::fs::write(&target, packed)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", target.display()));
+    }
+}
+
+/// No name and no time in the header (flate2's default): the same bytes every build.
+fn gzip(text: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+    encoder.write_all(text)?;
+    encoder.finish()
+}
+
+fn fetch_xterm(assets: &Path) {
     println!(
         "cargo:rerun-if-changed={}",
         assets.join("package-lock.json").display()
@@ -26,7 +65,7 @@ fn main() {
             "--no-fund",
             "--prefix",
         ])
-        .arg(&assets)
+        .arg(assets)
         .status();
     match status {
         Ok(s) if s.success() && xterm.exists() => {}

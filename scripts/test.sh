@@ -28,6 +28,10 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # promtool checks the jump host's /metrics (tests/tests/metrics.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The static agent (packaging/build-static-agent.sh, tests/tests/static_agent.rs): glibc's
+# static libraries to link, `file` to check the result.
+[ -e "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libc.a" ] || missing+=(libc6-dev)
+command -v file >/dev/null 2>&1 || missing+=(file)
 # The Debian packages: built with dpkg-deb, man pages from --help, checked by lintian
 # (packaging/test-debs.sh); systemd-analyze verifies their units.
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)

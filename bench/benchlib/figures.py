@@ -98,12 +98,16 @@ def upload(chain, path, size, marker, on_start=None):
     return {"steady": _rate(size - marker, end - t_mark), "wall": _rate(size, end - start)}
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def device_footprint(chains, size, shipped):
     """The device side's cost: the size on disk of the agent as shipped (`shipped`, built with
     the `dist` profile; None when not built), and for each chain the RSS of its device
     process (stock `ssh -R`, or the agent) idle with the tunnel up and assistance enabled,
     and the most seen (sampled every 20 ms) while a `size` download runs through it."""
-    out = {"binary_bytes": os.path.getsize(shipped) if shipped else None}
+    out = {"binary_bytes": os.path.getsize(shipped) if shipped else None,
+           "binary": os.path.relpath(shipped, _ROOT) if shipped else None}
     for chain in chains:
         pid = chain.device.pid
         idle = memory_kib([pid])[0]

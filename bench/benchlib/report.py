@@ -222,8 +222,10 @@ def markdown(r, png_name):
         size = dev.get("binary_bytes")
         lines += ["", "The agent's RSS is sampled every 20 ms during one download of the transfer "
                   "size; stock `ssh -R` is the OpenSSH chain's device. Shipped agent binary "
-                  "(`cargo build --profile dist -p assist-client`: fat LTO, one codegen unit, "
-                  "stripped): " + (f"{size / (1 << 20):.1f} MiB." if size else "not built."), ""]
+                  "(Cargo.toml's dist profile: fat LTO, one codegen unit, stripped; static "
+                  "when built with packaging/build-static-agent.sh, as the bench does): "
+                  + (f"`{dev.get('binary')}`, {size / (1 << 20):.2f} MiB." if size
+                     else "not built."), ""]
     lines += targets(r)
     return "\n".join(lines) + "\n"
 

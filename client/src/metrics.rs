@@ -1,6 +1,7 @@
 //! `GET /metrics` on the agent's `web_listen`: a few gauges for the monitoring a vendor runs
 //! on its product (is assistance on, where is the tunnel, how often did it reconnect), in the
-//! Prometheus text format, rendered by `metrics-exporter-prometheus` as on the jump host.
+//! Prometheus text format, rendered by the `prometheus` crate (lighter than the jump host's
+//! `metrics` exporter, which the agent's 4 MiB size target cannot afford).
 //!
 //! Readable without the control token: it says only what anyone on the machine can see
 //! (whether an outbound session is up), never the code, the serial, a jump host's address or
@@ -11,10 +12,10 @@ use crate::agent::Agent;
 use crate::state::TunnelState;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
 pub const ENABLED: &str = "assist_agent_assistance_enabled";
@@ -32,67 +33,93 @@ const STATES: [(TunnelState, &str); 5] = [
     (TunnelState::Failed, "failed"),
 ];
 
-#[derive(Clone)]
-struct Scrape {
-    agent: Arc<Agent>,
-    /// Not the process's global recorder: the values are read from the agent at each
-    /// scrape, so this recorder is only ever written here.
-    recorder: Arc<PrometheusRecorder>,
+/// The series of one scrape, set from the agent's state (a registry of its own per scrape,
+/// not the crate's global one: nothing else in the agent records into it).
+struct Gauges {
+    registry: Registry,
+    enabled: IntGauge,
+    remaining: IntGauge,
+    state: IntGaugeVec,
+    reconnects: IntCounter,
+    active: IntGauge,
+}
+
+impl Gauges {
+    fn new() -> prometheus::Result<Self> {
+        let gauges = Gauges {
+            registry: Registry::new(),
+            enabled: IntGauge::new(ENABLED, "1 while an assistance window is open, else 0.")?,
+            remaining: IntGauge::new(
+                WINDOW_REMAINING,
+                "Seconds left in the open assistance window; 0 when none is open.",
+            )?,
+            state: IntGaugeVec::new(
+                Opts::new(
+                    TUNNEL_STATE,
+                    "The tunnel's state: 1 for the current one of disabled, connecting, \
+                     connected, reconnecting, failed.",
+                ),
+                &["state"],
+            )?,
+            reconnects: IntCounter::new(
+                RECONNECTS,
+                "Tunnel attempts after a failure or a lost session, since the agent started.",
+            )?,
+            active: IntGauge::new(
+                CONNECTIONS_ACTIVE,
+                "Engineers' connections relayed to this machine now.",
+            )?,
+        };
+        let r = &gauges.registry;
+        r.register(Box::new(gauges.enabled.clone()))?;
+        r.register(Box::new(gauges.remaining.clone()))?;
+        r.register(Box::new(gauges.state.clone()))?;
+        r.register(Box::new(gauges.reconnects.clone()))?;
+        r.register(Box::new(gauges.active.clone()))?;
+        Ok(gauges)
+    }
 }
 
 /// The `/metrics` route, with the page's `Host` check.
 pub fn router(agent: Arc<Agent>) -> Router {
-    let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
-    metrics::with_local_recorder(recorder.as_ref(), describe);
     Router::new()
         .route("/metrics", get(render))
-        .with_state(Scrape { agent, recorder })
+        .with_state(agent)
         .layer(axum::middleware::from_fn(crate::web::guard::check_host))
 }
 
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge};
-    describe_gauge!(ENABLED, "1 while an assistance window is open, else 0.");
-    describe_gauge!(
-        WINDOW_REMAINING,
-        Unit::Seconds,
-        "Seconds left in the open assistance window; 0 when none is open."
-    );
-    describe_gauge!(
-        TUNNEL_STATE,
-        "The tunnel's state: 1 for the current one of disabled, connecting, connected, \
-         reconnecting, failed."
-    );
-    describe_counter!(
-        RECONNECTS,
-        "Tunnel attempts after a failure or a lost session, since the agent started."
-    );
-    describe_gauge!(
-        CONNECTIONS_ACTIVE,
-        "Engineers' connections relayed to this machine now."
-    );
-}
-
-async fn render(State(scrape): State<Scrape>) -> impl IntoResponse {
-    let status = scrape.agent.status().await;
-    let reconnects = scrape.agent.reconnects();
-    metrics::with_local_recorder(scrape.recorder.as_ref(), || {
-        metrics::gauge!(ENABLED).set(f64::from(u8::from(status.enabled)));
-        metrics::gauge!(WINDOW_REMAINING).set(status.remaining_secs.unwrap_or(0) as f64);
+async fn render(State(agent): State<Arc<Agent>>) -> Response {
+    let status = agent.status().await;
+    let reconnects = agent.reconnects();
+    let text = Gauges::new().and_then(|g| {
+        g.enabled.set(i64::from(status.enabled));
+        g.remaining
+            .set(i64::try_from(status.remaining_secs.unwrap_or(0)).unwrap_or(i64::MAX));
         for (state, name) in STATES {
             let on = status.tunnel.state == state;
-            metrics::gauge!(TUNNEL_STATE, "state" => name).set(f64::from(u8::from(on)));
+            g.state.with_label_values(&[name]).set(i64::from(on));
         }
-        metrics::counter!(RECONNECTS).absolute(reconnects);
-        metrics::gauge!(CONNECTIONS_ACTIVE).set(status.connections.active as f64);
+        g.reconnects.inc_by(reconnects);
+        g.active
+            .set(i64::try_from(status.connections.active).unwrap_or(i64::MAX));
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&g.registry.gather(), &mut text)?;
+        Ok(text)
     });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        scrape.recorder.handle().render(),
-    )
+    match text {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("rendering /metrics: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 #[cfg(test)]

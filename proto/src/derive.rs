@@ -10,7 +10,7 @@
 //! usable with the login key (HMAC is a PRF keyed by the seed; ChaCha20 is another).
 
 use crate::code::OneTimeCode;
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -56,6 +56,21 @@ pub(crate) fn derive_labelled(
     Ok(Seed::argon2(prefix, serial, code)?.chacha_key())
 }
 
+/// Blocks (1 KiB each) reserved for Argon2's 19 MiB: more than 32 MiB. glibc's malloc serves
+/// a block that large with its own mapping, and when such a block of 32 MiB or less is freed
+/// it raises its mapping threshold (and twice that, its trim threshold) to the block's size:
+/// after one derivation, the agent's freed buffers up to 19 MiB stayed in its heap for good,
+/// 1.7 MiB of its idle RSS (bench/NOTES.md). Above 32 MiB the thresholds stay; the pages
+/// past the 19 MiB are never touched, so they cost address space only.
+const ARGON2_RESERVED_BLOCKS: usize = 33 << 10;
+
+/// Argon2's working memory for `blocks` blocks, in a reservation of its own (see above).
+fn argon2_memory(blocks: usize) -> Vec<Block> {
+    let mut memory = Vec::with_capacity(blocks.max(ARGON2_RESERVED_BLOCKS));
+    memory.resize(blocks, Block::default());
+    memory
+}
+
 /// The Argon2 output of one prefix, serial and code; zeroized on drop.
 struct Seed([u8; 32]);
 
@@ -63,11 +78,17 @@ impl Seed {
     fn argon2(prefix: &str, serial: &str, code: &OneTimeCode) -> Result<Self, DeriveError> {
         let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
             .map_err(|e| DeriveError(e.to_string()))?;
+        let mut memory = argon2_memory(params.block_count());
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = format!("{prefix}{serial}");
         let mut seed = Seed([0u8; 32]);
         argon
-            .hash_password_into(code.normalized(), salt.as_bytes(), &mut seed.0)
+            .hash_password_into_with_memory(
+                code.normalized(),
+                salt.as_bytes(),
+                &mut seed.0,
+                &mut memory[..],
+            )
             .map_err(|e| DeriveError(e.to_string()))?;
         Ok(seed)
     }

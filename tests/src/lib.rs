@@ -28,4 +28,7 @@ pub use jumphost::{Jumphost, alice_policy, policy, write_client_config};
 pub use openssh::{
     ProxyJump, SSHD, Sshd, keygen, ssh, ssh_logging, ssh_options, write_derived_key,
 };
-pub use process::{Proc, READY_TIMEOUT, assist_client, bin, start_on_free_port, text, wait_until};
+pub use process::{
+    Proc, READY_TIMEOUT, assist_client, bin, start_on_free_port, text, wait_until,
+    without_cargo_test_env,
+};

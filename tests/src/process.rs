@@ -35,21 +35,11 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds `name` once per test process and returns its path, so a test never runs a stale
-/// binary even when only `cargo test -p assist-e2e` was asked for.
-pub fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut built = assist_proto::lock::mutex(built);
-    if let Some(path) = built.get(name) {
-        return path.clone();
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    // cargo sets these for the test process. Passed on, they differ from what the outer
-    // `cargo test` saw, and ring's build script watches them (rerun-if-env-changed): ring,
-    // russh and everything above would rebuild on every test run, twice.
+/// Removes from `cmd`'s environment what cargo sets for a test process, for a cargo build
+/// started from a test. Passed on, these differ from what the outer `cargo test` saw, and
+/// ring's build script watches them (rerun-if-env-changed): ring, russh and everything above
+/// would rebuild on every test run, twice.
+pub fn without_cargo_test_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| {
             k.starts_with("CARGO_PKG_")
@@ -66,6 +56,21 @@ pub fn bin(name: &str) -> PathBuf {
             cmd.env_remove(key);
         }
     }
+}
+
+/// Builds `name` once per test process and returns its path, so a test never runs a stale
+/// binary even when only `cargo test -p assist-e2e` was asked for.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut built = assist_proto::lock::mutex(built);
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    without_cargo_test_env(&mut cmd);
     let status = cmd
         .args([
             "build",

@@ -6,6 +6,7 @@
 //! rebinding), reading needs a session cookie (made by presenting the control token), and
 //! every change needs that session's CSRF token in a header.
 
+mod assets;
 pub mod guard;
 mod recordings;
 mod terminals;
@@ -30,14 +31,6 @@ use std::sync::{Arc, Mutex};
 
 /// Past windows the page lists; `assist-client history` shows them all.
 const PAGE_HISTORY: usize = 50;
-
-const INDEX_HTML: &str = include_str!("../../assets/index.html");
-const APP_JS: &str = include_str!("../../assets/app.js");
-const APP_CSS: &str = include_str!("../../assets/app.css");
-const TERMINAL_JS: &str = include_str!("../../assets/terminal.js");
-/// xterm.js, pinned in `assets/package-lock.json` and fetched by `build.rs` (`npm ci`).
-const XTERM_JS: &str = include_str!("../../assets/node_modules/@xterm/xterm/lib/xterm.js");
-const XTERM_CSS: &str = include_str!("../../assets/node_modules/@xterm/xterm/css/xterm.css");
 
 /// The code of the window the page enabled, kept only in memory for the page session.
 struct CurrentCode {
@@ -64,12 +57,27 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         code: Arc::new(Mutex::new(None)),
     };
     Router::new()
-        .route("/", get(index))
-        .route("/assets/app.js", get(app_js))
-        .route("/assets/app.css", get(app_css))
-        .route("/assets/terminal.js", get(|| script(TERMINAL_JS)))
-        .route("/assets/xterm.js", get(|| script(XTERM_JS)))
-        .route("/assets/xterm.css", get(|| style(XTERM_CSS)))
+        .route("/", get(|h: HeaderMap| assets::INDEX_HTML.serve(h)))
+        .route(
+            "/assets/app.js",
+            get(|h: HeaderMap| assets::APP_JS.serve(h)),
+        )
+        .route(
+            "/assets/app.css",
+            get(|h: HeaderMap| assets::APP_CSS.serve(h)),
+        )
+        .route(
+            "/assets/terminal.js",
+            get(|h: HeaderMap| assets::TERMINAL_JS.serve(h)),
+        )
+        .route(
+            "/assets/xterm.js",
+            get(|h: HeaderMap| assets::XTERM_JS.serve(h)),
+        )
+        .route(
+            "/assets/xterm.css",
+            get(|h: HeaderMap| assets::XTERM_CSS.serve(h)),
+        )
         .route("/web/login", post(login))
         .route("/web/logout", post(logout))
         .route("/web/state", get(page_state))
@@ -86,34 +94,6 @@ pub fn router(agent: Arc<Agent>, token: Arc<Secret>) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::check_host))
         .layer(axum::middleware::from_fn(guard::security_headers))
-}
-
-async fn index() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX_HTML,
-    )
-        .into_response()
-}
-
-async fn app_js() -> Response {
-    script(APP_JS).await
-}
-
-async fn app_css() -> Response {
-    style(APP_CSS).await
-}
-
-async fn script(text: &'static str) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        text,
-    )
-        .into_response()
-}
-
-async fn style(text: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], text).into_response()
 }
 
 /// Body of `POST /web/login`.
