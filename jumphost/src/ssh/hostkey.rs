@@ -13,21 +13,26 @@ pub const HOST_KEY_FILE: &str = "host_key";
 
 /// Loads `data_dir/host_key`, creating it if it does not exist yet.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<PrivateKey> {
-    let path = data_dir.join(HOST_KEY_FILE);
+    load_or_create_key(&data_dir.join(HOST_KEY_FILE), "host key")
+}
+
+/// Loads the ed25519 key in `path` (its role in messages: `what`), creating it if it does
+/// not exist yet.
+pub fn load_or_create_key(path: &Path, what: &str) -> anyhow::Result<PrivateKey> {
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading host key {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {what} {}", path.display()))?;
         return PrivateKey::from_openssh(text)
-            .with_context(|| format!("parsing host key {}", path.display()));
+            .with_context(|| format!("parsing {what} {}", path.display()));
     }
     let key = assist_proto::keys::generate_ed25519();
     let text = key
         .to_openssh(LineEnding::LF)
-        .context("encoding the new host key")?;
+        .with_context(|| format!("encoding the new {what}"))?;
     // Keep: refuses to overwrite a key that appeared meanwhile.
-    private_file::write_private(&path, text.as_bytes(), Existing::Keep)
-        .with_context(|| format!("writing host key {}", path.display()))?;
-    tracing::info!(path = %path.display(), "created a new host key");
+    private_file::write_private(path, text.as_bytes(), Existing::Keep)
+        .with_context(|| format!("writing {what} {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new {what}");
     Ok(key)
 }
 
