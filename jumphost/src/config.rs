@@ -281,9 +281,8 @@ impl JumphostConfig {
         }
         match &cluster.advertise {
             Some(advertise) => {
-                check_advertise(advertise).map_err(|e| {
-                    anyhow::anyhow!("key cluster.advertise: {advertise:?}: {e}")
-                })?;
+                check_advertise(advertise)
+                    .map_err(|e| anyhow::anyhow!("key cluster.advertise: {advertise:?}: {e}"))?;
             }
             None if listen.ip().is_unspecified() => anyhow::bail!(
                 "key cluster.peer_listen: {listen} is no address the other nodes can dial; \

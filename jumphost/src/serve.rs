@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
+use crate::cluster::Cluster;
 use crate::config::{self, ApiTls, JumphostConfig};
 use crate::enroll::EnrollmentKey;
 use crate::policy::Policy;
 use crate::policy::watch::{self, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
 use crate::store::audit_queue::AuditQueue;
-use crate::cluster::Cluster;
 use crate::store::cluster::Directory;
 use crate::store::{self, Backend, PgStore, Store};
 
@@ -346,9 +346,7 @@ async fn join_cluster(
     listener: TcpListener,
     directory: Directory,
 ) -> anyhow::Result<Peering> {
-    let bound = listener
-        .local_addr()
-        .context("reading the peer address")?;
+    let bound = listener.local_addr().context("reading the peer address")?;
     let advertised = config
         .cluster
         .advertise

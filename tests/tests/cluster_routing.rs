@@ -162,7 +162,10 @@ fn a_device_on_one_node_is_reached_through_the_other() {
     assert_eq!(succeeded(&out, "hop via b").trim(), "reached-through-b");
     // The customer was told who came in through b, as for a local hop.
     wait_until(SHORT, "the engineer named to the device", || {
-        device.agent.stderr().contains("the jump host names the engineer")
+        device
+            .agent
+            .stderr()
+            .contains("the jump host names the engineer")
     });
     // Bulk bytes from the device come through both nodes whole.
     let out = c.connect(&c.b, "SN-ON-A", &device.code, "head -c 3000000 /dev/zero");
@@ -279,7 +282,10 @@ fn a_dead_node_s_devices_stop_counting_within_ten_seconds_and_fail_over() {
         &list(&[&c.a.api_url, &c.b.api_url]),
     );
     let out = c.connect(&c.b, "SN-MOVES", &mover.code, "echo before");
-    assert_eq!(succeeded(&out, "hop via b before the kill").trim(), "before");
+    assert_eq!(
+        succeeded(&out, "hop via b before the kill").trim(),
+        "before"
+    );
 
     c.a.proc.kill9();
     let killed = Instant::now();

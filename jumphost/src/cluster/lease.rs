@@ -46,7 +46,10 @@ fn drop_stale(relay: &Arc<Relay>, serial: &str, session: crate::ssh::routes::Ses
     let Some(handle) = relay.routes.evict(serial, session) else {
         return;
     };
-    tracing::info!(serial, "device connected to another node; dropping its session here");
+    tracing::info!(
+        serial,
+        "device connected to another node; dropping its session here"
+    );
     relay.audit(
         "cluster.moved",
         Some(serial),

@@ -41,7 +41,8 @@ pub struct Cluster {
 impl Cluster {
     /// Loads or creates the node key in `data_dir`.
     pub fn new(directory: Directory, data_dir: &Path) -> anyhow::Result<Self> {
-        let key = crate::ssh::hostkey::load_or_create_key(&data_dir.join(NODE_KEY_FILE), "node key")?;
+        let key =
+            crate::ssh::hostkey::load_or_create_key(&data_dir.join(NODE_KEY_FILE), "node key")?;
         Ok(Self {
             directory: Arc::new(directory),
             key: Arc::new(key),
@@ -56,7 +57,10 @@ impl Cluster {
 
     /// The node key's `SHA256:…` fingerprint, printed at start.
     pub fn fingerprint(&self) -> String {
-        self.key.public_key().fingerprint(HashAlg::Sha256).to_string()
+        self.key
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string()
     }
 
     /// Runs `call` on the directory from async code, on the blocking pool (the database

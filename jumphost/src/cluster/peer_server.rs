@@ -90,8 +90,7 @@ async fn connection(
     let (login_tx, login_rx) = oneshot::channel();
     handler.on_login = Some(login_tx);
     let started =
-        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
-            .await;
+        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)).await;
     let mut session = match started {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => return tracing::debug!(error = %e, "peer handshake failed"),
@@ -234,10 +233,12 @@ impl russh::server::Handler for PeerHandler {
                 ),
             };
             tracing::info!(parent: &self.span, %reason, "peer channel refused");
-            self.relay.tasks.spawn(reply.reject(ChannelOpenFailure::Other {
-                code: CONNECT_FAILED,
-                reason,
-            }));
+            self.relay
+                .tasks
+                .spawn(reply.reject(ChannelOpenFailure::Other {
+                    code: CONNECT_FAILED,
+                    reason,
+                }));
             return Ok(());
         };
         let span = tracing::info_span!(parent: &self.span, "peer hop", serial = %route.serial, port = port_to_connect);
@@ -265,7 +266,12 @@ impl russh::server::Handler for PeerHandler {
             } else {
                 tracing::info!(node = %from, "hop of a peer node started");
             }
-            let moved = splice(End::new(channel), End::new(device), &CancellationToken::new()).await;
+            let moved = splice(
+                End::new(channel),
+                End::new(device),
+                &CancellationToken::new(),
+            )
+            .await;
             crate::metrics::relayed(moved.to_device, moved.from_device);
             if port_to_connect != NOTES_PORT {
                 tracing::info!(

@@ -74,8 +74,10 @@ impl Directory {
 
     fn conn(
         &self,
-    ) -> Result<r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>, StoreError>
-    {
+    ) -> Result<
+        r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+        StoreError,
+    > {
         self.pool
             .get()
             .map_err(|e| StoreError(format!("no database connection: {e}")))
@@ -85,7 +87,9 @@ impl Directory {
     /// it left (its devices are gone with that process).
     pub fn publish(&self, peer_address: &str, peer_key: &PublicKey) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(err("starting node publication"))?;
+        let mut tx = conn
+            .transaction()
+            .map_err(err("starting node publication"))?;
         tx.execute(
             "INSERT INTO nodes (name, peer_address, peer_key, started_at)
              VALUES ($1, $2, $3, clock_timestamp())
