@@ -47,8 +47,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let admin_socket = admin::bind(&config.data_dir)?;
     let backend = config.store_backend()?;
     let node = config.node();
-    let peers = config.cluster.peer_listen.is_some();
-    let (store, directory, interrupted) = open_store(backend.clone(), node.clone(), peers).await?;
+    let (store, directory, interrupted) = open_store(backend.clone(), node.clone()).await?;
     tracing::info!(store = %backend, node, "store open");
     if interrupted > 0 {
         tracing::warn!(
@@ -59,7 +58,20 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let policy = Policy::load_dir(&config.policies_dir)
         .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
     let policy = PolicyHandle::new(policy);
-    let host_key = hostkey::load_or_create(&config.data_dir)?;
+    let directory = directory.map(Arc::new);
+    let host_key = match &directory {
+        Some(directory) => {
+            let (directory, data_dir) = (Arc::clone(directory), config.data_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                hostkey::load_or_share(&data_dir, |candidate| {
+                    Ok(directory.shared_host_key(candidate)?)
+                })
+            })
+            .await
+            .context("loading the host key")??
+        }
+        None => hostkey::load_or_create(&config.data_dir)?,
+    };
     let enrollment = config
         .enrollment_key
         .as_deref()
@@ -300,13 +312,12 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store (and with `peers` the cluster's directory in the same database) and
+/// Opens the store (and on PostgreSQL the cluster's directory in the same database) and
 /// closes the hops this node's previous run left open. On the blocking pool: connecting to
 /// a database and migrating block.
 async fn open_store(
     backend: Backend,
     node: String,
-    peers: bool,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<Directory>, usize)> {
     tokio::task::spawn_blocking(move || {
         let context = || match &backend {
@@ -314,12 +325,12 @@ async fn open_store(
             Backend::Postgres(url) => format!("opening the store (key database = \"{url}\")"),
         };
         let (store, directory): (Arc<dyn Store>, _) = match &backend {
-            Backend::Postgres(url) if peers => {
+            Backend::Postgres(url) => {
                 let pg = PgStore::open(url, &node).with_context(context)?;
                 let directory = pg.directory();
                 (Arc::new(pg), Some(directory))
             }
-            _ => (store::open(&backend, &node).with_context(context)?, None),
+            Backend::Sqlite(_) => (store::open(&backend, &node).with_context(context)?, None),
         };
         let interrupted = store
             .close_interrupted_hops(SystemTime::now())
@@ -344,7 +355,7 @@ struct Peering {
 async fn join_cluster(
     config: &JumphostConfig,
     listener: TcpListener,
-    directory: Directory,
+    directory: Arc<Directory>,
 ) -> anyhow::Result<Peering> {
     let bound = listener.local_addr().context("reading the peer address")?;
     let advertised = config

@@ -40,11 +40,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// Loads or creates the node key in `data_dir`.
-    pub fn new(directory: Directory, data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn new(directory: Arc<Directory>, data_dir: &Path) -> anyhow::Result<Self> {
         let key =
             crate::ssh::hostkey::load_or_create_key(&data_dir.join(NODE_KEY_FILE), "node key")?;
         Ok(Self {
-            directory: Arc::new(directory),
+            directory,
             key: Arc::new(key),
             links: peer_link::Links::default(),
         })

@@ -7,6 +7,11 @@
 //! say. Taking a lease always wins: the newest connection of a device is the one engineers
 //! reach, and the node that held it before finds out at its next renewal.
 //!
+//! The nodes also share their host key here, so that agents and engineers, who pin it, see
+//! one service whichever node they reach: the first node to start publishes its own, the
+//! others adopt it. That is a private key in the database: whoever reads the database can
+//! pose as the jump host (not read sessions, which are end-to-end).
+//!
 //! SQLite has one node and no such state: [`Directory`] exists only on PostgreSQL.
 
 use std::time::Duration;
@@ -225,6 +230,24 @@ impl Directory {
             })
         })
         .transpose()
+    }
+
+    /// The host key the cluster's nodes share (OpenSSH private key text): the one already
+    /// published, else `candidate`, published now. The first node to start decides.
+    pub fn shared_host_key(
+        &self,
+        candidate: &str,
+    ) -> Result<zeroize::Zeroizing<String>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO host_key (private_key) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&candidate],
+        )
+        .map_err(err("publishing the host key"))?;
+        let row = conn
+            .query_one("SELECT private_key FROM host_key", &[])
+            .map_err(err("reading the cluster's host key"))?;
+        Ok(zeroize::Zeroizing::new(row.get(0)))
     }
 
     /// Notes on hop `id` the node whose device tunnel it went through.

@@ -69,7 +69,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX hops_open ON hops (node) WHERE ended_at IS NULL;",
     // 5: the cluster's routing state (see `store::cluster`): each node's peer address and
     // key, which node holds each serial's tunnel (a lease, timed by the database's clock so
-    // the nodes' clocks need not agree), and the node a hop reached its device on.
+    // the nodes' clocks need not agree), the node a hop reached its device on, and the host
+    // key the nodes share.
     "CREATE TABLE nodes (
         name         TEXT PRIMARY KEY NOT NULL,
         peer_address TEXT NOT NULL,
@@ -84,7 +85,11 @@ const MIGRATIONS: &[&str] = &[
         expires_at TIMESTAMPTZ NOT NULL
     );
     CREATE INDEX leases_node ON leases (node);
-    ALTER TABLE hops ADD COLUMN device_node TEXT;",
+    ALTER TABLE hops ADD COLUMN device_node TEXT;
+    CREATE TABLE host_key (
+        only_one    BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_one),
+        private_key TEXT NOT NULL
+    );",
 ];
 
 /// Key of the advisory lock that serializes migrations of nodes starting at once.
