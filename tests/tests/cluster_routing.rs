@@ -163,6 +163,21 @@ fn a_device_on_one_node_is_reached_through_the_other() {
     let device = c.device("SN-ON-A", &list(&[&a]), &list(&[&c.a.api_url]));
     assert_eq!(serials_on(&c.a), ["SN-ON-A"]);
     assert!(serials_on(&c.b).is_empty(), "the tunnel is on a only");
+    // b's status shows the cluster: both nodes, and the device on a.
+    let nodes = c.b.status()["cluster_nodes"].clone();
+    assert_eq!(nodes[0]["name"], "a", "{nodes}");
+    assert_eq!(
+        nodes[0]["devices"],
+        serde_json::json!(["SN-ON-A"]),
+        "{nodes}"
+    );
+    assert_eq!(
+        nodes[0]["peer_address"],
+        c.a.peer_addr.unwrap().to_string(),
+        "{nodes}"
+    );
+    assert_eq!(nodes[1]["name"], "b", "{nodes}");
+    assert_eq!(nodes[1]["devices"], serde_json::json!([]), "{nodes}");
 
     let out = c.connect(&c.b, "SN-ON-A", &device.code, "echo reached-through-b");
     assert_eq!(succeeded(&out, "hop via b").trim(), "reached-through-b");

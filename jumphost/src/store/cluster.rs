@@ -45,6 +45,15 @@ pub struct Node {
     pub peer_key: PublicKey,
 }
 
+/// A node with the serials it holds live leases on, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeDevices {
+    pub name: String,
+    pub peer_address: String,
+    /// Sorted, as their devices spell them.
+    pub devices: Vec<String>,
+}
+
 /// The routing state as one node reads and writes it.
 pub struct Directory {
     pool: Pool,
@@ -248,6 +257,30 @@ impl Directory {
             .query_one("SELECT private_key FROM host_key", &[])
             .map_err(err("reading the cluster's host key"))?;
         Ok(zeroize::Zeroizing::new(row.get(0)))
+    }
+
+    /// Every published node with the serials it holds now, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeDevices>, StoreError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT n.name, n.peer_address,
+                        coalesce(array_agg(l.spelled ORDER BY l.spelled)
+                                 FILTER (WHERE l.spelled IS NOT NULL), '{}')
+                 FROM nodes n LEFT JOIN leases l
+                   ON l.node = n.name AND l.expires_at > clock_timestamp()
+                 GROUP BY n.name, n.peer_address ORDER BY n.name",
+                &[],
+            )
+            .map_err(err("reading the nodes"))?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeDevices {
+                name: r.get(0),
+                peer_address: r.get(1),
+                devices: r.get(2),
+            })
+            .collect())
     }
 
     /// Notes on hop `id` the node whose device tunnel it went through.
