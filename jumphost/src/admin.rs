@@ -82,6 +82,9 @@ pub struct Snapshot {
     /// Why the store could not be read for `cluster_hops`.
     #[serde(default)]
     pub cluster_error: Option<String>,
+    /// With `[cluster] peer_listen`: every node of the cluster and the devices it holds.
+    #[serde(default)]
+    pub cluster_nodes: Vec<crate::store::cluster::NodeDevices>,
 }
 
 /// A hop in progress on some node, as recorded in the store.
@@ -201,6 +204,12 @@ async fn answer(
                 Ok(hops) => snapshot.cluster_hops = hops.into_iter().map(Into::into).collect(),
                 Err(e) => snapshot.cluster_error = Some(e.to_string()),
             }
+            if let Some(cluster) = &relay.cluster {
+                match cluster.call(|d| d.nodes()).await {
+                    Ok(nodes) => snapshot.cluster_nodes = nodes,
+                    Err(e) => snapshot.cluster_error = Some(e.to_string()),
+                }
+            }
             serde_json::to_vec(&snapshot)?
         }
         Ok(Request::ResetSerial { serial }) => serde_json::to_vec(&reset(relay, serial).await)?,
@@ -270,6 +279,7 @@ fn snapshot(relay: &Relay, api_cert: Option<&LiveCert>, uptime: Duration) -> Sna
         api_tls: api_cert.map(LiveCert::state),
         cluster_hops: Vec::new(),
         cluster_error: None,
+        cluster_nodes: Vec::new(),
     }
 }
 

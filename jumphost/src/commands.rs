@@ -160,6 +160,23 @@ pub fn render(s: &Snapshot, now: SystemTime) -> String {
             );
         }
     }
+    if !s.cluster_nodes.is_empty() {
+        out += &format!(
+            "cluster nodes: {}
+",
+            s.cluster_nodes.len()
+        );
+        for n in &s.cluster_nodes {
+            out += &format!(
+                "  {} (peer {}): {} devices {}
+",
+                n.name,
+                n.peer_address,
+                n.devices.len(),
+                n.devices.join(", ")
+            );
+        }
+    }
     if let Some(error) = &s.cluster_error {
         out += &format!("database: could not read the cluster's hops: {error}\n");
     }
@@ -313,6 +330,18 @@ mod tests {
                 },
             ],
             cluster_error: None,
+            cluster_nodes: vec![
+                crate::store::cluster::NodeDevices {
+                    name: "eu-1".into(),
+                    peer_address: "10.0.0.1:7000".into(),
+                    devices: vec!["SN-1".into()],
+                },
+                crate::store::cluster::NodeDevices {
+                    name: "eu-2".into(),
+                    peer_address: "10.0.0.2:7000".into(),
+                    devices: vec!["SN-2".into(), "SN-3".into()],
+                },
+            ],
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_090);
         let text = render(&s, now);
@@ -329,6 +358,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("devices online: 1\n  SN-1"), "{text}");
+        assert!(
+            text.contains(
+                "cluster nodes: 2\n  eu-1 (peer 10.0.0.1:7000): 1 devices SN-1\n  \
+                 eu-2 (peer 10.0.0.2:7000): 2 devices SN-2, SN-3\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("ports 22, 80"), "{text}");
         assert!(
             text.contains("alice from 127.0.0.1:5000 -> SN-1:22 for 1m 30s"),

@@ -82,6 +82,15 @@ pub struct Cluster {
     /// Absent: the machine's host name.
     #[serde(default)]
     pub node: Option<String>,
+    /// Where this node listens for the other nodes' peer links (SSH between nodes, which
+    /// carries an engineer's hop to the node holding the device). Needs `database`. Absent:
+    /// hops reach only devices connected to this node.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// `HOST:PORT` the other nodes dial to reach `peer_listen`, when that is not the bound
+    /// address (a wildcard address, NAT, a DNS name). Absent: `peer_listen` as bound.
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 impl<'de> serde::Deserialize<'de> for DatabaseUrl {
@@ -251,6 +260,36 @@ impl JumphostConfig {
             assist_proto::validate_name(node)
                 .map_err(|e| anyhow::anyhow!("key cluster.node: {node:?}: {e}"))?;
         }
+        self.validate_peer_keys()
+    }
+
+    /// `peer_listen` needs the shared database (the nodes find each other there) and an
+    /// address the other nodes can dial; `advertise` needs `peer_listen`.
+    fn validate_peer_keys(&self) -> anyhow::Result<()> {
+        let cluster = &self.cluster;
+        let Some(listen) = cluster.peer_listen else {
+            if cluster.advertise.is_some() {
+                anyhow::bail!("key cluster.advertise: only used with cluster.peer_listen");
+            }
+            return Ok(());
+        };
+        if self.database.is_none() {
+            anyhow::bail!(
+                "key cluster.peer_listen: needs database = \"postgresql://…\" (the nodes \
+                 find each other and their devices in the shared database)"
+            );
+        }
+        match &cluster.advertise {
+            Some(advertise) => {
+                check_advertise(advertise)
+                    .map_err(|e| anyhow::anyhow!("key cluster.advertise: {advertise:?}: {e}"))?;
+            }
+            None if listen.ip().is_unspecified() => anyhow::bail!(
+                "key cluster.peer_listen: {listen} is no address the other nodes can dial; \
+                 set cluster.advertise = \"HOST:PORT\" to the one they should"
+            ),
+            None => {}
+        }
         Ok(())
     }
 
@@ -294,6 +333,40 @@ impl JumphostConfig {
         }
         Ok(Backend::Postgres(Box::new(url)))
     }
+}
+
+/// `HOST:PORT` with a host name or IP address and a port other nodes can dial.
+fn check_advertise(text: &str) -> Result<(), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or("must be HOST:PORT (the address other nodes dial for peer_listen)")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    if port == 0 {
+        return Err("port 0 cannot be dialled".into());
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(format!("{ip} cannot be dialled"));
+        }
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    Ok(())
 }
 
 /// Said at every start without `enrollment_key`.
@@ -514,6 +587,14 @@ policies_dir = "/etc/assist/policies"
             ("database_password_file = \"f\"", "only used with database"),
             ("[cluster]\nnode = \"a b\"", "key cluster.node"),
             ("[cluster]\npeers = []", "peers"),
+            (
+                "[cluster]\npeer_listen = \"127.0.0.1:7000\"",
+                "key cluster.peer_listen: needs database",
+            ),
+            (
+                "[cluster]\nadvertise = \"a.example:7000\"",
+                "key cluster.advertise: only used with cluster.peer_listen",
+            ),
         ];
         for (extra, want) in cases {
             let text = format!("{FOUR_KEYS}{extra}\n");
@@ -534,6 +615,50 @@ policies_dir = "/etc/assist/policies"
             err.contains("key database_password_file") && err.contains("missing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn peer_keys_are_read_and_bad_advertise_addresses_named() {
+        let db = "database = \"postgresql://a@b/c\"\n";
+        let text = format!(
+            "{FOUR_KEYS}{db}[cluster]\npeer_listen = \"0.0.0.0:7000\"\n\
+             advertise = \"node1.internal:7000\"\n"
+        );
+        let config = JumphostConfig::parse(&text, Path::new("")).unwrap();
+        assert_eq!(
+            config.cluster.peer_listen,
+            Some("0.0.0.0:7000".parse().unwrap())
+        );
+        for ok in ["10.0.0.5:7000", "[fd00::5]:7000", "node-1.eu.internal:7"] {
+            assert_eq!(check_advertise(ok), Ok(()), "{ok}");
+        }
+        for (advertise, want) in [
+            ("node1", "must be HOST:PORT"),
+            ("node1:http", "not a port number"),
+            ("node1:0", "port 0"),
+            ("0.0.0.0:7000", "cannot be dialled"),
+            ("bad_host!:7000", "not a host name"),
+            (":7000", "not a host name"),
+        ] {
+            let text = format!(
+                "{FOUR_KEYS}{db}[cluster]\npeer_listen = \"127.0.0.1:7000\"\n\
+                 advertise = \"{advertise}\"\n"
+            );
+            let err = format!(
+                "{:#}",
+                JumphostConfig::parse(&text, Path::new("")).unwrap_err()
+            );
+            assert!(
+                err.contains("key cluster.advertise") && err.contains(want),
+                "{advertise}: {err}"
+            );
+        }
+        let text = format!("{FOUR_KEYS}{db}[cluster]\npeer_listen = \"0.0.0.0:7000\"\n");
+        let err = format!(
+            "{:#}",
+            JumphostConfig::parse(&text, Path::new("")).unwrap_err()
+        );
+        assert!(err.contains("set cluster.advertise"), "{err}");
     }
 
     #[test]

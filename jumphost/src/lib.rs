@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod enroll;

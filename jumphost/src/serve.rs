@@ -14,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::api::live_cert::LiveCert;
 use crate::api::{self, ApiState};
+use crate::cluster::Cluster;
 use crate::config::{self, ApiTls, JumphostConfig};
 use crate::enroll::EnrollmentKey;
 use crate::policy::Policy;
 use crate::policy::watch::{self, PolicyHandle};
 use crate::ssh::{self, Relay, hostkey};
 use crate::store::audit_queue::AuditQueue;
-use crate::store::{self, Backend, Store};
+use crate::store::cluster::Directory;
+use crate::store::{self, Backend, PgStore, Store};
 
 /// How often expired device keys are deleted (they are refused at login regardless).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -45,7 +47,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let admin_socket = admin::bind(&config.data_dir)?;
     let backend = config.store_backend()?;
     let node = config.node();
-    let (store, interrupted) = open_store(backend.clone(), node.clone()).await?;
+    let (store, directory, interrupted) = open_store(backend.clone(), node.clone()).await?;
     tracing::info!(store = %backend, node, "store open");
     if interrupted > 0 {
         tracing::warn!(
@@ -56,7 +58,20 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let policy = Policy::load_dir(&config.policies_dir)
         .with_context(|| format!("loading policies from {}", config.policies_dir.display()))?;
     let policy = PolicyHandle::new(policy);
-    let host_key = hostkey::load_or_create(&config.data_dir)?;
+    let directory = directory.map(Arc::new);
+    let host_key = match &directory {
+        Some(directory) => {
+            let (directory, data_dir) = (Arc::clone(directory), config.data_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                hostkey::load_or_share(&data_dir, |candidate| {
+                    Ok(directory.shared_host_key(candidate)?)
+                })
+            })
+            .await
+            .context("loading the host key")??
+        }
+        None => hostkey::load_or_create(&config.data_dir)?,
+    };
     let enrollment = config
         .enrollment_key
         .as_deref()
@@ -92,6 +107,14 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let peer_listener = match config.cluster.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding cluster.peer_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let ssh_addr = ssh_listener
         .local_addr()
         .context("reading the SSH address")?;
@@ -101,13 +124,22 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let audit = AuditQueue::start(Arc::clone(&store)).context("starting the audit writer")?;
-    let relay = Arc::new(Relay::new(
+    let mut relay = Relay::new(
         Arc::clone(&store),
         audit.clone(),
         policy.clone(),
         host_key,
         ssh::Limits::from(&config),
-    ));
+    );
+    let mut peering = match (peer_listener, directory) {
+        (Some(listener), Some(directory)) => {
+            let peer = join_cluster(&config, listener, directory).await?;
+            relay.cluster = Some(Arc::clone(&peer.cluster));
+            Some(peer)
+        }
+        _ => None,
+    };
+    let relay = Arc::new(relay);
     let rechecks = ssh::revoke::spawn_policy_rechecks(Arc::clone(&relay), shutdown.clone());
     let watcher = watch::spawn_watcher(
         config.policies_dir.clone(),
@@ -147,6 +179,23 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let sweeper = tokio::spawn(sweep(Arc::clone(&store), shutdown.clone()));
+    let peer_tasks = peering.as_mut().and_then(|peer| {
+        let cluster = &peer.cluster;
+        let listener = peer.listener.take()?;
+        Some((
+            tokio::spawn(crate::cluster::lease::keep(
+                Arc::clone(&relay),
+                Arc::clone(cluster),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::cluster::peer_server::serve(
+                listener,
+                Arc::clone(&relay),
+                Arc::clone(cluster),
+                shutdown.clone(),
+            )),
+        ))
+    });
     let mut ssh_task = tokio::spawn(ssh::server::serve(
         ssh_listener,
         Arc::clone(&relay),
@@ -193,6 +242,16 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(api_fp) = live_cert.as_ref().and_then(|c| c.fingerprint()) {
         ready.push(format!("api tls certificate fingerprint: {api_fp}"));
     }
+    if let Some(peer) = &peering {
+        ready.push(format!(
+            "node key fingerprint: {}",
+            peer.cluster.fingerprint()
+        ));
+        ready.push(format!(
+            "peer listening on {} (advertised as {})",
+            peer.bound, peer.advertised
+        ));
+    }
     ready.push(format!("ssh listening on {ssh_addr}"));
     ready.push(format!("api listening on {scheme}://{api_addr}"));
     if let Some((addr, _)) = &metrics_task {
@@ -235,6 +294,13 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         let _ = reloader.await;
     }
     let _ = sweeper.await;
+    if let Some((leases, peer_server)) = peer_tasks {
+        let _ = leases.await;
+        peer_server
+            .await
+            .context("peer listener task")?
+            .context("peer listener")?;
+    }
     let _ = admin_task.await;
     if let Some((_, task)) = metrics_task {
         task.await
@@ -246,21 +312,70 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store and closes the hops this node's previous run left open. On the blocking
-/// pool: connecting to a database and migrating block.
-async fn open_store(backend: Backend, node: String) -> anyhow::Result<(Arc<dyn Store>, usize)> {
+/// Opens the store (and on PostgreSQL the cluster's directory in the same database) and
+/// closes the hops this node's previous run left open. On the blocking pool: connecting to
+/// a database and migrating block.
+async fn open_store(
+    backend: Backend,
+    node: String,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Directory>, usize)> {
     tokio::task::spawn_blocking(move || {
-        let store = store::open(&backend, &node).with_context(|| match &backend {
+        let context = || match &backend {
             Backend::Sqlite(dir) => format!("opening the store in {}", dir.display()),
             Backend::Postgres(url) => format!("opening the store (key database = \"{url}\")"),
-        })?;
+        };
+        let (store, directory): (Arc<dyn Store>, _) = match &backend {
+            Backend::Postgres(url) => {
+                let pg = PgStore::open(url, &node).with_context(context)?;
+                let directory = pg.directory();
+                (Arc::new(pg), Some(directory))
+            }
+            Backend::Sqlite(_) => (store::open(&backend, &node).with_context(context)?, None),
+        };
         let interrupted = store
             .close_interrupted_hops(SystemTime::now())
             .context("closing hops a previous run left open")?;
-        Ok((store, interrupted))
+        Ok((store, directory, interrupted))
     })
     .await
     .context("opening the store")?
+}
+
+/// This node's membership of the cluster, ready to serve.
+struct Peering {
+    cluster: Arc<Cluster>,
+    /// Until the peer server takes it.
+    listener: Option<TcpListener>,
+    bound: std::net::SocketAddr,
+    advertised: String,
+}
+
+/// Loads the node key and publishes this node (its advertised peer address and key) so the
+/// other nodes can reach it and let it in.
+async fn join_cluster(
+    config: &JumphostConfig,
+    listener: TcpListener,
+    directory: Arc<Directory>,
+) -> anyhow::Result<Peering> {
+    let bound = listener.local_addr().context("reading the peer address")?;
+    let advertised = config
+        .cluster
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let cluster = Arc::new(Cluster::new(directory, &config.data_dir)?);
+    let public = cluster.key.public_key().clone();
+    let address = advertised.clone();
+    cluster
+        .call(move |d| d.publish(&address, &public))
+        .await
+        .context("publishing this node in the cluster's database")?;
+    Ok(Peering {
+        cluster,
+        listener: Some(listener),
+        bound,
+        advertised,
+    })
 }
 
 /// The ready lines on stdout are a contract with the tests and operators' scripts.

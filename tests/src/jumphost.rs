@@ -55,6 +55,8 @@ pub struct Jumphost {
     pub api_tls_fingerprint: Option<String>,
     /// Where `GET /metrics` is served, with `metrics_listen`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the other nodes' peer links are accepted, with `[cluster] peer_listen`.
+    pub peer_addr: Option<SocketAddr>,
     /// Lines appended to the four contract keys of jumphost.toml (kept across restarts).
     extra_config: String,
 }
@@ -115,6 +117,10 @@ impl Jumphost {
         let api_tls_fingerprint = extra_config
             .contains("[api_tls]")
             .then(|| proc.wait_line("api tls certificate fingerprint:", READY_TIMEOUT));
+        let peer_addr = extra_config.contains("peer_listen").then(|| {
+            let line = proc.wait_line("peer listening on", READY_TIMEOUT);
+            parse_addr(line.split_whitespace().next().unwrap_or_default())
+        });
         let ssh_addr = parse_addr(&proc.wait_line("ssh listening on", READY_TIMEOUT));
         let api_url = proc.wait_line("api listening on", READY_TIMEOUT);
         let api_addr = parse_addr(
@@ -138,6 +144,7 @@ impl Jumphost {
             host_key_fingerprint,
             api_tls_fingerprint,
             metrics_addr,
+            peer_addr,
             extra_config: extra_config.to_string(),
         }
     }

@@ -208,7 +208,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT version FROM assist_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     assert_eq!(
         client
             .query_one("SELECT count(*) FROM assist_schema", &[])

@@ -19,7 +19,7 @@ use super::hop::{self, CONNECT_FAILED};
 use super::routes::SessionId;
 
 /// SSH reason code "administratively prohibited" with our own description.
-const PROHIBITED: u32 = 1;
+pub(crate) const PROHIBITED: u32 = 1;
 /// Longest address string a device may give in `tcpip-forward` (a DNS name's limit).
 const MAX_FORWARD_ADDRESS: usize = 255;
 
@@ -148,17 +148,9 @@ impl ConnHandler {
     }
 
     fn refuse_channel(&self, what: &str, reply: ChannelOpenHandle, code: u32, reason: String) {
-        tracing::warn!(parent: &self.span, what, %reason, "channel refused");
-        self.relay.audit(
-            "ssh.channel",
-            self.identity.as_ref().map(Identity::name),
-            self.peer.ip(),
-            format!("refused {what}: {reason}"),
-        );
-        // The reply only queues a message; there is nothing to wait for.
-        self.relay
-            .tasks
-            .spawn(reply.reject(ChannelOpenFailure::Other { code, reason }));
+        let _entered = self.span.enter();
+        let who = self.identity.as_ref().map(Identity::name);
+        refuse_open(&self.relay, who, self.peer, what, reply, code, reason);
     }
 
     fn refuse_request(&self, what: &str) {
@@ -171,6 +163,34 @@ impl ConnHandler {
             format!("refused: {reason}"),
         );
     }
+}
+
+/// Why a hop to `serial` found no device: the words support-cli recognises.
+pub(crate) fn not_connected(serial: &str) -> String {
+    format!("device {serial} is not connected (has the customer enabled assistance?)")
+}
+
+/// Refuses a channel open with `reason` for the client to show, logged and audited.
+pub(crate) fn refuse_open(
+    relay: &Relay,
+    who: Option<&str>,
+    source: SocketAddr,
+    what: &str,
+    reply: ChannelOpenHandle,
+    code: u32,
+    reason: String,
+) {
+    tracing::warn!(what, %reason, "channel refused");
+    relay.audit(
+        "ssh.channel",
+        who,
+        source.ip(),
+        format!("refused {what}: {reason}"),
+    );
+    // The reply only queues a message; there is nothing to wait for.
+    relay
+        .tasks
+        .spawn(reply.reject(ChannelOpenFailure::Other { code, reason }));
 }
 
 impl russh::server::Handler for ConnHandler {
@@ -305,11 +325,26 @@ impl russh::server::Handler for ConnHandler {
             );
             return Ok(());
         }
+        let takes_notices = session.remote_sshid().starts_with(b"SSH-2.0-russh");
         let Some(serial) = self.relay.routes.connected_as(host_to_connect) else {
-            let reason = format!(
-                "device {host_to_connect} is not connected (has the customer enabled assistance?)"
-            );
-            self.refuse_channel(&what, reply, CONNECT_FAILED, reason);
+            if let Some(cluster) = &self.relay.cluster {
+                // Perhaps on another node: the lookup and the link run in their own task.
+                let span = tracing::info_span!(parent: &self.span, "hop", serial = %host_to_connect, port = port_to_connect);
+                let hop = crate::cluster::remote_hop::RemoteHop {
+                    relay: Arc::clone(&self.relay),
+                    cluster: Arc::clone(cluster),
+                    engineer: engineer.clone(),
+                    source: self.peer,
+                    asked: host_to_connect.to_owned(),
+                    port: port_to_connect,
+                    engineer_takes_notices: takes_notices,
+                };
+                self.relay
+                    .tasks
+                    .spawn(hop.run(channel, reply).instrument(span));
+                return Ok(());
+            }
+            self.refuse_channel(&what, reply, CONNECT_FAILED, not_connected(host_to_connect));
             return Ok(());
         };
         // Asked of the policy in force now, not the one at login: a revoked engineer or a
@@ -339,10 +374,10 @@ impl russh::server::Handler for ConnHandler {
             source: self.peer,
             serial: route.serial.clone(),
             port: port_to_connect,
-            route,
+            target: hop::Target::Local(route),
             // support-cli (russh) shows why the device closed a session; stock OpenSSH
             // would log each notice as "bad ext data".
-            engineer_takes_notices: session.remote_sshid().starts_with(b"SSH-2.0-russh"),
+            engineer_takes_notices: takes_notices,
         };
         self.relay
             .tasks
@@ -422,6 +457,11 @@ impl russh::server::Handler for ConnHandler {
                         )
                         .await;
                 });
+            }
+            // Before the forward is acknowledged, so once the device sees its tunnel up,
+            // every node routes its hops here.
+            if let Some(cluster) = &self.relay.cluster {
+                cluster.take(serial).await;
             }
         }
         if address.len() > MAX_FORWARD_ADDRESS {

@@ -109,6 +109,9 @@ pub struct Relay {
     pub startups_per_source: Arc<assist_proto::per_source::PerSource>,
     /// Ids of sessions, unique in this process.
     pub next_session: std::sync::atomic::AtomicU64,
+    /// This node's place in a cluster with `[cluster] peer_listen`: hops to devices on
+    /// other nodes go there. `None`: only this node's devices are reachable.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Relay {
@@ -134,6 +137,7 @@ impl Relay {
             tasks: TaskTracker::new(),
             penalties: crate::penalty::Penalties::default(),
             hops: live::LiveHops::default(),
+            cluster: None,
         }
     }
 
@@ -204,7 +208,7 @@ fn preferred() -> Preferred {
 
 /// The russh settings: tuned for bulk relaying (large windows and packets, AEAD ciphers
 /// only) and for long-lived idle tunnels (keepalives instead of an inactivity timeout).
-fn russh_config(host_key: PrivateKey) -> russh::server::Config {
+pub(crate) fn russh_config(host_key: PrivateKey) -> russh::server::Config {
     let preferred = preferred();
     russh::server::Config {
         server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed(concat!(

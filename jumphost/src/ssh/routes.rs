@@ -165,6 +165,26 @@ impl<H: Clone> RouteTable<H> {
         }
     }
 
+    /// Every live serial with the session holding it.
+    pub fn owners(&self) -> Vec<(String, SessionId)> {
+        self.lock()
+            .values()
+            .map(|o| (o.serial.clone(), o.session))
+            .collect()
+    }
+
+    /// Drops every route of `serial` if `session` still owns it, and returns that session's
+    /// handle (to disconnect it): its device is connected elsewhere now.
+    pub fn evict(&self, serial: &str, session: SessionId) -> Option<H> {
+        let mut map = self.lock();
+        let key = key(serial);
+        if map.get(&key).is_some_and(|o| o.session == session) {
+            map.remove(&key).map(|o| o.handle)
+        } else {
+            None
+        }
+    }
+
     /// Every live serial with its virtual ports, sorted, for `assist-jumphost status`.
     pub fn snapshot(&self) -> Vec<(String, Vec<u32>)> {
         let mut live: Vec<(String, Vec<u32>)> = self
@@ -266,6 +286,21 @@ mod tests {
         assert!(t.release("SN-1", 2));
         assert!(t.lookup("SN-1", 22).is_none());
         assert!(t.snapshot().is_empty());
+        assert!(!t.release("SN-1", 2));
+    }
+
+    #[test]
+    fn eviction_takes_only_the_session_named() {
+        let t = RouteTable::default();
+        t.claim("SN-1", 1, "old");
+        t.add("SN-1", 1, "", 22, 16).unwrap();
+        assert_eq!(t.owners(), [("SN-1".to_owned(), 1)]);
+        // The device came back here meanwhile: the new session stays.
+        t.claim("SN-1", 2, "new");
+        assert_eq!(t.evict("sn-1", 1), None);
+        assert_eq!(t.connected_as("SN-1").as_deref(), Some("SN-1"));
+        assert_eq!(t.evict("sn-1", 2), Some("new"));
+        assert!(t.connected_as("SN-1").is_none());
         assert!(!t.release("SN-1", 2));
     }
 

@@ -389,6 +389,9 @@ async fn connection<S>(
         && relay.routes.release(serial, id)
     {
         tracing::info!(serial, "routes removed");
+        if let Some(cluster) = &relay.cluster {
+            cluster.release(serial).await;
+        }
     }
     tracing::info!("connection closed");
 }

@@ -21,8 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::server::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Bytes one direction may hold between reading its source and writing its destination.
@@ -42,18 +41,24 @@ pub struct Transferred {
     pub from_device: u64,
 }
 
+/// The message type of a channel's session: the relay's own sessions (server side) and its
+/// links to other nodes (client side) both take part in splices.
+pub trait SessionMsg: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static {}
+
+impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> SessionMsg for S {}
+
 /// One channel of a splice: its read half and the write half used to send to it.
-pub struct End {
+pub struct End<S: SessionMsg> {
     pub read: ChannelReadHalf,
-    pub write: ChannelWriteHalf<Msg>,
+    pub write: ChannelWriteHalf<S>,
     /// Whether stderr-style notices (extended data 1) from the other end are passed to
     /// this one: the agent says there why it closes an engineer's session. Only for
     /// clients known to take them; stock OpenSSH logs "bad ext data" on a `-W` channel.
     pub takes_notices: bool,
 }
 
-impl End {
-    pub fn new(channel: russh::Channel<Msg>) -> Self {
+impl<S: SessionMsg> End<S> {
+    pub fn new(channel: russh::Channel<S>) -> Self {
         let (read, write) = channel.split();
         Self {
             read,
@@ -68,9 +73,9 @@ const MAX_NOTICE: usize = 1024;
 
 /// Runs until one side has closed and everything it sent was passed on (or a session went
 /// away, or `stop` is cancelled), then closes both.
-pub async fn splice(
-    mut engineer: End,
-    mut device: End,
+pub async fn splice<E: SessionMsg, D: SessionMsg>(
+    mut engineer: End<E>,
+    mut device: End<D>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Transferred {
     let mut moved = Transferred::default();
@@ -93,9 +98,9 @@ pub async fn splice(
 /// Data or EOF from the source, with the share of the budget that data holds until written.
 type Item = (ChannelMsg, Option<OwnedSemaphorePermit>);
 
-async fn direction(
+async fn direction<S: SessionMsg>(
     from: &mut ChannelReadHalf,
-    to: &ChannelWriteHalf<Msg>,
+    to: &ChannelWriteHalf<S>,
     notices: bool,
     count: &mut u64,
 ) {
@@ -161,9 +166,9 @@ async fn read_into(
     Reader::Done
 }
 
-async fn write_from(
+async fn write_from<S: SessionMsg>(
     mut rx: mpsc::UnboundedReceiver<Item>,
-    to: &ChannelWriteHalf<Msg>,
+    to: &ChannelWriteHalf<S>,
     count: &mut u64,
 ) {
     while let Some((msg, permit)) = rx.recv().await {

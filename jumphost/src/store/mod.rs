@@ -7,6 +7,7 @@
 //! of the node that wrote them.
 
 pub mod audit_queue;
+pub mod cluster;
 mod postgres;
 mod sqlite;
 

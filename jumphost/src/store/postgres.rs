@@ -67,6 +67,29 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE hops ADD COLUMN node TEXT NOT NULL DEFAULT 'local';
     ALTER TABLE audit_events ADD COLUMN node TEXT NOT NULL DEFAULT 'local';
     CREATE INDEX hops_open ON hops (node) WHERE ended_at IS NULL;",
+    // 5: the cluster's routing state (see `store::cluster`): each node's peer address and
+    // key, which node holds each serial's tunnel (a lease, timed by the database's clock so
+    // the nodes' clocks need not agree), the node a hop reached its device on, and the host
+    // key the nodes share.
+    "CREATE TABLE nodes (
+        name         TEXT PRIMARY KEY NOT NULL,
+        peer_address TEXT NOT NULL,
+        peer_key     TEXT NOT NULL,
+        started_at   TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE leases (
+        serial     TEXT PRIMARY KEY NOT NULL,
+        spelled    TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        claimed_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX leases_node ON leases (node);
+    ALTER TABLE hops ADD COLUMN device_node TEXT;
+    CREATE TABLE host_key (
+        only_one    BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_one),
+        private_key TEXT NOT NULL
+    );",
 ];
 
 /// Key of the advisory lock that serializes migrations of nodes starting at once.
@@ -152,7 +175,7 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub(super) type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 pub struct PgStore {
     pool: Pool,
@@ -184,7 +207,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn err(what: &str) -> impl Fn(postgres::Error) -> StoreError + '_ {
+pub(super) fn err(what: &str) -> impl Fn(postgres::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {}", chain(&e)))
 }
 
@@ -214,6 +237,11 @@ impl PgStore {
         Ok(store)
     }
 
+    /// The cluster's routing state in the same database, as node `node` sees it.
+    pub fn directory(&self) -> super::cluster::Directory {
+        super::cluster::Directory::new(self.pool.clone(), &self.node)
+    }
+
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
         self.pool
             .get()
@@ -223,7 +251,7 @@ impl PgStore {
 
 /// postgres' blocking client runs a small runtime of its own, which must not be closed on
 /// an async runtime's thread; a plain thread closes it wherever the last handle is dropped.
-fn close_elsewhere<T: Send + 'static>(handle: T) {
+pub(super) fn close_elsewhere<T: Send + 'static>(handle: T) {
     if std::thread::Builder::new()
         .name("pg-close".into())
         .spawn(move || drop(handle))
