@@ -5,52 +5,18 @@
 //! `assist-client` agent, stock sshd as the customer's machine and support-cli.
 
 mod agent_world;
+mod cluster_world;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 
 use agent_world::{SHORT, enable, start_agent, wait_tunnel};
-use assist_e2e::postgres::{PASSWORD, Postgres};
-use assist_e2e::{
-    Jumphost, Proc, Sshd, alice_policy, bin, http, keygen, text, wait_until, write_client_config,
-};
-
-/// Two nodes `a` and `b` on one database, with engineer alice in their policy.
-struct Cluster {
-    dir: tempfile::TempDir,
-    pg: Postgres,
-    a: Jumphost,
-    b: Jumphost,
-}
+use assist_e2e::postgres::PASSWORD;
+use assist_e2e::{Jumphost, Proc, Sshd, bin, http, keygen, text, wait_until, write_client_config};
+use cluster_world::Cluster;
 
 impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let pg = Postgres::start();
-        let alice = keygen(&dir.path().join("alice"));
-        let policy = alice_policy("", &alice);
-        let node = |name: &str| {
-            let config = format!("{}[cluster]\nnode = \"{name}\"\n", pg.jumphost_config());
-            Jumphost::start_configured(&dir.path().join(name), &policy, "127.0.0.1:0", &config)
-        };
-        let a = node("a");
-        // One service to agents and engineers, who pin its host key: every node has the
-        // first one's key, as the README tells operators to set them up.
-        let b_data = dir.path().join("b/jumphost/data");
-        std::fs::create_dir_all(&b_data).unwrap();
-        std::fs::set_permissions(&b_data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::copy(a.data_dir.join("host_key"), b_data.join("host_key")).unwrap();
-        let b = node("b");
-        assert_eq!(a.host_key_fingerprint, b.host_key_fingerprint);
-        Cluster { dir, pg, a, b }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// A customer machine (its own sshd) and the agent for `serial` on `node`, tunnel up;
     /// returns the agent, its config, the sshd and the one-time code.
     fn device(&self, serial: &str, node: &Jumphost) -> (Proc, PathBuf, Sshd, String) {
@@ -100,7 +66,7 @@ fn succeeded(out: &Output, what: &str) {
 
 #[test]
 fn one_serial_registered_on_two_nodes_at_once_gives_one_201_and_one_409() {
-    let c = Cluster::start();
+    let c = Cluster::start("");
     let apis = [c.a.api_addr, c.b.api_addr];
     for round in 0..8 {
         let serial = format!("SN-RACE-{round}");
@@ -175,7 +141,7 @@ fn keygen_fingerprint(key: &Path) -> String {
 
 #[test]
 fn hops_of_both_nodes_are_in_one_audit_trail_with_their_node_and_in_status() {
-    let c = Cluster::start();
+    let c = Cluster::start("");
     let (_agent_a, _, _sshd_a, code_a) = c.device("SN-ON-A", &c.a);
     let (_agent_b, _, _sshd_b, code_b) = c.device("SN-ON-B", &c.b);
 
@@ -276,7 +242,7 @@ fn hops_of_both_nodes_are_in_one_audit_trail_with_their_node_and_in_status() {
 
 #[test]
 fn a_node_killed_right_after_acknowledging_has_lost_nothing_for_the_other_node() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start("");
     // Registrations acknowledged by a, then a dies at once.
     let keys: Vec<(String, String)> = (0..20)
         .map(|i| {

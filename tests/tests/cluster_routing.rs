@@ -7,63 +7,25 @@
 //! ssh as an attacker and as a device, and support-cli.
 
 mod agent_world;
+mod cluster_world;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_world::{SHORT, enable, set_client_key, start_agent, wait_tunnel};
-use assist_e2e::postgres::Postgres;
 use assist_e2e::{
-    Jumphost, Proc, Sshd, alice_policy, bin, keygen, ssh_logging, text, wait_until,
-    write_client_config,
+    Jumphost, Proc, Sshd, bin, keygen, ssh_logging, text, wait_until, write_client_config,
 };
+use cluster_world::Cluster;
+
+/// Each node's peer link listener, for `[cluster]`.
+const PEERS: &str = "peer_listen = \"127.0.0.1:0\"\n";
 
 /// How soon a dead node's devices must stop counting.
 const LEASE_LAPSE: Duration = Duration::from_secs(10);
 
-/// Two nodes `a` and `b` with peer links on one database, engineer alice in their policy.
-struct Cluster {
-    dir: tempfile::TempDir,
-    pg: Postgres,
-    a: Jumphost,
-    b: Jumphost,
-}
-
 impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let pg = Postgres::start();
-        let alice = keygen(&dir.path().join("alice"));
-        let policy = alice_policy("", &alice);
-        let node = |name: &str| {
-            let config = format!(
-                "{}[cluster]\nnode = \"{name}\"\npeer_listen = \"127.0.0.1:0\"\n",
-                pg.jumphost_config()
-            );
-            Jumphost::start_configured(&dir.path().join(name), &policy, "127.0.0.1:0", &config)
-        };
-        let a = node("a");
-        let b = node("b");
-        // Agents and engineers pin one host key for the service: b took a's from the
-        // database, nobody copied it.
-        assert_eq!(a.host_key_fingerprint, b.host_key_fingerprint);
-        assert_eq!(
-            std::fs::metadata(b.data_dir.join("host_key"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
-        Cluster { dir, pg, a, b }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// A customer machine (its own sshd) and the agent for `serial` with `jumphosts` (a
     /// TOML value) as its jump hosts and `api_urls` as its APIs, tunnel up.
     fn device(&self, serial: &str, jumphosts: &str, api_urls: &str) -> Device {
@@ -158,7 +120,7 @@ fn serials_on(node: &Jumphost) -> Vec<String> {
 
 #[test]
 fn a_device_on_one_node_is_reached_through_the_other() {
-    let c = Cluster::start();
+    let c = Cluster::start(PEERS);
     let a = c.a.ssh_addr.to_string();
     let device = c.device("SN-ON-A", &list(&[&a]), &list(&[&c.a.api_url]));
     assert_eq!(serials_on(&c.a), ["SN-ON-A"]);
@@ -235,7 +197,7 @@ fn peer_login(node: &Jumphost, user: &str, key: &Path, serial: &str) -> Proc {
 
 #[test]
 fn only_published_node_keys_open_a_peer_link() {
-    let c = Cluster::start();
+    let c = Cluster::start(PEERS);
     let a = c.a.ssh_addr.to_string();
     let _device = c.device("SN-TARGET", &list(&[&a]), &list(&[&c.a.api_url]));
     let random = c.path("random");
@@ -293,7 +255,7 @@ fn only_published_node_keys_open_a_peer_link() {
 
 #[test]
 fn a_dead_node_s_devices_stop_counting_within_ten_seconds_and_fail_over() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start(PEERS);
     let (a, b) = (c.a.ssh_addr.to_string(), c.b.ssh_addr.to_string());
     // One device knows only a; the other fails over to b.
     let _stuck = c.device("SN-ONLY-A", &list(&[&a]), &list(&[&c.a.api_url]));
@@ -354,7 +316,7 @@ fn a_dead_node_s_devices_stop_counting_within_ten_seconds_and_fail_over() {
 
 #[test]
 fn a_device_that_moves_is_reached_through_either_node_and_the_old_one_drops_it() {
-    let c = Cluster::start();
+    let c = Cluster::start(PEERS);
     let b = c.b.ssh_addr.to_string();
     let folder = c.path("SN-MOVE");
     let sshd = Sshd::start(&folder);
