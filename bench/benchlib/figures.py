@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .chains import ENGINEER
-from .procs import (CLK_TCK, BenchError, Proc, _ppid_map, log, memory_kib, run, tree_cpu_s,
+from .procs import (BenchError, Proc, _ppid_map, cpu_s, log, memory_kib, run, tree_cpu_s,
                     wait_until)
 
 MB = 1_000_000
@@ -478,12 +478,9 @@ def _sample_cpu(procs, seen):
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seen[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        own = cpu_s(pid, reaped=False)
+        if own is not None:
+            seen[pid] = own
 
 
 def _peak(times_ms, window_ms):

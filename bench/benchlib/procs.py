@@ -187,16 +187,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def tree_cpu_s(pid):
     """CPU seconds (user + system) of a process tree: each live process's own time plus what
     it reaped from children that have exited, so every process is counted once."""
-    total = 0
-    for p in [pid] + descendants(pid):
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Fields 14-17 of stat (utime stime cutime cstime), counted after the ")".
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+    return sum(cpu_s(p) or 0 for p in [pid] + descendants(pid))
+
+
+def cpu_s(pid, reaped=True):
+    """CPU seconds (user + system) of one process, with what it reaped from exited children
+    unless `reaped` is false; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14-17 of stat (utime stime cutime cstime), counted after the ")".
+    return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
 
 
 def run(argv, timeout=120, **kw):
