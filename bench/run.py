@@ -28,9 +28,16 @@ from benchlib.procs import BenchError, keygen, log  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = ("assist-jumphost", "assist-client", "support-cli", "bench-loadgen")
-SHIPPED = (os.path.join(ROOT, "target", "static", "x86_64-unknown-linux-gnu", "dist",
+# The agent as shipped (Cargo.toml's dist-agent profile, packaging/build-static-agent.sh):
+# the static x86_64 build, which the device figures run, and the ARM builds, whose sizes
+# are reported beside it. The dynamic dist-agent build stands in when no static one is built.
+SHIPPED_TARGETS = ("x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu",
+                   "armv7-unknown-linux-gnueabihf")
+SHIPPED = (os.path.join(ROOT, "target", "static", "x86_64-unknown-linux-gnu", "dist-agent",
                         "assist-client"),
-           os.path.join(ROOT, "target", "dist", "assist-client"))
+           os.path.join(ROOT, "target", "dist-agent", "assist-client"))
+SHIPPED_ARM = {t: os.path.join(ROOT, "target", "cross", t, "dist-agent", "assist-client")
+               for t in SHIPPED_TARGETS[1:]}
 FIGURES = ("throughput", "device", "login", "fan_in", "idle", "storm")
 
 # OpenSSH's jump host forks a process per tunnel (~1.6 MiB PSS each), so it is measured
@@ -105,10 +112,10 @@ def build(profile, only_loadgen):
     cmd += ["-p", "assist-bench"] if only_loadgen else ["--workspace", "--bins"]
     cargo(cmd)
     if profile == "release" and not only_loadgen:
-        # The agent as shipped (Cargo.toml's dist profile), for its size on disk, and its
-        # static build (glibc linked in), which the device figures measure.
-        cargo(["cargo", "build", "--quiet", "--profile", "dist", "-p", "assist-client"])
-        cargo(["packaging/build-static-agent.sh", "dist"])
+        # The agent as shipped: its static builds (glibc linked in) for each target; the
+        # device figures run the x86_64 one, the others are reported by size.
+        for target in SHIPPED_TARGETS:
+            cargo(["packaging/build-static-agent.sh", "dist-agent", target])
 
 
 def cargo(cmd):
@@ -228,6 +235,8 @@ def main():
         if ours and "device" not in args.skip:
             result["device"] = figures.device_footprint(
                 [openssh, ours], size, shipped if shipped and bins["assist-client"] == shipped else None)
+            result["device"]["binaries"] = {
+                t: os.path.getsize(p) for t, p in SHIPPED_ARM.items() if os.path.exists(p)}
         if args.perf and ours:
             result["perf"] = perf_profile.profile_ours(ours, random_file, size, out_dir)
             if ours_ws:

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
+add_arch=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
@@ -51,6 +52,21 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # A private PostgreSQL cluster (initdb in a temporary folder) for the store on PostgreSQL and
 # several jump hosts sharing it (tests/tests/postgres_store.rs, tests/tests/cluster.rs).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# The static agent for 64- and 32-bit ARM (tests/tests/static_agent.rs): Debian's rustc with
+# its standard library for those architectures, the cross linkers and C libraries, and
+# qemu-user to run the results here (packaging/build-static-agent.sh says why this way).
+dpkg -s rustc-web >/dev/null 2>&1 || missing+=(rustc-web)
+for arch in arm64:aarch64 armhf:armv7; do
+  deb=${arch%%:*} triple=${arch#*:}
+  case $deb in arm64) gnu=aarch64-linux-gnu ;; armhf) gnu=arm-linux-gnueabihf ;; esac
+  ls -d /usr/lib/rustlib/"$triple"-unknown-linux-gnu* >/dev/null 2>&1 || missing+=("libstd-rust-web-dev:$deb")
+  command -v "$gnu-gcc" >/dev/null 2>&1 || missing+=("gcc-$gnu")
+  [ -e "/usr/$gnu/lib/libc.a" ] || missing+=("libc6-dev-$deb-cross")
+  dpkg --print-foreign-architectures | grep -qx "$deb" || add_arch+=("$deb")
+done
+command -v qemu-aarch64-static >/dev/null 2>&1 && command -v qemu-arm-static >/dev/null 2>&1 \
+  || missing+=(qemu-user-static)
+for arch in "${add_arch[@]}"; do as_root dpkg --add-architecture "$arch"; done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
