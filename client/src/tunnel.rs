@@ -544,7 +544,6 @@ async fn relay(
     // relayed channel: the session inside (support-cli with the customer's sshd) cannot
     // say it, and the jump host passes it on to clients that show it.
     let mut notice = channel.make_writer_ext(Some(1));
-    let mut stream = channel.into_stream();
     // Counted as they flow, so status and the page show a session's bytes while it runs and
     // keep them when it ends by disable or an error.
     let mut local = Counting {
@@ -552,9 +551,13 @@ async fn relay(
         guard: &counted,
     };
     let how = tokio::select! {
-        r = assist_proto::ssh::relay(&mut local, &mut stream) => match r {
-            Ok((up, down)) => {
-                tracing::info!(to_engineer = up, from_engineer = down, "relay done");
+        r = assist_proto::ssh::relay_channel(&mut local, channel) => match r {
+            Ok(relayed) => {
+                tracing::info!(
+                    to_engineer = relayed.to_channel,
+                    from_engineer = relayed.from_channel,
+                    "relay done"
+                );
                 "closed by the engineer or the service".to_owned()
             }
             Err(e) => {

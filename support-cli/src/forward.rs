@@ -273,11 +273,15 @@ async fn relay(jump: &Jump, route: &Route, mut tcp: TcpStream, serial: &str) -> 
             device.open(serial, &target.host, target.port, peer).await?
         }
     };
-    let mut stream = channel.into_stream();
-    let (up, down) = assist_proto::ssh::relay(&mut tcp, &mut stream)
+    let relayed = assist_proto::ssh::relay_channel(&mut tcp, channel)
         .await
         .context("relaying")?;
-    tracing::debug!(%peer, up, down, "connection relayed");
+    tracing::debug!(
+        %peer,
+        up = relayed.to_channel,
+        down = relayed.from_channel,
+        "connection relayed"
+    );
     Ok(())
 }
 

@@ -38,9 +38,8 @@ pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyh
     let channel = jump
         .open(&serial, port, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await?;
-    let mut stream = channel.into_stream();
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    assist_proto::ssh::relay(&mut stdio, &mut stream)
+    assist_proto::ssh::relay_channel(&mut stdio, channel)
         .await
         .context("relaying stdin/stdout")?;
     jump.disconnect().await;

@@ -50,9 +50,8 @@ pub(super) async fn run(
     };
     reply.accept().await;
     tracing::info!(to = %asked, "forwarding to a service");
-    let mut stream = channel.into_stream();
     tokio::select! {
-        r = assist_proto::ssh::relay(&mut tcp, &mut stream) => {
+        r = assist_proto::ssh::relay_channel(&mut tcp, channel) => {
             if let Err(e) = r {
                 tracing::debug!(to = %asked, "forward ended: {e}");
             }

@@ -137,13 +137,12 @@ pub async fn serve(
     // every relay does, so the page shows them while they flow.
     let (ours, theirs) = tokio::io::duplex(assist_proto::ssh::MAX_PACKET as usize * 4);
     let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, theirs, handler));
-    let mut stream = channel.into_stream();
     let mut ours = ours;
     let mut local = crate::tunnel::Counting {
         inner: &mut ours,
         guard: &counted,
     };
-    let copy = assist_proto::ssh::relay(&mut local, &mut stream);
+    let copy = assist_proto::ssh::relay_channel(&mut local, channel);
     tokio::pin!(copy);
     let session = tokio::select! {
         r = running => r,
