@@ -468,7 +468,7 @@ impl Drop for ConnectionGuard<'_> {
             d.ended = Some(now);
             d.how.clone()
         };
-        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        let was_last = self.shared.active.fetch_sub(1, Ordering::Relaxed) == 1;
         if let Some(log) = &self.record.log {
             log.history.record(&Event::ConnectionEnded {
                 window: log.window.clone(),
@@ -478,6 +478,15 @@ impl Drop for ConnectionGuard<'_> {
                 bytes_from_engineer: self.record.from_engineer.load(Ordering::Relaxed),
                 how: how.unwrap_or_else(|| "closed".to_owned()),
             });
+        }
+        // Nothing is relayed any more: the buffers a transfer queued are free, and on a
+        // device the memory they held should be the system's again, not the allocator's.
+        if was_last {
+            let released = assist_heap::release_free_memory();
+            tracing::debug!(
+                released,
+                "last connection closed; free heap memory returned"
+            );
         }
     }
 }
