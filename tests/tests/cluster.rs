@@ -8,7 +8,7 @@ mod agent_world;
 mod cluster_world;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 
 use agent_world::{SHORT, enable, start_agent, wait_tunnel};
@@ -27,20 +27,6 @@ impl Cluster {
         let (code, _) = enable(&config, "30");
         wait_tunnel(&config, "connected");
         (agent, config, sshd, code)
-    }
-
-    /// `support-cli connect SERIAL --code CODE -- sh -c SCRIPT` as alice through `node`.
-    fn connect(&self, node: &Jumphost, serial: &str, code: &str, script: &str) -> Command {
-        let mut cmd = Command::new(bin("support-cli"));
-        cmd.arg("--jumphost")
-            .arg(node.ssh_addr.to_string())
-            .args(["--engineer", "alice", "--identity"])
-            .arg(self.path("alice"))
-            .arg("--known-hosts")
-            .arg(self.path("engineer_known_hosts"))
-            .args(["connect", serial, "--code", code, "--", "sh", "-c", script])
-            .stdin(Stdio::null());
-        cmd
     }
 }
 

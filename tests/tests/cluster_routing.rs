@@ -44,20 +44,6 @@ impl Cluster {
         }
     }
 
-    /// `support-cli connect SERIAL --code CODE -- sh -c SCRIPT` as alice through `node`.
-    fn connect(&self, node: &Jumphost, serial: &str, code: &str, script: &str) -> Output {
-        let mut cmd = Command::new(bin("support-cli"));
-        cmd.arg("--jumphost")
-            .arg(node.ssh_addr.to_string())
-            .args(["--engineer", "alice", "--identity"])
-            .arg(self.path("alice"))
-            .arg("--known-hosts")
-            .arg(self.path("engineer_known_hosts"))
-            .args(["connect", serial, "--code", code, "--", "sh", "-c", script])
-            .stdin(Stdio::null());
-        cmd.output().unwrap()
-    }
-
     /// `support-cli stdio SERIAL` as alice through `node`: the bare hop, no key derivation.
     fn stdio(&self, node: &Jumphost, serial: &str) -> Output {
         Command::new(bin("support-cli"))
@@ -141,7 +127,10 @@ fn a_device_on_one_node_is_reached_through_the_other() {
     assert_eq!(nodes[1]["name"], "b", "{nodes}");
     assert_eq!(nodes[1]["devices"], serde_json::json!([]), "{nodes}");
 
-    let out = c.connect(&c.b, "SN-ON-A", &device.code, "echo reached-through-b");
+    let out = c
+        .connect(&c.b, "SN-ON-A", &device.code, "echo reached-through-b")
+        .output()
+        .unwrap();
     assert_eq!(succeeded(&out, "hop via b").trim(), "reached-through-b");
     // The customer was told who came in through b, as for a local hop.
     wait_until(SHORT, "the engineer named to the device", || {
@@ -151,10 +140,16 @@ fn a_device_on_one_node_is_reached_through_the_other() {
             .contains("the jump host names the engineer")
     });
     // Bulk bytes from the device come through both nodes whole.
-    let out = c.connect(&c.b, "SN-ON-A", &device.code, "head -c 3000000 /dev/zero");
+    let out = c
+        .connect(&c.b, "SN-ON-A", &device.code, "head -c 3000000 /dev/zero")
+        .output()
+        .unwrap();
     assert_eq!(succeeded(&out, "bulk via b").len(), 3_000_000);
     // And the usual way, through the node holding it.
-    let out = c.connect(&c.a, "SN-ON-A", &device.code, "echo direct");
+    let out = c
+        .connect(&c.a, "SN-ON-A", &device.code, "echo direct")
+        .output()
+        .unwrap();
     assert_eq!(succeeded(&out, "hop via a").trim(), "direct");
 
     // The audit names the node the engineer came in by and the one the device is on.
@@ -264,7 +259,10 @@ fn a_dead_node_s_devices_stop_counting_within_ten_seconds_and_fail_over() {
         &list(&[&a, &b]),
         &list(&[&c.a.api_url, &c.b.api_url]),
     );
-    let out = c.connect(&c.b, "SN-MOVES", &mover.code, "echo before");
+    let out = c
+        .connect(&c.b, "SN-MOVES", &mover.code, "echo before")
+        .output()
+        .unwrap();
     assert_eq!(
         succeeded(&out, "hop via b before the kill").trim(),
         "before"
@@ -300,7 +298,10 @@ fn a_dead_node_s_devices_stop_counting_within_ten_seconds_and_fail_over() {
 
     // The agent with a list moved to b, which holds it now.
     let out = loop {
-        let out = c.connect(&c.b, "SN-MOVES", &mover.code, "echo after");
+        let out = c
+            .connect(&c.b, "SN-MOVES", &mover.code, "echo after")
+            .output()
+            .unwrap();
         if out.status.success() {
             break out;
         }
@@ -374,7 +375,10 @@ fn a_device_that_moves_is_reached_through_either_node_and_the_old_one_drops_it()
     assert_eq!(serials_on(&c.b), ["SN-MOVE"]);
 
     for (node, word) in [(&c.a, "via-a"), (&c.b, "via-b")] {
-        let out = c.connect(node, "SN-MOVE", &code, &format!("echo {word}"));
+        let out = c
+            .connect(node, "SN-MOVE", &code, &format!("echo {word}"))
+            .output()
+            .unwrap();
         assert_eq!(succeeded(&out, word).trim(), word);
     }
     wait_until(SHORT, "the hops' device node recorded", || {

@@ -4,9 +4,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use assist_e2e::postgres::Postgres;
-use assist_e2e::{Jumphost, alice_policy, keygen};
+use assist_e2e::{Jumphost, alice_policy, bin, keygen};
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -47,5 +48,19 @@ impl Cluster {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// `support-cli connect SERIAL --code CODE -- sh -c SCRIPT` as alice through `node`.
+    pub fn connect(&self, node: &Jumphost, serial: &str, code: &str, script: &str) -> Command {
+        let mut cmd = Command::new(bin("support-cli"));
+        cmd.arg("--jumphost")
+            .arg(node.ssh_addr.to_string())
+            .args(["--engineer", "alice", "--identity"])
+            .arg(self.path("alice"))
+            .arg("--known-hosts")
+            .arg(self.path("engineer_known_hosts"))
+            .args(["connect", serial, "--code", code, "--", "sh", "-c", script])
+            .stdin(Stdio::null());
+        cmd
     }
 }
