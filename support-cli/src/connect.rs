@@ -1,6 +1,7 @@
 //! `support-cli connect`: from the code on the phone to a shell (or a command) on the device.
 
 use anyhow::Context;
+use bytes::BytesMut;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, Sig};
 use std::io::IsTerminal;
@@ -11,6 +12,7 @@ use crate::hop;
 use crate::keys;
 use crate::progress::Progress;
 use crate::prove;
+use crate::stdin::Stdin;
 use crate::terminal::{self, RawMode};
 
 /// Arguments of `connect`.
@@ -98,13 +100,14 @@ async fn shell(channel: Channel<Msg>) -> anyhow::Result<i32> {
 
     let raw = RawMode::enable().context("switching the terminal to raw mode")?;
     let (mut rx, tx) = channel.split();
-    let mut stdin = terminal::stdin_chunks();
+    let mut stdin = Stdin::open();
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         .context("watching window size changes")?;
     let input = tokio::spawn(async move {
+        let mut buffer = BytesMut::new();
         loop {
             tokio::select! {
-                chunk = stdin.recv() => match chunk {
+                chunk = stdin.piece(&mut buffer) => match chunk {
                     Some(bytes) => {
                         if tx.data_bytes(bytes).await.is_err() {
                             return;
@@ -145,9 +148,10 @@ async fn exec(channel: Channel<Msg>, command: Option<String>) -> anyhow::Result<
         None => channel.request_shell(true).await.map_err(refused)?,
     }
     let (mut rx, tx) = channel.split();
-    let mut stdin = terminal::stdin_chunks();
+    let mut stdin = Stdin::open();
     let input = tokio::spawn(async move {
-        while let Some(bytes) = stdin.recv().await {
+        let mut buffer = BytesMut::new();
+        while let Some(bytes) = stdin.piece(&mut buffer).await {
             if tx.data_bytes(bytes).await.is_err() {
                 return;
             }

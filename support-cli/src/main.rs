@@ -12,6 +12,7 @@ mod keys;
 mod known_hosts;
 mod progress;
 mod prove;
+mod stdin;
 mod stdio;
 mod terminal;
 
@@ -175,7 +176,8 @@ fn main() {
         error::exit_code(&err)
     });
     let _ = std::io::stdout().flush();
-    // Exit at once: the stdin thread may still wait for input that will never matter.
+    // Exit at once: a thread reading a terminal or a file may still wait for input that
+    // will never matter.
     std::process::exit(code);
 }
 

@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, target: &str, progress: &Progress) -> anyh
     let channel = jump
         .open(&serial, port, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await?;
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let mut stdio = tokio::io::join(crate::stdin::Stdin::open(), tokio::io::stdout());
     assist_proto::ssh::relay_channel(&mut stdio, channel)
         .await
         .context("relaying stdin/stdout")?;

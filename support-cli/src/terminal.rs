@@ -1,7 +1,5 @@
 //! The local terminal during an interactive session: raw mode that is always undone, and
-//! stdin read on a thread of its own.
-
-use tokio::sync::mpsc;
+//! stdout and stderr written in place.
 
 /// Raw mode for as long as this lives; dropping it (normal return, error, panic unwinding)
 /// restores the terminal.
@@ -32,34 +30,6 @@ pub fn size() -> (u32, u32) {
     crossterm::terminal::size()
         .map(|(c, r)| (u32::from(c), u32::from(r)))
         .unwrap_or((80, 24))
-}
-
-/// Bytes read from stdin, by a plain thread: tokio's stdin cannot be cancelled and would
-/// keep the process alive at exit waiting for a key press. `None`-terminated by closing.
-pub fn stdin_chunks() -> mpsc::Receiver<Vec<u8>> {
-    const CHUNK: usize = 256 * 1024;
-    let (tx, rx) = mpsc::channel(8);
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!("reading stdin: {e}");
-                    break;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// The engineer's stdout or stderr, written in place from the async task that has the
