@@ -165,6 +165,94 @@ mode = before.decode(errors="replace")
 print("STTY:" + mode.replace("\r", " ").replace("\n", " ") + " ")
 "#;
 
+/// Whether the open file description behind `fd` is non-blocking, as the kernel says.
+fn nonblocking(fd: &impl std::os::fd::AsRawFd) -> bool {
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    flags & 0o4000 != 0
+}
+
+/// A pipe or a socket on stdin is read by support-cli's runtime (non-blocking while it
+/// reads): the bytes arrive whole with the EOF, the pipe is left blocking for whoever shares
+/// it, and a command that stops reading early ends the session all the same.
+#[test]
+fn piped_and_socket_stdin_arrive_whole_and_the_pipe_is_left_as_found() {
+    use std::io::Write;
+    let mut w = World::start(1);
+    let code = w.device("SN-PIPE");
+    let big = w.path("big.bin");
+    random_file(&big, 64 << 20);
+    let want = sha256_file(&big);
+    let connect = |cmd: &[&str]| {
+        let mut args = vec!["connect", "SN-PIPE", "--code", &code, "--"];
+        args.extend_from_slice(cmd);
+        let mut c = w.cli(0, &args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let remote_hash = |out: &std::process::Output| {
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // `cat big.bin | support-cli connect … -- sha256sum`
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let ours = reader.try_clone().unwrap();
+    let child = connect(&["sha256sum"]).stdin(reader).spawn().unwrap();
+    let path = big.clone();
+    let feeding = std::thread::spawn(move || {
+        let mut file = fs::File::open(path).unwrap();
+        // Past the pipe's 64 KiB, support-cli has started reading it.
+        std::io::copy(&mut std::io::Read::take(&mut file, 1 << 20), &mut writer).unwrap();
+        let while_reading = nonblocking(&ours);
+        std::io::copy(&mut file, &mut writer).unwrap();
+        (while_reading, ours)
+    });
+    let out = child.wait_with_output().unwrap();
+    let (while_reading, ours) = feeding.join().unwrap();
+    assert_eq!(remote_hash(&out), want);
+    assert!(while_reading, "the pipe was not read through the runtime");
+    assert!(!nonblocking(&ours), "the pipe was left non-blocking");
+
+    // A socket (a program that hands its child one end of a socketpair).
+    let (theirs, mut feeder) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child = connect(&["sha256sum"])
+        .stdin(std::os::fd::OwnedFd::from(theirs))
+        .spawn()
+        .unwrap();
+    let path = big.clone();
+    let feeding = std::thread::spawn(move || {
+        std::io::copy(&mut fs::File::open(path).unwrap(), &mut feeder).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeding.join().unwrap();
+    assert_eq!(remote_hash(&out), want);
+
+    // `yes | support-cli connect … -- head -c 1000`: the command's end is the session's,
+    // though stdin never ends.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let child = connect(&["head", "-c", "1000"])
+        .stdin(reader)
+        .spawn()
+        .unwrap();
+    let feeding = std::thread::spawn(move || {
+        let line = [b'y'; 4096];
+        while writer.write_all(&line).is_ok() {}
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout, vec![b'y'; 1000]);
+    feeding.join().unwrap();
+}
+
 #[test]
 fn interactive_shell_in_a_real_pty() {
     let mut w = World::start(1);
