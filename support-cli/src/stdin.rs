@@ -13,9 +13,15 @@ use rustix::fs::OFlags;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 
-/// Bytes asked for at once. A pipe hands out at most its capacity (64 KiB by default) per
-/// read; a file read by the thread comes in pieces this size.
+/// Bytes asked for at once. A pipe hands out at most its capacity per read; a file read by
+/// the thread comes in pieces this size.
 const CHUNK: usize = 256 * 1024;
+
+/// What a pipe on stdin is grown to hold. Read on the runtime's one thread, a pipe of the
+/// default 64 KiB made the writer wait for each 64 KiB read between two encryptions (upload
+/// 16 % slower than with a thread draining it: bench/NOTES.md); this much lets the writer
+/// run ahead as the thread's queue did, and a read take up to a whole piece.
+const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// The engineer's stdin (or any file descriptor, for tests).
 pub struct Stdin {
@@ -65,6 +71,7 @@ impl Stdin {
         let fd = fd?;
         let restore = Blocking::set_nonblocking(&fd)?;
         let source = if fifo {
+            grow_pipe(&fd);
             Source::Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?)
         } else {
             let std = std::os::unix::net::UnixStream::from(fd);
@@ -110,6 +117,19 @@ impl Stdin {
             Err(e) => {
                 tracing::debug!("reading stdin: {e}");
                 None
+            }
+        }
+    }
+}
+
+/// Grows the pipe to [`PIPE_CAPACITY`] where the system allows (an unprivileged process may
+/// go up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default); a pipe left as it is works too.
+fn grow_pipe(fd: &OwnedFd) {
+    match rustix::pipe::fcntl_getpipe_size(fd) {
+        Ok(size) if size >= PIPE_CAPACITY => {}
+        _ => {
+            if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_CAPACITY) {
+                tracing::debug!("growing the stdin pipe: {e}");
             }
         }
     }
@@ -254,6 +274,10 @@ mod tests {
         let stdin = Stdin::from_fd(reader.into());
         assert!(matches!(stdin.source, Source::Pipe(_)));
         assert!(nonblocking(&ours), "waited for through the runtime");
+        assert_eq!(
+            rustix::pipe::fcntl_getpipe_size(&ours).unwrap(),
+            PIPE_CAPACITY
+        );
         let want = data();
         let got = pump(stdin, writer, want.clone()).await;
         assert_eq!(got.len(), want.len());
