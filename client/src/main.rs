@@ -91,6 +91,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    assist_heap::init();
     let cli = Cli::parse();
     // Before any thread or log exists: this process becomes the engineer's program.
     if let Command::AsUser {
