@@ -1,63 +1,92 @@
 #!/usr/bin/env bash
-# Builds assist-client as one static executable (libc linked in, no loader, no shared
+# Builds assist-client as one static executable (musl linked in, no loader, no shared
 # libraries) to ship inside a product:
 #
 #   packaging/build-static-agent.sh [PROFILE] [TARGET]
 #
 # PROFILE: `dist-agent` (what ships, Cargo.toml: fat LTO, one codegen unit, stripped,
-# panic=abort) by default; `dev` for a quick build. TARGET: the host's
-# (x86_64-unknown-linux-gnu) by default, or aarch64-unknown-linux-gnu (64-bit ARM) or
-# armv7-unknown-linux-gnueabihf (32-bit ARM with hardware floating point). Prints the
-# executable's path.
+# panic=abort) by default; `dev` for a quick build. Prints the executable's path. TARGET:
 #
-# x86_64 builds with the rustup toolchain in PATH, into target/static. The ARM targets need
-# a Rust standard library for them, which rustup cannot fetch here; Debian ships one with
-# the rustc it uses for its browsers (bookworm-security), so they build with that compiler,
-# into target/cross (its artifacts must not mix with rustup's). Packages, once
-# `dpkg --add-architecture arm64` (armhf for armv7) and `apt-get update`:
-#   rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-#   rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
-# (scripts/test.sh installs them; qemu-user-static runs the results on an x86_64 machine).
+#   x86_64-unknown-linux-musl        64-bit PC (the default)
+#   aarch64-unknown-linux-musl       64-bit ARM
+#   armv7-unknown-linux-musleabihf   32-bit ARM with hardware floating point
 #
-# The libc is glibc (Debian has no Rust standard library for musl). Static glibc still
-# loads NSS modules for names it cannot resolve itself: /etc/hosts and DNS work as in the
-# dynamic build, while accounts from LDAP or sssd (target_user) and hosts from mDNS need
-# the machine's glibc to be the version built with.
+# Each is a static position-independent executable: the kernel still loads it at a random
+# address. musl reads /etc/passwd, /etc/hosts and /etc/resolv.conf itself and never loads
+# modules, so the result runs on any Linux of its architecture, with or without a libc.
+#
+# Rust's standard library for musl is neither fetchable by rustup here nor packaged by
+# Debian; Debian packages its source with the rustc it builds its browsers with
+# (bookworm-security), and cargo's `-Zbuild-std` compiles it for musl with the agent, as one
+# optimized unit (RUSTC_BOOTSTRAP=1 lets that stable compiler take the flag). Packages:
+#   rustc-web cargo-web rust-web-src musl-tools musl-dev
+#   gcc-aarch64-linux-gnu musl-dev:arm64    (aarch64, after `dpkg --add-architecture arm64`)
+#   gcc-arm-linux-gnueabihf musl-dev:armhf  (armv7, after `dpkg --add-architecture armhf`)
+# The standard library also links LLVM's libunwind (to print a backtrace); the script takes
+# it out of libunwind-14-dev for the target's architecture (`apt-get download`, once, into
+# target/musl), as the three architectures' packages cannot be installed side by side.
+# scripts/test.sh installs all of it; qemu-user-static runs the ARM builds on x86_64.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 profile=${1:-dist-agent}
-host=$(rustc -vV | sed -n 's/^host: //p')
-target=${2:-$host}
+target=${2:-x86_64-unknown-linux-musl}
 die() { echo "build-static-agent.sh: $*" >&2; exit 1; }
-[ "$host" = x86_64-unknown-linux-gnu ] || die "only for x86_64-unknown-linux-gnu hosts, not $host"
+[ "$(uname -m)" = x86_64 ] || die "builds on x86_64 Linux only, not $(uname -m)"
 
-# -z pack-relative-relocs: the executable's relocations as a bitmap (DT_RELR, glibc ≥ 2.36,
-# which the static executable carries itself) instead of 24 bytes each: −190 KiB.
-flags="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
 case $target in
-  "$host")
-    export CARGO_TARGET_DIR=$root/target/static
-    ;;
-  aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf)
-    export RUSTC=/usr/bin/rustc
-    [ -x "$RUSTC" ] || die "$target needs Debian's rustc-web package (see this script's head)"
-    sysroot=$("$RUSTC" --print sysroot)
-    [ -d "$sysroot/lib/rustlib/$target/lib" ] \
-      || die "no Rust standard library for $target in $sysroot: install libstd-rust-web-dev for its architecture (see this script's head)"
-    case $target in
-      aarch64-*) linker=aarch64-linux-gnu-gcc ;;
-      armv7-*) linker=arm-linux-gnueabihf-gcc ;;
-    esac
-    command -v "$linker" >/dev/null || die "$target needs $linker (see this script's head)"
-    env_target=$(echo "$target" | tr 'a-z-' 'A-Z_')
-    export "CARGO_TARGET_${env_target}_LINKER=$linker"
-    export CARGO_TARGET_DIR=$root/target/cross
-    ;;
-  *) die "unknown target $target: x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf" ;;
+  x86_64-unknown-linux-musl) gcc=gcc musl=x86_64-linux-musl arch=amd64 ;;
+  aarch64-unknown-linux-musl) gcc=aarch64-linux-gnu-gcc musl=aarch64-linux-musl arch=arm64 ;;
+  armv7-unknown-linux-musleabihf) gcc=arm-linux-gnueabihf-gcc musl=arm-linux-musleabihf arch=armhf ;;
+  *) die "unknown target $target: x86_64-unknown-linux-musl, aarch64-unknown-linux-musl or armv7-unknown-linux-musleabihf" ;;
 esac
-# --target: the flags apply to the agent and its libraries only, not to build scripts and
-# proc macros (they run on the host and stay dynamic).
-RUSTFLAGS=$flags cargo build --quiet --locked \
+rustc=/usr/bin/rustc cargo=/usr/bin/cargo
+[ -x "$rustc" ] && [ -x "$cargo" ] || die "needs Debian's rustc-web and cargo-web (see this script's head)"
+[ -f "$("$rustc" --print sysroot)/lib/rustlib/src/rust/library/Cargo.lock" ] \
+  || die "needs the standard library's source: install rust-web-src (see this script's head)"
+command -v "$gcc" >/dev/null || die "$target needs $gcc (see this script's head)"
+specs=/usr/lib/$musl/musl-gcc.specs
+[ -f "$specs" ] || die "$target needs musl-dev:$arch (see this script's head)"
+
+out=$root/target/musl
+mkdir -p "$out"
+# LLVM's libunwind for the architecture, out of its package.
+unwind=$out/libunwind-$arch
+if [ ! -f "$unwind/libunwind.a" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && apt-get download -q "libunwind-14-dev:$arch" >/dev/null 2>&1) \
+    || die "cannot fetch libunwind-14-dev:$arch with apt-get download (is $arch added with dpkg --add-architecture, and apt-get update run?)"
+  dpkg-deb -x "$tmp"/libunwind-14-dev_*.deb "$tmp/x"
+  mkdir -p "$unwind"
+  cp "$tmp/x/usr/lib/llvm-14/lib/libunwind.a" "$unwind/"
+fi
+# Debian's musl-gcc specs link dynamic executables only; these also know -static-pie
+# (which rustc asks for): musl's self-relocating start file, and no program interpreter.
+# libgcc last: rustc links without the default libraries, and mimalloc's C code calls
+# gcc's helpers (__popcountdi2), which Rust's compiler-builtins do not all have.
+sed -e "s|%{!shared: /usr/lib/$musl/Scrt1.o}|%{static-pie:/usr/lib/$musl/rcrt1.o;!shared:/usr/lib/$musl/Scrt1.o}|" \
+    -e "s|-dynamic-linker \([^ ]*\)|%{!static-pie:-dynamic-linker \1} %{static-pie:-static -pie --no-dynamic-linker -z text}|" \
+    -e "s|^crtendS.o%s|libgcc.a%s crtendS.o%s|" \
+    "$specs" >"$out/$target.specs"
+# The C compiler and linker for the target: gcc with those specs (ring's C parts too).
+cc=$out/$target-gcc
+printf '#!/bin/sh\nexec %s -specs=%s "$@"\n' "$gcc" "$out/$target.specs" >"$cc"
+chmod +x "$cc"
+env_target=$(echo "$target" | tr 'a-z-' 'A-Z_')
+env_cc=$(echo "$target" | tr '-' '_')
+export "CARGO_TARGET_${env_target}_LINKER=$cc" "CC_$env_cc=$cc" "AR_$env_cc=${gcc%gcc}ar"
+# mimalloc (the static agent's allocator, heap/src/lib.rs) without transparent huge pages:
+# where THP is on, each 64 KiB it touches would become 2 MiB resident.
+export "CFLAGS_$env_cc=-DMI_DEFAULT_ALLOW_THP=0 -DMI_DEFAULT_ARENA_EAGER_COMMIT=0"
+export RUSTC=$rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$out
+# link-self-contained=no: rustup's musl targets bring their own start files and libc; this
+# build takes Debian's. --target: the flags apply to the agent and its libraries only, not
+# to build scripts and proc macros (they run on the host and stay dynamic).
+# A `dev` build aborts on panic too, as the shipped one does: the unwinder's code that
+# unwinding needs calls glibc's fortified printf (Debian builds libunwind so), which musl
+# lacks; backtraces need only the part without it.
+RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no -L native=$unwind" \
+  "$cargo" build --quiet --locked -Zbuild-std=std,panic_abort --config 'profile.dev.panic="abort"' \
   --manifest-path "$root/Cargo.toml" -p assist-client --profile "$profile" --target "$target"
 case $profile in dev) dir=debug ;; *) dir=$profile ;; esac
-echo "$CARGO_TARGET_DIR/$target/$dir/assist-client"
+echo "$out/$target/$dir/assist-client"

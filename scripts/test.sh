@@ -29,9 +29,7 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # promtool checks the jump host's /metrics (tests/tests/metrics.rs).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-# The static agent (packaging/build-static-agent.sh, tests/tests/static_agent.rs): glibc's
-# static libraries to link, `file` to check the result.
-[ -e "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libc.a" ] || missing+=(libc6-dev)
+# `file` checks that the static agent is one (tests/tests/static_agent.rs).
 command -v file >/dev/null 2>&1 || missing+=(file)
 # The Debian packages: built with dpkg-deb, man pages from --help, checked by lintian
 # (packaging/test-debs.sh); systemd-analyze verifies their units.
@@ -52,16 +50,18 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # A private PostgreSQL cluster (initdb in a temporary folder) for the store on PostgreSQL and
 # several jump hosts sharing it (tests/tests/postgres_store.rs, tests/tests/cluster.rs).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-# The static agent for 64- and 32-bit ARM (tests/tests/static_agent.rs): Debian's rustc with
-# its standard library for those architectures, the cross linkers and C libraries, and
-# qemu-user to run the results here (packaging/build-static-agent.sh says why this way).
-dpkg -s rustc-web >/dev/null 2>&1 || missing+=(rustc-web)
-for arch in arm64:aarch64 armhf:armv7; do
-  deb=${arch%%:*} triple=${arch#*:}
-  case $deb in arm64) gnu=aarch64-linux-gnu ;; armhf) gnu=arm-linux-gnueabihf ;; esac
-  ls -d /usr/lib/rustlib/"$triple"-unknown-linux-gnu* >/dev/null 2>&1 || missing+=("libstd-rust-web-dev:$deb")
+# The static agent, built with musl for x86_64 and 64- and 32-bit ARM
+# (packaging/build-static-agent.sh says why this way; tests/tests/static_agent.rs): Debian's
+# rustc and cargo with the standard library's source, musl for each architecture, the cross
+# compilers, and qemu-user to run the ARM builds here. The script fetches LLVM's libunwind
+# for each architecture itself.
+dpkg -s rustc-web cargo-web rust-web-src >/dev/null 2>&1 || missing+=(rustc-web cargo-web rust-web-src)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+[ -e /usr/lib/x86_64-linux-musl/libc.a ] || missing+=(musl-dev)
+for arch in arm64:aarch64-linux-gnu:aarch64-linux-musl armhf:arm-linux-gnueabihf:arm-linux-musleabihf; do
+  IFS=: read -r deb gnu musl <<<"$arch"
   command -v "$gnu-gcc" >/dev/null 2>&1 || missing+=("gcc-$gnu")
-  [ -e "/usr/$gnu/lib/libc.a" ] || missing+=("libc6-dev-$deb-cross")
+  [ -e "/usr/lib/$musl/libc.a" ] || missing+=("musl-dev:$deb")
   dpkg --print-foreign-architectures | grep -qx "$deb" || add_arch+=("$deb")
 done
 command -v qemu-aarch64-static >/dev/null 2>&1 && command -v qemu-arm-static >/dev/null 2>&1 \

@@ -1,5 +1,5 @@
 //! The static agent (issue 20): `packaging/build-static-agent.sh` builds one executable
-//! with glibc linked in, for x86_64 and for 64- and 32-bit ARM; this checks that nothing is
+//! with musl linked in, for x86_64 and for 64- and 32-bit ARM; this checks that nothing is
 //! loaded at run time and that each does the agent's job (the ARM ones under qemu-user):
 //! it resolves the jump host by name, connects, and an engineer hops through it to the
 //! customer's sshd.
@@ -92,7 +92,7 @@ fn carries_a_hop(runner: &Runner) {
         format!("assist-client {}", env!("CARGO_PKG_VERSION"))
     );
 
-    // The jump host by name: static glibc resolves "localhost" from /etc/hosts itself.
+    // The jump host by name: musl resolves "localhost" from /etc/hosts itself.
     let w = World::start();
     let config = w.client_config("agent");
     let by_name = fs::read_to_string(&config).unwrap().replace(
@@ -133,7 +133,7 @@ fn carries_a_hop(runner: &Runner) {
 
 #[test]
 fn the_static_agent_needs_no_shared_library_and_carries_a_hop() {
-    let agent = static_agent("x86_64-unknown-linux-gnu");
+    let agent = static_agent("x86_64-unknown-linux-musl");
     let file = assert_static(&agent, "x86-64");
     assert!(file.contains("static-pie linked"), "{file}");
     let ldd = Command::new("ldd").arg(&agent).output().unwrap();
@@ -149,7 +149,7 @@ fn the_static_agent_needs_no_shared_library_and_carries_a_hop() {
 /// 64-bit ARM, run under qemu-user: the same hop as on x86_64.
 #[test]
 fn the_aarch64_agent_is_static_and_carries_a_hop_under_qemu() {
-    let agent = static_agent("aarch64-unknown-linux-gnu");
+    let agent = static_agent("aarch64-unknown-linux-musl");
     assert_static(&agent, "ARM aarch64");
     carries_a_hop(&Runner {
         emulator: Some("qemu-aarch64-static"),
@@ -160,7 +160,7 @@ fn the_aarch64_agent_is_static_and_carries_a_hop_under_qemu() {
 /// 32-bit ARM (armv7, hard float), run under qemu-user.
 #[test]
 fn the_armv7_agent_is_static_and_carries_a_hop_under_qemu() {
-    let agent = static_agent("armv7-unknown-linux-gnueabihf");
+    let agent = static_agent("armv7-unknown-linux-musleabihf");
     let file = assert_static(&agent, "32-bit LSB");
     assert!(file.contains("ARM, EABI5"), "{file}");
     carries_a_hop(&Runner {
