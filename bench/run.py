@@ -29,14 +29,15 @@ from benchlib.procs import BenchError, keygen, log  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINS = ("assist-jumphost", "assist-client", "support-cli", "bench-loadgen")
 # The agent as shipped (Cargo.toml's dist-agent profile, packaging/build-static-agent.sh):
-# the static x86_64 build, which the device figures run, and the ARM builds, whose sizes
-# are reported beside it. The dynamic dist-agent build stands in when no static one is built.
-SHIPPED_TARGETS = ("x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu",
-                   "armv7-unknown-linux-gnueabihf")
-SHIPPED = (os.path.join(ROOT, "target", "static", "x86_64-unknown-linux-gnu", "dist-agent",
+# the static musl build for x86_64, which the device figures run, and the ARM builds, whose
+# sizes are reported beside it. The dynamic dist-agent build stands in when no static one
+# is built.
+SHIPPED_TARGETS = ("x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl",
+                   "armv7-unknown-linux-musleabihf")
+SHIPPED = (os.path.join(ROOT, "target", "musl", SHIPPED_TARGETS[0], "dist-agent",
                         "assist-client"),
            os.path.join(ROOT, "target", "dist-agent", "assist-client"))
-SHIPPED_ARM = {t: os.path.join(ROOT, "target", "cross", t, "dist-agent", "assist-client")
+SHIPPED_ARM = {t: os.path.join(ROOT, "target", "musl", t, "dist-agent", "assist-client")
                for t in SHIPPED_TARGETS[1:]}
 FIGURES = ("throughput", "device", "login", "fan_in", "idle", "storm")
 
@@ -112,7 +113,7 @@ def build(profile, only_loadgen):
     cmd += ["-p", "assist-bench"] if only_loadgen else ["--workspace", "--bins"]
     cargo(cmd)
     if profile == "release" and not only_loadgen:
-        # The agent as shipped: its static builds (glibc linked in) for each target; the
+        # The agent as shipped: its static builds (musl linked in) for each target; the
         # device figures run the x86_64 one, the others are reported by size.
         for target in SHIPPED_TARGETS:
             cargo(["packaging/build-static-agent.sh", "dist-agent", target])

@@ -223,8 +223,8 @@ def markdown(r, png_name):
         lines += ["", "The agent's RSS is sampled every 20 ms during one download of the transfer "
                   "size; stock `ssh -R` is the OpenSSH chain's device. Shipped agent binary "
                   "(Cargo.toml's dist-agent profile: fat LTO, one codegen unit, stripped, "
-                  "panic=abort; static when built with packaging/build-static-agent.sh, as the "
-                  "bench does): "
+                  "panic=abort; static, musl linked in, when built with "
+                  "packaging/build-static-agent.sh, as the bench does): "
                   + (f"`{dev.get('binary')}`, {size / (1 << 20):.2f} MiB." if size
                      else "not built."), ""]
         if dev.get("binaries"):
