@@ -243,20 +243,25 @@ mod tests {
             .collect()
     }
 
-    /// Writes `data` into `writer` on a thread and closes it; reads `stdin` piece by piece
-    /// to its end.
-    async fn pump(
-        mut stdin: Stdin,
-        mut writer: impl Write + Send + 'static,
-        data: Vec<u8>,
-    ) -> Vec<u8> {
-        let writing = std::thread::spawn(move || writer.write_all(&data).unwrap());
+    /// Reads `stdin` piece by piece to its end; no piece is empty.
+    async fn drain(stdin: &mut Stdin) -> Vec<u8> {
         let mut got = Vec::new();
         let mut buffer = BytesMut::new();
         while let Some(piece) = stdin.piece(&mut buffer).await {
             assert!(!piece.is_empty());
             got.extend_from_slice(&piece);
         }
+        got
+    }
+
+    /// Writes `data` into `writer` on a thread and closes it; reads `stdin` to its end.
+    async fn pump(
+        mut stdin: Stdin,
+        mut writer: impl Write + Send + 'static,
+        data: Vec<u8>,
+    ) -> Vec<u8> {
+        let writing = std::thread::spawn(move || writer.write_all(&data).unwrap());
+        let got = drain(&mut stdin).await;
         writing.join().unwrap();
         got
     }
@@ -315,11 +320,7 @@ mod tests {
         std::fs::write(&path, &want).unwrap();
         let mut stdin = Stdin::from_fd(std::fs::File::open(&path).unwrap().into());
         assert!(matches!(stdin.source, Source::Thread { .. }));
-        let mut got = Vec::new();
-        let mut buffer = BytesMut::new();
-        while let Some(piece) = stdin.piece(&mut buffer).await {
-            got.extend_from_slice(&piece);
-        }
+        let got = drain(&mut stdin).await;
         assert!(got == want, "bytes differ");
     }
 
