@@ -54,8 +54,9 @@ pub fn release_free_memory() -> bool {
     unsafe { libc::malloc_trim(0) == 1 }
 }
 
-/// See the glibc version: here mimalloc's collection, forced (every thread's free pages
-/// and the arenas' purge, at once rather than after the purge delay).
+/// See the glibc version: here mimalloc's collection, forced: the calling thread's free
+/// pages, and every arena's free memory purged at once rather than after the purge delay
+/// (pages another thread still holds stay with it; `init`'s purge delay covers those).
 #[cfg(target_env = "musl")]
 #[allow(unsafe_code)]
 pub fn release_free_memory() -> bool {
