@@ -170,7 +170,11 @@ pub async fn check_login(
             .await
             .map_err(|e| format!("cannot reach the SSH server at {}: {e}", server.address))?;
         let config = Arc::new(client::Config::default());
-        let mut handle = client::connect_stream(config, tcp, AnyHostKey)
+        let any_host_key = crate::attest::Scan {
+            seen: Arc::default(),
+            accept: true,
+        };
+        let mut handle = client::connect_stream(config, tcp, any_host_key)
             .await
             .map_err(|e| {
                 format!(
@@ -201,21 +205,6 @@ pub async fn check_login(
             ))
         })?;
     Ok(started.elapsed())
-}
-
-/// The agent reaches its own configured server; which key that server shows is what the
-/// attestation reports, not something to check here.
-struct AnyHostKey;
-
-impl client::Handler for AnyHostKey {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }
 
 #[cfg(test)]

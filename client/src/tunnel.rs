@@ -217,7 +217,10 @@ impl Tunnel {
                     // line (a penalty, a ban, an address not allowed) or a port that is not
                     // SSH.
                     let (tcp, seen) = Recorder::new(tcp);
-                    client::connect_stream(config, tcp, handler)
+                    // Boxed as the WebSocket is: one russh client session compiled for
+                    // both ways in (22 KB of the static agent), one indirect call per read.
+                    let io: Box<dyn assist_proto::ws::Io> = Box::new(tcp);
+                    client::connect_stream(config, io, handler)
                         .await
                         .map_err(|e| match greeting::read(&seen) {
                             Some(Greeting::Refused(words)) => {
