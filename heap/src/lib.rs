@@ -31,9 +31,13 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// thread of its own, so on an agent gone idle the delayed purge would wait for the next
 /// allocation, and the pages freed by a transfer stayed resident (9.4 MiB idle against 7.1,
 /// bench/NOTES.md).
+/// `MIMALLOC_PURGE_DELAY` in the environment (milliseconds, mimalloc's own variable) wins.
 #[cfg(target_env = "musl")]
 #[allow(unsafe_code)]
 pub fn init() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set takes no pointer; options may be set at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
