@@ -77,16 +77,36 @@ env_cc=$(echo "$target" | tr '-' '_')
 export "CARGO_TARGET_${env_target}_LINKER=$cc" "CC_$env_cc=$cc" "AR_$env_cc=${gcc%gcc}ar"
 # mimalloc (the static agent's allocator, heap/src/lib.rs) without transparent huge pages:
 # where THP is on, each 64 KiB it touches would become 2 MiB resident.
-export "CFLAGS_$env_cc=-DMI_DEFAULT_ALLOW_THP=0 -DMI_DEFAULT_ARENA_EAGER_COMMIT=0"
+export "CFLAGS_$env_cc=-DMI_DEFAULT_ALLOW_THP=0 -DMI_DEFAULT_ARENA_EAGER_COMMIT=0 -fno-asynchronous-unwind-tables -fno-unwind-tables"
 export RUSTC=$rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$out
 # link-self-contained=no: rustup's musl targets bring their own start files and libc; this
 # build takes Debian's. --target: the flags apply to the agent and its libraries only, not
 # to build scripts and proc macros (they run on the host and stay dynamic).
 # A `dev` build aborts on panic too, as the shipped one does: the unwinder's code that
 # unwinding needs calls glibc's fortified printf (Debian builds libunwind so), which musl
-# lacks; backtraces need only the part without it.
-RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no -L native=$unwind" \
-  "$cargo" build --quiet --locked -Zbuild-std=std,panic_abort --config 'profile.dev.panic="abort"' \
+# lacks.
+# What keeps the agent under its 4 MiB (bench/NOTES.md, 2026-12-02 22:30, x86_64 bytes):
+# - no unwind tables (-C force-unwind-tables=no, and -fno-*unwind-tables for the C parts)
+#   and Rust's standard library without its backtrace symbolizer and unwinding runtime
+#   (-Zbuild-std-features: only optimize_for_size): nothing unwinds in an agent that
+#   aborts on panic, and a stripped executable's backtrace would be bare addresses;
+#   -674 KB. A panic still prints its message.
+# - -Zlocation-detail=none: a panic's message without its file, line and column; the
+#   places and their relocations cost 197 KB. (No line or column with the file kept still
+#   cost 61 KB more, and that would not fit; nor would a fixed load address, which would
+#   have saved the 166 KB of relocations.)
+# - curve25519-dalek's portable backend: it signs once per login; its AVX2 one is 34 KB.
+# - paths in the executable relative to the workspace, the registry and the standard
+#   library's source, not this machine's.
+flags=(-C target-feature=+crt-static -C link-self-contained=no -C force-unwind-tables=no
+       -Zlocation-detail=none -L "native=$unwind" --cfg 'curve25519_dalek_backend="serial"'
+       --remap-path-prefix "$root=assist"
+       --remap-path-prefix "$("$rustc" --print sysroot)/lib/rustlib/src/rust=rust")
+for registry in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+  flags+=(--remap-path-prefix "${registry%/}=crates")
+done
+CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${flags[*]}") \
+  "$cargo" build --quiet --locked -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size --config 'profile.dev.panic="abort"' \
   --manifest-path "$root/Cargo.toml" -p assist-client --profile "$profile" --target "$target"
 case $profile in dev) dir=debug ;; *) dir=$profile ;; esac
 echo "$out/$target/$dir/assist-client"
