@@ -31,6 +31,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// thread of its own, so on an agent gone idle the delayed purge would wait for the next
 /// allocation, and the pages freed by a transfer stayed resident (9.4 MiB idle against 7.1,
 /// bench/NOTES.md).
+///
 /// `MIMALLOC_PURGE_DELAY` in the environment (milliseconds, mimalloc's own variable) wins.
 #[cfg(target_env = "musl")]
 #[allow(unsafe_code)]
