@@ -84,7 +84,9 @@ export RUSTC=$rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$out
 # to build scripts and proc macros (they run on the host and stay dynamic).
 # A `dev` build aborts on panic too, as the shipped one does: the unwinder's code that
 # unwinding needs calls glibc's fortified printf (Debian builds libunwind so), which musl
-# lacks.
+# lacks. It carries no debug information unless CARGO_PROFILE_DEV_DEBUG asks for it: with
+# it, each target's build (the standard library included) takes 2.2 GB of disk, and the
+# tests build all three after the workspace's own 10 GB.
 # What keeps the agent under its 4 MiB (bench/NOTES.md, 2026-12-02 22:30, x86_64 bytes):
 # - no unwind tables (-C force-unwind-tables=no, and -fno-*unwind-tables for the C parts)
 #   and Rust's standard library without its backtrace symbolizer and unwinding runtime
@@ -105,6 +107,7 @@ flags=(-C target-feature=+crt-static -C link-self-contained=no -C force-unwind-t
 for registry in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
   flags+=(--remap-path-prefix "${registry%/}=crates")
 done
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-false}
 CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${flags[*]}") \
   "$cargo" build --quiet --locked -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size --config 'profile.dev.panic="abort"' \
   --manifest-path "$root/Cargo.toml" -p assist-client --profile "$profile" --target "$target"
