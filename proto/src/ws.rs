@@ -2,149 +2,29 @@
 //! carries registration and tunnels and HTTP proxies and reverse proxies pass it.
 //!
 //! Each binary message carries bytes of the SSH stream; message boundaries mean nothing.
-//! [`WsIo`] reads and writes a WebSocket as an ordinary byte stream for russh, on either
-//! end, without a buffer or a task of its own: an idle tunnel holds only what the
-//! WebSocket library holds, which the two ends keep small ([`SERVER_BUFFER`]).
+//! [`WsStream`] frames and unframes them in place, on either end, without a buffer or a
+//! task of its own: an idle tunnel holds only the stream's state. The handshakes are
+//! here too: the client's whole ([`client_handshake`]), and the accept key the jump host's
+//! answer needs ([`accept_key`]).
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use bytes::Bytes;
-use futures::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+mod stream;
+
+pub use stream::{Role, WsStream};
 
 /// The path of the SSH service on the jump host's API listener.
 pub const SSH_PATH: &str = "/v1/ssh";
-/// Largest binary message sent: one SSH packet of russh's maximum plus framing fits.
-const CHUNK: usize = 64 * 1024;
-/// The WebSocket library's read buffer on the jump host: per idle tunnel, so small.
-pub const SERVER_BUFFER: usize = 4 * 1024;
-
-/// What a received message means for the byte stream.
-pub enum Payload {
-    Data(Bytes),
-    /// The peer closed the WebSocket.
-    Close,
-    /// Ping, pong or text: nothing for the stream (pings are answered by the library).
-    Skip,
-}
-
-/// A WebSocket as a byte stream. `binary` makes a message from bytes and `payload` reads
-/// one, so both tungstenite's and axum's message types fit.
-pub struct WsIo<S, M> {
-    ws: S,
-    /// What is left of the last message read.
-    pending: Bytes,
-    closed: bool,
-    binary: fn(Bytes) -> M,
-    payload: fn(M) -> Payload,
-}
-
-impl<S, M> WsIo<S, M> {
-    pub fn new(ws: S, binary: fn(Bytes) -> M, payload: fn(M) -> Payload) -> Self {
-        Self {
-            ws,
-            pending: Bytes::new(),
-            closed: false,
-            binary,
-            payload,
-        }
-    }
-}
-
-fn other(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-impl<S, M, E> AsyncRead for WsIo<S, M>
-where
-    S: Stream<Item = Result<M, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = buf.remaining().min(this.pending.len());
-                buf.put_slice(&this.pending.split_to(n));
-                if this.pending.is_empty() {
-                    // An empty slice still holds the library's read buffer it came from,
-                    // which then cannot be reused and is allocated again: one more buffer
-                    // per idle tunnel. Let go of it.
-                    this.pending = Bytes::new();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if this.closed {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                None => this.closed = true,
-                Some(Err(e)) => return Poll::Ready(Err(other(e))),
-                Some(Ok(message)) => match (this.payload)(message) {
-                    Payload::Data(data) => this.pending = data,
-                    Payload::Close => this.closed = true,
-                    Payload::Skip => {}
-                },
-            }
-        }
-    }
-}
-
-impl<S, M> AsyncWrite for WsIo<S, M>
-where
-    S: Sink<M> + Unpin,
-    <S as Sink<M>>::Error: std::fmt::Display,
-{
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(other)?;
-        let n = buf.len().min(CHUNK);
-        Pin::new(&mut this.ws)
-            .start_send((this.binary)(Bytes::copy_from_slice(&buf[..n])))
-            .map_err(other)?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_flush(cx)
-            .map_err(other)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_close(cx)
-            .map_err(other)
-    }
-}
+/// Longest handshake answer read: a proxy's error page included, it fits.
+const MAX_ANSWER: usize = 16 * 1024;
 
 /// A byte stream of any transport, for russh.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// [`WsIo`] over a tokio-tungstenite WebSocket (the clients' end).
-pub fn tungstenite_io<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-) -> WsIo<tokio_tungstenite::WebSocketStream<S>, tokio_tungstenite::tungstenite::Message>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use tokio_tungstenite::tungstenite::Message;
-    WsIo::new(ws, Message::Binary, |m| match m {
-        Message::Binary(data) => Payload::Data(data),
-        Message::Close(_) => Payload::Close,
-        _ => Payload::Skip,
-    })
+/// `Sec-WebSocket-Accept` for a handshake's `Sec-WebSocket-Key` (RFC 6455, 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }
 
 /// A `ws://` or `wss://` URL of the SSH service, parsed.
@@ -224,23 +104,90 @@ impl WsUrl {
 }
 
 /// Runs the client handshake on an already connected (and, for `wss://`, TLS) `stream`.
-pub async fn client_handshake<S>(url: &WsUrl, stream: S) -> Result<Box<dyn Io>, String>
+pub async fn client_handshake<S>(url: &WsUrl, mut stream: S) -> Result<Box<dyn Io>, String>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (ws, _response) = tokio_tungstenite::client_async(url.url(), stream)
+    let failed = |why: String| format!("WebSocket handshake with {} failed: {why}", url.url());
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host.clone()
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+        url.path, url.port
+    );
+    stream
+        .write_all(request.as_bytes())
         .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(response) => format!(
-                "{} answered HTTP {} instead of a WebSocket (is the path {} right, and does \
-                 a proxy in front pass WebSocket upgrades?)",
-                url.url(),
-                response.status(),
-                url.path
-            ),
-            e => format!("WebSocket handshake with {} failed: {e}", url.url()),
-        })?;
-    Ok(Box::new(tungstenite_io(ws)))
+        .map_err(|e| failed(format!("sending the request: {e}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| failed(format!("sending the request: {e}")))?;
+
+    let mut answer = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if answer.len() >= MAX_ANSWER {
+            return Err(failed(format!(
+                "the answer's head is longer than {MAX_ANSWER} bytes"
+            )));
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| failed(format!("reading the answer: {e}")))?;
+        if n == 0 {
+            return Err(failed("the connection closed before an answer".into()));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    response
+        .parse(&answer[..end])
+        .map_err(|e| failed(format!("the answer is not HTTP ({e})")))?;
+    let code = response.code.unwrap_or(0);
+    if code != 101 {
+        return Err(format!(
+            "{} answered HTTP {code} {} instead of a WebSocket (is the path {} right, and \
+             does a proxy in front pass WebSocket upgrades?)",
+            url.url(),
+            response.reason.unwrap_or(""),
+            url.path
+        ));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap_or_default()
+    };
+    if !header("upgrade").eq_ignore_ascii_case("websocket")
+        || !header("connection")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(failed(
+            "the answer is 101 but not an upgrade to WebSocket".into(),
+        ));
+    }
+    if header("sec-websocket-accept") != accept_key(key.as_bytes()) {
+        return Err(failed(
+            "the answer's Sec-WebSocket-Accept does not match the key sent".into(),
+        ));
+    }
+    let early = answer.split_off(end);
+    Ok(Box::new(WsStream::new(stream, Role::Client, early)))
 }
 
 /// Opens the SSH service at `url`: TCP to its host and port (through `proxy`), TLS with `tls` for `wss://`,
@@ -302,25 +249,119 @@ mod tests {
         }
     }
 
+    fn payload() -> Vec<u8> {
+        (0..1_000_000u32).map(|i| (i % 253) as u8).collect()
+    }
+
+    /// Our client against a WebSocket library's server (tungstenite's): what it sends
+    /// arrives whole, and what the server sends comes back, over real TCP.
     #[tokio::test]
-    async fn bytes_cross_a_real_websocket_both_ways() {
+    async fn our_client_talks_to_a_library_server() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let mut io = tungstenite_io(ws);
-            // Echo until EOF.
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            // Speaks first, as an SSH server does: these bytes may come with the answer.
+            ws.send(Message::binary(&b"SSH-2.0-server\r\n"[..]))
+                .await
+                .unwrap();
+            ws.send(Message::Ping(b"hi"[..].into())).await.unwrap();
             let mut got = Vec::new();
-            io.read_to_end(&mut got).await.unwrap();
+            while let Some(m) = ws.next().await {
+                match m.unwrap() {
+                    Message::Binary(data) => got.extend_from_slice(&data),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
             got
         });
         let url = WsUrl::parse(&format!("ws://{addr}/v1/ssh")).unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut io = client_handshake(&url, tcp).await.unwrap();
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-        io.write_all(&payload).await.unwrap();
+        let mut banner = [0u8; 16];
+        io.read_exact(&mut banner).await.unwrap();
+        assert_eq!(&banner, b"SSH-2.0-server\r\n");
+        io.write_all(&payload()).await.unwrap();
         io.shutdown().await.unwrap();
-        assert_eq!(server.await.unwrap(), payload);
+        assert!(server.await.unwrap() == payload());
+    }
+
+    /// A WebSocket library's client (tungstenite's) against our server framing, after the
+    /// handshake a server makes with [`accept_key`].
+    #[tokio::test]
+    async fn a_library_client_talks_to_our_server() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                tcp.read_exact(&mut b).await.unwrap();
+                request.extend_from_slice(&b);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept_key(key.as_bytes())
+            );
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            let mut io = WsStream::new(tcp, Role::Server, Vec::new());
+            let mut got = Vec::new();
+            io.read_to_end(&mut got).await.unwrap();
+            // Echoed back in our frames, over TCP (a vectored write each).
+            io.write_all(&got).await.unwrap();
+            io.shutdown().await.unwrap();
+        });
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ssh"))
+            .await
+            .unwrap();
+        for piece in payload().chunks(100_000) {
+            ws.send(Message::binary(piece.to_vec())).await.unwrap();
+        }
+        ws.send(Message::Close(None)).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Binary(data)) => got.extend_from_slice(&data),
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        server.await.unwrap();
+        assert!(got == payload());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_told_with_its_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = tcp.read(&mut b).await.unwrap();
+            tcp.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let url = WsUrl::parse(&format!("ws://{addr}/elsewhere")).unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let e = client_handshake(&url, tcp).await.err().unwrap();
+        assert!(
+            e.contains("answered HTTP 404 Not Found instead of a WebSocket"),
+            "{e}"
+        );
+        assert!(e.contains("is the path /elsewhere right"), "{e}");
     }
 }
