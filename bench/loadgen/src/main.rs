@@ -1,10 +1,11 @@
 //! Benchmark load generator: many device tunnels from one process (idle cost, reconnect
-//! storm) and an in-process timer of the key derivation.
+//! storm), an in-process timer of the key derivation, and the WebSocket framing's cost.
 //!
 //! Events go to stdout, one per line, so the driver (bench/run.py) can count and time them:
 //! `try IDX MS`, `up IDX MS`, `down IDX MS`, `fail IDX MS REASON` (MS = Unix time in ms).
 
 mod tunnels;
+mod ws_pipe;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Sends MiB through loopback TCP in one process, raw or in WebSocket frames, to
+    /// count what the framing costs (under callgrind).
+    WsPipe(ws_pipe::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +45,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(tunnels::run(args)),
+        Cmd::WsPipe(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(ws_pipe::run(args)),
         Cmd::Derive {
             serial,
             code,
