@@ -1,12 +1,13 @@
 //! The WebSocket framing (RFC 6455, section 5) of an SSH byte stream, done in place.
 //!
 //! Each binary message carries bytes of the SSH stream and message boundaries mean
-//! nothing, so a frame's payload is read straight into the reader's buffer (russh's packet
-//! buffer) and unmasked there, and a server writes a frame's header and the writer's bytes
-//! in one vectored write. A client must mask what it sends, so it copies each frame once,
-//! masking as it goes. A WebSocket library would hold each message whole, copy it into and
-//! out of its own buffers and read 4 KiB at a time; this is what made SSH over WebSocket
-//! cost 14–25 % of the throughput of SSH over TCP (bench/NOTES.md).
+//! nothing, so no message is ever held whole: the connection is read up to 64 KiB at a
+//! time, headers are parsed there, and payload bytes are copied once into the reader's
+//! buffer (russh's packet buffer) and unmasked there. A server writes a frame's header and
+//! the writer's bytes in one vectored write; a client must mask what it sends, so it
+//! copies each frame once and masks the copy. A WebSocket library held each message whole,
+//! copied it into and out of its own buffers and read 4 KiB at a time; that made SSH over
+//! WebSocket cost 14–25 % of the throughput of SSH over TCP (bench/NOTES.md).
 //!
 //! What the stream does with the rest of the protocol: a ping is answered with a pong, a
 //! pong is dropped, text messages are dropped (SSH is binary), a close ends the stream, and
@@ -16,6 +17,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which end of the WebSocket: a client masks every frame it sends, and a server takes
@@ -33,6 +35,8 @@ const MAX_CONTROL: usize = 125;
 /// What a server keeps of its write buffer between writes: it is needed only for what the
 /// socket did not take at once, and every idle tunnel would hold it.
 const SERVER_KEEPS: usize = 4 * 1024;
+/// Most read from the connection at once.
+const READ_BUFFER: usize = 64 * 1024;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -62,9 +66,10 @@ enum Reading {
 pub struct WsStream<S> {
     io: S,
     role: Role,
-    /// Bytes that came with the handshake's answer, read before the connection.
-    early: Vec<u8>,
-    early_at: usize,
+    /// Bytes read from the connection and not yet handed out: frame headers and payload.
+    /// Starts with what came with the handshake's answer; let go whenever it is empty and
+    /// the connection has nothing more, so an idle stream holds none.
+    read: BytesMut,
     reading: Reading,
     head: [u8; 14],
     head_len: usize,
@@ -94,8 +99,7 @@ impl<S> WsStream<S> {
         Self {
             io,
             role,
-            early,
-            early_at: 0,
+            read: BytesMut::from(&early[..]),
             reading: Reading::Header,
             head: [0; 14],
             head_len: 0,
@@ -162,21 +166,31 @@ fn header(op: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    /// Reads into `dst`: first what the handshake read ahead, then the connection.
-    fn poll_raw(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
-        if self.early_at < self.early.len() {
-            let n = dst.len().min(self.early.len() - self.early_at);
-            dst[..n].copy_from_slice(&self.early[self.early_at..self.early_at + n]);
-            self.early_at += n;
-            if self.early_at == self.early.len() {
-                self.early = Vec::new();
-                self.early_at = 0;
+    /// What is read and not handed out yet, reading the connection if that is nothing;
+    /// empty at the connection's end.
+    fn poll_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        if self.read.is_empty() {
+            self.read.reserve(READ_BUFFER);
+            // Into the buffer's spare capacity, as it is: no zeroing first.
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+                Poll::Pending => {
+                    self.read = BytesMut::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(_)) => {}
             }
-            return Poll::Ready(Ok(n));
         }
-        let mut buf = ReadBuf::new(dst);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-        Poll::Ready(Ok(buf.filled().len()))
+        Poll::Ready(Ok(&self.read[..]))
+    }
+
+    /// Reads into `dst`, as much as is there; 0 at the connection's end.
+    fn poll_raw(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
+        let there = ready!(self.poll_buffered(cx))?;
+        let n = dst.len().min(there.len());
+        dst[..n].copy_from_slice(&there[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(n))
     }
 
     /// Reads what is missing of `dst`; an end of stream here is in the middle of a frame.
@@ -422,29 +436,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                     }
                 }
                 Reading::Data { left } => {
-                    let want = buf
-                        .remaining()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    // Zeroes only what the reader's buffer never had initialized (tokio
-                    // tracks it): a write pass, cheaper than the copy it replaces.
-                    let dst = &mut buf.initialize_unfilled_to(want)[..want];
-                    let n = match this.poll_raw(cx, dst) {
+                    let there = match this.poll_buffered(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Ready(Ok(0)) => {
-                            this.reading = Reading::Closed;
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "WebSocket: the connection ended inside a frame",
-                            )));
-                        }
-                        Poll::Ready(Ok(n)) => n,
+                        Poll::Ready(Ok(there)) => there,
                     };
+                    if there.is_empty() {
+                        this.reading = Reading::Closed;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "WebSocket: the connection ended inside a frame",
+                        )));
+                    }
+                    let n = buf
+                        .remaining()
+                        .min(there.len())
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    // One pass over the bytes: copied into the reader's buffer (which may
+                    // be uninitialized memory, so nothing is zeroed first), then unmasked
+                    // there while still in cache.
+                    let start = buf.filled().len();
+                    buf.put_slice(&there[..n]);
+                    this.read.advance(n);
                     if let Some(mask) = this.mask {
-                        apply_mask(&mut dst[..n], mask, this.mask_at);
+                        apply_mask(&mut buf.filled_mut()[start..], mask, this.mask_at);
                         this.mask_at = (this.mask_at + n) % 4;
                     }
-                    buf.advance(n);
                     this.reading = Reading::Data {
                         left: left - n as u64,
                     };
