@@ -43,7 +43,7 @@ FIGURES = ("throughput", "device", "login", "fan_in", "idle", "storm")
 
 # OpenSSH's jump host forks a process per tunnel (~1.6 MiB PSS each), so it is measured
 # at levels this machine can hold, and the ratios are per tunnel or per device.
-FULL = dict(transfer_mib=512, reps=3, marker_mib=16, login_runs=10,
+FULL = dict(transfer_mib=512, reps=5, marker_mib=16, login_runs=10,
             idle_ours=[1000, 10000, 100000], idle_openssh=[100], idle_hops=5, fan_in_hops=100,
             fan_in_mib=16, storm=10000, storm_openssh=1000, ramp_timeout=900, storm_timeout=300)
 SMOKE = dict(transfer_mib=32, reps=1, marker_mib=8, login_runs=3, idle_ours=[100],
