@@ -32,11 +32,13 @@ pub enum Role {
 const CHUNK: usize = 64 * 1024;
 /// A control frame's payload is at most this long (RFC 6455, 5.5).
 const MAX_CONTROL: usize = 125;
-/// What a server keeps of its write buffer between writes: it is needed only for what the
-/// socket did not take at once, and every idle tunnel would hold it.
-const SERVER_KEEPS: usize = 4 * 1024;
 /// Most read from the connection at once.
 const READ_BUFFER: usize = 64 * 1024;
+/// A read or a write at least this long means bytes are streaming: the stream keeps its
+/// buffer for the next one. After a shorter one (a keepalive, a keystroke, the last of a
+/// transfer) an emptied buffer is let go, since every idle tunnel of the jump host would
+/// hold it.
+const STREAMING: usize = 4 * 1024;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -91,6 +93,9 @@ pub struct WsStream<S> {
     /// write then: a socket wakes only the last task that polled it for writing, and the
     /// writer would never hear (russh reads and writes from two halves of the stream).
     writer_waiting: bool,
+    /// Whether the last read and the last frame written were long ([`STREAMING`]).
+    reads_streaming: bool,
+    writes_streaming: bool,
 }
 
 impl<S> WsStream<S> {
@@ -114,6 +119,8 @@ impl<S> WsStream<S> {
             pong: None,
             close_sent: false,
             writer_waiting: false,
+            reads_streaming: false,
+            writes_streaming: false,
         }
     }
 }
@@ -174,11 +181,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             // Into the buffer's spare capacity, as it is: no zeroing first.
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
                 Poll::Pending => {
-                    self.read = BytesMut::new();
+                    if !self.reads_streaming {
+                        self.read = BytesMut::new();
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => self.reads_streaming = n >= STREAMING,
             }
         }
         Poll::Ready(Ok(&self.read[..]))
@@ -369,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             }
             self.out.clear();
             self.out_at = 0;
-            if self.role == Role::Server && self.out.capacity() > SERVER_KEEPS {
+            if !self.writes_streaming {
                 self.out = Vec::new();
             }
             match self.pong.take() {
@@ -517,6 +526,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             return Poll::Ready(Ok(0));
         }
         let n = buf.len().min(CHUNK);
+        self.writes_streaming = n >= STREAMING;
         if self.role == Role::Server && self.io.is_write_vectored() {
             let (h, hn) = header(OP_BINARY, n, None);
             let parts = [IoSlice::new(&h[..hn]), IoSlice::new(&buf[..n])];
