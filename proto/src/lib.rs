@@ -29,6 +29,8 @@ pub mod enroll;
 pub mod greeting;
 #[cfg(feature = "axum")]
 pub mod http;
+#[cfg(feature = "ws")]
+pub mod http_head;
 pub mod keys;
 pub mod limits;
 pub mod lock;

@@ -9,10 +9,11 @@
 use std::net::IpAddr;
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::Secret;
+use crate::http_head::HeadError;
 
 /// Longest proxy answer header read.
 const MAX_ANSWER: usize = 16 * 1024;
@@ -288,25 +289,17 @@ async fn http_connect(
     tcp.write_all(request.expose().as_bytes())
         .await
         .map_err(|e| format!("the proxy at {proxy} closed the connection: {e}"))?;
-    // Read the answer's header byte by byte, so nothing of the tunnel after it is taken.
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\n") {
-        if answer.len() >= MAX_ANSWER {
-            return Err(format!(
-                "the proxy at {proxy} sent an answer of more than {MAX_ANSWER} bytes"
-            ));
-        }
-        let mut byte = [0u8; 1];
-        match tcp.read(&mut byte).await {
-            Ok(0) => {
-                return Err(format!(
-                    "the proxy at {proxy} closed the connection without an answer to CONNECT {authority}"
-                ));
+    let answer = crate::http_head::read(&mut tcp, MAX_ANSWER)
+        .await
+        .map_err(|e| match e {
+            HeadError::TooLong => {
+                format!("the proxy at {proxy} sent an answer of more than {MAX_ANSWER} bytes")
             }
-            Ok(_) => answer.push(byte[0]),
-            Err(e) => return Err(format!("the proxy at {proxy}: {e}")),
-        }
-    }
+            HeadError::Closed => format!(
+                "the proxy at {proxy} closed the connection without an answer to CONNECT {authority}"
+            ),
+            HeadError::Io(e) => format!("the proxy at {proxy}: {e}"),
+        })?;
     let text = String::from_utf8_lossy(&answer);
     let status_line = text.lines().next().unwrap_or_default();
     let status = status_line.split_whitespace().nth(1).unwrap_or_default();
@@ -386,6 +379,7 @@ async fn socks5_connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn proxy_urls_parse_and_never_show_the_password() {
@@ -460,12 +454,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                tcp.read_exact(&mut b).await.unwrap();
-                head.push(b[0]);
-            }
+            let head = crate::http_head::read(&mut tcp, 4096).await.unwrap();
             tcp.write_all(answer.as_bytes()).await.unwrap();
             let mut buf = [0u8; 5];
             if tcp.read_exact(&mut buf).await.is_ok() {

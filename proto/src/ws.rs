@@ -7,7 +7,9 @@
 //! here too: the client's whole ([`client_handshake`]), and the accept key the jump host's
 //! answer needs ([`accept_key`]).
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::http_head::HeadError;
 
 mod stream;
 
@@ -129,30 +131,20 @@ where
         .await
         .map_err(|e| failed(format!("sending the request: {e}")))?;
 
-    let mut answer = Vec::with_capacity(1024);
-    let end = loop {
-        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        if answer.len() >= MAX_ANSWER {
-            return Err(failed(format!(
+    // The server may speak SSH right after its answer: the stream starts there.
+    let answer = crate::http_head::read(&mut stream, MAX_ANSWER)
+        .await
+        .map_err(|e| match e {
+            HeadError::TooLong => failed(format!(
                 "the answer's head is longer than {MAX_ANSWER} bytes"
-            )));
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| failed(format!("reading the answer: {e}")))?;
-        if n == 0 {
-            return Err(failed("the connection closed before an answer".into()));
-        }
-        answer.extend_from_slice(&chunk[..n]);
-    };
+            )),
+            HeadError::Closed => failed("the connection closed before an answer".into()),
+            HeadError::Io(e) => failed(format!("reading the answer: {e}")),
+        })?;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     response
-        .parse(&answer[..end])
+        .parse(&answer)
         .map_err(|e| failed(format!("the answer is not HTTP ({e})")))?;
     let code = response.code.unwrap_or(0);
     if code != 101 {
@@ -186,8 +178,7 @@ where
             "the answer's Sec-WebSocket-Accept does not match the key sent".into(),
         ));
     }
-    let early = answer.split_off(end);
-    Ok(Box::new(WsStream::new(stream, Role::Client, early)))
+    Ok(Box::new(WsStream::new(stream, Role::Client)))
 }
 
 /// Opens the SSH service at `url`: TCP to its host and port (through `proxy`), TLS with `tls` for `wss://`,
@@ -300,12 +291,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                tcp.read_exact(&mut b).await.unwrap();
-                request.extend_from_slice(&b);
-            }
+            let request = crate::http_head::read(&mut tcp, 4096).await.unwrap();
             let request = String::from_utf8(request).unwrap();
             let key = request
                 .lines()
@@ -317,7 +303,7 @@ mod tests {
                 accept_key(key.as_bytes())
             );
             tcp.write_all(answer.as_bytes()).await.unwrap();
-            let mut io = WsStream::new(tcp, Role::Server, Vec::new());
+            let mut io = WsStream::new(tcp, Role::Server);
             let mut got = Vec::new();
             io.read_to_end(&mut got).await.unwrap();
             // Echoed back in our frames, over TCP (a vectored write each).

@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let mut io: Box<dyn Io> = match writer_role {
-            Some(role) => Box::new(WsStream::new(tcp, role, Vec::new())),
+            Some(role) => Box::new(WsStream::new(tcp, role)),
             None => Box::new(tcp),
         };
         let packet = vec![0x5a_u8; PACKET];
@@ -50,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (tcp, _) = listener.accept().await.context("accepting")?;
     tcp.set_nodelay(true)?;
     let mut io: Box<dyn Io> = match reader_role {
-        Some(role) => Box::new(WsStream::new(tcp, role, Vec::new())),
+        Some(role) => Box::new(WsStream::new(tcp, role)),
         None => Box::new(tcp),
     };
     let mut got = 0usize;

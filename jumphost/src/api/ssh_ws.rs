@@ -126,7 +126,7 @@ pub(super) async fn upgrade(
         // Boxed: the connection's futures then hold a pointer instead of the stream's
         // state by value, less per idle tunnel for one allocation of its own size.
         let io: Box<dyn assist_proto::ws::Io> =
-            Box::new(WsStream::new(TokioIo::new(io), Role::Server, Vec::new()));
+            Box::new(WsStream::new(TokioIo::new(io), Role::Server));
         tracing::debug!(%source, "ssh over websocket");
         server::spawn_connection(&ssh.relay, io, source, startup, &ssh.shutdown);
     });

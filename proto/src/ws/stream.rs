@@ -69,8 +69,8 @@ pub struct WsStream<S> {
     io: S,
     role: Role,
     /// Bytes read from the connection and not yet handed out: frame headers and payload.
-    /// Starts with what came with the handshake's answer; let go whenever it is empty and
-    /// the connection has nothing more, so an idle stream holds none.
+    /// Let go when it is empty and the connection has nothing more (see [`STREAMING`]), so
+    /// an idle stream holds none.
     read: BytesMut,
     reading: Reading,
     head: [u8; 14],
@@ -99,12 +99,12 @@ pub struct WsStream<S> {
 }
 
 impl<S> WsStream<S> {
-    /// `early`: what the handshake read past its end, the first bytes of the stream.
-    pub fn new(io: S, role: Role, early: Vec<u8>) -> Self {
+    /// `io` is the connection right after the handshake: its next byte is a frame's.
+    pub fn new(io: S, role: Role) -> Self {
         Self {
             io,
             role,
-            read: BytesMut::from(&early[..]),
+            read: BytesMut::new(),
             reading: Reading::Header,
             head: [0; 14],
             head_len: 0,
@@ -616,7 +616,7 @@ mod tests {
     #[tokio::test]
     async fn fragments_pings_text_and_close_read_as_a_stream() {
         let (mut peer, ours) = duplex(1 << 20);
-        let mut ws = WsStream::new(ours, Role::Server, Vec::new());
+        let mut ws = WsStream::new(ours, Role::Server);
         let m = Some([9, 8, 7, 6]);
         let mut wire = Vec::new();
         wire.extend(frame(OP_BINARY, false, b"hel", m));
@@ -639,20 +639,6 @@ mod tests {
         let mut pong = vec![0u8; 2 + 13];
         peer.read_exact(&mut pong).await.unwrap();
         assert_eq!(pong, frame(OP_PONG, true, b"are you there", None));
-    }
-
-    #[tokio::test]
-    async fn the_early_bytes_come_first() {
-        let (mut peer, ours) = duplex(1024);
-        let early = frame(OP_BINARY, true, b"early ", None);
-        let mut ws = WsStream::new(ours, Role::Client, early[..4].to_vec());
-        let mut wire = early[4..].to_vec();
-        wire.extend(frame(OP_BINARY, true, b"late", None));
-        peer.write_all(&wire).await.unwrap();
-        drop(peer);
-        let mut got = Vec::new();
-        ws.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"early late");
     }
 
     #[tokio::test]
@@ -683,7 +669,7 @@ mod tests {
         ];
         for (role, wire, why) in cases {
             let (mut peer, ours) = duplex(1024);
-            let mut ws = WsStream::new(ours, role, Vec::new());
+            let mut ws = WsStream::new(ours, role);
             peer.write_all(&wire).await.unwrap();
             let mut got = [0u8; 8];
             let e = ws.read(&mut got).await.unwrap_err();
@@ -697,7 +683,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_ending_inside_a_frame_is_an_error() {
         let (mut peer, ours) = duplex(1024);
-        let mut ws = WsStream::new(ours, Role::Client, Vec::new());
+        let mut ws = WsStream::new(ours, Role::Client);
         let f = frame(OP_BINARY, true, b"truncated", None);
         peer.write_all(&f[..6]).await.unwrap();
         drop(peer);
@@ -713,8 +699,8 @@ mod tests {
     async fn both_roles_round_trip_through_a_narrow_pipe() {
         for (writer, reader) in [(Role::Client, Role::Server), (Role::Server, Role::Client)] {
             let (a, b) = duplex(1000);
-            let mut tx = WsStream::new(a, writer, Vec::new());
-            let mut rx = WsStream::new(b, reader, Vec::new());
+            let mut tx = WsStream::new(a, writer);
+            let mut rx = WsStream::new(b, reader);
             let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
             let sent = payload.clone();
             let send = tokio::spawn(async move {
