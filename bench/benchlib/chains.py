@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from .procs import (BenchError, Proc, free_port, keygen, run, tree_cpu_s, tree_memory_kib,
-                    wait_tcp, wait_until)
+                    tree_minflt, wait_tcp, wait_until)
 
 SSHD = "/usr/sbin/sshd"
 AGENT_SERIAL = "BENCH-AGENT"
@@ -149,6 +149,11 @@ class OpenSshChain:
         """CPU seconds so far of the long-lived parts (the engineer's is measured per run)."""
         return {"jump host": tree_cpu_s(self.jump.proc.pid),
                 "device": tree_cpu_s(self.device.pid)}
+
+    def fault_roles(self):
+        """Minor page faults so far of the long-lived parts, as `cpu_roles`."""
+        return {"jump host": tree_minflt(self.jump.proc.pid),
+                "device": tree_minflt(self.device.pid)}
 
     def loadgen_args(self):
         """How load-generator devices log in here: one user, a port allocated per tunnel."""
@@ -331,6 +336,9 @@ class OurChain:
 
     def cpu_roles(self):
         return {"jump host": tree_cpu_s(self.jump.pid), "device": tree_cpu_s(self.device.pid)}
+
+    def fault_roles(self):
+        return {"jump host": tree_minflt(self.jump.pid), "device": tree_minflt(self.device.pid)}
 
     def loadgen_args(self):
         ws = ["--ws"] if self.transport == "ws" else []

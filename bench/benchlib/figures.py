@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .chains import ENGINEER
 from .procs import (BenchError, Proc, _ppid_map, cpu_s, log, memory_kib, run, tree_cpu_s,
-                    wait_until)
+                    tree_minflt, wait_until)
 
 MB = 1_000_000
 CHUNK = 1 << 20
@@ -171,16 +171,25 @@ def with_cpu(chain, target, size, transfer):
     (this script's reaped children), the jump host, the device and the target sshd."""
     before = chain.cpu_roles()
     before["target"] = tree_cpu_s(target.proc.pid)
+    faults = chain.fault_roles()
+    faults["target"] = tree_minflt(target.proc.pid)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = transfer()
     kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = chain.cpu_roles()
     after["target"] = tree_cpu_s(target.proc.pid)
+    faults_after = chain.fault_roles()
+    faults_after["target"] = tree_minflt(target.proc.pid)
     gb = size / 1e9
     cpu = {"engineer": (kids_after.ru_utime + kids_after.ru_stime
                         - kids.ru_utime - kids.ru_stime) / gb}
     cpu.update({role: (after[role] - before[role]) / gb for role in before})
     out["cpu_s_per_gb"] = cpu
+    # Pages first touched per MB moved: a buffer allocated afresh for each packet shows here.
+    mb = size / 1e6
+    out["faults_per_mb"] = {"engineer": (kids_after.ru_minflt - kids.ru_minflt) / mb}
+    out["faults_per_mb"].update({role: (faults_after[role] - faults[role]) / mb
+                                 for role in faults})
     return out
 
 
@@ -200,7 +209,10 @@ def throughput(chains, target, path, size, reps, marker):
                     "runs": [round(x["steady"], 1) for x in v[d]],
                     "cpu_s_per_gb": {role: statistics.median(x["cpu_s_per_gb"][role]
                                                              for x in v[d])
-                                     for role in v[d][0]["cpu_s_per_gb"]}}
+                                     for role in v[d][0]["cpu_s_per_gb"]},
+                    "faults_per_mb": {role: round(statistics.median(x["faults_per_mb"][role]
+                                                                    for x in v[d]), 1)
+                                      for role in v[d][0]["faults_per_mb"]}}
                 for d in ("up", "down")}
             for n, v in res.items()}
 

@@ -202,6 +202,25 @@ def cpu_s(pid, reaped=True):
     return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
 
 
+def tree_minflt(pid):
+    """Minor page faults of a process tree so far, counted like `tree_cpu_s`: each fault is a
+    page the kernel had to map (and zero) because the process touched it for the first time
+    since it was mapped or given back."""
+    return sum(minflt(p) or 0 for p in [pid] + descendants(pid))
+
+
+def minflt(pid):
+    """Minor page faults of one process with those it reaped from exited children; None if it
+    is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 10 and 11 of stat (minflt cminflt), counted after the ")".
+    return int(fields[7]) + int(fields[8])
+
+
 def run(argv, timeout=120, **kw):
     """Runs a short command; raises BenchError with its stderr if it fails."""
     try:

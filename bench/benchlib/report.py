@@ -92,6 +92,19 @@ def markdown(r, png_name):
                     lines.append(f"| {n} | {d} | " + " | ".join(fmt(cpu[x], 1) for x in roles)
                                  + f" | {fmt(sum(cpu.values()), 1)} |")
         lines.append("")
+        if any(v[d].get("faults_per_mb") for v in t.values() for d in ("up", "down")):
+            lines += ["Pages touched afresh: minor page faults per MB moved, by role, median over "
+                      "the repetitions (a buffer allocated per packet, or freed memory given "
+                      "back and faulted in again, shows here):", "",
+                      "| chain | direction | " + " | ".join(roles) + " |",
+                      "|---|---|" + "---:|" * len(roles)]
+            for n, v in t.items():
+                for d in ("up", "down"):
+                    faults = v[d].get("faults_per_mb")
+                    if faults:
+                        lines.append(f"| {n} | {d} | "
+                                     + " | ".join(fmt(faults[x], 1) for x in roles) + " |")
+            lines.append("")
         if r.get("perf"):
             lines += ["Profiles of our processes during one transfer (`--perf`): " + ", ".join(
                 f"[{d}]({name})" for d, name in r["perf"].items()), ""]
