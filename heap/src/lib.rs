@@ -1,4 +1,5 @@
-//! The agent's heap: the allocator of its static build, and giving the system back the
+//! The agent's and support-cli's heap: the allocator of the agent's static build, how the
+//! system's allocator keeps freed buffers for reuse (`init`), and giving the system back the
 //! memory an allocator keeps after the program freed it.
 //!
 //! glibc returns freed memory on its own only from the top of a heap, and each thread that
@@ -43,8 +44,37 @@ pub fn init() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
 
-/// See the musl version: nothing to set up for the system's allocator.
-#[cfg(not(target_env = "musl"))]
+/// Relay buffers (64 KiB) and SSH read buffers (256 KiB) are allocated and freed once per
+/// packet or so while data streams. glibc gives the top of its heap back to the system as
+/// soon as more than its trim threshold (128 KiB) is free there, so a freed buffer went back
+/// at once and the next one was faulted in again page by page: 60–140 page faults per MB
+/// moved in support-cli (bench/NOTES.md). Up to these sizes, freed memory stays for reuse;
+/// `release_free_memory` still gives it all back when work has ended.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const KEEP_FREE_BYTES: libc::c_int = 32 << 20;
+
+/// Allocations at least this large get pages of their own (mmap) and give them back when
+/// freed. Setting the trim threshold fixes glibc's own (128 KiB, else raised as large blocks
+/// are freed), so it is set here above the read buffers.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const OWN_PAGES_FROM: libc::c_int = 4 << 20;
+
+/// Sets the allocator up; call first thing in `main`. With glibc: freed buffers stay in the
+/// heap for the next ones rather than going back to the system and faulting in again
+/// (`KEEP_FREE_BYTES`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn init() {
+    // SAFETY: mallopt takes no pointer; glibc serializes it with every other allocator call
+    // (MT-Safe in mallopt(3)).
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE_BYTES);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM);
+    }
+}
+
+/// See the musl and glibc versions: nothing to set up for other allocators.
+#[cfg(not(any(target_env = "musl", all(target_os = "linux", target_env = "gnu"))))]
 pub fn init() {}
 
 /// Asks the allocator to return its free pages to the system. It locks each arena in turn,

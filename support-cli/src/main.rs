@@ -154,6 +154,8 @@ enum Command {
 }
 
 fn main() {
+    // Freed packet buffers stay in the heap for the next ones (assist-heap's `init`).
+    assist_heap::init();
     let cli = Cli::parse();
     assist_proto::logging::init("off");
     let progress = progress::Progress::new(cli.quiet);
