@@ -80,11 +80,10 @@ where
     S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static,
 {
     use tokio::io::AsyncReadExt;
-    let mut buffer = bytes::BytesMut::with_capacity(RELAY_BUFFER);
+    let mut buffers = Recycler::default();
     let mut total = 0u64;
     loop {
-        // Free again once russh has sent the previous message, or a new allocation.
-        buffer.reserve(RELAY_BUFFER);
+        let mut buffer = buffers.take();
         let n = reader.read_buf(&mut buffer).await?;
         if n == 0 {
             channel.eof().await.map_err(broken)?;
@@ -94,11 +93,55 @@ where
         let data = if n < HAND_OVER_AT {
             let data = bytes::Bytes::copy_from_slice(&buffer);
             buffer.clear();
+            buffers.keep(buffer);
             data
         } else {
-            buffer.split().freeze()
+            let data = buffer.split().freeze();
+            buffers.handed_over(buffer);
+            data
         };
         channel.data_bytes(data).await.map_err(broken)?;
+    }
+}
+
+/// How many buffers a relay waits on before it takes a new one.
+const RECYCLED: usize = 4;
+
+/// A relay's read buffers. Each read is split off its buffer and handed to russh, which
+/// drops it once it has copied it into a packet: usually after the next read has started,
+/// so one buffer alone was a fresh allocation per packet, and on the static agent (whose
+/// allocator gives freed pages back at once) 16 page faults per 64 KiB. The last few
+/// buffers handed over are kept, and the oldest is read into again once russh is done with
+/// it (`BytesMut::try_reclaim`).
+#[derive(Default)]
+struct Recycler {
+    /// Oldest first; each the empty remainder of a buffer whose bytes were handed over.
+    ring: std::collections::VecDeque<bytes::BytesMut>,
+}
+
+impl Recycler {
+    /// A buffer with room for [`RELAY_BUFFER`] bytes: the oldest one back, or a new one.
+    fn take(&mut self) -> bytes::BytesMut {
+        if let Some(mut oldest) = self.ring.pop_front() {
+            if oldest.try_reclaim(RELAY_BUFFER) {
+                return oldest;
+            }
+            self.ring.push_front(oldest);
+        }
+        bytes::BytesMut::with_capacity(RELAY_BUFFER)
+    }
+
+    /// A buffer whose bytes were copied, not handed over: the next to be read into.
+    fn keep(&mut self, buffer: bytes::BytesMut) {
+        self.ring.push_front(buffer);
+    }
+
+    /// The remainder of a buffer whose bytes russh now holds.
+    fn handed_over(&mut self, buffer: bytes::BytesMut) {
+        if self.ring.len() == RECYCLED {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(buffer);
     }
 }
 
@@ -217,5 +260,210 @@ mod tests {
                 .all(|c| c.as_ref().contains("gcm") || c.as_ref().contains("chacha"))
         );
         assert!(ciphers.iter().all(|c| !c.as_ref().contains("cbc")));
+    }
+
+    /// A server that accepts anyone and relays each session channel (as the agent does) to
+    /// an echo that returns the bytes once they have all arrived.
+    struct Echo;
+
+    impl russh::server::Handler for Echo {
+        type Error = russh::Error;
+
+        async fn auth_none(&mut self, _user: &str) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            channel: russh::Channel<russh::server::Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                reply.accept().await;
+                let (mut near, mut far) = tokio::io::duplex(1 << 16);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let _ = far.read_to_end(&mut got).await;
+                    let _ = far.write_all(&got).await;
+                    let _ = far.shutdown().await;
+                });
+                let _ = relay_channel(&mut near, channel).await;
+            });
+            Ok(())
+        }
+    }
+
+    struct TrustAny;
+
+    impl client::Handler for TrustAny {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    /// A stream whose reads return at most 4,999 bytes: packets arrive in pieces.
+    struct Trickle(tokio::io::DuplexStream);
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let mut piece = [0u8; 4_999];
+            let room = buf.remaining().min(piece.len());
+            let mut part = tokio::io::ReadBuf::new(&mut piece[..room]);
+            let read = std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part);
+            buf.put_slice(part.filled());
+            read
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, data)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// The patched russh reads packets ahead, several per read, and splits them off one
+    /// buffer (patches/russh/README.md). Through a pipe whose reads end anywhere in a
+    /// packet, and with both sides rekeying every 256 KiB (packets under the next keys are
+    /// then read ahead of the key exchange's end), 16 MiB go up to an echo and come back
+    /// down as sent.
+    ///
+    /// Up, then down: with both directions streaming at once, rekeying this often stalls
+    /// published russh 0.65.1 as well as this copy (bench/NOTES.md, 2026-12-03).
+    #[tokio::test]
+    async fn streams_through_reads_ahead_and_rekeys_intact() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = russh::Limits::new(256 << 10, 256 << 10, std::time::Duration::from_secs(3600));
+        let host_key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[3; 32]),
+        );
+        let server = Arc::new(russh::server::Config {
+            keys: vec![host_key],
+            limits: limits.clone(),
+            window_size: 2 << 20,
+            maximum_packet_size: MAX_PACKET,
+            ..Default::default()
+        });
+        let client_config = Arc::new(client::Config {
+            limits,
+            window_size: 2 << 20,
+            maximum_packet_size: MAX_PACKET,
+            ..Default::default()
+        });
+        // Room for whole windows: a russh session does not read while it writes.
+        let (ours, theirs) = tokio::io::duplex(8 << 20);
+        let running = tokio::spawn(async move {
+            russh::server::run_stream(server, Trickle(theirs), Echo)
+                .await?
+                .await
+        });
+        let mut session = client::connect_stream(client_config, Trickle(ours), TrustAny)
+            .await
+            .expect("connecting");
+        assert!(
+            session
+                .authenticate_none("echo")
+                .await
+                .expect("auth")
+                .success()
+        );
+        let channel = session.channel_open_session().await.expect("channel");
+        let (mut from, mut to) = tokio::io::split(channel.into_stream());
+
+        const TOTAL: usize = 16 << 20;
+        let sent: Vec<u8> = (0..TOTAL as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let writer = tokio::spawn({
+            let sent = sent.clone();
+            async move {
+                // Pieces of odd sizes, so packets are of many lengths.
+                for piece in sent.chunks(40_961) {
+                    to.write_all(piece).await.expect("writing");
+                }
+                to.shutdown().await.expect("eof");
+            }
+        });
+        let mut back = Vec::with_capacity(TOTAL);
+        from.read_to_end(&mut back).await.expect("reading");
+        writer.await.expect("writer");
+        assert_eq!(back.len(), TOTAL);
+        assert!(back == sent, "the echo came back changed");
+        drop(session);
+        running.abort();
+    }
+
+    /// Fills a buffer from the recycler, hands its bytes over (as to russh) and returns
+    /// where its allocation starts with the bytes still held.
+    fn hand_over(buffers: &mut Recycler) -> (*const u8, bytes::Bytes) {
+        let mut buffer = buffers.take();
+        assert!(buffer.capacity() >= RELAY_BUFFER);
+        buffer.extend_from_slice(&[7; HAND_OVER_AT]);
+        let start = buffer.as_ptr();
+        let held = buffer.split().freeze();
+        buffers.handed_over(buffer);
+        (start, held)
+    }
+
+    #[test]
+    fn a_relay_reads_into_a_buffer_again_once_its_bytes_were_dropped() {
+        let mut buffers = Recycler::default();
+        let (first, held) = hand_over(&mut buffers);
+        let (second, held_second) = hand_over(&mut buffers);
+        assert_ne!(first, second, "a buffer still held was read into");
+        drop(held);
+        let (third, _held_third) = hand_over(&mut buffers);
+        assert_eq!(third, first, "the first buffer was not reused once free");
+        drop(held_second);
+        let (fourth, _) = hand_over(&mut buffers);
+        assert_eq!(fourth, second);
+    }
+
+    #[test]
+    fn a_relay_holds_at_most_a_few_buffers_russh_still_holds() {
+        let mut buffers = Recycler::default();
+        let held: Vec<_> = (0..RECYCLED * 3)
+            .map(|_| hand_over(&mut buffers).1)
+            .collect();
+        assert_eq!(buffers.ring.len(), RECYCLED);
+        drop(held);
+        let mut kept = buffers.take();
+        kept.extend_from_slice(b"typed");
+        kept.clear();
+        let start = kept.as_ptr();
+        buffers.keep(kept);
+        assert_eq!(
+            buffers.take().as_ptr(),
+            start,
+            "a buffer read and copied is read into next"
+        );
     }
 }
