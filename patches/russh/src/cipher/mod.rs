@@ -298,10 +298,8 @@ pub(crate) trait SealingKey {
 /// ahead, the buffer is let go, so an idle session holds none.
 const STREAMING_PACKET: usize = 4096;
 
-/// How much a streaming reader asks the stream for at once: two 64 KiB packets, so the
-/// buffer comes back free while the relay still holds the packet before (patches/russh/
-/// README.md says why not more).
-const READ_AHEAD: usize = 128 * 1024;
+/// How much a streaming reader asks the stream for at once.
+const READ_AHEAD: usize = 256 * 1024;
 
 /// Reads until `incoming` holds at least `want` bytes. A streaming reader makes room for
 /// `READ_AHEAD` bytes at a time, reusing the buffer in place when every packet split off it
