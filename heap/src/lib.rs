@@ -44,7 +44,7 @@ pub fn init() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
 
-/// Relay buffers (64 KiB) and SSH read buffers (256 KiB) are allocated and freed once per
+/// Relay buffers and SSH packets (64 KiB) are allocated and freed once per
 /// packet or so while data streams. glibc gives the top of its heap back to the system as
 /// soon as more than its trim threshold (128 KiB) is free there, so a freed buffer went back
 /// at once and the next one was faulted in again page by page: 60–140 page faults per MB

@@ -350,16 +350,15 @@ mod tests {
         }
     }
 
-    /// The patched russh reads packets ahead, several per read, and splits them off one
-    /// buffer (patches/russh/README.md). Through a pipe whose reads end anywhere in a
-    /// packet, and with both sides rekeying every 256 KiB (packets under the next keys are
-    /// then read ahead of the key exchange's end), 16 MiB go up to an echo and come back
-    /// down as sent.
+    /// The patched russh receives channel data as slices of the packet it read
+    /// (patches/russh/README.md). Through a pipe whose reads end anywhere in a packet, and
+    /// with both sides rekeying every 256 KiB, 16 MiB go up to an echo and come back down
+    /// as sent.
     ///
     /// Up, then down: with both directions streaming at once, rekeying this often stalls
     /// published russh 0.65.1 as well as this copy (bench/NOTES.md, 2026-12-03).
     #[tokio::test]
-    async fn streams_through_reads_ahead_and_rekeys_intact() {
+    async fn streams_through_partial_reads_and_rekeys_intact() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let limits = russh::Limits::new(256 << 10, 256 << 10, std::time::Duration::from_secs(3600));
         let host_key = russh::keys::PrivateKey::from(

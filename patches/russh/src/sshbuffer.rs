@@ -323,19 +323,7 @@ fn packet_bytes_compressed_matches_packet_output() {
 /// packet data is not secret material.
 #[derive(Debug, Default)]
 pub struct SSHBuffer {
-    /// The packet being written (the writing side's buffer).
     pub buffer: Vec<u8>,
-    /// Reading side: the bytes read from the peer and not yet taken as a packet (the next
-    /// packet's start, and while data streams, what arrived after it). Packets are split
-    /// off it, so their allocation is reused once the last of them is dropped
-    /// (patches/russh/README.md).
-    pub incoming: BytesMut,
-    /// Reading side: the last packet read, decrypted: packet length, padding length,
-    /// payload (the padding is cut off).
-    pub packet: BytesMut,
-    /// Reading side: whether the last packet read was large; `incoming` is kept for the
-    /// next one and filled several packets at a time.
-    pub streaming: bool,
     pub len: usize,   // next packet length.
     pub bytes: usize, // total payload bytes read/written since the last rekey
     // Sequence numbers are on 32 bits and wrap.
@@ -347,9 +335,6 @@ impl SSHBuffer {
     pub fn new() -> Self {
         SSHBuffer {
             buffer: Vec::new(),
-            incoming: BytesMut::new(),
-            packet: BytesMut::new(),
-            streaming: false,
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),

@@ -26,7 +26,6 @@ use aes::{Aes128, Aes192, Aes256};
 #[cfg(feature = "aws-lc-rs")]
 use aws_lc_rs::aead::{AES_128_GCM as ALGORITHM_AES_128_GCM, AES_256_GCM as ALGORITHM_AES_256_GCM};
 use byteorder::{BigEndian, ByteOrder};
-use bytes::BytesMut;
 use block::CtrWrapper;
 use ctr::Ctr128BE;
 use delegate::delegate;
@@ -293,81 +292,60 @@ pub(crate) trait SealingKey {
     }
 }
 
-/// Packets at least this large mean data is streaming: the reader keeps its buffer for the
-/// next packet and fills it several packets at a time. After a smaller one with nothing read
-/// ahead, the buffer is let go, so an idle session holds none.
-const STREAMING_PACKET: usize = 4096;
-
-/// How much a streaming reader asks the stream for at once.
-const READ_AHEAD: usize = 256 * 1024;
-
-/// Reads until `incoming` holds at least `want` bytes. A streaming reader makes room for
-/// `READ_AHEAD` bytes at a time, reusing the buffer in place when every packet split off it
-/// has been dropped (`BytesMut::reserve`); otherwise only what the packet needs.
-async fn fill<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    incoming: &mut BytesMut,
-    want: usize,
-    streaming: bool,
-) -> Result<(), Error> {
-    while incoming.len() < want {
-        if incoming.capacity() < want {
-            let target = if streaming { want.max(READ_AHEAD) } else { want };
-            incoming.reserve(target - incoming.len());
-        }
-        if stream.read_buf(incoming).await? == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-    }
-    Ok(())
-}
-
-/// Reads and decrypts the next packet into `buffer.packet`; returns its length (the packet
-/// length field, padding length and payload).
 pub(crate) async fn read<R: AsyncRead + Unpin>(
     stream: &mut R,
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
-    buffer.packet = BytesMut::new();
     if buffer.len == 0 {
-        let probe = cipher.packet_length_to_read_for_block_length();
-        fill(stream, &mut buffer.incoming, probe, buffer.streaming).await?;
-        let seqn = buffer.seqn.0;
-        trace!("reading, seqn = {seqn:?}");
-        #[allow(clippy::indexing_slicing)] // fill read `probe` bytes
-        let len = cipher.decrypt_packet_length(seqn, &buffer.incoming[..probe]);
-        let len = BigEndian::read_u32(&len) as usize;
+        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
 
-        if len > MAXIMUM_PACKET_LEN {
-            return Err(Error::PacketSize(len));
+        stream.read_exact(&mut len).await?;
+        trace!("reading, len = {len:?}");
+        {
+            let seqn = buffer.seqn.0;
+            buffer.buffer.clear();
+            buffer.buffer.extend_from_slice(&len);
+            trace!("reading, seqn = {seqn:?}");
+            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = BigEndian::read_u32(&len) as usize;
+
+            if len > MAXIMUM_PACKET_LEN {
+                return Err(Error::PacketSize(len));
+            }
+
+            // A valid packet (with its MAC tag) can never be shorter than the
+            // block we already read to probe it; a smaller value would shrink
+            // the buffer below `l` below and panic on the `buffer.buffer[l..]`
+            // slice. Reject it as a protocol error instead. The tag counts:
+            // with an EtM MAC and 8-byte blocks (3des-cbc), packet_length can
+            // be 8, and the probe also reads the start of the tag.
+            if len + PACKET_LENGTH_LEN + cipher.tag_len()
+                < cipher.packet_length_to_read_for_block_length()
+            {
+                return Err(Error::PacketSize(len));
+            }
+
+            buffer.len = len + cipher.tag_len();
+            trace!("reading, clear len = {:?}", buffer.len);
         }
-
-        // A valid packet (with its MAC tag) can never be shorter than the
-        // block we already read to probe it; a smaller value would make the
-        // packet below shorter than the probe. Reject it as a protocol error
-        // instead. The tag counts: with an EtM MAC and 8-byte blocks
-        // (3des-cbc), packet_length can be 8, and the probe also reads the
-        // start of the tag.
-        if len + PACKET_LENGTH_LEN + cipher.tag_len() < probe {
-            return Err(Error::PacketSize(len));
-        }
-
-        buffer.len = len + cipher.tag_len();
-        trace!("reading, clear len = {:?}", buffer.len);
     }
 
-    // Read into the buffer's spare capacity, several packets at a time while data streams:
-    // zeroing it first (resize, then read_exact) cost a pass over every packet, and a fresh
-    // buffer per packet a page fault per 4 KiB (patches/russh/README.md).
+    trace!("read_exact {:?}", buffer.len + 4);
+    // Read into the buffer's spare capacity: zeroing it first (resize, then read_exact) cost
+    // a pass over every packet (patches/russh/README.md).
     let total = buffer.len + 4;
-    trace!("read {total:?}");
-    fill(stream, &mut buffer.incoming, total, buffer.streaming).await?;
-    let mut packet = buffer.incoming.split_to(total);
+    buffer.buffer.reserve(total.saturating_sub(buffer.buffer.len()));
+    while buffer.buffer.len() < total {
+        let want = (total - buffer.buffer.len()) as u64;
+        if (&mut *stream).take(want).read_buf(&mut buffer.buffer).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
-    trace!("read done");
+    trace!("read_exact done");
     let seqn = buffer.seqn.0;
-    let plaintext = cipher.open(seqn, &mut packet)?;
+    let plaintext = cipher.open(seqn, &mut buffer.buffer)?;
 
     let padding_length = *plaintext.first().to_owned().unwrap_or(&0) as usize;
     trace!("reading, padding_length {padding_length:?}");
@@ -384,13 +362,7 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer.len = 0;
 
     // Remove the padding
-    packet.truncate(plaintext_end + 4);
-    buffer.packet = packet;
-
-    buffer.streaming = total >= STREAMING_PACKET;
-    if !buffer.streaming && buffer.incoming.is_empty() {
-        buffer.incoming = BytesMut::new();
-    }
+    buffer.buffer.resize(plaintext_end + 4, 0);
 
     Ok(plaintext_end + 4)
 }
@@ -443,7 +415,7 @@ mod tests {
             .unwrap();
 
         #[allow(clippy::indexing_slicing)]
-        let payload = &buffer.packet[5..n];
+        let payload = &buffer.buffer[5..n];
         assert_eq!(payload, [52]);
     }
 }

@@ -1286,6 +1286,7 @@ async fn start_reading<R: AsyncRead + Unpin>(
     mut buffer: SSHBuffer,
     mut cipher: Box<dyn OpeningKey + Send>,
 ) -> Result<(usize, R, SSHBuffer, Box<dyn OpeningKey + Send>), crate::Error> {
+    buffer.buffer.clear();
     let n = cipher::read(&mut stream_read, &mut buffer, &mut *cipher).await?;
     Ok((n, stream_read, buffer, cipher))
 }
@@ -1298,7 +1299,7 @@ impl Session {
                 return Ok(IncomingSshPacket {
                     #[allow(clippy::indexing_slicing)] // length checked
                     buffer: bytes::Bytes::copy_from_slice(
-                        enc.decompress.decompress(&buffer.packet[5..], &mut decomp)?,
+                        enc.decompress.decompress(&buffer.buffer[5..], &mut decomp)?,
                     ),
                     seqn: buffer.seqn,
                 });
@@ -1307,7 +1308,7 @@ impl Session {
         // Uncompressed, the packet's own allocation becomes the message: channel data is
         // then sliced out of it instead of copied (patches/russh/README.md).
         Ok(IncomingSshPacket {
-            buffer: std::mem::take(&mut buffer.packet).freeze().slice(5..),
+            buffer: bytes::Bytes::from(std::mem::take(&mut buffer.buffer)).slice(5..),
             seqn: buffer.seqn,
         })
     }
@@ -1440,7 +1441,7 @@ impl Session {
 
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
-                    if buffer.packet.len() < 5 {
+                    if buffer.buffer.len() < 5 {
                         break
                     }
 
@@ -2416,7 +2417,7 @@ mod tests {
             r = &mut event_loop => panic!("event loop ended before rekeying: {:?}", r.map(drop)),
             r = tokio::time::timeout(Duration::from_secs(5), packet) => {
                 r.ok()?.unwrap();
-                buffer.packet.get(5).copied()
+                buffer.buffer.get(5).copied()
             }
         }
     }
@@ -2550,8 +2551,8 @@ mod tests {
     #[cfg(feature = "flate2")]
     fn incoming_packet(compressed: Vec<u8>) -> SSHBuffer {
         let mut buffer = SSHBuffer::new();
-        buffer.packet.extend_from_slice(&[0; 5]);
-        buffer.packet.extend_from_slice(&compressed);
+        buffer.buffer.extend_from_slice(&[0; 5]);
+        buffer.buffer.extend_from_slice(&compressed);
         buffer
     }
 

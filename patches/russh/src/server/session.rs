@@ -479,7 +479,7 @@ impl Session {
                 return Ok(IncomingSshPacket {
                     #[allow(clippy::indexing_slicing)] // length checked
                     buffer: bytes::Bytes::copy_from_slice(
-                        enc.decompress.decompress(&buffer.packet[5..], &mut decomp)?,
+                        enc.decompress.decompress(&buffer.buffer[5..], &mut decomp)?,
                     ),
                     seqn: buffer.seqn,
                 });
@@ -488,7 +488,7 @@ impl Session {
         // Uncompressed, the packet's own allocation becomes the message: channel data is
         // then sliced out of it instead of copied (patches/russh/README.md).
         Ok(IncomingSshPacket {
-            buffer: std::mem::take(&mut buffer.packet).freeze().slice(5..),
+            buffer: bytes::Bytes::from(std::mem::take(&mut buffer.buffer)).slice(5..),
             seqn: buffer.seqn,
         })
     }
@@ -721,7 +721,7 @@ impl Session {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
                         Err(e) => return Err(e.into())
                     };
-                    if buffer.packet.len() < 5 {
+                    if buffer.buffer.len() < 5 {
                         is_reading = Some((stream_read, buffer, opening_cipher));
                         break
                     }
@@ -1690,8 +1690,8 @@ mod tests {
 
     fn incoming_packet(compressed: Vec<u8>) -> SSHBuffer {
         let mut buffer = SSHBuffer::new();
-        buffer.packet.extend_from_slice(&[0; 5]);
-        buffer.packet.extend_from_slice(&compressed);
+        buffer.buffer.extend_from_slice(&[0; 5]);
+        buffer.buffer.extend_from_slice(&compressed);
         buffer
     }
 
@@ -1831,7 +1831,7 @@ mod tests {
         let result = tokio::time::timeout(Duration::from_secs(5), packet).await;
         event_loop.abort();
         result.ok()?.unwrap();
-        buffer.packet.get(5).copied()
+        buffer.buffer.get(5).copied()
     }
 
     #[tokio::test]
