@@ -355,8 +355,8 @@ mod tests {
     /// with both sides rekeying every 256 KiB, 16 MiB go up to an echo and come back down
     /// as sent.
     ///
-    /// Up, then down: with both directions streaming at once, rekeying this often stalls
-    /// published russh 0.65.1 as well as this copy (bench/NOTES.md, 2026-12-03).
+    /// Up, then down: with both directions streaming at once, a russh client and server can
+    /// stall each other, published 0.65.1 as well as this copy (bench/NOTES.md, 2026-12-03).
     #[tokio::test]
     async fn streams_through_partial_reads_and_rekeys_intact() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
