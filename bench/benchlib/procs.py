@@ -137,14 +137,11 @@ def _ppid_map():
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
+        fields = _stat_fields(name)
+        if fields is None:
             continue
-        # The command name is in parentheses and may hold spaces.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+        # Field 4 of stat (ppid).
+        children.setdefault(int(fields[1]), []).append(int(name))
     return children
 
 
@@ -190,15 +187,23 @@ def tree_cpu_s(pid):
     return sum(cpu_s(p) or 0 for p in [pid] + descendants(pid))
 
 
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name's ")" (the name may hold spaces
+    and parentheses; field N of proc(5) is at index N - 3); None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_s(pid, reaped=True):
     """CPU seconds (user + system) of one process, with what it reaped from exited children
     unless `reaped` is false; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    # Fields 14-17 of stat (utime stime cutime cstime), counted after the ")".
+    # Fields 14-17 of stat (utime stime cutime cstime).
     return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
 
 
@@ -212,12 +217,10 @@ def tree_minflt(pid):
 def minflt(pid):
     """Minor page faults of one process with those it reaped from exited children; None if it
     is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    # Fields 10 and 11 of stat (minflt cminflt), counted after the ")".
+    # Fields 10 and 11 of stat (minflt cminflt).
     return int(fields[7]) + int(fields[8])
 
 
