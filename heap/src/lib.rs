@@ -55,7 +55,7 @@ const KEEP_FREE_BYTES: libc::c_int = 32 << 20;
 
 /// Allocations at least this large get pages of their own (mmap) and give them back when
 /// freed. Setting the trim threshold fixes glibc's own (128 KiB, else raised as large blocks
-/// are freed), so it is set here above the read buffers.
+/// are freed), so it is set here, well above the 64 KiB buffers.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const OWN_PAGES_FROM: libc::c_int = 4 << 20;
 
