@@ -480,8 +480,10 @@ impl Drop for ConnectionGuard<'_> {
             });
         }
         // Nothing is relayed any more: the buffers a transfer queued are free, and on a
-        // device the memory they held should be the system's again, not the allocator's.
+        // device the memory they held should be the system's again, not the allocator's
+        // nor russh's pool of received packets' buffers.
         if was_last {
+            russh::packet_pool::release();
             let released = assist_heap::release_free_memory();
             tracing::debug!(
                 released,

@@ -30,6 +30,7 @@ pub mod keys;
 
 mod msg;
 mod negotiation;
+pub mod packet_pool;
 mod ssh_read;
 mod sshbuffer;
 

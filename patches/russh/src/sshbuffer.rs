@@ -329,6 +329,10 @@ pub struct SSHBuffer {
     // Sequence numbers are on 32 bits and wrap.
     // https://tools.ietf.org/html/rfc4253#section-6.4
     pub seqn: Wrapping<u32>,
+    /// Received: the start of the next packet (at most its first block), read with the end
+    /// of the last one so that the next packet's length needs no read of its own.
+    pub ahead: [u8; 16],
+    pub ahead_len: usize,
 }
 
 impl SSHBuffer {
@@ -338,6 +342,8 @@ impl SSHBuffer {
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),
+            ahead: [0; 16],
+            ahead_len: 0,
         }
     }
 

@@ -298,16 +298,23 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
-
-        stream.read_exact(&mut len).await?;
-        trace!("reading, len = {len:?}");
+        // The first block (at most 16 bytes for every cipher here) says the packet's length;
+        // the last packet's read may have brought some or all of it (`ahead`).
+        let mut probe = [0; 16];
+        let probe = probe
+            .get_mut(..cipher.packet_length_to_read_for_block_length())
+            .ok_or(Error::IndexOutOfBounds)?;
+        let from_ahead = buffer.ahead_len.min(probe.len());
+        let (known, unread) = probe.split_at_mut(from_ahead);
+        known.copy_from_slice(buffer.ahead.get(..from_ahead).ok_or(Error::IndexOutOfBounds)?);
+        if !unread.is_empty() {
+            stream.read_exact(unread).await?;
+        }
+        trace!("reading, len = {probe:?}");
         {
             let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = cipher.decrypt_packet_length(seqn, probe);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,20 +335,49 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
+            // Room for the whole packet at once; a large one's from the pool of buffers
+            // whose packets were dropped (patches/russh/README.md).
+            // with room for the next packet's first block.
+            let total = buffer.len + PACKET_LENGTH_LEN;
+            let rest_ahead = buffer
+                .ahead
+                .get(from_ahead..buffer.ahead_len)
+                .ok_or(Error::IndexOutOfBounds)?;
+            if probe.len() + rest_ahead.len() > total {
+                return Err(Error::PacketSize(len));
+            }
+            let room = total + probe.len();
+            if buffer.buffer.capacity() < room {
+                buffer.buffer = crate::packet_pool::take(room);
+            }
+            buffer.buffer.clear();
+            buffer.buffer.extend_from_slice(probe);
+            buffer.buffer.extend_from_slice(rest_ahead);
+            buffer.ahead_len = 0;
         }
     }
 
     trace!("read_exact {:?}", buffer.len + 4);
     // Read into the buffer's spare capacity: zeroing it first (resize, then read_exact) cost
-    // a pass over every packet (patches/russh/README.md).
-    let total = buffer.len + 4;
-    buffer.buffer.reserve(total.saturating_sub(buffer.buffer.len()));
+    // a pass over every packet (patches/russh/README.md). Each read asks for the next
+    // packet's first block too: while data streams in, one read per packet instead of two.
+    let total = buffer.len + PACKET_LENGTH_LEN;
+    let next_block = cipher.packet_length_to_read_for_block_length().min(16);
+    buffer.buffer.reserve((total + next_block).saturating_sub(buffer.buffer.len()));
     while buffer.buffer.len() < total {
-        let want = (total - buffer.buffer.len()) as u64;
+        let want = (total + next_block - buffer.buffer.len()) as u64;
         if (&mut *stream).take(want).read_buf(&mut buffer.buffer).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
+    let ahead = buffer.buffer.get(total..).unwrap_or_default();
+    buffer
+        .ahead
+        .get_mut(..ahead.len())
+        .ok_or(Error::IndexOutOfBounds)?
+        .copy_from_slice(ahead);
+    buffer.ahead_len = ahead.len();
+    buffer.buffer.truncate(total);
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

@@ -1306,9 +1306,10 @@ impl Session {
             }
         }
         // Uncompressed, the packet's own allocation becomes the message: channel data is
-        // then sliced out of it instead of copied (patches/russh/README.md).
+        // then sliced out of it instead of copied, and a large one's allocation goes back
+        // to the pool once the last slice is dropped (patches/russh/README.md).
         Ok(IncomingSshPacket {
-            buffer: bytes::Bytes::from(std::mem::take(&mut buffer.buffer)).slice(5..),
+            buffer: crate::packet_pool::packet(std::mem::take(&mut buffer.buffer)).slice(5..),
             seqn: buffer.seqn,
         })
     }
