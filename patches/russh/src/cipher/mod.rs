@@ -297,13 +297,12 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
+    // The first block (at most 16 bytes for every cipher here) says a packet's length; the
+    // last packet's read may have brought some or all of it (`ahead`).
+    let block = cipher.packet_length_to_read_for_block_length();
     if buffer.len == 0 {
-        // The first block (at most 16 bytes for every cipher here) says the packet's length;
-        // the last packet's read may have brought some or all of it (`ahead`).
         let mut probe = [0; 16];
-        let probe = probe
-            .get_mut(..cipher.packet_length_to_read_for_block_length())
-            .ok_or(Error::IndexOutOfBounds)?;
+        let probe = probe.get_mut(..block).ok_or(Error::IndexOutOfBounds)?;
         let from_ahead = buffer.ahead_len.min(probe.len());
         let (known, unread) = probe.split_at_mut(from_ahead);
         known.copy_from_slice(buffer.ahead.get(..from_ahead).ok_or(Error::IndexOutOfBounds)?);
@@ -327,17 +326,15 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
             // slice. Reject it as a protocol error instead. The tag counts:
             // with an EtM MAC and 8-byte blocks (3des-cbc), packet_length can
             // be 8, and the probe also reads the start of the tag.
-            if len + PACKET_LENGTH_LEN + cipher.tag_len()
-                < cipher.packet_length_to_read_for_block_length()
-            {
+            if len + PACKET_LENGTH_LEN + cipher.tag_len() < block {
                 return Err(Error::PacketSize(len));
             }
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
-            // Room for the whole packet at once; a large one's from the pool of buffers
-            // whose packets were dropped (patches/russh/README.md).
-            // with room for the next packet's first block.
+            // Room for the whole packet and the next one's first block at once; a large
+            // one's from the pool of buffers whose packets were dropped
+            // (patches/russh/README.md).
             let total = buffer.len + PACKET_LENGTH_LEN;
             let rest_ahead = buffer
                 .ahead
@@ -346,7 +343,7 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
             if probe.len() + rest_ahead.len() > total {
                 return Err(Error::PacketSize(len));
             }
-            let room = total + probe.len();
+            let room = total + block;
             if buffer.buffer.capacity() < room {
                 buffer.buffer = crate::packet_pool::take(room);
             }
@@ -362,10 +359,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     // a pass over every packet (patches/russh/README.md). Each read asks for the next
     // packet's first block too: while data streams in, one read per packet instead of two.
     let total = buffer.len + PACKET_LENGTH_LEN;
-    let next_block = cipher.packet_length_to_read_for_block_length().min(16);
-    buffer.buffer.reserve((total + next_block).saturating_sub(buffer.buffer.len()));
+    buffer.buffer.reserve((total + block).saturating_sub(buffer.buffer.len()));
     while buffer.buffer.len() < total {
-        let want = (total + next_block - buffer.buffer.len()) as u64;
+        let want = (total + block - buffer.buffer.len()) as u64;
         if (&mut *stream).take(want).read_buf(&mut buffer.buffer).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
