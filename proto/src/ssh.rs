@@ -263,8 +263,16 @@ mod tests {
     }
 
     /// A server that accepts anyone and relays each session channel (as the agent does) to
-    /// an echo that returns the bytes once they have all arrived.
-    struct Echo;
+    /// an echo: one that returns the bytes once they have all arrived (`Echo::After`), or
+    /// one that returns each as it arrives, so that both directions stream at once
+    /// (`Echo::AtOnce`).
+    #[derive(Clone, Copy)]
+    enum Echo {
+        After,
+        AtOnce,
+        /// Takes the first channel and never reads it; echoes the others `AtOnce`.
+        AtOnceIgnoringTheFirst,
+    }
 
     impl russh::server::Handler for Echo {
         type Error = russh::Error;
@@ -279,14 +287,33 @@ mod tests {
             reply: russh::server::ChannelOpenHandle,
             _session: &mut russh::server::Session,
         ) -> Result<(), Self::Error> {
+            let echo = *self;
+            if let Echo::AtOnceIgnoringTheFirst = echo {
+                *self = Echo::AtOnce;
+                tokio::spawn(async move {
+                    reply.accept().await;
+                    let _unread = channel;
+                    std::future::pending::<()>().await;
+                });
+                return Ok(());
+            }
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 reply.accept().await;
                 let (mut near, mut far) = tokio::io::duplex(1 << 16);
                 tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let _ = far.read_to_end(&mut got).await;
-                    let _ = far.write_all(&got).await;
+                    match echo {
+                        Echo::After => {
+                            let mut got = Vec::new();
+                            let _ = far.read_to_end(&mut got).await;
+                            let _ = far.write_all(&got).await;
+                        }
+                        Echo::AtOnce | Echo::AtOnceIgnoringTheFirst => {
+                            let (mut from, mut to) = tokio::io::split(far);
+                            let _ = tokio::io::copy(&mut from, &mut to).await;
+                            far = from.unsplit(to);
+                        }
+                    }
                     let _ = far.shutdown().await;
                 });
                 let _ = relay_channel(&mut near, channel).await;
@@ -350,17 +377,15 @@ mod tests {
         }
     }
 
-    /// The patched russh receives channel data as slices of the packet it read
-    /// (patches/russh/README.md). Through a pipe whose reads end anywhere in a packet, and
-    /// with both sides rekeying every 256 KiB, 16 MiB go up to an echo and come back down
-    /// as sent.
-    ///
-    /// Up, then down: with both directions streaming at once, a russh client and server can
-    /// stall each other, published 0.65.1 as well as this copy (bench/NOTES.md, 2026-12-03).
-    #[tokio::test]
-    async fn streams_through_partial_reads_and_rekeys_intact() {
+    /// Sends `total` bytes through a russh client and server over `transport` (pieces of odd
+    /// sizes, so packets are of many lengths) to `echo`, with both sides rekeying every
+    /// `rekey` bytes, and checks they come back as sent.
+    async fn round_trip<T>(transport: (T, T), echo: Echo, rekey: usize, total: usize)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let limits = russh::Limits::new(256 << 10, 256 << 10, std::time::Duration::from_secs(3600));
+        let limits = russh::Limits::new(rekey, rekey, std::time::Duration::from_secs(3600));
         let host_key = russh::keys::PrivateKey::from(
             russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[3; 32]),
         );
@@ -377,14 +402,12 @@ mod tests {
             maximum_packet_size: MAX_PACKET,
             ..Default::default()
         });
-        // Room for whole windows: a russh session does not read while it writes.
-        let (ours, theirs) = tokio::io::duplex(8 << 20);
-        let running = tokio::spawn(async move {
-            russh::server::run_stream(server, Trickle(theirs), Echo)
-                .await?
-                .await
-        });
-        let mut session = client::connect_stream(client_config, Trickle(ours), TrustAny)
+        let (ours, theirs) = transport;
+        let running =
+            tokio::spawn(
+                async move { russh::server::run_stream(server, theirs, echo).await?.await },
+            );
+        let mut session = client::connect_stream(client_config, ours, TrustAny)
             .await
             .expect("connecting");
         assert!(
@@ -394,30 +417,119 @@ mod tests {
                 .expect("auth")
                 .success()
         );
+        // A channel whose reader never reads, sent to as fast as it will take.
+        let flooding = tokio::spawn({
+            let ignored = match echo {
+                Echo::AtOnceIgnoringTheFirst => {
+                    Some(session.channel_open_session().await.expect("channel"))
+                }
+                _ => None,
+            };
+            async move {
+                if let Some(ignored) = ignored {
+                    let mut to = ignored.into_stream();
+                    let _ = to.write_all(&vec![0; 64 << 20]).await;
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
         let channel = session.channel_open_session().await.expect("channel");
         let (mut from, mut to) = tokio::io::split(channel.into_stream());
 
-        const TOTAL: usize = 16 << 20;
-        let sent: Vec<u8> = (0..TOTAL as u32)
+        let sent: Vec<u8> = (0..total as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         let writer = tokio::spawn({
             let sent = sent.clone();
             async move {
-                // Pieces of odd sizes, so packets are of many lengths.
                 for piece in sent.chunks(40_961) {
                     to.write_all(piece).await.expect("writing");
                 }
                 to.shutdown().await.expect("eof");
             }
         });
-        let mut back = Vec::with_capacity(TOTAL);
-        from.read_to_end(&mut back).await.expect("reading");
+        let mut back = Vec::with_capacity(total);
+        // A stall is a failure, not a hang: the slowest of these takes a few seconds.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            from.read_to_end(&mut back),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("stalled after {} of {total} bytes came back", back.len()))
+        .expect("reading");
         writer.await.expect("writer");
-        assert_eq!(back.len(), TOTAL);
+        assert_eq!(back.len(), total);
         assert!(back == sent, "the echo came back changed");
+        flooding.abort();
         drop(session);
         running.abort();
+    }
+
+    /// A pipe whose reads end anywhere in a packet, `Trickle` at both ends.
+    fn trickling_pipe() -> (Trickle, Trickle) {
+        let (ours, theirs) = tokio::io::duplex(8 << 20);
+        (Trickle(ours), Trickle(theirs))
+    }
+
+    /// A pipe that holds 64 KiB each way, far less than a channel's window.
+    fn narrow_pipe() -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+        tokio::io::duplex(64 << 10)
+    }
+
+    /// Two ends of a TCP connection on loopback.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (ours, theirs) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        (ours.expect("connect"), theirs.expect("accept").0)
+    }
+
+    /// The patched russh receives channel data as slices of the packet it read
+    /// (patches/russh/README.md). Through a pipe whose reads end anywhere in a packet, and
+    /// with both sides rekeying every 256 KiB, 16 MiB go up to an echo and come back down
+    /// as sent.
+    #[tokio::test]
+    async fn streams_through_partial_reads_and_rekeys_intact() {
+        round_trip(trickling_pipe(), Echo::After, 256 << 10, 16 << 20).await;
+    }
+
+    /// Both directions at once, rekeying every 256 KiB: key exchanges start while data
+    /// streams each way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_both_ways_at_once_through_rekeys() {
+        round_trip(trickling_pipe(), Echo::AtOnce, 256 << 10, 16 << 20).await;
+    }
+
+    /// Both directions at once over TCP on loopback. The echo writes back only as fast as
+    /// its relay takes what arrives: a session that waited for a channel's reader stalled
+    /// here for good (patches/russh/README.md).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_both_ways_at_once_over_tcp() {
+        round_trip(tcp_pair().await, Echo::AtOnce, 1 << 30, 64 << 20).await;
+    }
+
+    /// A channel whose reader stopped reading stops only that channel: the session goes on
+    /// carrying the others. Published russh waited for the stopped reader in the session's
+    /// loop, every channel with it (patches/russh/README.md).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_nobody_reads_stops_no_other() {
+        round_trip(
+            tcp_pair().await,
+            Echo::AtOnceIgnoringTheFirst,
+            1 << 30,
+            16 << 20,
+        )
+        .await;
+    }
+
+    /// Both directions at once through a pipe that holds less than what either side has to
+    /// write: each side must read while its writes wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_both_ways_at_once_through_a_narrow_pipe() {
+        round_trip(narrow_pipe(), Echo::AtOnce, 1 << 30, 16 << 20).await;
     }
 
     /// Fills a buffer from the recycler, hands its bytes over (as to russh) and returns

@@ -132,6 +132,25 @@ impl ChannelFlushResult {
 }
 
 impl<C> CommonSession<C> {
+    /// How many bytes of packets the session may read ahead while a write waits
+    /// (`read_ahead`): what the peer may send into the channels' windows of `window_size`
+    /// each, and some more; nothing on a compressed connection.
+    pub(crate) fn read_ahead_room(&self, window_size: u32) -> usize {
+        use crate::compression::Compression;
+        match &self.encrypted {
+            None => crate::read_ahead::READ_AHEAD_BEYOND_WINDOWS,
+            Some(enc)
+                if !matches!(enc.client_compression, Compression::None)
+                    || !matches!(enc.server_compression, Compression::None) =>
+            {
+                0
+            }
+            Some(enc) => (window_size as usize)
+                .saturating_mul(enc.channels.len())
+                .saturating_add(crate::read_ahead::READ_AHEAD_BEYOND_WINDOWS),
+        }
+    }
+
     pub(crate) fn has_any_pending_data(&self) -> bool {
         self.encrypted
             .as_ref()
@@ -305,11 +324,15 @@ impl Encrypted {
         }
     }
 
+    /// Counts `data` against the channel's window, and opens the window again once half of
+    /// it is used, unless the channel's reader is behind (`withhold`): then the window is
+    /// opened when the reader caught up (`ChannelRef::send`, patches/russh/README.md).
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,
         data: &[u8],
         target: u32,
+        withhold: bool,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
             trace!(
@@ -321,7 +344,7 @@ impl Encrypted {
             if data.len() as u32 <= channel.sender_window_size {
                 channel.sender_window_size -= data.len() as u32;
             }
-            if channel.sender_window_size < target / 2 {
+            if !withhold && channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
                     channel.sender_window_size, target

@@ -11,6 +11,7 @@ pub mod io;
 
 mod channel_ref;
 pub use channel_ref::ChannelRef;
+pub(crate) use channel_ref::caught_up;
 
 mod channel_stream;
 pub use channel_stream::ChannelStream;
@@ -483,10 +484,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
                 write_half,
                 read_half,
             },
-            ChannelRef {
-                sender: tx,
-                window_size,
-            },
+            ChannelRef::with_window(tx, window_size),
         )
     }
 

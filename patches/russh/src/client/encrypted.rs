@@ -598,19 +598,22 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                // Handed to the channel first: its window stays shut while its reader is
+                // behind (patches/russh/README.md).
+                let mut behind = false;
+                if let Some(chan) = self.channels.get(&channel_num) {
+                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
+                    behind = chan.is_behind();
+                }
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.adjust_window_size(channel_num, &data, target, behind)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
                             self.target_window_size = next_window
                         }
                     }
-                }
-
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
                 }
 
                 client.data(channel_num, &data, self).await
@@ -624,17 +627,7 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
-                }
-
+                let mut behind = false;
                 if let Some(chan) = self.channels.get(&channel_num) {
                     let _ = chan
                         .send(ChannelMsg::ExtendedData {
@@ -642,6 +635,17 @@ impl Session {
                             data: data.clone(),
                         })
                         .await;
+                    behind = chan.is_behind();
+                }
+                #[allow(clippy::collapsible_if)]
+                if let Some(ref mut enc) = self.common.encrypted {
+                    if enc.adjust_window_size(channel_num, &data, target, behind)? {
+                        let next_window =
+                            client.adjust_window(channel_num, self.target_window_size);
+                        if next_window > 0 {
+                            self.target_window_size = next_window
+                        }
+                    }
                 }
 
                 client

@@ -1292,6 +1292,50 @@ async fn start_reading<R: AsyncRead + Unpin>(
 }
 
 impl Session {
+    /// Processes the packet `cipher::read` left in `buffer`, read now or earlier
+    /// (`read_ahead`), and keeps the buffer's sequence number and byte count as it
+    /// requires (new keys reset them). The opening key must be in `remote_to_local`. A
+    /// peer's DISCONNECT goes to `result`; `false` once the stream ended.
+    async fn take_packet<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        kex_done_signal: &mut Option<
+            oneshot::Sender<Option<crate::keys::agent::AgentSessionBinding>>,
+        >,
+        buffer: &mut SSHBuffer,
+        result: &mut Result<RemoteDisconnectInfo, H::Error>,
+    ) -> Result<bool, H::Error> {
+        if buffer.buffer.len() < 5 {
+            return Ok(false);
+        }
+        let mut pkt = self.maybe_decompress(buffer)?;
+        if !pkt.buffer.is_empty() {
+            #[allow(clippy::indexing_slicing)] // length checked
+            if pkt.buffer[0] == crate::msg::DISCONNECT {
+                debug!("received disconnect");
+                *result = self.process_disconnect(&pkt).map_err(H::Error::from);
+            } else {
+                self.common.received_data = true;
+                let kex_was_active = self.kex.active();
+                reply(self, handler, kex_done_signal, &mut pkt).await?;
+                buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
+
+                if kex_was_active && !self.kex.active() {
+                    buffer.bytes = 0;
+                } else if self.automatic_rekey_allowed()
+                    && buffer.bytes >= self.common.config.limits.rekey_read_limit
+                {
+                    debug!("rekey read limit reached after {} inbound bytes", buffer.bytes);
+                    if let Some(enc) = self.common.encrypted.as_mut() {
+                        // flush checks this
+                        enc.rekey_wanted = true;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
     fn maybe_decompress(&mut self, buffer: &mut SSHBuffer) -> Result<IncomingSshPacket, Error> {
         if let Some(ref mut enc) = self.common.encrypted {
             if !matches!(enc.decompress, crate::compression::Decompress::None) {
@@ -1419,6 +1463,10 @@ impl Session {
 
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
+        // Packets read while a write waited, and a read that completed then but must be
+        // processed before the next one starts (`read_ahead`).
+        let mut inbox = crate::read_ahead::Inbox::default();
+        let mut early: Option<crate::read_ahead::Reading<_>> = None;
 
         #[allow(clippy::panic)] // false positive in select! macro
         while !self.common.disconnected {
@@ -1433,119 +1481,137 @@ impl Session {
             let rekey_timer =
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
-            tokio::select! {
-                r = &mut reading => {
-                    let (stream_read, mut buffer, mut opening_cipher) = match r {
-                        Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
-                        Err(e) => return Err(e.into())
-                    };
-
-                    std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
-
-                    if buffer.buffer.len() < 5 {
-                        break
+            // Packets read ahead come first, in the order they were read, then a read
+            // that completed while writing; only then does the session wait again.
+            let read = if let Some(kept) = inbox.pop() {
+                let mut buffer = SSHBuffer {
+                    buffer: kept.packet,
+                    seqn: kept.seqn,
+                    bytes: kept.bytes,
+                    ..SSHBuffer::new()
+                };
+                // The reader still has the key, and needs none of what changes here: no
+                // packet after new keys is read ahead.
+                if !self
+                    .take_packet(handler, kex_done_signal, &mut buffer, &mut result)
+                    .await?
+                {
+                    break;
+                }
+                None
+            } else if let Some(read) = early.take() {
+                Some(read)
+            } else {
+                tokio::select! {
+                    read = &mut reading => Some(read),
+                    () = &mut rekey_timer => {
+                        // The flush after the select sees the elapsed limit.
+                        debug!("rekey time limit reached");
+                        None
                     }
-
-                    let mut pkt = self.maybe_decompress(&mut buffer)?;
-                    if !pkt.buffer.is_empty() {
-                        #[allow(clippy::indexing_slicing)] // length checked
-                        if pkt.buffer[0] == crate::msg::DISCONNECT {
-                            debug!("received disconnect");
-                            result = self.process_disconnect(&pkt).map_err(H::Error::from);
-                        } else {
-                            self.common.received_data = true;
-                            let kex_was_active = self.kex.active();
-                            reply(self, handler, kex_done_signal, &mut pkt).await?;
-                            buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
-
-                            if kex_was_active && !self.kex.active() {
-                                buffer.bytes = 0;
-                            } else if self.automatic_rekey_allowed()
-                                && buffer.bytes >= self.common.config.limits.rekey_read_limit
-                            {
-                                debug!("rekey read limit reached after {} inbound bytes", buffer.bytes);
-                                if let Some(enc) = self.common.encrypted.as_mut() {
-                                    // flush checks this
-                                    enc.rekey_wanted = true;
-                                }
+                    () = &mut keepalive_timer => {
+                        keepalive_elapsed = true;
+                        if let Some(ref mut enc) = self.common.encrypted
+                            && matches!(enc.state, EncryptedState::Authenticated)
+                        {
+                            self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
+                            if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
+                                debug!("Timeout, server not responding to keepalives");
+                                return Err(crate::Error::KeepaliveTimeout.into());
+                            }
+                            self.send_keepalive(true)?;
+                        }
+                        None
+                    }
+                    () = &mut inactivity_timer => {
+                        debug!("timeout");
+                        return Err(crate::Error::InactivityTimeout.into());
+                    }
+                    caught_up = crate::channels::caught_up(&mut self.channels) => {
+                        // Their readers caught up: their windows open again.
+                        let target = self.common.config.window_size;
+                        if let Some(enc) = self.common.encrypted.as_mut() {
+                            for channel in caught_up {
+                                enc.adjust_window_size(channel, &[], target, false)?;
                             }
                         }
+                        None
                     }
-
-                    std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
-                    reading.set(start_reading(stream_read, buffer, opening_cipher));
-                }
-                () = &mut rekey_timer => {
-                    // The flush after the select sees the elapsed limit.
-                    debug!("rekey time limit reached");
-                }
-                () = &mut keepalive_timer => {
-                    keepalive_elapsed = true;
-                    if let Some(ref mut enc) = self.common.encrypted
-                        && matches!(enc.state, EncryptedState::Authenticated)
-                    {
-                        self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
-                        if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
-                            debug!("Timeout, server not responding to keepalives");
-                            return Err(crate::Error::KeepaliveTimeout.into());
-                        }
-                        self.send_keepalive(true)?;
-                    }
-                }
-                () = &mut inactivity_timer => {
-                    debug!("timeout");
-                    return Err(crate::Error::InactivityTimeout.into());
-                }
-                msg = self.receiver.recv(), if can_receive_outbound => {
-                    self.drain_priority_msgs()?;
-                    match msg {
-                        Some(msg) => self.handle_msg(msg)?,
-                        None => {
-                            self.common.disconnected = true;
-                            break
-                        }
-                    };
-
-                    // eagerly take all outgoing messages so writes are batched
-                    while !self.kex.active() && !self.common.has_any_pending_data() {
+                    msg = self.receiver.recv(), if can_receive_outbound => {
                         self.drain_priority_msgs()?;
-                        match self.receiver.try_recv() {
-                            Ok(next) => self.handle_msg(next)?,
-                            Err(_) => break
+                        match msg {
+                            Some(msg) => self.handle_msg(msg)?,
+                            None => {
+                                self.common.disconnected = true;
+                                break
+                            }
+                        };
+
+                        // eagerly take all outgoing messages so writes are batched
+                        while !self.kex.active() && !self.common.has_any_pending_data() {
+                            self.drain_priority_msgs()?;
+                            match self.receiver.try_recv() {
+                                Ok(next) => self.handle_msg(next)?,
+                                Err(_) => break
+                            }
                         }
+                        None
                     }
-                }
-                msg = self.priority_receiver.recv(), if !self.kex.active() => {
-                    match msg {
-                        Some(msg) => self.handle_msg(msg)?,
-                        None => (),
-                    }
+                    msg = self.priority_receiver.recv(), if !self.kex.active() => {
+                        match msg {
+                            Some(msg) => self.handle_msg(msg)?,
+                            None => (),
+                        }
 
-                    // eagerly take all outgoing messages so writes are batched
-                    self.drain_priority_msgs()?;
-                }
-                msg = self.inbound_channel_receiver.recv(), if can_receive_outbound => {
-                    self.drain_priority_msgs()?;
-                    match msg {
-                        Some(msg) => self.handle_msg(msg)?,
-                        None => (),
-                    }
-
-                    // eagerly take all outgoing messages so writes are batched
-                    while !self.kex.active() && !self.common.has_any_pending_data() {
+                        // eagerly take all outgoing messages so writes are batched
                         self.drain_priority_msgs()?;
-                        match self.inbound_channel_receiver.try_recv() {
-                            Ok(next) => self.handle_msg(next)?,
-                            Err(_) => break
+                        None
+                    }
+                    msg = self.inbound_channel_receiver.recv(), if can_receive_outbound => {
+                        self.drain_priority_msgs()?;
+                        match msg {
+                            Some(msg) => self.handle_msg(msg)?,
+                            None => (),
                         }
+
+                        // eagerly take all outgoing messages so writes are batched
+                        while !self.kex.active() && !self.common.has_any_pending_data() {
+                            self.drain_priority_msgs()?;
+                            match self.inbound_channel_receiver.try_recv() {
+                                Ok(next) => self.handle_msg(next)?,
+                                Err(_) => break
+                            }
+                        }
+                        None
                     }
                 }
             };
+            if let Some(read) = read {
+                let (stream_read, mut buffer, mut opening_cipher) = match read {
+                    Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
+                    Err(e) => return Err(e.into()),
+                };
+                std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                if !self
+                    .take_packet(handler, kex_done_signal, &mut buffer, &mut result)
+                    .await?
+                {
+                    break;
+                }
+                std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                reading.set(start_reading(stream_read, buffer, opening_cipher));
+            }
 
             self.flush()?;
-            crate::flush_or_timeout(
+            let room = self.common.read_ahead_room(self.common.config.window_size);
+            crate::read_ahead::flush(
                 &mut self.common.packet_writer,
                 stream_write,
+                reading.as_mut(),
+                start_reading,
+                &mut early,
+                &mut inbox,
+                room,
                 inactivity_timer.as_mut(),
             )
             .await?;

@@ -1492,9 +1492,23 @@ impl Session {
                 let data = crate::sshbuffer::channel_data(&self.common.incoming, r)?;
                 let target = self.target_window_size;
 
+                // Handed to the channel first: its window stays shut while its reader is
+                // behind (patches/russh/README.md).
+                let mut behind = false;
+                if let Some(chan) = self.channels.get(&channel_num) {
+                    let msg = match ext {
+                        Some(ext) => ChannelMsg::ExtendedData {
+                            ext,
+                            data: data.clone(),
+                        },
+                        None => ChannelMsg::Data { data: data.clone() },
+                    };
+                    chan.send(msg).await.unwrap_or(());
+                    behind = chan.is_behind();
+                }
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.adjust_window_size(channel_num, &data, target, behind)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
@@ -1503,21 +1517,8 @@ impl Session {
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::ExtendedData {
-                            ext,
-                            data: data.clone(),
-                        })
-                        .await
-                        .unwrap_or(())
-                    }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::Data { data: data.clone() })
-                            .await
-                            .unwrap_or(())
-                    }
                     handler.data(channel_num, &data, self).await
                 }
             }

@@ -471,6 +471,14 @@ impl Handle {
     }
 }
 
+/// What a session's loop does after a received packet.
+enum AfterPacket {
+    /// Read the next one.
+    Go,
+    /// Stop: the peer disconnected or the stream ended.
+    End,
+}
+
 impl Session {
     fn maybe_decompress(&mut self, buffer: &mut SSHBuffer) -> Result<IncomingSshPacket, Error> {
         if let Some(ref mut enc) = self.common.encrypted {
@@ -492,6 +500,46 @@ impl Session {
             buffer: crate::packet_pool::packet(std::mem::take(&mut buffer.buffer)).slice(5..),
             seqn: buffer.seqn,
         })
+    }
+
+    /// Processes the packet `cipher::read` left in `buffer`, read now or earlier
+    /// (`read_ahead`), and keeps the buffer's sequence number and byte count as it
+    /// requires (new keys reset them). The opening key must be in `remote_to_local`.
+    async fn take_packet<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        buffer: &mut SSHBuffer,
+    ) -> Result<AfterPacket, H::Error> {
+        if buffer.buffer.len() < 5 {
+            return Ok(AfterPacket::End);
+        }
+        let mut pkt = self.maybe_decompress(buffer)?;
+        match pkt.buffer.first() {
+            None => {}
+            Some(&crate::msg::DISCONNECT) => {
+                debug!("break");
+                return Ok(AfterPacket::End);
+            }
+            Some(_) => {
+                self.common.received_data = true;
+                let kex_was_active = self.kex.active();
+                reply(self, handler, &mut pkt).await?;
+                buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
+
+                if kex_was_active && !self.kex.active() {
+                    buffer.bytes = 0;
+                } else if self.automatic_rekey_allowed()
+                    && buffer.bytes >= self.common.config.limits.rekey_read_limit
+                {
+                    debug!("rekey read limit reached after {} inbound bytes", buffer.bytes);
+                    if let Some(enc) = self.common.encrypted.as_mut() {
+                        // flush checks this
+                        enc.rekey_wanted = true;
+                    }
+                }
+            }
+        }
+        Ok(AfterPacket::Go)
     }
 
     /// Dispatch a single message received on the session's internal channel
@@ -662,11 +710,16 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        // Packets read while a write waited, and a read that completed then but must be
+        // processed before the next one starts (`read_ahead`).
+        let mut inbox = crate::read_ahead::Inbox::default();
+        let mut early: Option<crate::read_ahead::Reading<_>> = None;
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
             self.common.received_data = false;
             let mut sent_keepalive = false;
+            let room = self.common.read_ahead_room(self.common.config.window_size);
 
             // Drain messages already queued on the session channel (e.g. shell
             // output pushed via `Handle::data()` from a spawned task) before
@@ -700,9 +753,14 @@ impl Session {
                 }
                 if drained > 0 {
                     self.flush()?;
-                    crate::flush_or_timeout(
+                    crate::read_ahead::flush(
                         &mut self.common.packet_writer,
                         &mut stream_write,
+                        reading.as_mut(),
+                        start_reading,
+                        &mut early,
+                        &mut inbox,
+                        room,
                         inactivity_timer.as_mut(),
                     )
                     .await?;
@@ -716,103 +774,110 @@ impl Session {
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
 
-            tokio::select! {
-                r = &mut reading => {
-                    let (stream_read, mut buffer, mut opening_cipher) = match r {
-                        Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
-                        Err(e) => return Err(e.into())
-                    };
-                    if buffer.buffer.len() < 5 {
-                        is_reading = Some((stream_read, buffer, opening_cipher));
-                        break
+            // Packets read ahead come first, in the order they were read, then a read
+            // that completed while writing; only then does the session wait again.
+            let read = if let Some(kept) = inbox.pop() {
+                let mut buffer = SSHBuffer {
+                    buffer: kept.packet,
+                    seqn: kept.seqn,
+                    bytes: kept.bytes,
+                    ..SSHBuffer::new()
+                };
+                // The reader still has the key, and needs none of what changes here: no
+                // packet after new keys is read ahead.
+                if let AfterPacket::End = self.take_packet(&mut handler, &mut buffer).await? {
+                    break;
+                }
+                None
+            } else if let Some(read) = early.take() {
+                Some(read)
+            } else {
+                tokio::select! {
+                    read = &mut reading => Some(read),
+                    () = &mut rekey_timer => {
+                        // The flush after the select sees the elapsed limit.
+                        debug!("rekey time limit reached");
+                        None
                     }
-
-                    let mut pkt = self.maybe_decompress(&mut buffer)?;
-
-                    match pkt.buffer.first() {
-                        None => (),
-                        Some(&crate::msg::DISCONNECT) => {
-                            debug!("break");
-                            is_reading = Some((stream_read, buffer, opening_cipher));
-                            break;
+                    () = &mut keepalive_timer => {
+                        self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
+                        if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
+                            debug!("Timeout, client not responding to keepalives");
+                            return Err(crate::Error::KeepaliveTimeout.into());
                         }
-                        Some(_) => {
-                            self.common.received_data = true;
-                            // TODO it'd be cleaner to just pass cipher to reply()
-                            std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
-
-                            let kex_was_active = self.kex.active();
-                            match reply(&mut self, &mut handler, &mut pkt).await {
-                                Ok(_) => {},
-                                Err(e) => return Err(e),
+                        sent_keepalive = true;
+                        self.keepalive_request()?;
+                        None
+                    }
+                    () = &mut inactivity_timer => {
+                        debug!("timeout");
+                        return Err(crate::Error::InactivityTimeout.into());
+                    }
+                    caught_up = crate::channels::caught_up(&mut self.channels) => {
+                        // Their readers caught up: their windows open again.
+                        let target = self.target_window_size;
+                        if let Some(enc) = self.common.encrypted.as_mut() {
+                            for channel in caught_up {
+                                enc.adjust_window_size(channel, &[], target, false)?;
                             }
-                            buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
-
-                            if kex_was_active && !self.kex.active() {
-                                buffer.bytes = 0;
-                            } else if self.automatic_rekey_allowed()
-                                && buffer.bytes >= self.common.config.limits.rekey_read_limit
-                            {
-                                debug!("rekey read limit reached after {} inbound bytes", buffer.bytes);
-                                if let Some(enc) = self.common.encrypted.as_mut() {
-                                    // flush checks this
-                                    enc.rekey_wanted = true;
-                                }
+                        }
+                        None
+                    }
+                    msg = self.priority_receiver.recv(), if !self.kex.active() => {
+                        match msg {
+                            Some(msg) => self.dispatch_msg(msg)?,
+                            None => {
+                                debug!("self.priority_receiver: received None");
                             }
-
-                            std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                         }
+                        None
                     }
-                    reading.set(start_reading(stream_read, buffer, opening_cipher));
-                }
-                () = &mut rekey_timer => {
-                    // The flush after the select sees the elapsed limit.
-                    debug!("rekey time limit reached");
-                }
-                () = &mut keepalive_timer => {
-                    self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
-                    if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
-                        debug!("Timeout, client not responding to keepalives");
-                        return Err(crate::Error::KeepaliveTimeout.into());
-                    }
-                    sent_keepalive = true;
-                    self.keepalive_request()?;
-                }
-                () = &mut inactivity_timer => {
-                    debug!("timeout");
-                    return Err(crate::Error::InactivityTimeout.into());
-                }
-                msg = self.priority_receiver.recv(), if !self.kex.active() => {
-                    match msg {
-                        Some(msg) => self.dispatch_msg(msg)?,
-                        None => {
-                            debug!("self.priority_receiver: received None");
+                    msg = self.receiver.recv(), if !self.kex.active() && !self.common.has_any_pending_data() => {
+                        // Channel open replies must be dispatched before any
+                        // channel traffic queued after them: `msg` may be data for
+                        // a channel whose confirmation is still sitting in the
+                        // priority queue, and dispatching that data first would
+                        // silently drop it (the channel is only registered when
+                        // its open reply is processed).
+                        while let Ok(reply) = self.priority_receiver.try_recv() {
+                            self.dispatch_msg(reply)?;
                         }
-                    }
-                }
-                msg = self.receiver.recv(), if !self.kex.active() && !self.common.has_any_pending_data() => {
-                    // Channel open replies must be dispatched before any
-                    // channel traffic queued after them: `msg` may be data for
-                    // a channel whose confirmation is still sitting in the
-                    // priority queue, and dispatching that data first would
-                    // silently drop it (the channel is only registered when
-                    // its open reply is processed).
-                    while let Ok(reply) = self.priority_receiver.try_recv() {
-                        self.dispatch_msg(reply)?;
-                    }
-                    match msg {
-                        Some(msg) => self.dispatch_msg(msg)?,
-                        None => {
-                            debug!("self.receiver: received None");
+                        match msg {
+                            Some(msg) => self.dispatch_msg(msg)?,
+                            None => {
+                                debug!("self.receiver: received None");
+                            }
                         }
+                        None
                     }
                 }
+            };
+            if let Some(read) = read {
+                let (stream_read, mut buffer, mut opening_cipher) = match read {
+                    Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
+                    Err(e) => return Err(e.into()),
+                };
+                // TODO it'd be cleaner to just pass cipher to reply()
+                std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                let after = self.take_packet(&mut handler, &mut buffer).await?;
+                std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
+                if let AfterPacket::End = after {
+                    is_reading = Some((stream_read, buffer, opening_cipher));
+                    break;
+                }
+                reading.set(start_reading(stream_read, buffer, opening_cipher));
             }
             self.flush()?;
 
-            crate::flush_or_timeout(
+            let room = self.common.read_ahead_room(self.common.config.window_size);
+            crate::read_ahead::flush(
                 &mut self.common.packet_writer,
                 &mut stream_write,
+                reading.as_mut(),
+                start_reading,
+                &mut early,
+                &mut inbox,
+                room,
                 inactivity_timer.as_mut(),
             )
             .await?;
@@ -845,7 +910,15 @@ impl Session {
         debug!("disconnected");
         // Shutdown
         map_err!(stream_write.shutdown().await)?;
-        loop {
+        // A read that completed while the last write waited is the one to go on from; the
+        // reader must not be polled again after it completed.
+        let mut read_ended = false;
+        match early.take() {
+            Some(Ok((n, r, b, opening_cipher))) if n > 0 => is_reading = Some((r, b, opening_cipher)),
+            Some(_) => read_ended = true,
+            None => {}
+        }
+        while !read_ended {
             if let Some((stream_read, buffer, opening_cipher)) = is_reading.take() {
                 reading.set(start_reading(stream_read, buffer, opening_cipher));
             }
