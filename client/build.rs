@@ -24,7 +24,11 @@ const ASSETS: [(&str, &str); 6] = [
 ];
 
 fn main() {
-    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    // Read when the script runs, not baked in when it is compiled: a target folder shared
+    // by two checkouts (a git worktree) reuses the compiled script for both.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| panic!("cargo sets CARGO_MANIFEST_DIR"));
+    let assets = Path::new(&manifest).join("assets");
     fetch_xterm(&assets);
     let out = std::env::var_os("OUT_DIR").unwrap_or_else(|| panic!("cargo sets OUT_DIR"));
     for (source, gz) in ASSETS {
