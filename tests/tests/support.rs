@@ -165,6 +165,84 @@ mode = before.decode(errors="replace")
 print("STTY:" + mode.replace("\r", " ").replace("\n", " ") + " ")
 "#;
 
+/// Both directions at once through the whole chain: 64 MiB into `cat` on the customer's
+/// machine and back out while it is still going in, and beside it a second hop through the
+/// same tunnel downloading 64 MiB. A session that waited on a channel's reader, or did not
+/// read while it wrote, stalled on this (patches/russh/README.md); a stall fails the test
+/// after two minutes instead of hanging it.
+#[test]
+fn echo_at_once_and_a_second_hop_stream_through_one_tunnel() {
+    use std::io::Read;
+    const ECHOES: usize = 3;
+    let mut w = World::start(1);
+    let code = w.device("SN-ECHO");
+    let big = w.path("echo.bin");
+    random_file(&big, 64 << 20);
+    let args = |cmd: &[&str]| {
+        let mut args = vec!["connect", "SN-ECHO", "--code", &code, "--"];
+        args.extend_from_slice(cmd);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let spawn = |cmd: &[&str], stdin: Stdio| {
+        let args = args(cmd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        w.cli(0, &args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = Vec::new();
+    for _ in 0..ECHOES {
+        children.push((
+            "echo",
+            spawn(&["cat"], Stdio::from(fs::File::open(&big).unwrap())),
+        ));
+    }
+    children.push((
+        "download",
+        spawn(&["head", "-c", "67108864", "/dev/zero"], Stdio::null()),
+    ));
+    let (done, finished) = std::sync::mpsc::channel();
+    let mut readers = Vec::new();
+    for (_, child) in &mut children {
+        let mut stdout = child.stdout.take().unwrap();
+        let done = done.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let read = stdout.read_to_end(&mut out);
+            let _ = done.send(());
+            read.map(|_| out)
+        }));
+    }
+    for _ in 0..children.len() {
+        if finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_err()
+        {
+            for (_, child) in &mut children {
+                let _ = child.kill();
+            }
+            panic!("stalled: not every stream ended within two minutes");
+        }
+    }
+    let want = sha256_file(&big);
+    for ((what, child), reader) in children.into_iter().zip(readers) {
+        let out = reader.join().unwrap().unwrap();
+        let child = child.wait_with_output().unwrap();
+        assert!(child.status.success(), "{what}: {}", text(&child.stderr));
+        if what == "echo" {
+            let copy = w.path("echoed.bin");
+            fs::write(&copy, &out).unwrap();
+            assert_eq!(sha256_file(&copy), want, "the echo came back changed");
+        } else {
+            assert_eq!(out.len(), 64 << 20);
+            assert!(out.iter().all(|&b| b == 0));
+        }
+    }
+}
+
 /// Whether the open file description behind `fd` is non-blocking, as the kernel says.
 fn nonblocking(fd: &impl std::os::fd::AsRawFd) -> bool {
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
