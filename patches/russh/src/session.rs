@@ -134,13 +134,16 @@ impl ChannelFlushResult {
 impl<C> CommonSession<C> {
     /// How many bytes of packets the session may read ahead while a write waits
     /// (`read_ahead`): what the peer may send into the channels' windows of `window_size`
-    /// each, and some more; nothing on a compressed connection.
+    /// each, and some more. Nothing without a channel open: before one, what either side
+    /// writes is small, and a peer that will not read (before it even authenticated) gets
+    /// no memory out of the session by it. Nothing on a compressed connection.
     pub(crate) fn read_ahead_room(&self, window_size: u32) -> usize {
         use crate::compression::Compression;
         match &self.encrypted {
-            None => crate::read_ahead::READ_AHEAD_BEYOND_WINDOWS,
+            None => 0,
             Some(enc)
-                if !matches!(enc.client_compression, Compression::None)
+                if enc.channels.is_empty()
+                    || !matches!(enc.client_compression, Compression::None)
                     || !matches!(enc.server_compression, Compression::None) =>
             {
                 0

@@ -37,6 +37,9 @@ struct Overflow {
     waiting: VecDeque<ChannelMsg>,
     /// Resolves when the queue has room again, while messages wait.
     room: Option<Room>,
+    /// The channel's window was kept shut because messages waited (`is_behind`): it is
+    /// to be opened once none wait, however they went.
+    withheld: bool,
 }
 
 impl std::fmt::Debug for Overflow {
@@ -74,7 +77,10 @@ impl ChannelRef {
     /// Whether messages wait for room in the channel's queue: its window is then not
     /// opened again.
     pub(crate) fn is_behind(&self) -> bool {
-        !self.overflow().waiting.is_empty()
+        let mut overflow = self.overflow();
+        let behind = !overflow.waiting.is_empty();
+        overflow.withheld |= behind;
+        behind
     }
 
     /// Hands `msg` to the channel's reader after the messages before it. Fails only when
@@ -109,8 +115,8 @@ impl ChannelRef {
         self.sender.send(msg).await
     }
 
-    /// Moves waiting messages into the queue as far as it has room; `true` once none
-    /// wait (or the reader is gone). Registers `cx` to be woken when there is room.
+    /// Moves waiting messages into the queue as far as it has room: ready once none wait
+    /// (or the reader is gone), else `cx` is woken when there is room.
     fn poll_catch_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let sender = self.sender.clone();
         let overflow = self
@@ -176,8 +182,9 @@ impl Drop for ChannelRef {
     }
 }
 
-/// Resolves, with the channels that caught up, once waiting messages of some channels all
-/// went into their queues (`ChannelRef::send`); pending while none wait.
+/// Resolves, with the channels whose windows were kept shut and whose readers caught up,
+/// once some did: their waiting messages all went into their queues
+/// (`ChannelRef::send`). Pending while none did.
 pub(crate) fn caught_up(
     channels: &mut HashMap<ChannelId, ChannelRef>,
 ) -> impl Future<Output = Vec<ChannelId>> + '_ {
@@ -189,7 +196,14 @@ pub(crate) fn caught_up(
                 .get_mut()
                 .map(|overflow| overflow.waiting.is_empty())
                 .unwrap_or(true);
-            if behind && channel.poll_catch_up(cx).is_ready() {
+            if behind && channel.poll_catch_up(cx).is_pending() {
+                continue;
+            }
+            let overflow = channel
+                .overflow
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if std::mem::take(&mut overflow.withheld) {
                 caught_up.push(*id);
             }
         }
