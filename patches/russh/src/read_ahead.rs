@@ -36,10 +36,10 @@ pub(crate) const READ_AHEAD_BEYOND_WINDOWS: usize = 256 * 1024;
 
 /// A packet read while a write waited: as `cipher::read` left it in the read buffer, with
 /// the buffer's sequence number and byte count after it.
-pub(crate) struct Kept {
-    pub(crate) packet: Vec<u8>,
-    pub(crate) seqn: Wrapping<u32>,
-    pub(crate) bytes: usize,
+struct Kept {
+    packet: Vec<u8>,
+    seqn: Wrapping<u32>,
+    bytes: usize,
 }
 
 /// The packets a session read while writing, oldest first.
@@ -50,10 +50,19 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(crate) fn pop(&mut self) -> Option<Kept> {
+    /// The oldest packet kept, in a read buffer of its own, as `cipher::read` left it
+    /// then. It is processed with that buffer while the session's reader goes on with
+    /// its own: no packet after new keys is read ahead, so nothing the reader needs
+    /// changes.
+    pub(crate) fn pop(&mut self) -> Option<SSHBuffer> {
         let kept = self.packets.pop_front()?;
         self.bytes = self.bytes.saturating_sub(kept.packet.len());
-        Some(kept)
+        Some(SSHBuffer {
+            buffer: kept.packet,
+            seqn: kept.seqn,
+            bytes: kept.bytes,
+            ..SSHBuffer::new()
+        })
     }
 
     fn push(&mut self, kept: Kept) {

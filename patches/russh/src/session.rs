@@ -140,17 +140,16 @@ impl<C> CommonSession<C> {
     pub(crate) fn read_ahead_room(&self, window_size: u32) -> usize {
         use crate::compression::Compression;
         match &self.encrypted {
-            None => 0,
             Some(enc)
-                if enc.channels.is_empty()
-                    || !matches!(enc.client_compression, Compression::None)
-                    || !matches!(enc.server_compression, Compression::None) =>
+                if !enc.channels.is_empty()
+                    && matches!(enc.client_compression, Compression::None)
+                    && matches!(enc.server_compression, Compression::None) =>
             {
-                0
+                (window_size as usize)
+                    .saturating_mul(enc.channels.len())
+                    .saturating_add(crate::read_ahead::READ_AHEAD_BEYOND_WINDOWS)
             }
-            Some(enc) => (window_size as usize)
-                .saturating_mul(enc.channels.len())
-                .saturating_add(crate::read_ahead::READ_AHEAD_BEYOND_WINDOWS),
+            _ => 0,
         }
     }
 

@@ -115,44 +115,41 @@ impl ChannelRef {
         self.sender.send(msg).await
     }
 
-    /// Moves waiting messages into the queue as far as it has room: ready once none wait
-    /// (or the reader is gone), else `cx` is woken when there is room.
-    fn poll_catch_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let sender = self.sender.clone();
-        let overflow = self
-            .overflow
+    /// Moves waiting messages into the queue as far as it has room. Ready once none wait
+    /// (or the reader is gone), with whether the channel's window was kept shut meanwhile;
+    /// else `cx` is woken when there is room.
+    fn poll_caught_up(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Self {
+            sender, overflow, ..
+        } = self;
+        let overflow = overflow
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             let Some(first) = overflow.waiting.pop_front() else {
                 overflow.room = None;
-                return Poll::Ready(());
+                return Poll::Ready(std::mem::take(&mut overflow.withheld));
             };
             match sender.try_send(first) {
                 Ok(()) => continue,
                 Err(TrySendError::Closed(_)) => {
                     overflow.waiting.clear();
-                    overflow.room = None;
-                    return Poll::Ready(());
+                    continue;
                 }
                 Err(TrySendError::Full(first)) => overflow.waiting.push_front(first),
             }
             let room = overflow
                 .room
                 .get_or_insert_with(|| Box::pin(sender.clone().reserve_owned()));
-            match room.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(permit)) => {
-                    overflow.room = None;
+            let room = std::task::ready!(room.as_mut().poll(cx));
+            overflow.room = None;
+            match room {
+                Ok(permit) => {
                     if let Some(first) = overflow.waiting.pop_front() {
                         permit.send(first);
                     }
                 }
-                Poll::Ready(Err(_)) => {
-                    overflow.waiting.clear();
-                    overflow.room = None;
-                    return Poll::Ready(());
-                }
+                Err(_) => overflow.waiting.clear(),
             }
         }
     }
@@ -191,19 +188,7 @@ pub(crate) fn caught_up(
     std::future::poll_fn(move |cx| {
         let mut caught_up = Vec::new();
         for (id, channel) in channels.iter_mut() {
-            let behind = !channel
-                .overflow
-                .get_mut()
-                .map(|overflow| overflow.waiting.is_empty())
-                .unwrap_or(true);
-            if behind && channel.poll_catch_up(cx).is_pending() {
-                continue;
-            }
-            let overflow = channel
-                .overflow
-                .get_mut()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if std::mem::take(&mut overflow.withheld) {
+            if channel.poll_caught_up(cx) == Poll::Ready(true) {
                 caught_up.push(*id);
             }
         }

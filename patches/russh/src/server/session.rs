@@ -776,15 +776,7 @@ impl Session {
 
             // Packets read ahead come first, in the order they were read, then a read
             // that completed while writing; only then does the session wait again.
-            let read = if let Some(kept) = inbox.pop() {
-                let mut buffer = SSHBuffer {
-                    buffer: kept.packet,
-                    seqn: kept.seqn,
-                    bytes: kept.bytes,
-                    ..SSHBuffer::new()
-                };
-                // The reader still has the key, and needs none of what changes here: no
-                // packet after new keys is read ahead.
+            let read = if let Some(mut buffer) = inbox.pop() {
                 if let AfterPacket::End = self.take_packet(&mut handler, &mut buffer).await? {
                     break;
                 }
